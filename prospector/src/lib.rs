@@ -1,0 +1,1 @@
+//! The Substruct prospector: gathers a machine's hardware facts and reports them.

@@ -1,0 +1,362 @@
+//! The versioned envelope, and the only code in the project that knows postcard.
+//!
+//! Layout (little-endian): `magic: [u8; 4] = b"SBST"`, `version: u16`, `kind: u16`,
+//! then the postcard-encoded body to the end of the message. An unknown magic,
+//! version or kind is refused with an error naming it; a body that does not decode
+//! completely (trailing bytes included) is refused too.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The four bytes every Substruct message starts with.
+pub const MAGIC: [u8; 4] = *b"SBST";
+/// The wire version this build writes. It reads every version in [`SUPPORTED_VERSIONS`].
+pub const WIRE_VERSION: u16 = 1;
+/// Versions this build can read.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 8;
+/// Upper bound on an encoded message (NATS default max_payload is 1 MiB).
+pub const MAX_MESSAGE_LEN: usize = 1024 * 1024;
+
+/// The kind of body an envelope carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum MessageKind {
+    DiscoverRequest = 1,
+    DiscoverReply = 2,
+    ErrorReply = 3,
+    Command = 4,
+    SiteEvent = 5,
+    BootIntent = 6,
+}
+
+impl MessageKind {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::DiscoverRequest,
+            2 => Self::DiscoverReply,
+            3 => Self::ErrorReply,
+            4 => Self::Command,
+            5 => Self::SiteEvent,
+            6 => Self::BootIntent,
+            _ => return None,
+        })
+    }
+}
+
+/// A body type that travels in an envelope.
+pub trait WireMessage: Serialize + DeserializeOwned {
+    const KIND: MessageKind;
+}
+
+/// Why bytes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message is {0} bytes, shorter than the {HEADER_LEN}-byte envelope header")]
+    Truncated(usize),
+    #[error("message is {0} bytes, more than the {MAX_MESSAGE_LEN}-byte limit")]
+    TooLarge(usize),
+    #[error("bad magic {0:02x?}: not a Substruct message")]
+    BadMagic([u8; 4]),
+    #[error("unsupported wire version {0} (this build reads {SUPPORTED_VERSIONS:?})")]
+    UnsupportedVersion(u16),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u16),
+    #[error("expected a {expected:?} message, got {got:?}")]
+    WrongKind {
+        expected: MessageKind,
+        got: MessageKind,
+    },
+    #[error("{kind:?} body does not decode")]
+    Body {
+        kind: MessageKind,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("{kind:?} body has {0} trailing bytes", .trailing)]
+    TrailingBytes { kind: MessageKind, trailing: usize },
+    #[error("{kind:?} body does not encode")]
+    Encode {
+        kind: MessageKind,
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+/// A checked header and a borrowed body.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub version: u16,
+    pub kind: MessageKind,
+    pub body: &'a [u8],
+}
+
+/// Encodes `msg` in a current-version envelope.
+pub fn encode<M: WireMessage>(msg: &M) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&WIRE_VERSION.to_le_bytes());
+    out.extend_from_slice(&(M::KIND as u16).to_le_bytes());
+    let out = postcard::to_extend(msg, out).map_err(|source| WireError::Encode {
+        kind: M::KIND,
+        source,
+    })?;
+    if out.len() > MAX_MESSAGE_LEN {
+        return Err(WireError::TooLarge(out.len()));
+    }
+    Ok(out)
+}
+
+/// Checks the header and returns it with the body, without decoding the body.
+pub fn peek(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let (header, body) = bytes
+        .split_first_chunk::<HEADER_LEN>()
+        .ok_or(WireError::Truncated(bytes.len()))?;
+    let magic = [header[0], header[1], header[2], header[3]];
+    if magic != MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(WireError::UnsupportedVersion(version));
+    }
+    let raw_kind = u16::from_le_bytes([header[6], header[7]]);
+    let kind = MessageKind::from_u16(raw_kind).ok_or(WireError::UnknownKind(raw_kind))?;
+    Ok(Envelope {
+        version,
+        kind,
+        body,
+    })
+}
+
+/// Decodes a message of type `M`, refusing any other kind, version or trailing bytes.
+pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, WireError> {
+    let env = peek(bytes)?;
+    if env.kind != M::KIND {
+        return Err(WireError::WrongKind {
+            expected: M::KIND,
+            got: env.kind,
+        });
+    }
+    let (msg, rest) =
+        postcard::take_from_bytes::<M>(env.body).map_err(|source| WireError::Body {
+            kind: M::KIND,
+            source,
+        })?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes {
+            kind: M::KIND,
+            trailing: rest.len(),
+        });
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ids::{BootToken, Mac, MachineId, SiteId};
+    use crate::intent::{BootIntent, BootIntentRecord, LocalBootWay};
+    use crate::messages::{DiscoverReply, DiscoverRequest, Instruction};
+    use crate::report::*;
+
+    fn sample_report() -> HardwareReport {
+        HardwareReport {
+            prospector_version: "0.1.0".into(),
+            boot_mode: BootMode::Uefi,
+            dmi: Dmi {
+                sys_vendor: Some("QEMU".into()),
+                product_serial: Some("S1".into()),
+                product_uuid: Some("11111111-2222-3333-4444-555555555555".into()),
+                ..Dmi::default()
+            },
+            cpu: Cpu {
+                model: Some("QEMU Virtual CPU".into()),
+                sockets: 1,
+                cores: 2,
+                threads: 2,
+                virtualization: None,
+                microcode: None,
+                flags: vec!["aes".into()],
+            },
+            memory: Memory {
+                total_bytes: 512 << 20,
+                dimms: vec![],
+            },
+            disks: vec![Disk {
+                name: "vda".into(),
+                size_bytes: 1 << 30,
+                serial: Some("D1".into()),
+                transport: DiskTransport::Virtio,
+                ..Disk::default()
+            }],
+            nics: vec![Nic {
+                name: "eth0".into(),
+                mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+                driver: Some("virtio_net".into()),
+                pci_address: None,
+                speed_mbps: None,
+                carrier: Some(true),
+            }],
+            pci: vec![PciDevice {
+                address: "0000:00:03.0".into(),
+                vendor_id: 0x1af4,
+                device_id: 0x1000,
+                class: 0x020000,
+            }],
+        }
+    }
+
+    const GOLDEN_DISCOVER_REQUEST: &str = "53425354010001000273310102743005302e312e3001010451454d55000001025331012431313131313131312d323232322d333333332d343434342d35353535353535353535353500000000000000000000011051454d55205669727475616c204350550102020000010361657380808080020001037664618080808004000102443100000400010465746830525400000001010a76697274696f5f6e657400000101010c303030303a30303a30332e30f4358020808008";
+
+    /// Pins today's encoding: if this fails, the wire format changed and
+    /// [`WIRE_VERSION`] must go up (and old versions stay readable).
+    #[test]
+    fn golden_bytes_discover_reply() {
+        let msg = DiscoverReply {
+            machine_id: MachineId::new("m-1").unwrap(),
+            instruction: Instruction::Reboot,
+        };
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(
+            bytes,
+            [b'S', b'B', b'S', b'T', 1, 0, 2, 0, 3, b'm', b'-', b'1', 2]
+        );
+        assert_eq!(decode::<DiscoverReply>(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn golden_bytes_boot_intent() {
+        let msg = BootIntentRecord {
+            machine_id: None,
+            intent: BootIntent::Local {
+                way: LocalBootWay::NoBootFile,
+            },
+        };
+        assert_eq!(
+            encode(&msg).unwrap(),
+            [b'S', b'B', b'S', b'T', 1, 0, 6, 0, 0, 2, 1]
+        );
+    }
+
+    #[test]
+    fn golden_bytes_discover_request() {
+        let msg = DiscoverRequest {
+            site: SiteId::new("s1").unwrap(),
+            boot_token: Some(BootToken::new("t0").unwrap()),
+            report: sample_report(),
+        };
+        let bytes = encode(&msg).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN_DISCOVER_REQUEST);
+        assert_eq!(decode::<DiscoverRequest>(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        let good = encode(&DiscoverReply {
+            machine_id: MachineId::new("m-1").unwrap(),
+            instruction: Instruction::Wait,
+        })
+        .unwrap();
+
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        assert!(matches!(
+            decode::<DiscoverReply>(&bad_magic),
+            Err(WireError::BadMagic(_))
+        ));
+
+        let mut v9 = good.clone();
+        v9[4] = 9;
+        let err = decode::<DiscoverReply>(&v9).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unsupported wire version 9 (this build reads [1])"
+        );
+
+        let mut k99 = good.clone();
+        k99[6] = 99;
+        assert_eq!(
+            decode::<DiscoverReply>(&k99).unwrap_err().to_string(),
+            "unknown message kind 99"
+        );
+
+        assert!(matches!(
+            decode::<DiscoverRequest>(&good),
+            Err(WireError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            decode::<DiscoverReply>(&good[..5]),
+            Err(WireError::Truncated(5))
+        ));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(matches!(
+            decode::<DiscoverReply>(&trailing),
+            Err(WireError::TrailingBytes { trailing: 1, .. })
+        ));
+        // An invalid id inside a well-formed envelope is refused by validation.
+        let mut bad_id = good.clone();
+        bad_id[9] = b'M';
+        assert!(matches!(
+            decode::<DiscoverReply>(&bad_id),
+            Err(WireError::Body { .. })
+        ));
+    }
+
+    fn arb_opt_string() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of("[ -~]{0,24}")
+    }
+
+    prop_compose! {
+        fn arb_report()(
+            serial in arb_opt_string(),
+            uuid in arb_opt_string(),
+            model in arb_opt_string(),
+            total in any::<u64>(),
+            macs in proptest::collection::vec(any::<[u8; 6]>(), 0..4),
+            disks in proptest::collection::vec(("[a-z]{1,8}", any::<u64>(), arb_opt_string(), any::<bool>()), 0..4),
+        ) -> HardwareReport {
+            HardwareReport {
+                prospector_version: "x".into(),
+                boot_mode: BootMode::Bios,
+                dmi: Dmi { product_serial: serial, product_uuid: uuid, ..Dmi::default() },
+                cpu: Cpu { model, ..Cpu::default() },
+                memory: Memory { total_bytes: total, dimms: vec![] },
+                disks: disks.into_iter().map(|(name, size_bytes, serial, rotational)| Disk {
+                    name, size_bytes, serial, rotational, ..Disk::default()
+                }).collect(),
+                nics: macs.into_iter().enumerate().map(|(i, m)| Nic {
+                    name: format!("eth{i}"), mac: Mac(m), driver: None, pci_address: None,
+                    speed_mbps: Some(1000), carrier: None,
+                }).collect(),
+                pci: vec![],
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn discover_request_round_trips(report in arb_report(), site in "[a-z][a-z0-9-]{0,31}") {
+            let msg = DiscoverRequest { site: SiteId::new(site).unwrap(), boot_token: None, report };
+            let bytes = encode(&msg).unwrap();
+            prop_assert_eq!(decode::<DiscoverRequest>(&bytes).unwrap(), msg);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<DiscoverRequest>(&bytes);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&[1, 0, 1, 0]);
+            framed.extend_from_slice(&bytes);
+            let _ = decode::<DiscoverRequest>(&framed);
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The Substruct wire crate: everything that crosses a process boundary.
+//!
+//! * [`ids`] — validated newtypes for machines, sites, MAC addresses and tokens;
+//! * [`report`] — the hardware report a prospector sends;
+//! * [`messages`] — request/reply/command/event bodies;
+//! * [`intent`] — the boot intent the controller writes and every edge reads;
+//! * [`envelope`] — the only place that knows postcard: `{ magic, version, kind, body }`;
+//! * [`subjects`] — NATS subject and KV key builders (never `format!` them elsewhere).
+//!
+//! Invariant: this crate has no async runtime and no I/O. postcard is positional, so
+//! any change to the shape of a type that travels is a new [`envelope::WIRE_VERSION`];
+//! the golden-byte tests in `envelope` fail on accidental changes.
+
+pub mod envelope;
+pub mod ids;
+pub mod intent;
+pub mod messages;
+pub mod report;
+pub mod subjects;
+
+pub use envelope::{decode, encode, peek, Envelope, MessageKind, WireError, WireMessage};
+pub use ids::{BootToken, IdError, Mac, MachineId, SiteId};

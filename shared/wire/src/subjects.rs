@@ -1,0 +1,92 @@
+//! NATS subjects, KV buckets and keys. Build them here, never with `format!` elsewhere.
+
+use crate::ids::{Mac, MachineId, SiteId};
+
+/// Prefix of every Substruct subject; the `v1` is the subject-space version.
+pub const PREFIX: &str = "substruct.v1";
+
+/// KV bucket: machine id → machine record (controller only).
+pub const KV_MACHINES: &str = "machines";
+/// KV bucket: identity fact → machine id (controller only).
+pub const KV_MACHINE_INDEX: &str = "machine_index";
+/// KV bucket: `{site}.{mac}` → boot intent.
+pub const KV_BOOT: &str = "boot";
+/// Stream holding every machine state change (the audit log).
+pub const STREAM_EVENTS: &str = "EVENTS";
+/// Queue group the controllers share, so each request is answered once.
+pub const CONTROLLER_QUEUE: &str = "substruct-controller";
+
+/// `substruct.v1.{site}.discover` — prospector → controller, request/reply.
+pub fn discover(site: &SiteId) -> String {
+    format!("{PREFIX}.{site}.discover")
+}
+
+/// `substruct.v1.*.discover` — what the controllers subscribe to.
+pub fn discover_all() -> String {
+    format!("{PREFIX}.*.discover")
+}
+
+/// `substruct.v1.{site}.event` — edge/prospector → controller.
+pub fn event(site: &SiteId) -> String {
+    format!("{PREFIX}.{site}.event")
+}
+
+/// `substruct.v1.*.event`.
+pub fn event_all() -> String {
+    format!("{PREFIX}.*.event")
+}
+
+/// `substruct.v1.{site}.machine.{id}.cmd` — controller → prospector.
+pub fn machine_cmd(site: &SiteId, id: &MachineId) -> String {
+    format!("{PREFIX}.{site}.machine.{id}.cmd")
+}
+
+/// `substruct.v1.events.{id}` — subject of the EVENTS stream for one machine.
+pub fn machine_event(id: &MachineId) -> String {
+    format!("{PREFIX}.events.{id}")
+}
+
+/// Every subject the EVENTS stream captures.
+pub fn machine_events_all() -> String {
+    format!("{PREFIX}.events.>")
+}
+
+/// The site a subject of the form `substruct.v1.{site}.…` names, if any.
+pub fn site_of(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(PREFIX)?.strip_prefix('.')?;
+    rest.split('.').next().filter(|s| !s.is_empty())
+}
+
+/// KV key in [`KV_BOOT`]: `{site}.{aabbccddeeff}`.
+pub fn boot_key(site: &SiteId, mac: &Mac) -> String {
+    format!("{site}.{}", mac.to_key())
+}
+
+/// Watch filter for one site's boot intents: `{site}.>`.
+pub fn boot_site_filter(site: &SiteId) -> String {
+    format!("{site}.>")
+}
+
+/// KV key in [`KV_MACHINES`].
+pub fn machine_key(id: &MachineId) -> String {
+    id.as_str().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_built_in_one_place() {
+        let site = SiteId::new("dc1").unwrap();
+        let id = MachineId::new("m-1").unwrap();
+        assert_eq!(discover(&site), "substruct.v1.dc1.discover");
+        assert_eq!(event(&site), "substruct.v1.dc1.event");
+        assert_eq!(machine_cmd(&site, &id), "substruct.v1.dc1.machine.m-1.cmd");
+        assert_eq!(site_of("substruct.v1.dc1.discover"), Some("dc1"));
+        assert_eq!(site_of("other.v1.dc1.discover"), None);
+        assert_eq!(site_of("substruct.v1."), None);
+        let mac = Mac::parse("52:54:00:00:00:0a").unwrap();
+        assert_eq!(boot_key(&site, &mac), "dc1.52540000000a");
+    }
+}
