@@ -2,3 +2,4 @@
 //! provisioning network and answers every machine by its boot intent.
 
 pub mod intents;
+pub mod tftp;

@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod netns;
+pub mod qemu;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

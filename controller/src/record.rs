@@ -1,0 +1,151 @@
+//! The machine record stored in KV bucket `machines` (as JSON, so operators can read
+//! it with `nats kv get machines ID`), and the events written to the `EVENTS` stream.
+//! Pure data and pure functions: no I/O, no clock (time comes in as an argument).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use substruct_wire::report::HardwareReport;
+use substruct_wire::{MachineId, SiteId};
+
+/// Where a machine is in its lifecycle. Only `discovered` exists so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineState {
+    Discovered,
+}
+
+impl fmt::Display for MachineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Discovered => "discovered",
+        })
+    }
+}
+
+/// One identity fact another machine also reports: flagged, never merged.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The fact, described for humans: `smbios uuid …`, `serial …`, `mac …`, `disk serial …`.
+    pub fact: String,
+    /// The other machine that reports the same fact.
+    pub other_machine: MachineId,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} also reported by machine {}",
+            self.fact, self.other_machine
+        )
+    }
+}
+
+/// A machine as the controller knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub id: MachineId,
+    pub state: MachineState,
+    /// The site of the latest report.
+    pub site: SiteId,
+    /// Unix time in milliseconds of the first report.
+    pub first_seen_unix_ms: u64,
+    /// Unix time in milliseconds of the latest report.
+    pub last_seen_unix_ms: u64,
+    /// How many reports were accepted for this machine.
+    pub report_count: u64,
+    /// Identity facts other machines share with this one (sorted, no duplicates).
+    pub conflicts: Vec<Conflict>,
+    /// The latest hardware report.
+    pub facts: HardwareReport,
+}
+
+impl MachineRecord {
+    /// A new record for a machine seen for the first time.
+    pub fn new(
+        id: MachineId,
+        site: SiteId,
+        facts: HardwareReport,
+        conflicts: Vec<Conflict>,
+        now_unix_ms: u64,
+    ) -> Self {
+        let mut record = Self {
+            id,
+            state: MachineState::Discovered,
+            site,
+            first_seen_unix_ms: now_unix_ms,
+            last_seen_unix_ms: now_unix_ms,
+            report_count: 1,
+            conflicts: Vec::new(),
+            facts,
+        };
+        record.add_conflicts(conflicts);
+        record
+    }
+
+    /// This record after one more report: new facts, `last_seen`, count, conflicts.
+    pub fn updated(
+        &self,
+        site: SiteId,
+        facts: HardwareReport,
+        conflicts: Vec<Conflict>,
+        now_unix_ms: u64,
+    ) -> Self {
+        let mut record = Self {
+            site,
+            facts,
+            last_seen_unix_ms: now_unix_ms.max(self.last_seen_unix_ms),
+            report_count: self.report_count.saturating_add(1),
+            ..self.clone()
+        };
+        record.add_conflicts(conflicts);
+        record
+    }
+
+    /// Adds conflicts not already recorded; returns those that are new.
+    pub fn add_conflicts(&mut self, conflicts: Vec<Conflict>) -> Vec<Conflict> {
+        let mut added = Vec::new();
+        for c in conflicts {
+            if c.other_machine != self.id && !self.conflicts.contains(&c) {
+                self.conflicts.push(c.clone());
+                added.push(c);
+            }
+        }
+        self.conflicts.sort();
+        added
+    }
+}
+
+/// What happened to a machine; one message on `substruct.v1.events.{id}` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineEvent {
+    pub machine_id: MachineId,
+    pub at_unix_ms: u64,
+    /// The machine record's KV revision after the change.
+    pub revision: u64,
+    pub kind: MachineEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum MachineEventKind {
+    /// First report of a new machine.
+    Discovered { site: SiteId },
+    /// Another report of a known machine.
+    Updated { site: SiteId, report_count: u64 },
+    /// New identity conflicts were recorded on this machine.
+    Conflict { conflicts: Vec<Conflict> },
+}
+
+impl MachineEvent {
+    /// The `Nats-Msg-Id` that makes retries of this event idempotent.
+    pub fn dedup_id(&self) -> String {
+        let kind = match self.kind {
+            MachineEventKind::Discovered { .. } => "discovered",
+            MachineEventKind::Updated { .. } => "updated",
+            MachineEventKind::Conflict { .. } => "conflict",
+        };
+        format!("{}-{}-{kind}", self.machine_id, self.revision)
+    }
+}

@@ -1,0 +1,40 @@
+# shellcheck shell=bash
+# packages.sh - the Debian packages Substruct's tests and lab need (sourced).
+# ensure_packages installs whichever are missing (needs root, network to Debian's mirror).
+SUBSTRUCT_PACKAGES=(
+  nats-server                      # NATS + JetStream (2.9.10 on Debian 12)
+  qemu-system-x86 ipxe-qemu ovmf   # real PXE clients: SeaBIOS + iPXE ROM, OVMF
+  ipxe pxelinux syslinux-common    # loaders the edge serves
+  linux-image-amd64 busybox-static # the live image's kernel; busybox for its debug shell
+  cpio kmod xz-utils file          # building the live image
+  musl-tools                       # static prospector (musl target)
+  kea-dhcp4-server kea-admin       # DHCP peer and perfdhcp (benchmarks)
+  tftp-hpa tftpd-hpa atftp         # TFTP clients, and the TFTP peer
+  dnsmasq isc-dhcp-relay isc-dhcp-client udhcpc  # DHCP clients, relay, reference lab
+  nginx                            # HTTP peer (benchmarks)
+  iproute2 curl procps psmisc socat
+)
+
+ensure_packages() {
+  local missing=() p
+  for p in "${SUBSTRUCT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d 101: packages (nginx, tftpd-hpa, kea, dnsmasq) must not start their services;
+    # tests start their own instances inside network namespaces.
+    local prc=/usr/sbin/policy-rc.d had_prc=0
+    [ -e "$prc" ] && had_prc=1
+    [ "$had_prc" = 1 ] || printf '#!/bin/sh\nexit 101\n' > "$prc"
+    chmod 755 "$prc" 2>/dev/null || true
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [ "$had_prc" = 1 ] || rm -f "$prc"
+  fi
+  # The static prospector is built for musl; the image build falls back to static glibc without it.
+  if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl || echo "warning: musl target unavailable; static glibc fallback"
+  fi
+}

@@ -1,0 +1,59 @@
+//! Read-only TFTP server for PXE boot (RFC 1350, 2347, 2348, 2349, 7440).
+//!
+//! Layout: [`packet`] is the codec, [`transfer`] the sans-IO state machine of one transfer
+//! (windows, retransmits, 16-bit block rollover), [`files`] decides what may be served, and
+//! this module is the thin tokio shell around them.
+//!
+//! PXE ROM behaviour handled on purpose: many ROMs send a read request with `tsize`, read the
+//! OACK, abort with ERROR 8 and send the real request from the same source port. A new read
+//! request from an address that has a live transfer cancels that transfer at once and starts
+//! the new one; an ERROR from the client ends its transfer at once.
+
+pub mod files;
+pub mod packet;
+mod server;
+pub mod transfer;
+
+use std::time::Duration;
+
+pub use files::{LookupError, Source, TftpFiles, DEBIAN_LOADERS};
+pub use server::{serve, serve_with};
+
+/// Tunables of the TFTP server.
+#[derive(Debug, Clone)]
+pub struct TftpSettings {
+    /// Largest block size granted; larger requests are answered with this (RFC 2348). 1468 fits
+    /// a 1500-byte Ethernet MTU.
+    pub max_blksize: u16,
+    /// Largest window granted (RFC 7440).
+    pub max_windowsize: u16,
+    /// Retransmit timeout unless the client negotiates `timeout`.
+    pub timeout: Duration,
+    /// Retransmits in a row before a transfer is abandoned.
+    pub max_retries: u32,
+    /// Concurrent transfers; further requests get ERROR 0 "server busy".
+    pub max_transfers: usize,
+}
+
+impl Default for TftpSettings {
+    fn default() -> Self {
+        TftpSettings {
+            max_blksize: 1468,
+            max_windowsize: 64,
+            timeout: Duration::from_secs(1),
+            max_retries: 5,
+            max_transfers: 512,
+        }
+    }
+}
+
+/// Errors that stop the whole server. Errors of one transfer are logged and end that transfer.
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    /// The socket passed in has no local address.
+    #[error("cannot read the local address of the TFTP socket")]
+    LocalAddr(#[source] std::io::Error),
+    /// Receiving on the main socket failed.
+    #[error("receiving on the TFTP socket failed")]
+    Recv(#[source] std::io::Error),
+}

@@ -1,0 +1,399 @@
+//! The tokio shell: one main socket receives requests; each transfer runs in its own task on its
+//! own ephemeral socket (a new TID, RFC 1350) and is driven by [`Transfer`].
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::files::{LookupError, Source, TftpFiles};
+use super::packet::{self, ErrorCode, Mode, Packet, Request, DEFAULT_BLKSIZE};
+use super::transfer::{Action, Transfer};
+use super::{TftpError, TftpSettings};
+
+/// Bytes read from disk at a time for one transfer.
+const READ_AHEAD: usize = 256 * 1024;
+/// Receive buffer: larger than any packet a client legitimately sends.
+const RECV_BUF: usize = 65536;
+
+/// Serves `files` over TFTP on `socket` with default settings until `cancel` fires.
+pub async fn serve(
+    socket: UdpSocket,
+    files: TftpFiles,
+    cancel: CancellationToken,
+) -> Result<(), TftpError> {
+    serve_with(socket, files, TftpSettings::default(), cancel).await
+}
+
+/// A live transfer, by client address.
+#[derive(Debug)]
+struct Live {
+    id: u64,
+    cancel: CancellationToken,
+}
+
+/// Serves `files` over TFTP on `socket` with `settings` until `cancel` fires; then cancels the
+/// transfers in flight and waits for their tasks to end.
+pub async fn serve_with(
+    socket: UdpSocket,
+    files: TftpFiles,
+    settings: TftpSettings,
+    cancel: CancellationToken,
+) -> Result<(), TftpError> {
+    let local = socket.local_addr().map_err(TftpError::LocalAddr)?;
+    info!(%local, "TFTP server listening");
+    let ctx = Arc::new(Ctx {
+        files,
+        settings,
+        local_ip: local.ip(),
+    });
+    let tracker = TaskTracker::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let mut live: HashMap<SocketAddr, Live> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut buf = vec![0u8; RECV_BUF];
+    let result = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            Some((peer, id)) = done_rx.recv() => {
+                if live.get(&peer).is_some_and(|l| l.id == id) {
+                    live.remove(&peer);
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                let (len, peer) = match received {
+                    Ok(v) => v,
+                    Err(e) if is_transient(&e) => {
+                        debug!(error = %e, "transient receive error on the TFTP socket");
+                        continue;
+                    }
+                    Err(e) => break Err(TftpError::Recv(e)),
+                };
+                match packet::decode(&buf[..len]) {
+                    Ok(Packet::Rrq(request)) => {
+                        if let Some(old) = live.remove(&peer) {
+                            info!(%peer, "new read request from an address with a live transfer: abandoning the old one");
+                            old.cancel.cancel();
+                        }
+                        if live.len() >= ctx.settings.max_transfers {
+                            warn!(%peer, "too many TFTP transfers; refusing");
+                            reply_error(&socket, peer, ErrorCode::NotDefined, "server busy").await;
+                            continue;
+                        }
+                        next_id += 1;
+                        let id = next_id;
+                        let token = cancel.child_token();
+                        live.insert(peer, Live { id, cancel: token.clone() });
+                        let ctx = ctx.clone();
+                        let done_tx = done_tx.clone();
+                        tracker.spawn(async move {
+                            run_transfer(ctx, peer, request, token).await;
+                            // The server may be gone already; then nobody needs to know.
+                            let _ = done_tx.send((peer, id));
+                        });
+                    }
+                    Ok(Packet::Wrq(request)) => {
+                        info!(%peer, file = %request.filename, "write request refused: read-only server");
+                        reply_error(&socket, peer, ErrorCode::AccessViolation, "read-only server").await;
+                    }
+                    Ok(Packet::Error { code, message }) => {
+                        // Errors belong on the transfer's own port, but honour them here too.
+                        if let Some(old) = live.remove(&peer) {
+                            debug!(%peer, code, %message, "client error on the main port ends its transfer");
+                            old.cancel.cancel();
+                        }
+                    }
+                    Ok(other) => {
+                        debug!(%peer, packet = ?other, "unexpected packet on the main TFTP port");
+                        reply_error(&socket, peer, ErrorCode::IllegalOperation, "expected a read request").await;
+                    }
+                    Err(e) => {
+                        debug!(%peer, error = %e, "malformed TFTP packet");
+                        reply_error(&socket, peer, ErrorCode::IllegalOperation, &e.to_string()).await;
+                    }
+                }
+            }
+        }
+    };
+    for (_, l) in live.drain() {
+        l.cancel.cancel();
+    }
+    tracker.close();
+    tracker.wait().await;
+    info!(%local, "TFTP server stopped");
+    result
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+async fn reply_error(socket: &UdpSocket, peer: SocketAddr, code: ErrorCode, message: &str) {
+    if let Err(e) = socket
+        .send_to(&packet::encode_error(code.code(), message), peer)
+        .await
+    {
+        debug!(%peer, error = %e, "cannot send TFTP error");
+    }
+}
+
+#[derive(Debug)]
+struct Ctx {
+    files: TftpFiles,
+    settings: TftpSettings,
+    local_ip: std::net::IpAddr,
+}
+
+/// Why a transfer ended early, for the log.
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("cannot bind the transfer socket")]
+    Bind(#[source] io::Error),
+    #[error("cannot send to the client")]
+    Send(#[source] io::Error),
+    #[error("cannot receive from the client")]
+    Recv(#[source] io::Error),
+    #[error("cannot read the file")]
+    Read(#[source] io::Error),
+    #[error("file lookup task failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+async fn run_transfer(ctx: Arc<Ctx>, peer: SocketAddr, request: Request, cancel: CancellationToken) {
+    let file = request.filename.clone();
+    tokio::select! {
+        _ = cancel.cancelled() => debug!(%peer, %file, "transfer cancelled"),
+        result = transfer(&ctx, peer, request) => match result {
+            Ok(Outcome::Sent(bytes)) => info!(%peer, %file, bytes, "TFTP transfer complete"),
+            Ok(Outcome::Refused(reason)) => debug!(%peer, %file, %reason, "TFTP request refused"),
+            Ok(Outcome::ClientError { code, message }) => {
+                debug!(%peer, %file, code, %message, "client ended the transfer")
+            }
+            Ok(Outcome::TimedOut) => warn!(%peer, %file, "TFTP transfer timed out"),
+            Err(e) => warn!(%peer, %file, error = &e as &dyn std::error::Error, "TFTP transfer failed"),
+        },
+    }
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Sent(u64),
+    Refused(String),
+    ClientError { code: u16, message: String },
+    TimedOut,
+}
+
+async fn transfer(ctx: &Ctx, peer: SocketAddr, request: Request) -> Result<Outcome, TransferError> {
+    let socket = UdpSocket::bind(SocketAddr::new(ctx.local_ip, 0))
+        .await
+        .map_err(TransferError::Bind)?;
+    socket.connect(peer).await.map_err(TransferError::Bind)?;
+    let send_error = |code: ErrorCode, message: String| {
+        let socket = &socket;
+        async move {
+            socket
+                .send(&packet::encode_error(code.code(), &message))
+                .await
+                .map_err(TransferError::Send)?;
+            Ok::<_, TransferError>(Outcome::Refused(message))
+        }
+    };
+    if request.mode == Mode::Mail {
+        return send_error(ErrorCode::IllegalOperation, "mail mode not supported".into()).await;
+    }
+    let files = ctx.files.clone();
+    let name = request.filename.clone();
+    let source = match tokio::task::spawn_blocking(move || files.open(&name))
+        .await
+        .map_err(TransferError::Join)?
+    {
+        Ok(s) => s,
+        Err(LookupError::NotFound) => {
+            return send_error(ErrorCode::FileNotFound, "file not found".into()).await
+        }
+        Err(e @ LookupError::AccessViolation(_)) => {
+            return send_error(ErrorCode::AccessViolation, e.to_string()).await
+        }
+        Err(e @ LookupError::Open { .. }) => {
+            warn!(%peer, error = &e as &dyn std::error::Error, "cannot open a TFTP file");
+            return send_error(ErrorCode::AccessViolation, "cannot open file".into()).await;
+        }
+    };
+
+    // Option negotiation (RFC 2347): acknowledge what we accept, in our own terms.
+    let opts = request.options;
+    let blksize = opts.blksize.map(|b| b.min(ctx.settings.max_blksize.max(8)));
+    let windowsize = opts
+        .windowsize
+        .map(|w| w.min(ctx.settings.max_windowsize.max(1)));
+    let timeout = opts
+        .timeout
+        .map(|t| Duration::from_secs(u64::from(t)))
+        .unwrap_or(ctx.settings.timeout);
+    let mut oack: Vec<(&str, String)> = Vec::new();
+    if let Some(b) = blksize {
+        oack.push(("blksize", b.to_string()));
+    }
+    if opts.tsize.is_some() {
+        oack.push(("tsize", source.len().to_string()));
+    }
+    if let Some(t) = opts.timeout {
+        oack.push(("timeout", t.to_string()));
+    }
+    if let Some(w) = windowsize {
+        oack.push(("windowsize", w.to_string()));
+    }
+    let oack = (!oack.is_empty()).then(|| packet::encode_oack(&oack));
+
+    let mut state = Transfer::new(
+        source.len(),
+        blksize.unwrap_or(DEFAULT_BLKSIZE),
+        windowsize.unwrap_or(1),
+        ctx.settings.max_retries,
+        oack.is_some(),
+    );
+    let mut reader = Reader::new(source);
+    let mut out = Vec::with_capacity(4 + usize::from(blksize.unwrap_or(DEFAULT_BLKSIZE)));
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut deadline = Instant::now() + timeout;
+    let mut action = state.start();
+    loop {
+        match action {
+            Action::SendOack => {
+                if let Some(oack) = &oack {
+                    socket.send(oack).await.map_err(TransferError::Send)?;
+                }
+                deadline = Instant::now() + timeout;
+            }
+            Action::SendBlocks(range) => {
+                for index in range {
+                    let span = state.block_span(index);
+                    let data = reader.read(span).await.map_err(TransferError::Read)?;
+                    out.clear();
+                    packet::encode_data_header(Transfer::wire_block(index), &mut out);
+                    out.extend_from_slice(data);
+                    socket.send(&out).await.map_err(TransferError::Send)?;
+                }
+                deadline = Instant::now() + timeout;
+            }
+            Action::Wait => {}
+            Action::Done => return Ok(Outcome::Sent(reader.len())),
+            Action::GiveUp => {
+                // Best effort: the client is probably gone.
+                let _ = socket
+                    .send(&packet::encode_error(ErrorCode::NotDefined.code(), "timed out"))
+                    .await;
+                return Ok(Outcome::TimedOut);
+            }
+        }
+        action = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            Err(_elapsed) => state.on_timeout(),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                // ICMP port unreachable: the client closed its port.
+                return Err(TransferError::Recv(e));
+            }
+            Ok(Err(e)) if is_transient(&e) => Action::Wait,
+            Ok(Err(e)) => return Err(TransferError::Recv(e)),
+            Ok(Ok(len)) => match packet::decode(&buf[..len]) {
+                Ok(Packet::Ack { block }) => state.on_ack(block),
+                Ok(Packet::Error { code, message }) => {
+                    return Ok(Outcome::ClientError { code, message })
+                }
+                Ok(other) => {
+                    debug!(%peer, packet = ?other, "unexpected packet during a transfer");
+                    Action::Wait
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "malformed packet during a transfer");
+                    Action::Wait
+                }
+            },
+        };
+    }
+}
+
+/// Reads blocks of a [`Source`], from disk through a read-ahead buffer filled off the async
+/// threads.
+#[derive(Debug)]
+struct Reader {
+    source: Source,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl Reader {
+    fn new(source: Source) -> Self {
+        Reader {
+            source,
+            buf: Vec::new(),
+            buf_start: 0,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    async fn read(&mut self, span: Range<u64>) -> io::Result<&[u8]> {
+        let file = match &self.source {
+            Source::Memory(bytes) => {
+                return Ok(bytes
+                    .get(to_usize(span.start)?..to_usize(span.end)?)
+                    .unwrap_or_default())
+            }
+            Source::Disk { file, .. } => file.clone(),
+        };
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if span.start < self.buf_start || span.end > buf_end {
+            let start = span.start;
+            let want = READ_AHEAD.max(to_usize(span.end - span.start)?);
+            let mut buf = std::mem::take(&mut self.buf);
+            self.buf = tokio::task::spawn_blocking(move || {
+                buf.resize(want, 0);
+                let mut filled = 0;
+                while filled < want {
+                    match file.read_at(&mut buf[filled..], start + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(filled);
+                Ok(buf)
+            })
+            .await
+            .map_err(io::Error::other)??;
+            self.buf_start = start;
+            if span.end > self.buf_start + self.buf.len() as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank during the transfer",
+                ));
+            }
+        }
+        let from = to_usize(span.start - self.buf_start)?;
+        let to = to_usize(span.end - self.buf_start)?;
+        Ok(self.buf.get(from..to).unwrap_or_default())
+    }
+}
+
+fn to_usize(v: u64) -> io::Result<usize> {
+    usize::try_from(v).map_err(io::Error::other)
+}

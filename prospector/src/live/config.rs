@@ -1,0 +1,162 @@
+//! What the live image needs from the kernel command line, validated. Pure: the caller
+//! reads `/proc/cmdline` and parses it with [`crate::cmdline::parse`].
+
+use substruct_wire::{BootToken, SiteId};
+
+use crate::cmdline::KernelArgs;
+
+/// A complete, valid set of `substruct.*` arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    pub site: SiteId,
+    pub nats_url: String,
+    pub token: Option<BootToken>,
+    pub debug: bool,
+}
+
+/// One thing wrong with the command line. `Display` is the text after `SUBSTRUCT-ERROR`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigProblem {
+    #[error("missing substruct.site=")]
+    MissingSite,
+    #[error("bad substruct.site={value}")]
+    BadSite {
+        value: String,
+        #[source]
+        source: substruct_wire::IdError,
+    },
+    #[error("missing substruct.nats=")]
+    MissingNats,
+    #[error("bad substruct.nats={value}: {why}")]
+    BadNats { value: String, why: &'static str },
+    #[error("bad substruct.token=")]
+    BadToken {
+        #[source]
+        source: substruct_wire::IdError,
+    },
+}
+
+/// URL schemes async-nats connects with.
+const NATS_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
+
+/// Checks one NATS server URL (`nats://host:port`, or a bare `host:port`).
+fn check_nats_url(url: &str) -> Result<(), &'static str> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace");
+    }
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            if !NATS_SCHEMES.contains(&scheme) {
+                return Err("scheme must be nats://, tls://, ws:// or wss://");
+            }
+            rest
+        }
+        None => url,
+    };
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    let host = host_port.split('/').next().unwrap_or(host_port);
+    if host.is_empty() || host.starts_with(':') {
+        return Err("no host");
+    }
+    Ok(())
+}
+
+/// Validates every `substruct.*` argument; all problems are reported at once.
+pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
+    let mut problems = Vec::new();
+    let site = match args.site.as_deref() {
+        None | Some("") => {
+            problems.push(ConfigProblem::MissingSite);
+            None
+        }
+        Some(value) => match SiteId::new(value) {
+            Ok(site) => Some(site),
+            Err(source) => {
+                problems.push(ConfigProblem::BadSite {
+                    value: value.to_owned(),
+                    source,
+                });
+                None
+            }
+        },
+    };
+    let nats_url = match args.nats.as_deref() {
+        None | Some("") => {
+            problems.push(ConfigProblem::MissingNats);
+            None
+        }
+        Some(value) => {
+            let bad = value.split(',').find_map(|u| check_nats_url(u).err());
+            match bad {
+                Some(why) => {
+                    problems.push(ConfigProblem::BadNats {
+                        value: value.to_owned(),
+                        why,
+                    });
+                    None
+                }
+                None => Some(value.to_owned()),
+            }
+        }
+    };
+    let token = match args.token.as_deref() {
+        None | Some("") => None,
+        Some(value) => match BootToken::new(value) {
+            Ok(token) => Some(token),
+            Err(source) => {
+                problems.push(ConfigProblem::BadToken { source });
+                None
+            }
+        },
+    };
+    match (site, nats_url) {
+        (Some(site), Some(nats_url)) if problems.is_empty() => Ok(BootConfig {
+            site,
+            nats_url,
+            token,
+            debug: args.debug,
+        }),
+        _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(site: Option<&str>, nats: Option<&str>, token: Option<&str>) -> KernelArgs {
+        KernelArgs {
+            site: site.map(str::to_owned),
+            nats: nats.map(str::to_owned),
+            token: token.map(str::to_owned),
+            debug: false,
+        }
+    }
+
+    #[test]
+    fn complete_arguments_validate() {
+        let cfg = validate(&args(Some("s1"), Some("nats://10.0.2.2:4222"), Some("t0"))).unwrap();
+        assert_eq!(cfg.site.as_str(), "s1");
+        assert_eq!(cfg.nats_url, "nats://10.0.2.2:4222");
+        assert_eq!(cfg.token.unwrap().as_str(), "t0");
+        let cfg = validate(&args(Some("s1"), Some("edge:4222,nats://b:4222"), None)).unwrap();
+        assert!(cfg.token.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let problems = validate(&args(None, None, None)).unwrap_err();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            ["missing substruct.site=", "missing substruct.nats="]
+        );
+        let problems = validate(&args(Some("S 1"), Some("http://x"), Some("BAD!"))).unwrap_err();
+        assert_eq!(problems.len(), 3);
+        assert!(matches!(problems[0], ConfigProblem::BadSite { .. }));
+        assert!(matches!(problems[1], ConfigProblem::BadNats { .. }));
+        assert!(matches!(problems[2], ConfigProblem::BadToken { .. }));
+        assert!(validate(&args(Some("s1"), Some("nats://:4222"), None)).is_err());
+        assert!(validate(&args(Some("s1"), Some(""), None)).is_err());
+    }
+}

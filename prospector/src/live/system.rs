@@ -1,0 +1,242 @@
+//! PID 1 plumbing that is not networking: file systems, kernel modules, power, the
+//! debug shell. Each function reports on the console and never panics.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+
+use super::console;
+
+/// Written by `deploy/prospector-image/build`: one `.ko` path per line, dependencies first.
+pub const MODULE_ORDER_FILE: &str = "/lib/modules/substruct.order";
+/// The debug shell, present only in images built with busybox.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// What a PID 1 mounts before anything else: (source, target, fstype, flags, data).
+const MOUNTS: &[(&str, &str, &str, MsFlags, Option<&str>)] = &[
+    (
+        "proc",
+        "/proc",
+        "proc",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        None,
+    ),
+    (
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        None,
+    ),
+    (
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    ),
+    (
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        Some("mode=1777"),
+    ),
+    (
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        Some("mode=0755"),
+    ),
+];
+
+/// Mounts proc, sysfs, devtmpfs and the tmpfs dirs; an already-mounted target is fine.
+/// Returns how many mounts failed.
+pub fn mount_filesystems() -> usize {
+    let mut failed = 0;
+    for (source, target, fstype, flags, data) in MOUNTS {
+        if let Err(e) = std::fs::create_dir_all(target) {
+            console::error(&format!("mkdir {target}: {e}"));
+        }
+        match mount(Some(*source), *target, Some(*fstype), *flags, *data) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => {
+                failed += 1;
+                console::error(&format!("mount {fstype} on {target}: {e}"));
+            }
+        }
+    }
+    // The kernel's usermode modprobe helper does not exist here; stop it being called.
+    let _ = std::fs::write("/proc/sys/kernel/modprobe", "\n");
+    failed
+}
+
+/// The `.ko` paths of an order file: one per line, blanks and `#` comments skipped.
+pub fn parse_module_order(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Counts of what [`load_modules`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleLoadSummary {
+    pub loaded: usize,
+    pub already: usize,
+    pub failed: usize,
+}
+
+/// Loads every module named in `order_file` with `finit_module`, in order.
+/// `EEXIST` (already loaded or built in) is success; other errors are logged and skipped.
+pub fn load_modules(order_file: &Path) -> ModuleLoadSummary {
+    let mut summary = ModuleLoadSummary::default();
+    let text = match std::fs::read_to_string(order_file) {
+        Ok(t) => t,
+        Err(e) => {
+            console::error(&format!(
+                "cannot read module list {}: {e}",
+                order_file.display()
+            ));
+            return summary;
+        }
+    };
+    let no_params: &CStr = c"";
+    for path in parse_module_order(&text) {
+        let result = File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                finit_module(&f, no_params, ModuleInitFlags::empty()).map_err(|e| match e {
+                    Errno::EEXIST => "EEXIST".to_owned(),
+                    other => other.to_string(),
+                })
+            });
+        match result {
+            Ok(()) => summary.loaded += 1,
+            Err(e) if e == "EEXIST" => summary.already += 1,
+            Err(e) => {
+                summary.failed += 1;
+                // ENODEV/ENOENT here usually mean "no such hardware" (e.g. a CPU-specific
+                // crypto module under QEMU); log and go on.
+                console::step(&format!("module {} not loaded: {e}", path.display()));
+            }
+        }
+    }
+    summary
+}
+
+/// Flushes file systems, then powers off; if that fails, waits forever.
+pub fn power_off() -> ! {
+    power(RebootMode::RB_POWER_OFF, "power off")
+}
+
+/// Flushes file systems, then reboots; if that fails, waits forever.
+pub fn reboot_now() -> ! {
+    power(RebootMode::RB_AUTOBOOT, "reboot")
+}
+
+fn power(mode: RebootMode, what: &str) -> ! {
+    console::step(&format!("{what} now"));
+    nix::unistd::sync();
+    loop {
+        if let Err(e) = reboot(mode) {
+            console::error(&format!("{what} failed: {e}; retrying in 10 s"));
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+/// Parks the calling thread forever (PID 1 must never return).
+pub fn wait_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts `/bin/busybox sh` on `/dev/console` in a thread that restarts it whenever it
+/// exits. Returns false (and says why) when busybox is not in the image.
+pub fn spawn_debug_shell() -> bool {
+    if !Path::new(BUSYBOX).exists() {
+        console::error(&format!(
+            "substruct.debug=1 but {BUSYBOX} is not in this image"
+        ));
+        return false;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("debug-shell".into())
+        .spawn(|| {
+            // Applet links so the shell has ls, ip, cat ...; harmless when they exist.
+            let _ = Command::new(BUSYBOX)
+                .args(["--install", "-s", "/bin"])
+                .status();
+            loop {
+                match run_shell_once() {
+                    Ok(status) => console::step(&format!("debug shell exited ({status})")),
+                    Err(e) => console::error(&format!("debug shell: {e}")),
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            console::step("debug shell on /dev/console (substruct.debug=1)");
+            true
+        }
+        Err(e) => {
+            console::error(&format!("cannot start debug shell thread: {e}"));
+            false
+        }
+    }
+}
+
+fn run_shell_once() -> std::io::Result<std::process::ExitStatus> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")?;
+    // `setsid -c` gives the shell a session with the console as controlling terminal.
+    Command::new(BUSYBOX)
+        .args(["setsid", "-c", BUSYBOX, "sh", "-l"])
+        .env("PATH", "/bin:/sbin")
+        .env("PS1", "prospector# ")
+        .stdin(Stdio::from(tty.try_clone()?))
+        .stdout(Stdio::from(tty.try_clone()?))
+        .stderr(Stdio::from(tty))
+        .status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_order_skips_comments_and_blanks() {
+        let text = "# built for 6.1.0\n/lib/modules/k/virtio.ko\n\n  /lib/modules/k/virtio_net.ko  \n";
+        assert_eq!(
+            parse_module_order(text),
+            [
+                PathBuf::from("/lib/modules/k/virtio.ko"),
+                PathBuf::from("/lib/modules/k/virtio_net.ko")
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_order_file_loads_nothing() {
+        let summary = load_modules(Path::new("/nonexistent/substruct.order"));
+        assert_eq!(summary, ModuleLoadSummary::default());
+    }
+}
