@@ -1,10 +1,88 @@
-//! Contract stub (owned by the prospector-agent engineer): hardware facts.
+//! Hardware facts, read from `/sys` and `/proc` under any root (`/` on a live machine,
+//! a captured tree under `tests/fixtures/` in tests).
+//!
+//! Gathering never fails: a missing or unreadable file is a missing fact (logged at
+//! `debug`), never an error. Values are reported as read (trimmed); judging them (bogus
+//! serials, placeholder UUIDs) is the controller's job. The parsers of file contents
+//! (`cpuinfo`, `meminfo`, the SMBIOS table) are pure functions over bytes; the sysfs
+//! walkers only read files and follow symlinks, they never write anything.
+
+pub mod cpu;
+pub mod disks;
+pub mod dmi;
+pub mod memory;
+pub mod nics;
+pub mod pci;
+pub mod smbios;
+
+mod sysfs;
 
 use std::path::Path;
 
-use substruct_wire::report::HardwareReport;
+use substruct_wire::report::{BootMode, HardwareReport};
+
+use crate::cmdline::{self, KernelArgs};
+
+/// Version string put into every report.
+pub const PROSPECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Gathers every fact readable under `root` (`/` on a live machine).
-pub fn gather(_root: &Path) -> HardwareReport {
-    HardwareReport::default()
+pub fn gather(root: &Path) -> HardwareReport {
+    let mut report = HardwareReport {
+        prospector_version: PROSPECTOR_VERSION.to_owned(),
+        boot_mode: boot_mode(root),
+        dmi: dmi::gather(root),
+        cpu: cpu::gather(root),
+        memory: memory::gather(root),
+        disks: disks::gather(root),
+        nics: nics::gather(root),
+        pci: pci::gather(root),
+    };
+    if root == Path::new("/") {
+        complement_from_live_system(&mut report);
+    }
+    report
+}
+
+/// The `substruct.*` arguments of `<root>/proc/cmdline` (empty when unreadable).
+pub fn kernel_args(root: &Path) -> KernelArgs {
+    sysfs::read_string(&root.join("proc/cmdline"))
+        .map(|line| cmdline::parse(&line))
+        .unwrap_or_default()
+}
+
+/// UEFI iff the kernel was booted by UEFI firmware (`/sys/firmware/efi` exists).
+pub fn boot_mode(root: &Path) -> BootMode {
+    if root.join("sys/firmware/efi").is_dir() {
+        BootMode::Uefi
+    } else {
+        BootMode::Bios
+    }
+}
+
+/// On the live root only: fills CPU model / memory total from `sysinfo` when the
+/// files above could not say (e.g. a kernel without `/proc/cpuinfo` model names).
+fn complement_from_live_system(report: &mut HardwareReport) {
+    use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+    if report.cpu.model.is_some() && report.cpu.threads > 0 && report.memory.total_bytes > 0 {
+        return;
+    }
+    let sys = System::new_with_specifics(
+        RefreshKind::nothing()
+            .with_cpu(CpuRefreshKind::nothing())
+            .with_memory(MemoryRefreshKind::nothing().with_ram()),
+    );
+    if report.cpu.threads == 0 {
+        report.cpu.threads = u32::try_from(sys.cpus().len()).unwrap_or(u32::MAX);
+    }
+    if report.cpu.model.is_none() {
+        report.cpu.model = sys
+            .cpus()
+            .first()
+            .map(|c| c.brand().trim().to_owned())
+            .filter(|b| !b.is_empty());
+    }
+    if report.memory.total_bytes == 0 {
+        report.memory.total_bytes = sys.total_memory();
+    }
 }

@@ -1,0 +1,323 @@
+//! iPXE script rendering: pure functions from a boot intent and a context to text.
+//! No I/O, no clock, no randomness (the caller supplies the boot token).
+
+use std::fmt::Write as _;
+
+use substruct_wire::intent::{BootIntent, LocalBootWay};
+use substruct_wire::{BootToken, Mac, SiteId};
+
+/// The firmware iPXE runs on (iPXE's `${platform}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// `pcbios`: legacy BIOS.
+    Pcbios,
+    /// `efi`: UEFI.
+    Efi,
+    /// Not reported or not recognised; treated like BIOS, whose local-boot line also
+    /// falls back to `exit`.
+    Unknown,
+}
+
+impl Platform {
+    /// Parses iPXE's `${platform}` value.
+    pub fn from_ipxe(value: Option<&str>) -> Self {
+        match value.map(str::trim) {
+            Some("pcbios") => Platform::Pcbios,
+            Some("efi") => Platform::Efi,
+            _ => Platform::Unknown,
+        }
+    }
+}
+
+/// What a rendered script needs besides the intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptContext {
+    /// `http://edge[:port]`, no trailing slash.
+    pub base: String,
+    pub site: SiteId,
+    /// The NATS URL prospectors must use.
+    pub nats_url: String,
+    /// One-time token for this boot.
+    pub token: BootToken,
+    pub mac: Mac,
+    pub platform: Platform,
+    /// Appended to the prospector's kernel command line.
+    pub extra_args: Option<String>,
+}
+
+/// The query iPXE sends back to us: `mac`, `uuid`, `buildarch` and `platform` from its settings.
+pub const IPXE_QUERY: &str =
+    "mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}";
+
+/// `{base}/boot.ipxe?mac=${net0/mac}&…`: the URL every iPXE chain ends in.
+pub fn boot_script_url(base: &str) -> String {
+    format!("{base}/boot.ipxe?{IPXE_QUERY}")
+}
+
+/// A file name in the image directory that may go into an iPXE line: relative, no `..`,
+/// no spaces, quotes, `$` or control characters.
+pub fn is_safe_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('/')
+        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+' | '~'))
+}
+
+/// Kernel command-line text from the controller: one line, no control characters.
+fn is_safe_cmdline(cmdline: &str) -> bool {
+    !cmdline.chars().any(char::is_control)
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Renders the `#!ipxe` script for one machine. `None` (unknown machine) boots the
+/// prospector, like `Discover`.
+pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> String {
+    let base = &ctx.base;
+    let mut s = String::from("#!ipxe\n");
+    match intent {
+        None | Some(BootIntent::Discover) => {
+            let what = if intent.is_none() {
+                "unknown machine"
+            } else {
+                "discover"
+            };
+            let _ = writeln!(s, "echo substruct {}: {} {what}, booting the prospector", ctx.site, ctx.mac);
+            // ttyS0 last: it becomes /dev/console, so userspace output reaches the serial log.
+            let _ = write!(
+                s,
+                "kernel {base}/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 \
+                 substruct.site={} substruct.nats={} substruct.token={} panic=-1",
+                ctx.site, ctx.nats_url, ctx.token
+            );
+            if let Some(extra) = &ctx.extra_args {
+                let _ = write!(s, " {extra}");
+            }
+            s.push('\n');
+            let _ = writeln!(s, "initrd {base}/images/prospector/initrd.img");
+            s.push_str("boot\n");
+        }
+        Some(BootIntent::Install {
+            kernel,
+            initrd,
+            cmdline,
+        }) => {
+            if !is_safe_image_name(kernel) || !is_safe_image_name(initrd) || !is_safe_cmdline(cmdline)
+            {
+                return render_retry_script(
+                    base,
+                    &format!(
+                        "substruct {}: {}: the install intent names an unsafe kernel, initrd or command line; retrying",
+                        ctx.site, ctx.mac
+                    ),
+                );
+            }
+            let _ = writeln!(s, "echo substruct {}: {} install", ctx.site, ctx.mac);
+            let _ = write!(
+                s,
+                "kernel {base}/images/{kernel} initrd={}",
+                base_name(initrd)
+            );
+            let cmdline = cmdline.trim();
+            if !cmdline.is_empty() {
+                let _ = write!(s, " {cmdline}");
+            }
+            s.push('\n');
+            let _ = writeln!(s, "initrd {base}/images/{initrd}");
+            s.push_str("boot\n");
+        }
+        Some(BootIntent::Local { way }) => {
+            let how = match way {
+                LocalBootWay::IpxeExit => "local",
+                LocalBootWay::NoBootFile => "local (no boot file)",
+            };
+            let _ = writeln!(s, "echo substruct {}: {} {how}, booting the local disk", ctx.site, ctx.mac);
+            match ctx.platform {
+                Platform::Efi => s.push_str("exit\n"),
+                Platform::Pcbios | Platform::Unknown => {
+                    s.push_str("sanboot --no-describe --drive 0x80 || exit\n")
+                }
+            }
+        }
+    }
+    s
+}
+
+/// A script that explains what went wrong and asks again after 5 s. iPXE stops on an
+/// HTTP error, so every problem is answered with this rather than a 4xx.
+pub fn render_retry_script(base: &str, message: &str) -> String {
+    let message: String = message
+        .chars()
+        .map(|c| if c.is_control() || c == '$' { ' ' } else { c })
+        .collect();
+    format!(
+        "#!ipxe\necho {message}\nsleep 5\nchain --replace {}\n",
+        boot_script_url(base)
+    )
+}
+
+/// `pxelinux.cfg/default`: lpxelinux.0 loads `ipxe.lkrn` over HTTP and hands it a
+/// one-line script on its command line.
+pub fn render_pxelinux_default(base: &str) -> String {
+    format!(
+        "DEFAULT ipxe\nPROMPT 0\nTIMEOUT 0\nLABEL ipxe\n  LINUX {base}/ipxe.lkrn\n  APPEND dhcp && chain {}\n",
+        boot_script_url(base)
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ctx(platform: Platform) -> ScriptContext {
+        ScriptContext {
+            base: "http://10.77.0.1".into(),
+            site: SiteId::new("s1").unwrap(),
+            nats_url: "nats://10.77.0.1:4222".into(),
+            token: BootToken::new("0123456789abcdef0123456789abcdef").unwrap(),
+            mac: Mac::parse("52:54:00:77:00:0a").unwrap(),
+            platform,
+            extra_args: None,
+        }
+    }
+
+    const PROSPECTOR: &str = "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a discover, booting the prospector
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef panic=-1
+initrd http://10.77.0.1/images/prospector/initrd.img
+boot
+";
+
+    #[test]
+    fn discover_boots_the_prospector() {
+        assert_eq!(
+            render_boot_script(Some(&BootIntent::Discover), &ctx(Platform::Pcbios)),
+            PROSPECTOR
+        );
+    }
+
+    #[test]
+    fn unknown_machines_boot_the_prospector_with_extra_args() {
+        let mut c = ctx(Platform::Efi);
+        c.extra_args = Some("quiet substruct.debug=1".into());
+        assert_eq!(
+            render_boot_script(None, &c),
+            "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a unknown machine, booting the prospector
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef panic=-1 quiet substruct.debug=1
+initrd http://10.77.0.1/images/prospector/initrd.img
+boot
+"
+        );
+    }
+
+    #[test]
+    fn install_boots_the_named_kernel() {
+        let intent = BootIntent::Install {
+            kernel: "debian-12/linux".into(),
+            initrd: "debian-12/initrd.gz".into(),
+            cmdline: "auto=true priority=critical url=http://10.77.0.1/p/x".into(),
+        };
+        assert_eq!(
+            render_boot_script(Some(&intent), &ctx(Platform::Pcbios)),
+            "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a install
+kernel http://10.77.0.1/images/debian-12/linux initrd=initrd.gz auto=true priority=critical url=http://10.77.0.1/p/x
+initrd http://10.77.0.1/images/debian-12/initrd.gz
+boot
+"
+        );
+    }
+
+    #[test]
+    fn install_with_an_unsafe_name_retries() {
+        for (kernel, cmdline) in [
+            ("../../etc/passwd", ""),
+            ("linux\nshell", ""),
+            ("/abs/linux", ""),
+            ("linux", "a\nshell"),
+        ] {
+            let intent = BootIntent::Install {
+                kernel: kernel.into(),
+                initrd: "initrd".into(),
+                cmdline: cmdline.into(),
+            };
+            assert_eq!(
+                render_boot_script(Some(&intent), &ctx(Platform::Pcbios)),
+                "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a: the install intent names an unsafe kernel, initrd or command line; retrying
+sleep 5
+chain --replace http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
+",
+                "{kernel:?} {cmdline:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn local_boot_by_platform() {
+        let local = BootIntent::Local {
+            way: LocalBootWay::IpxeExit,
+        };
+        assert_eq!(
+            render_boot_script(Some(&local), &ctx(Platform::Pcbios)),
+            "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a local, booting the local disk
+sanboot --no-describe --drive 0x80 || exit
+"
+        );
+        assert_eq!(
+            render_boot_script(Some(&local), &ctx(Platform::Efi)),
+            "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a local, booting the local disk
+exit
+"
+        );
+        assert_eq!(
+            render_boot_script(Some(&local), &ctx(Platform::Unknown)),
+            render_boot_script(Some(&local), &ctx(Platform::Pcbios))
+        );
+        let nbf = BootIntent::Local {
+            way: LocalBootWay::NoBootFile,
+        };
+        assert_eq!(
+            render_boot_script(Some(&nbf), &ctx(Platform::Efi)),
+            "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a local (no boot file), booting the local disk
+exit
+"
+        );
+    }
+
+    #[test]
+    fn retry_script_and_pxelinux_config() {
+        assert_eq!(
+            render_retry_script("http://10.77.0.1:8080", "no mac=${x}\nhere"),
+            "#!ipxe
+echo no mac= {x} here
+sleep 5
+chain --replace http://10.77.0.1:8080/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
+"
+        );
+        assert_eq!(
+            render_pxelinux_default("http://10.77.0.1"),
+            "DEFAULT ipxe
+PROMPT 0
+TIMEOUT 0
+LABEL ipxe
+  LINUX http://10.77.0.1/ipxe.lkrn
+  APPEND dhcp && chain http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
+"
+        );
+        assert_eq!(Platform::from_ipxe(Some("efi")), Platform::Efi);
+        assert_eq!(Platform::from_ipxe(Some("pcbios")), Platform::Pcbios);
+        assert_eq!(Platform::from_ipxe(Some("${platform}")), Platform::Unknown);
+        assert_eq!(Platform::from_ipxe(None), Platform::Unknown);
+    }
+}
