@@ -202,14 +202,15 @@ impl TryFrom<RawConfig> for Config {
             None => defaults.nats_url,
         };
         let listen = match raw.listen {
-            Some(l) => l.parse::<SocketAddr>().map_err(|e| {
-                field_err("listen", format!("{l:?} is not an address:port ({e})"))
-            })?,
+            Some(l) => l
+                .parse::<SocketAddr>()
+                .map_err(|e| field_err("listen", format!("{l:?} is not an address:port ({e})")))?,
             None => defaults.listen,
         };
         let mut sites = Vec::with_capacity(raw.sites.len());
         for (i, s) in raw.sites.into_iter().enumerate() {
-            let site = SiteId::new(s).map_err(|e| field_err(format!("sites[{i}]"), e.to_string()))?;
+            let site =
+                SiteId::new(s).map_err(|e| field_err(format!("sites[{i}]"), e.to_string()))?;
             if !sites.contains(&site) {
                 sites.push(site);
             }

@@ -1,1 +1,208 @@
-//! The Substruct controller.
+//! The Substruct controller: machine inventory, identity matching, the REST API and
+//! the `substruct` admin CLI. Stateless: all durable state is in JetStream, so two
+//! controllers can run side by side (a NATS queue group shares discover requests;
+//! KV compare-and-set keeps their writes consistent).
+//!
+//! * [`config`] — TOML configuration, validated;
+//! * [`matching`] — pure: which machine a report belongs to;
+//! * [`record`] — the machine record and events (pure data);
+//! * [`discover`] — discover requests: checks, ingest, replies;
+//! * [`store`] — the only module that knows JetStream;
+//! * [`api`] — the only module that knows axum;
+//! * [`cli`] — the `substruct` admin CLI (a REST client).
+//!
+//! Run one in-process with [`Controller::start`] (tests) or [`run`] (main).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod discover;
+pub mod matching;
+pub mod record;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use substruct_wire::subjects;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use store::Store;
+
+/// How long a stopping controller waits for requests in flight.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Why the controller could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("cannot bind the REST API to {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid NATS URL {url:?}")]
+    NatsUrl {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot subscribe to discover requests")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    #[error("REST API server failed")]
+    Serve(#[source] std::io::Error),
+    #[error("cancelled before the controller was ready")]
+    Cancelled,
+}
+
+/// A running controller. Dropping it does not stop it: cancel the token given to
+/// [`Controller::start`], then [`Controller::wait`].
+#[derive(Debug)]
+pub struct Controller {
+    api_addr: SocketAddr,
+    store: Store,
+    tracker: TaskTracker,
+    api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Controller {
+    /// Binds `config.listen` and starts (see [`Controller::start_with_listener`]).
+    pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self, ControllerError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ControllerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Self::start_with_listener(config, listener, cancel).await
+    }
+
+    /// Connects to NATS (retrying until it answers or `cancel`), makes the buckets
+    /// and stream ready, subscribes to discover requests and serves the REST API
+    /// on `listener`. Returns once all of that is up.
+    pub async fn start_with_listener(
+        config: Config,
+        listener: tokio::net::TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<Self, ControllerError> {
+        let api_addr = listener
+            .local_addr()
+            .map_err(|source| ControllerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        if config.tokens.is_empty() {
+            tracing::warn!("no API token configured (config `tokens` or SUBSTRUCT_TOKEN): every /api request is refused");
+        }
+        let client = substruct_runtime::nats_options("substruct-controller")
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|source| ControllerError::NatsUrl {
+                url: config.nats_url.clone(),
+                source,
+            })?;
+        let store = open_store(client.clone(), &cancel).await?;
+        let subscriber = client
+            .queue_subscribe(subjects::discover_all(), subjects::CONTROLLER_QUEUE.into())
+            .await
+            .map_err(ControllerError::Subscribe)?;
+        let tracker = TaskTracker::new();
+        let config = Arc::new(config);
+        tracker.spawn(discover::serve(
+            client.clone(),
+            subscriber,
+            discover::Inventory::new(store.clone()),
+            config.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        ));
+        let router = api::router(api::ApiState {
+            store: store.clone(),
+            client,
+            tokens: Arc::new(config.tokens.clone()),
+        });
+        let api_task = tokio::spawn(api::serve(listener, router, cancel.clone()));
+        tracing::info!(api = %api_addr, nats = %config.nats_url, "controller ready");
+        Ok(Self {
+            api_addr,
+            store,
+            tracker,
+            api_task,
+        })
+    }
+
+    /// Where the REST API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The store this controller writes to (tests count keys with it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Waits for the controller to stop (after its token is cancelled), giving
+    /// requests in flight a bounded time to finish.
+    pub async fn wait(self) -> Result<(), ControllerError> {
+        let served = self.api_task.await;
+        self.tracker.close();
+        if tokio::time::timeout(DRAIN, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("discover requests still in flight after {DRAIN:?}; leaving them");
+        }
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ControllerError::Serve(e)),
+            Err(e) => Err(ControllerError::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Starts a controller and runs it until `cancel`.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), ControllerError> {
+    Controller::start(config, cancel).await?.wait().await
+}
+
+async fn open_store(
+    client: async_nats::Client,
+    cancel: &CancellationToken,
+) -> Result<Store, ControllerError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match Store::open(client.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "JetStream not ready");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(ControllerError::Cancelled),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// An error and all its sources, joined with ": ".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,1 +1,49 @@
-fn main() {}
+//! `substruct-controller`: a thin wrapper over [`substruct_controller::run`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use substruct_controller::Config;
+
+/// Substruct controller: inventory, matching, REST API.
+#[derive(Debug, Parser)]
+#[command(name = "substruct-controller", version)]
+struct Args {
+    /// TOML configuration file (without one, defaults apply).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NATS URL (overrides the file).
+    #[arg(long)]
+    nats: Option<String>,
+    /// REST API address (overrides the file).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// An admin API token, in addition to those in the file.
+    #[arg(long, env = "SUBSTRUCT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    substruct_runtime::init_tracing();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(url) = args.nats {
+        config.nats_url = url;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        config
+            .add_admin_token(token)
+            .context("SUBSTRUCT_TOKEN / --token")?;
+    }
+    let cancel = substruct_runtime::shutdown_token();
+    substruct_controller::run(config, cancel).await?;
+    Ok(())
+}

@@ -285,42 +285,36 @@ fn sanitize(value: &str, max: usize) -> String {
 /// machine, else `sn-<serial>`, else `mac-<lowest mac>`, else `disk-<disk serial>`;
 /// the first option not taken, else the first with a `-2`, `-3`, … suffix.
 fn new_id(facts: &[Fact], claimed: &BTreeSet<&Fact>, taken: &BTreeSet<&str>) -> Action {
-    let mut options: Vec<String> = Vec::new();
-    let mut push = |prefix: &str, value: &str| {
-        let body = sanitize(value, MAX_ID_LEN - prefix.len());
-        if !body.is_empty() {
-            options.push(format!("{prefix}{body}"));
-        }
+    let option = |fact: &Fact| {
+        let (prefix, value) = match fact {
+            Fact::Uuid(v) => ("", v.clone()),
+            Fact::Serial(v) => ("sn-", v.clone()),
+            Fact::Mac(m) => ("mac-", m.to_key()),
+            Fact::DiskSerial(v) => ("disk-", v.clone()),
+        };
+        let body = sanitize(&value, MAX_ID_LEN - prefix.len());
+        (!body.is_empty()).then(|| format!("{prefix}{body}"))
     };
-    for kind in [
+    let mut options: Vec<String> = [
         FactKind::Uuid,
         FactKind::Serial,
         FactKind::Mac,
         FactKind::DiskSerial,
-    ] {
-        // The lowest unclaimed value of each kind (facts are sorted).
-        let Some(fact) = values(facts, kind).find(|f| !claimed.contains(f)) else {
-            continue;
-        };
-        match fact {
-            Fact::Uuid(v) => push("", v),
-            Fact::Serial(v) => push("sn-", v),
-            Fact::Mac(m) => push("mac-", &m.to_key()),
-            Fact::DiskSerial(v) => push("disk-", v),
-        }
-    }
+    ]
+    .into_iter()
+    // The lowest unclaimed value of each kind (facts are sorted).
+    .filter_map(|kind| values(facts, kind).find(|f| !claimed.contains(f)))
+    .filter_map(option)
+    .collect();
     if options.is_empty() {
         // Every fact is claimed by another machine: still a new machine.
-        if let Some(fact) = facts.first() {
-            match fact {
-                Fact::Uuid(v) => push("", v),
-                Fact::Serial(v) => push("sn-", v),
-                Fact::Mac(m) => push("mac-", &m.to_key()),
-                Fact::DiskSerial(v) => push("disk-", v),
-            }
-        }
+        options.extend(facts.iter().filter_map(option));
     }
-    let valid = |s: &str| MachineId::new(s).ok().filter(|id| !taken.contains(id.as_str()));
+    let valid = |s: &str| {
+        MachineId::new(s)
+            .ok()
+            .filter(|id| !taken.contains(id.as_str()))
+    };
     if let Some(id) = options.iter().find_map(|o| valid(o)) {
         return Action::Create(id);
     }

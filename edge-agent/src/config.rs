@@ -16,6 +16,8 @@ use serde::Deserialize;
 use substruct_wire::intent::LocalBootWay;
 use substruct_wire::{Mac, SiteId};
 
+use crate::dhcp;
+
 /// Where the agent keeps its leases database and intent cache unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/substruct-edge";
 /// Debian package `ipxe` installs its loaders here.
@@ -130,14 +132,23 @@ pub struct Subnet {
     pub lease_time: Duration,
 }
 
-/// A fixed address (and optionally a host name and boot file) for one MAC.
+/// A per-machine first-stage loader (a reservation's `loader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservedLoader {
+    Pxelinux,
+    Undionly,
+    IpxeEfi,
+    SnpOnly,
+}
+
+/// A fixed address and/or host name and/or first-stage loader for one MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub mac: Mac,
-    pub ip: Ipv4Addr,
+    pub ip: Option<Ipv4Addr>,
     pub hostname: Option<String>,
-    /// A boot file name that replaces the architecture's default loader for this MAC.
-    pub loader: Option<String>,
+    /// Replaces the architecture's default loader for this MAC.
+    pub loader: Option<ReservedLoader>,
 }
 
 /// Validated DHCP settings (converted into the DHCP module's own settings by the agent).
@@ -213,6 +224,61 @@ impl EdgeConfig {
     }
 }
 
+impl EdgeConfig {
+    /// The DHCP module's settings for this site (validated again by the DHCP module).
+    pub fn dhcp_config(&self) -> dhcp::DhcpConfig {
+        let d = &self.dhcp;
+        dhcp::DhcpConfig {
+            server_ip: self.server_ip(),
+            mode: match d.mode {
+                DhcpMode::Server => dhcp::DhcpMode::Server,
+                DhcpMode::Proxy => dhcp::DhcpMode::Proxy,
+            },
+            subnets: d
+                .subnets
+                .iter()
+                .map(|s| dhcp::Subnet {
+                    network: s.network,
+                    pools: s.pools.iter().map(|p| (p.start, p.end)).collect(),
+                    router: s.router,
+                    dns: s.dns.clone(),
+                    lease_time: s.lease_time,
+                })
+                .collect(),
+            reservations: d
+                .reservations
+                .iter()
+                .map(|r| dhcp::Reservation {
+                    mac: r.mac,
+                    ip: r.ip,
+                    hostname: r.hostname.clone(),
+                    loader: r.loader.map(|l| match l {
+                        ReservedLoader::Pxelinux => dhcp::Loader::Pxelinux,
+                        ReservedLoader::Undionly => dhcp::Loader::Undionly,
+                        ReservedLoader::IpxeEfi => dhcp::Loader::IpxeEfi,
+                        ReservedLoader::SnpOnly => dhcp::Loader::SnpOnly,
+                    }),
+                })
+                .collect(),
+            bios_chain: match d.bios_chain {
+                BiosChain::Pxelinux => dhcp::BiosChain::Pxelinux,
+                BiosChain::Undionly => dhcp::BiosChain::Undionly,
+            },
+            uefi_loader: match d.uefi_loader {
+                UefiLoader::Ipxe => dhcp::UefiLoader::IpxeEfi,
+                UefiLoader::Snponly => dhcp::UefiLoader::SnpOnly,
+            },
+            http_base: self.http_base(),
+            local_boot_way: d.local_boot,
+        }
+    }
+
+    /// [`Self::dhcp_config`], validated and indexed by the DHCP module.
+    pub fn dhcp_settings(&self) -> Result<dhcp::DhcpSettings, dhcp::SettingsError> {
+        dhcp::DhcpSettings::new(self.dhcp_config())
+    }
+}
+
 /// The file as written: every field optional so flags can fill or override it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,7 +335,7 @@ pub enum RawDuration {
 #[serde(deny_unknown_fields)]
 pub struct RawReservation {
     pub mac: String,
-    pub ip: String,
+    pub ip: Option<String>,
     pub hostname: Option<String>,
     pub loader: Option<String>,
 }
@@ -467,7 +533,9 @@ fn check_nats_url(ctx: &Ctx<'_>, field: &str, url: &str) -> Result<(), ConfigErr
 
 fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let n: u64 = num.parse().ok()?;
     let mult = match unit.trim() {
@@ -504,14 +572,6 @@ fn check_hostname(name: &str) -> bool {
         && !name.starts_with('-')
         && !name.ends_with('-')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
-
-fn check_boot_file(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 127
-        && name
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
 }
 
 fn convert_subnet(
@@ -588,7 +648,9 @@ fn convert_subnet(
         Some(RawDuration::Text(t)) => parse_duration(t).ok_or_else(|| {
             ctx.err(
                 format!("{at}.lease_time"),
-                format!("{t:?} is not a duration (seconds, or e.g. \"90s\", \"30m\", \"1h\", \"1d\")"),
+                format!(
+                    "{t:?} is not a duration (seconds, or e.g. \"90s\", \"30m\", \"1h\", \"1d\")"
+                ),
             )
         })?,
     };
@@ -632,7 +694,9 @@ impl TryFrom<Sourced> for EdgeConfig {
         {
             return Err(ctx.err(
                 "interface",
-                format!("{interface:?} is not an interface name (1-15 characters, no '/' or spaces)"),
+                format!(
+                    "{interface:?} is not an interface name (1-15 characters, no '/' or spaces)"
+                ),
             ));
         }
 
@@ -738,6 +802,16 @@ impl TryFrom<Sourced> for EdgeConfig {
             }
             subnets.push(subnet);
         }
+        if !subnets.iter().any(|s| s.network.contains(&address.addr())) {
+            // The edge's own network is always served (without pools unless configured).
+            subnets.push(Subnet {
+                network: address.trunc(),
+                pools: Vec::new(),
+                router: None,
+                dns: Vec::new(),
+                lease_time: DEFAULT_LEASE_TIME,
+            });
+        }
         if mode == DhcpMode::Server && subnets.iter().all(|s| s.pools.is_empty()) {
             return Err(ctx.err(
                 "dhcp.subnets",
@@ -748,33 +822,48 @@ impl TryFrom<Sourced> for EdgeConfig {
         let mut reservations: Vec<Reservation> = Vec::new();
         for (i, rr) in d.reservations.iter().enumerate() {
             let at = format!("dhcp.reservations[{i}]");
-            let mac = Mac::parse(rr.mac.trim()).map_err(|e| ctx.err(format!("{at}.mac"), e.to_string()))?;
+            let mac = Mac::parse(rr.mac.trim())
+                .map_err(|e| ctx.err(format!("{at}.mac"), e.to_string()))?;
             if !mac.is_usable() {
                 return Err(ctx.err(
                     format!("{at}.mac"),
                     format!("{mac} is a broadcast, multicast or all-zero address"),
                 ));
             }
-            let ip = ctx.ip(&format!("{at}.ip"), &rr.ip)?;
-            if mode == DhcpMode::Server && !subnets.iter().any(|s| s.network.contains(&ip)) {
-                return Err(ctx.err(
-                    format!("{at}.ip"),
-                    format!("{ip} is not inside any dhcp.subnets[].network"),
-                ));
-            }
-            if ip == address.addr() {
-                return Err(ctx.err(format!("{at}.ip"), format!("{ip} is the edge's own address")));
-            }
+            let ip = match &rr.ip {
+                Some(text) => {
+                    let ip = ctx.ip(&format!("{at}.ip"), text)?;
+                    if mode == DhcpMode::Server && !subnets.iter().any(|s| s.network.contains(&ip))
+                    {
+                        return Err(ctx.err(
+                            format!("{at}.ip"),
+                            format!("{ip} is not inside any dhcp.subnets[].network"),
+                        ));
+                    }
+                    if ip == address.addr() {
+                        return Err(ctx.err(
+                            format!("{at}.ip"),
+                            format!("{ip} is the edge's own address"),
+                        ));
+                    }
+                    if let Some((k, _)) = reservations
+                        .iter()
+                        .enumerate()
+                        .find(|(_, r)| r.ip == Some(ip))
+                    {
+                        return Err(ctx.err(
+                            format!("{at}.ip"),
+                            format!("{ip} is already reserved by dhcp.reservations[{k}]"),
+                        ));
+                    }
+                    Some(ip)
+                }
+                None => None,
+            };
             if let Some((k, _)) = reservations.iter().enumerate().find(|(_, r)| r.mac == mac) {
                 return Err(ctx.err(
                     format!("{at}.mac"),
                     format!("{mac} is already reserved by dhcp.reservations[{k}]"),
-                ));
-            }
-            if let Some((k, _)) = reservations.iter().enumerate().find(|(_, r)| r.ip == ip) {
-                return Err(ctx.err(
-                    format!("{at}.ip"),
-                    format!("{ip} is already reserved by dhcp.reservations[{k}]"),
                 ));
             }
             if let Some(h) = &rr.hostname {
@@ -785,19 +874,22 @@ impl TryFrom<Sourced> for EdgeConfig {
                     ));
                 }
             }
-            if let Some(l) = &rr.loader {
-                if !check_boot_file(l) {
-                    return Err(ctx.err(
-                        format!("{at}.loader"),
-                        format!("{l:?} is not a boot file name (printable, no spaces, at most 127 bytes)"),
-                    ));
-                }
-            }
+            let loader = ctx.choice(
+                &format!("{at}.loader"),
+                rr.loader.as_deref(),
+                None,
+                &[
+                    ("pxelinux", Some(ReservedLoader::Pxelinux)),
+                    ("undionly", Some(ReservedLoader::Undionly)),
+                    ("ipxe", Some(ReservedLoader::IpxeEfi)),
+                    ("snponly", Some(ReservedLoader::SnpOnly)),
+                ],
+            )?;
             reservations.push(Reservation {
                 mac,
                 ip,
                 hostname: rr.hostname.clone(),
-                loader: rr.loader.clone(),
+                loader,
             });
         }
 
@@ -873,7 +965,7 @@ lease_time = 600
 mac = "52:54:00:77:00:0a"
 ip = "10.77.0.50"
 hostname = "node-a"
-loader = "undionly.kpxe"
+loader = "undionly"
 "#;
 
     fn err_of(text: &str) -> String {
@@ -895,7 +987,10 @@ loader = "undionly.kpxe"
         assert_eq!(c.dhcp.subnets.len(), 2);
         assert_eq!(c.dhcp.subnets[0].lease_time, Duration::from_secs(3600));
         assert_eq!(c.dhcp.subnets[1].lease_time, Duration::from_secs(600));
-        assert_eq!(c.dhcp.subnets[1].pools[1].to_string(), "10.9.0.30-10.9.0.40");
+        assert_eq!(
+            c.dhcp.subnets[1].pools[1].to_string(),
+            "10.9.0.30-10.9.0.40"
+        );
         assert_eq!(c.dhcp.reservations[0].hostname.as_deref(), Some("node-a"));
         assert!(c.tftp);
     }
@@ -979,6 +1074,11 @@ loader = "undionly.kpxe"
             err_of(&dup),
             "edge.toml: dhcp.reservations[1].ip: 10.77.0.50 is already reserved by dhcp.reservations[0]"
         );
+        let loader = GOOD.replace("loader = \"undionly\"", "loader = \"grub\"");
+        assert_eq!(
+            err_of(&loader),
+            "edge.toml: dhcp.reservations[0].loader: \"grub\" is not one of pxelinux, undionly, ipxe, snponly"
+        );
         let nopool = "interface = \"br0\"\naddress = \"10.77.0.1/24\"\nimages = \"/i\"\n";
         assert_eq!(
             err_of(nopool),
@@ -987,12 +1087,40 @@ loader = "undionly.kpxe"
     }
 
     #[test]
+    fn converts_into_dhcp_settings() {
+        let c = EdgeConfig::from_toml_str("edge.toml", GOOD).unwrap();
+        let d = c.dhcp_settings().unwrap();
+        assert_eq!(d.server_ip, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(d.http_base, "http://10.77.0.1");
+        assert_eq!(d.bios_chain, dhcp::BiosChain::Undionly);
+        assert_eq!(d.uefi_loader, dhcp::UefiLoader::SnpOnly);
+        assert_eq!(d.subnets.len(), 2);
+        assert_eq!(
+            d.subnets[0].pools,
+            vec![(Ipv4Addr::new(10, 77, 0, 100), Ipv4Addr::new(10, 77, 0, 199))]
+        );
+        assert_eq!(d.reservations[0].loader, Some(dhcp::Loader::Undionly));
+        assert_eq!(d.local_boot_way, LocalBootWay::NoBootFile);
+
+        // Proxy mode from a file with no subnet: the edge's own network is added.
+        let proxy = "interface = \"br0\"\naddress = \"10.77.0.1/24\"\nimages = \"/i\"\n[dhcp]\nmode = \"proxy\"\n";
+        let c = EdgeConfig::from_toml_str("edge.toml", proxy).unwrap();
+        assert_eq!(c.dhcp.subnets.len(), 1);
+        assert_eq!(c.dhcp.subnets[0].network.to_string(), "10.77.0.0/24");
+        let d = c.dhcp_settings().unwrap();
+        assert_eq!(d.mode, dhcp::DhcpMode::Proxy);
+    }
+
+    #[test]
     fn unknown_fields_are_refused_with_their_name() {
         let text = format!("{GOOD}\n[extra]\nfoo = 1\n");
         let e = EdgeConfig::from_toml_str("edge.toml", &text).unwrap_err();
         assert!(matches!(e, ConfigError::Parse { .. }));
         let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
-        assert!(chain.starts_with("parsing config file edge.toml: "), "{chain}");
+        assert!(
+            chain.starts_with("parsing config file edge.toml: "),
+            "{chain}"
+        );
         assert!(chain.contains("unknown field `extra`"), "{chain}");
         let typo = GOOD.replace("lease_time = 600", "lease_tim = 600");
         let e = EdgeConfig::from_toml_str("edge.toml", &typo).unwrap_err();
@@ -1088,7 +1216,10 @@ loader = "undionly.kpxe"
         assert_eq!(c.site.as_str(), "s2");
         assert_eq!(c.http_port, 8081);
         assert_eq!(c.dhcp.subnets.len(), 2);
-        assert_eq!(c.dhcp.subnets[0].pools[0].to_string(), "10.77.0.150-10.77.0.160");
+        assert_eq!(
+            c.dhcp.subnets[0].pools[0].to_string(),
+            "10.77.0.150-10.77.0.160"
+        );
         // Untouched file values stay.
         assert_eq!(c.dhcp.subnets[0].router, Some(Ipv4Addr::new(10, 77, 0, 1)));
         assert_eq!(c.dhcp.bios_chain, BiosChain::Undionly);

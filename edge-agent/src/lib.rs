@@ -1,5 +1,10 @@
 //! The Substruct edge agent: one per site. Serves DHCP, TFTP and HTTP on the
 //! provisioning network and answers every machine by its boot intent.
 
+pub mod agent;
+pub mod config;
+pub mod dhcp;
+pub mod http;
 pub mod intents;
+pub mod ra;
 pub mod tftp;

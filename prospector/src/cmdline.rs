@@ -27,12 +27,13 @@ pub const ARG_DEBUG: &str = "substruct.debug";
 pub fn parse(line: &str) -> KernelArgs {
     let mut args = KernelArgs::default();
     for word in split_words(line) {
+        // `"key=value with spaces"` is quoted as a whole; `key="value"` only in its value.
         let (key, value) = match word.split_once('=') {
-            Some((k, v)) => (k, Some(unquote(v))),
-            None => (word.as_str(), None),
+            Some((k, v)) => (unquote(k), Some(unquote(v))),
+            None => (unquote(&word), None),
         };
         let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
-        match key {
+        match key.as_str() {
             ARG_SITE => args.site = non_empty(value),
             ARG_NATS => args.nats = non_empty(value),
             ARG_TOKEN => args.token = non_empty(value),

@@ -1,1 +1,101 @@
-fn main() {}
+//! `substruct-prospector`: PID 1 of the live image, or a CLI that gathers and reports
+//! the hardware of the machine it runs on (or of a captured tree with `--root`).
+//!
+//! A CLI run never powers off or reboots its host: it prints what the controller asked.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use substruct_prospector::agent::{self, AgentConfig, ConfigSources, Outcome};
+use substruct_prospector::{facts, live};
+
+/// Gathers this machine's hardware facts and reports them to the Substruct controller.
+#[derive(Debug, Parser)]
+#[command(name = "substruct-prospector", version)]
+struct Cli {
+    /// Read /sys and /proc under this directory (a captured tree) instead of /.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Print the hardware report as JSON and exit, without NATS.
+    #[arg(long)]
+    dry_run: bool,
+    /// NATS URL (default: the substruct.nats= kernel argument).
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// Site name (default: the substruct.site= kernel argument).
+    #[arg(long, value_name = "NAME")]
+    site: Option<String>,
+    /// One-time boot token (default: the substruct.token= kernel argument).
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
+    /// Exit after the controller's acknowledgement instead of waiting for commands.
+    #[arg(long)]
+    once: bool,
+}
+
+fn main() -> ExitCode {
+    if live::is_pid1() {
+        live::run_as_init();
+    }
+    let cli = Cli::parse();
+    substruct_runtime::init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("substruct-prospector: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let report = facts::gather(&cli.root);
+    if cli.dry_run {
+        let json = serde_json::to_string_pretty(&report).context("encoding the report as JSON")?;
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kernel = facts::kernel_args(&cli.root);
+    let cfg = AgentConfig::resolve(
+        ConfigSources {
+            nats: cli.nats,
+            site: cli.site,
+            token: cli.token,
+            once: cli.once,
+        },
+        &kernel,
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(async move {
+        let cancel = substruct_runtime::shutdown_token();
+        agent::run(cfg, report, cancel).await
+    })?;
+    Ok(match outcome {
+        Outcome::Acknowledged { machine_id } => {
+            println!("acknowledged as machine {machine_id}");
+            ExitCode::SUCCESS
+        }
+        Outcome::PowerOff { machine_id } => {
+            println!(
+                "controller asked machine {machine_id} to power off (a CLI run leaves its host alone)"
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Reboot { machine_id } => {
+            println!(
+                "controller asked machine {machine_id} to reboot (a CLI run leaves its host alone)"
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Cancelled => {
+            println!("cancelled before the controller gave a final instruction");
+            ExitCode::from(130)
+        }
+    })
+}

@@ -123,7 +123,9 @@ pub enum SettingsError {
         end: Ipv4Addr,
         network: Ipv4Net,
     },
-    #[error("dhcp.subnets[{subnet}].pools[{pool}] overlaps pool {other_pool} of subnet {other_subnet}")]
+    #[error(
+        "dhcp.subnets[{subnet}].pools[{pool}] overlaps pool {other_pool} of subnet {other_subnet}"
+    )]
     PoolOverlap {
         subnet: usize,
         pool: usize,
@@ -149,9 +151,17 @@ pub enum SettingsError {
     #[error("dhcp.server_ip must be a unicast address, not {0}")]
     ServerIpInvalid(Ipv4Addr),
     #[error("dhcp.reservations[{index}] ({mac}): {ip} is not inside any subnet")]
-    ReservationOutsideSubnets { index: usize, mac: Mac, ip: Ipv4Addr },
+    ReservationOutsideSubnets {
+        index: usize,
+        mac: Mac,
+        ip: Ipv4Addr,
+    },
     #[error("dhcp.reservations[{index}] ({mac}): {ip} is the server's own address")]
-    ReservationIsServer { index: usize, mac: Mac, ip: Ipv4Addr },
+    ReservationIsServer {
+        index: usize,
+        mac: Mac,
+        ip: Ipv4Addr,
+    },
     #[error("dhcp.reservations[{index}]: MAC {mac} is not a usable unicast address")]
     ReservationBadMac { index: usize, mac: Mac },
     #[error("dhcp.reservations[{index}]: MAC {mac} is reserved twice")]
@@ -260,8 +270,7 @@ impl DhcpSettings {
 }
 
 fn usable_in(net: &Ipv4Net, ip: Ipv4Addr) -> bool {
-    net.contains(&ip)
-        && (net.prefix_len() >= 31 || (ip != net.network() && ip != net.broadcast()))
+    net.contains(&ip) && (net.prefix_len() >= 31 || (ip != net.network() && ip != net.broadcast()))
 }
 
 fn hostname_ok(h: &str) -> bool {
@@ -335,8 +344,8 @@ fn validate(c: &DhcpConfig) -> Result<(), SettingsError> {
                     if (oi, op) >= (i, p) {
                         continue;
                     }
-                    let overlap = u32::from(start) <= u32::from(oend)
-                        && u32::from(ostart) <= u32::from(end);
+                    let overlap =
+                        u32::from(start) <= u32::from(oend) && u32::from(ostart) <= u32::from(end);
                     if overlap {
                         return Err(SettingsError::PoolOverlap {
                             subnet: i,

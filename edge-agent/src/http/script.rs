@@ -60,7 +60,9 @@ pub fn is_safe_image_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('/')
-        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+' | '~'))
@@ -87,7 +89,11 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
             } else {
                 "discover"
             };
-            let _ = writeln!(s, "echo substruct {}: {} {what}, booting the prospector", ctx.site, ctx.mac);
+            let _ = writeln!(
+                s,
+                "echo substruct {}: {} {what}, booting the prospector",
+                ctx.site, ctx.mac
+            );
             // ttyS0 last: it becomes /dev/console, so userspace output reaches the serial log.
             let _ = write!(
                 s,
@@ -107,7 +113,9 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
             initrd,
             cmdline,
         }) => {
-            if !is_safe_image_name(kernel) || !is_safe_image_name(initrd) || !is_safe_cmdline(cmdline)
+            if !is_safe_image_name(kernel)
+                || !is_safe_image_name(initrd)
+                || !is_safe_cmdline(cmdline)
             {
                 return render_retry_script(
                     base,
@@ -136,7 +144,11 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
                 LocalBootWay::IpxeExit => "local",
                 LocalBootWay::NoBootFile => "local (no boot file)",
             };
-            let _ = writeln!(s, "echo substruct {}: {} {how}, booting the local disk", ctx.site, ctx.mac);
+            let _ = writeln!(
+                s,
+                "echo substruct {}: {} {how}, booting the local disk",
+                ctx.site, ctx.mac
+            );
             match ctx.platform {
                 Platform::Efi => s.push_str("exit\n"),
                 Platform::Pcbios | Platform::Unknown => {
@@ -159,6 +171,12 @@ pub fn render_retry_script(base: &str, message: &str) -> String {
         "#!ipxe\necho {message}\nsleep 5\nchain --replace {}\n",
         boot_script_url(base)
     )
+}
+
+/// The answer to a bare `/boot.ipxe` (e.g. a DHCP boot file without our query): ask
+/// again at once with iPXE's identity filled in.
+pub fn render_identify_script(base: &str) -> String {
+    format!("#!ipxe\nchain --replace {}\n", boot_script_url(base))
 }
 
 /// `pxelinux.cfg/default`: lpxelinux.0 loads `ipxe.lkrn` over HTTP and hands it a
@@ -313,6 +331,12 @@ TIMEOUT 0
 LABEL ipxe
   LINUX http://10.77.0.1/ipxe.lkrn
   APPEND dhcp && chain http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
+"
+        );
+        assert_eq!(
+            render_identify_script("http://10.77.0.1"),
+            "#!ipxe
+chain --replace http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
 "
         );
         assert_eq!(Platform::from_ipxe(Some("efi")), Platform::Efi);

@@ -171,7 +171,9 @@ impl TftpFiles {
             }
         }
         if escaped {
-            Err(LookupError::AccessViolation("path resolves outside the root"))
+            Err(LookupError::AccessViolation(
+                "path resolves outside the root",
+            ))
         } else {
             Err(LookupError::NotFound)
         }
@@ -237,7 +239,10 @@ mod tests {
 
     #[test]
     fn normalizes_names() {
-        assert_eq!(normalize("/pxelinux.cfg/default").unwrap(), "pxelinux.cfg/default");
+        assert_eq!(
+            normalize("/pxelinux.cfg/default").unwrap(),
+            "pxelinux.cfg/default"
+        );
         assert_eq!(normalize("\\boot\\x.efi").unwrap(), "boot/x.efi");
         assert_eq!(normalize("a//./b").unwrap(), "a/b");
         assert!(matches!(
@@ -262,14 +267,20 @@ mod tests {
         std::fs::write(dir.path().join("pxelinux.cfg/default"), b"disk").unwrap();
         let files = TftpFiles::new(vec![dir.path().to_owned()]);
         let clone = files.clone();
-        assert!(matches!(files.open("pxelinux.cfg/default"), Ok(Source::Disk { len: 4, .. })));
+        assert!(matches!(
+            files.open("pxelinux.cfg/default"),
+            Ok(Source::Disk { len: 4, .. })
+        ));
         clone.set_generated("/pxelinux.cfg/default", &b"generated"[..]);
         match files.open("pxelinux.cfg/default") {
             Ok(Source::Memory(b)) => assert_eq!(&b[..], b"generated"),
             other => panic!("{other:?}"),
         }
         clone.remove_generated("pxelinux.cfg/default");
-        assert!(matches!(files.open("pxelinux.cfg/default"), Ok(Source::Disk { .. })));
+        assert!(matches!(
+            files.open("pxelinux.cfg/default"),
+            Ok(Source::Disk { .. })
+        ));
     }
 
     #[test]
@@ -298,7 +309,10 @@ mod tests {
             files.open("link"),
             Err(LookupError::AccessViolation(_))
         ));
-        assert!(matches!(files.open("good"), Ok(Source::Disk { len: 2, .. })));
+        assert!(matches!(
+            files.open("good"),
+            Ok(Source::Disk { len: 2, .. })
+        ));
     }
 
     #[test]
@@ -306,7 +320,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("real.bin"), b"loader").unwrap();
         let files = TftpFiles::new(vec![]).with_mapped("/loader.0", dir.path().join("real.bin"));
-        assert!(matches!(files.open("loader.0"), Ok(Source::Disk { len: 6, .. })));
+        assert!(matches!(
+            files.open("loader.0"),
+            Ok(Source::Disk { len: 6, .. })
+        ));
         let debian = TftpFiles::debian_loaders(vec![]);
         assert_eq!(
             debian.mapped.get("lpxelinux.0").map(PathBuf::as_path),

@@ -147,10 +147,7 @@ mod tests {
     fn every_problem_is_named() {
         let problems = validate(&args(None, None, None)).unwrap_err();
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            text,
-            ["missing substruct.site=", "missing substruct.nats="]
-        );
+        assert_eq!(text, ["missing substruct.site=", "missing substruct.nats="]);
         let problems = validate(&args(Some("S 1"), Some("http://x"), Some("BAD!"))).unwrap_err();
         assert_eq!(problems.len(), 3);
         assert!(matches!(problems[0], ConfigProblem::BadSite { .. }));

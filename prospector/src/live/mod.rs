@@ -1,4 +1,37 @@
-//! Contract stub (owned by the live-image engineer): PID 1 inside the live image.
+//! PID 1 inside the live image: the RAM-booted OS an edge serves to unknown machines.
+//!
+//! [`run_as_init`] mounts the kernel file systems, loads the NIC and storage modules the
+//! image builder listed, brings the network up with its own DHCP client, reads the
+//! `substruct.*` kernel arguments, then hands the hardware report to [`crate::agent`] and
+//! carries out what the controller answers (power off, reboot, wait).
+//!
+//! * `console` — marker and progress lines on the serial console, the panic hook;
+//! * `config` — pure validation of the kernel arguments;
+//! * `dhcp` — the sans-IO DHCPv4 client core (dhcproto);
+//! * `net` — sysfs NIC discovery, rtnetlink link/address/route, the DHCP socket;
+//! * `system` — mounts, `finit_module`, power, the busybox debug shell.
+//!
+//! Invariant: PID 1 never exits and never panics on purpose — an exiting init is a
+//! kernel panic. Every failure is printed as a `SUBSTRUCT-ERROR` line and retried.
+
+pub mod config;
+pub mod console;
+pub mod dhcp;
+pub mod net;
+pub mod system;
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, AgentConfig, Outcome};
+use config::BootConfig;
+
+/// How often a configuration problem is printed again while PID 1 waits.
+const CONFIG_REPEAT: Duration = Duration::from_secs(10);
+/// Pause between agent runs that ended in an error.
+const AGENT_RETRY_MAX: Duration = Duration::from_secs(15);
 
 /// True when this process is the init of the live image.
 pub fn is_pid1() -> bool {
@@ -7,7 +40,247 @@ pub fn is_pid1() -> bool {
 
 /// Runs the whole live-image boot as PID 1; never returns.
 pub fn run_as_init() -> ! {
+    console::install_panic_hook();
+    console::line(console::MARKER_READY);
+    // Progress already goes to the console as plain lines; keep `tracing` (stderr, the
+    // same console) to warnings so lines are not doubled. Still single-threaded here.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    match std::panic::catch_unwind(boot) {
+        Ok(never) => match never {},
+        Err(_) => {
+            // The hook has printed the panic. Give the console a moment to be read,
+            // then power off cleanly rather than kernel-panic.
+            console::error("prospector panicked; powering off in 30 s");
+            std::thread::sleep(Duration::from_secs(30));
+            system::power_off()
+        }
+    }
+}
+
+/// What [`boot`] never returns.
+enum Never {}
+
+fn boot() -> Never {
+    if system::mount_filesystems() == 0 {
+        console::step("mounted proc, sys, dev, tmp, run");
+    }
+    let modules = system::load_modules(Path::new(system::MODULE_ORDER_FILE));
+    console::step(&format!(
+        "modules: {} loaded, {} already present, {} failed",
+        modules.loaded, modules.already, modules.failed
+    ));
+    let runtime = loop {
+        match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => break rt,
+            Err(e) => {
+                console::error(&format!("cannot start the async runtime: {e}; retrying"));
+                std::thread::sleep(CONFIG_REPEAT);
+            }
+        }
+    };
+    runtime.block_on(live())
+}
+
+/// Reads and validates `/proc/cmdline`; on problems prints them every ~10 s, forever.
+async fn boot_config() -> BootConfig {
+    let mut debug_started = false;
     loop {
-        std::thread::park();
+        let line = match std::fs::read_to_string("/proc/cmdline") {
+            Ok(line) => line,
+            Err(e) => {
+                console::error(&format!("cannot read /proc/cmdline: {e}"));
+                String::new()
+            }
+        };
+        let args = crate::cmdline::parse(line.trim());
+        if args.debug && !debug_started {
+            debug_started = system::spawn_debug_shell();
+        }
+        match config::validate(&args) {
+            Ok(cfg) => return cfg,
+            Err(problems) => {
+                for p in &problems {
+                    console::error(&console::chain(p));
+                }
+                tokio::time::sleep(CONFIG_REPEAT).await;
+            }
+        }
+    }
+}
+
+async fn live() -> Never {
+    substruct_runtime::init_tracing();
+    let cfg = boot_config().await;
+    console::step(&format!(
+        "site {} nats {} token {}",
+        cfg.site,
+        cfg.nats_url,
+        if cfg.token.is_some() { "yes" } else { "no" }
+    ));
+    let up = net::bring_up().await;
+    console::line(&format!(
+        "{} if={} ip={}/{} mac={} router={}",
+        console::MARKER_NET_UP,
+        up.nic.name,
+        up.lease.ip,
+        up.lease.prefix,
+        up.nic.mac,
+        up.lease
+            .router
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "-".into()),
+    ));
+    let cancel = CancellationToken::new();
+    report_and_obey(&cfg, &cancel).await
+}
+
+/// What PID 1 does with an agent outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    PowerOff,
+    Reboot,
+    /// Acknowledged: keep listening for commands.
+    Listen,
+    /// The agent stopped without an instruction: run it again.
+    Again,
+}
+
+fn next_step(outcome: &Outcome) -> Next {
+    match outcome {
+        Outcome::PowerOff { .. } => Next::PowerOff,
+        Outcome::Reboot { .. } => Next::Reboot,
+        Outcome::Acknowledged { .. } => Next::Listen,
+        Outcome::Cancelled => Next::Again,
+    }
+}
+
+/// Reports (once, to see the acknowledgement), then listens for instructions; forever.
+async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never {
+    let mut reported = false;
+    let mut failures: u32 = 0;
+    loop {
+        console::step("gathering hardware facts");
+        let report = tokio::task::spawn_blocking(|| crate::facts::gather(Path::new("/")))
+            .await
+            .unwrap_or_default();
+        console::step(&format!(
+            "facts: {} disks, {} NICs, {} PCI devices; {} to {}",
+            report.disks.len(),
+            report.nics.len(),
+            report.pci.len(),
+            if reported { "listening" } else { "reporting" },
+            cfg.nats_url
+        ));
+        let agent_cfg = AgentConfig {
+            nats_url: cfg.nats_url.clone(),
+            site: cfg.site.clone(),
+            token: cfg.token.clone(),
+            // First run returns at the acknowledgement so it can be shown; later runs wait
+            // for the controller's commands.
+            once: !reported,
+        };
+        // Its own task, so a panic inside the agent is an error here, not PID 1's end.
+        let run = tokio::spawn(agent::run(agent_cfg, report, cancel.clone())).await;
+        let outcome = match run {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                let wait = retry_wait(failures);
+                console::error(&format!(
+                    "agent: {}; retrying in {} s",
+                    console::chain(&e),
+                    wait.as_secs()
+                ));
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Err(join) => {
+                failures = failures.saturating_add(1);
+                let wait = retry_wait(failures);
+                console::error(&format!(
+                    "agent task ended: {join}; retrying in {} s",
+                    wait.as_secs()
+                ));
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        failures = 0;
+        if let Outcome::Acknowledged { machine_id }
+        | Outcome::PowerOff { machine_id }
+        | Outcome::Reboot { machine_id } = &outcome
+        {
+            if !reported {
+                console::line(&format!(
+                    "{} machine={machine_id}",
+                    console::MARKER_REPORTED
+                ));
+                reported = true;
+            }
+        }
+        match next_step(&outcome) {
+            Next::PowerOff => {
+                console::step("controller says: power off");
+                system::power_off()
+            }
+            Next::Reboot => {
+                console::step("controller says: reboot");
+                system::reboot_now()
+            }
+            Next::Listen => console::step("acknowledged; waiting for instructions"),
+            Next::Again => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// 1, 2, 4, 8, 15, 15 … seconds.
+fn retry_wait(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(4);
+    Duration::from_secs(secs).min(AGENT_RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use substruct_wire::MachineId;
+
+    use super::*;
+
+    #[test]
+    fn outcomes_map_to_power_actions() {
+        let id = MachineId::new("m-1").unwrap();
+        assert_eq!(
+            next_step(&Outcome::PowerOff {
+                machine_id: id.clone()
+            }),
+            Next::PowerOff
+        );
+        assert_eq!(
+            next_step(&Outcome::Reboot {
+                machine_id: id.clone()
+            }),
+            Next::Reboot
+        );
+        assert_eq!(
+            next_step(&Outcome::Acknowledged { machine_id: id }),
+            Next::Listen
+        );
+        assert_eq!(next_step(&Outcome::Cancelled), Next::Again);
+    }
+
+    #[test]
+    fn retries_back_off_and_cap() {
+        let waits: Vec<u64> = (1..=7).map(|n| retry_wait(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 15, 15, 15]);
+    }
+
+    #[test]
+    fn not_pid1_in_tests() {
+        assert!(!is_pid1());
     }
 }

@@ -116,14 +116,12 @@ pub fn load_modules(order_file: &Path) -> ModuleLoadSummary {
     };
     let no_params: &CStr = c"";
     for path in parse_module_order(&text) {
-        let result = File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                finit_module(&f, no_params, ModuleInitFlags::empty()).map_err(|e| match e {
-                    Errno::EEXIST => "EEXIST".to_owned(),
-                    other => other.to_string(),
-                })
-            });
+        let result = File::open(&path).map_err(|e| e.to_string()).and_then(|f| {
+            finit_module(&f, no_params, ModuleInitFlags::empty()).map_err(|e| match e {
+                Errno::EEXIST => "EEXIST".to_owned(),
+                other => other.to_string(),
+            })
+        });
         match result {
             Ok(()) => summary.loaded += 1,
             Err(e) if e == "EEXIST" => summary.already += 1,
@@ -152,9 +150,8 @@ fn power(mode: RebootMode, what: &str) -> ! {
     console::step(&format!("{what} now"));
     nix::unistd::sync();
     loop {
-        if let Err(e) = reboot(mode) {
-            console::error(&format!("{what} failed: {e}; retrying in 10 s"));
-        }
+        let Err(e) = reboot(mode);
+        console::error(&format!("{what} failed: {e}; retrying in 10 s"));
         std::thread::sleep(Duration::from_secs(10));
     }
 }
@@ -224,7 +221,8 @@ mod tests {
 
     #[test]
     fn module_order_skips_comments_and_blanks() {
-        let text = "# built for 6.1.0\n/lib/modules/k/virtio.ko\n\n  /lib/modules/k/virtio_net.ko  \n";
+        let text =
+            "# built for 6.1.0\n/lib/modules/k/virtio.ko\n\n  /lib/modules/k/virtio_net.ko  \n";
         assert_eq!(
             parse_module_order(text),
             [

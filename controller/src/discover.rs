@@ -1,0 +1,681 @@
+//! Discover requests: prospectors report hardware on `substruct.v1.{site}.discover`;
+//! the controller checks the request ([`check_request`], pure), finds or creates the
+//! machine ([`Inventory::ingest`]: matching + compare-and-set writes), and replies with a
+//! `DiscoverReply` only once the record is durable, or with an `ErrorReply`.
+//!
+//! Controllers share the subject through the [`subjects::CONTROLLER_QUEUE`] queue
+//! group; each one handles at most `max_in_flight` requests at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use futures::future::try_join_all;
+use futures::StreamExt;
+use substruct_wire::messages::{
+    DiscoverReply, DiscoverRequest, ErrorCode, ErrorReply, Instruction,
+};
+use substruct_wire::report::HardwareReport;
+use substruct_wire::{subjects, MachineId, SiteId, WireError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Limits};
+use crate::matching::{identity_facts, resolve, Action, Fact};
+use crate::record::{Conflict, MachineEvent, MachineEventKind, MachineRecord};
+use crate::store::{IndexEntry, Store, StoreError, Write};
+
+/// How often a report is re-resolved after losing a compare-and-set race.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Why a request was refused before anything was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decodes a discover request and checks it against the subject and the
+/// configuration: version, kind, site (subject = body, known if sites are
+/// configured) and limits. Pure: no I/O.
+pub fn check_request(
+    subject: &str,
+    payload: &[u8],
+    config: &Config,
+) -> Result<DiscoverRequest, Refusal> {
+    let request = substruct_wire::decode::<DiscoverRequest>(payload).map_err(|e| {
+        let code = match e {
+            WireError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            _ => ErrorCode::Malformed,
+        };
+        Refusal::new(
+            code,
+            format!("discover request refused: {}", crate::error_chain(&e)),
+        )
+    })?;
+    let Some(subject_site) = subjects::site_of(subject) else {
+        return Err(Refusal::new(
+            ErrorCode::WrongSite,
+            format!("subject {subject:?} names no site"),
+        ));
+    };
+    if subject_site != request.site.as_str() {
+        return Err(Refusal::new(
+            ErrorCode::WrongSite,
+            format!(
+                "subject site {subject_site:?} differs from the report's site {:?}",
+                request.site.as_str()
+            ),
+        ));
+    }
+    if !config.site_is_known(&request.site) {
+        let known: Vec<&str> = config.sites.iter().map(SiteId::as_str).collect();
+        return Err(Refusal::new(
+            ErrorCode::WrongSite,
+            format!(
+                "site {:?} is not configured on this controller (known: {})",
+                request.site.as_str(),
+                known.join(", ")
+            ),
+        ));
+    }
+    check_limits(&request.report, &config.limits)
+        .map_err(|m| Refusal::new(ErrorCode::TooLarge, m))?;
+    Ok(request)
+}
+
+/// Checks list lengths and string lengths; the error names the field.
+pub fn check_limits(report: &HardwareReport, limits: &Limits) -> Result<(), String> {
+    let counts = [
+        ("disks", report.disks.len(), limits.max_disks),
+        ("nics", report.nics.len(), limits.max_nics),
+        ("pci", report.pci.len(), limits.max_pci),
+        ("memory.dimms", report.memory.dimms.len(), limits.max_dimms),
+        ("cpu.flags", report.cpu.flags.len(), limits.max_cpu_flags),
+    ];
+    for (field, n, max) in counts {
+        if n > max {
+            return Err(format!(
+                "report has {n} entries in {field}, more than the limit of {max}"
+            ));
+        }
+    }
+    let max = limits.max_string_len;
+    let check = |field: &dyn Fn() -> String, value: Option<&str>| match value {
+        Some(v) if v.len() > max => Err(format!(
+            "report field {} is {} bytes, more than the limit of {max}",
+            field(),
+            v.len()
+        )),
+        _ => Ok(()),
+    };
+    let d = &report.dmi;
+    check(
+        &|| "prospector_version".into(),
+        Some(&report.prospector_version),
+    )?;
+    for (name, value) in [
+        ("sys_vendor", &d.sys_vendor),
+        ("product_name", &d.product_name),
+        ("product_version", &d.product_version),
+        ("product_serial", &d.product_serial),
+        ("product_uuid", &d.product_uuid),
+        ("product_sku", &d.product_sku),
+        ("product_family", &d.product_family),
+        ("board_vendor", &d.board_vendor),
+        ("board_name", &d.board_name),
+        ("board_serial", &d.board_serial),
+        ("chassis_serial", &d.chassis_serial),
+        ("chassis_asset_tag", &d.chassis_asset_tag),
+        ("bios_vendor", &d.bios_vendor),
+        ("bios_version", &d.bios_version),
+        ("bios_date", &d.bios_date),
+    ] {
+        check(&|| format!("dmi.{name}"), value.as_deref())?;
+    }
+    let c = &report.cpu;
+    check(&|| "cpu.model".into(), c.model.as_deref())?;
+    check(&|| "cpu.virtualization".into(), c.virtualization.as_deref())?;
+    check(&|| "cpu.microcode".into(), c.microcode.as_deref())?;
+    for (i, f) in c.flags.iter().enumerate() {
+        check(&|| format!("cpu.flags[{i}]"), Some(f))?;
+    }
+    for (i, m) in report.memory.dimms.iter().enumerate() {
+        check(&|| format!("memory.dimms[{i}].slot"), m.slot.as_deref())?;
+        check(&|| format!("memory.dimms[{i}].kind"), m.kind.as_deref())?;
+        check(&|| format!("memory.dimms[{i}].serial"), m.serial.as_deref())?;
+    }
+    for (i, k) in report.disks.iter().enumerate() {
+        check(&|| format!("disks[{i}].name"), Some(&k.name))?;
+        check(&|| format!("disks[{i}].model"), k.model.as_deref())?;
+        check(&|| format!("disks[{i}].serial"), k.serial.as_deref())?;
+        check(&|| format!("disks[{i}].wwn"), k.wwn.as_deref())?;
+    }
+    for (i, n) in report.nics.iter().enumerate() {
+        check(&|| format!("nics[{i}].name"), Some(&n.name))?;
+        check(&|| format!("nics[{i}].driver"), n.driver.as_deref())?;
+        check(
+            &|| format!("nics[{i}].pci_address"),
+            n.pci_address.as_deref(),
+        )?;
+    }
+    for (i, p) in report.pci.iter().enumerate() {
+        check(&|| format!("pci[{i}].address"), Some(&p.address))?;
+    }
+    Ok(())
+}
+
+/// Why a checked report could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("report has no usable identity fact (SMBIOS UUID, serial, MAC or disk serial)")]
+    NoIdentity,
+    #[error("gave up after {MAX_ATTEMPTS} compare-and-set races on machine records")]
+    Contention,
+    #[error("store unavailable")]
+    Store(#[from] StoreError),
+}
+
+impl IngestError {
+    /// The code the prospector sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NoIdentity => ErrorCode::Malformed,
+            Self::Contention | Self::Store(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// A stored report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    pub machine_id: MachineId,
+    /// True when this report created the machine.
+    pub created: bool,
+    /// The record's revision after the write.
+    pub revision: u64,
+}
+
+/// Hashes of index keys this controller has seen pointing at a machine: a hint that
+/// a report is probably a known machine, so the fast path (claim first, read
+/// nothing) would fail. Stale or missing hints cost a retry, never correctness.
+#[derive(Debug, Default)]
+struct KeyHints {
+    set: Mutex<HashSet<u64>>,
+}
+
+/// Past this many hints the set is cleared (about 20 MB).
+const MAX_HINTS: usize = 1 << 20;
+
+impl KeyHints {
+    fn hash(key: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn any(&self, keys: &[String]) -> bool {
+        let set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().any(|k| set.contains(&Self::hash(k)))
+    }
+
+    fn add(&self, keys: &[String]) {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() + keys.len() > MAX_HINTS {
+            set.clear();
+        }
+        set.extend(keys.iter().map(|k| Self::hash(k)));
+    }
+}
+
+/// Index keys this request claimed on the fast path, with the revisions it wrote;
+/// the slow path repoints them if the report turns out to be another machine.
+#[derive(Debug, Default)]
+struct Claimed {
+    revisions: BTreeMap<String, u64>,
+}
+
+impl Claimed {
+    fn is_ours(&self, key: &str, entry: &IndexEntry) -> bool {
+        self.revisions.get(key) == Some(&entry.revision)
+    }
+}
+
+/// The machine inventory: matching over the [`Store`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    store: Store,
+    hints: Arc<KeyHints>,
+}
+
+impl Inventory {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            hints: Arc::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Finds (or creates) the machine `report` belongs to and stores the report,
+    /// with compare-and-set writes throughout; points the index at it, records
+    /// conflicts on every machine involved and publishes the events. Returns once
+    /// all of that is durable.
+    ///
+    /// Fast path, for a report none of whose facts this controller has seen: claim
+    /// every index key for the id the facts derive (`create` semantics, no reads),
+    /// then create the record. If any claim or the create loses, the slow path
+    /// reads the index and the candidates and resolves properly.
+    pub async fn ingest(
+        &self,
+        site: &SiteId,
+        report: HardwareReport,
+        now_unix_ms: u64,
+    ) -> Result<Ingested, IngestError> {
+        let facts = identity_facts(&report);
+        if facts.is_empty() {
+            return Err(IngestError::NoIdentity);
+        }
+        let keys: Vec<String> = facts.iter().map(Fact::index_key).collect();
+        let mut claimed = Claimed::default();
+        let mut derived = BTreeSet::new();
+        if !self.hints.any(&keys) {
+            if let Action::Create(id) = resolve(&report, &[]).action {
+                let writes =
+                    try_join_all(keys.iter().map(|k| self.store.index_try_claim(k, &id))).await?;
+                for (key, write) in keys.iter().zip(writes) {
+                    if let Write::Done(rev) = write {
+                        claimed.revisions.insert(key.clone(), rev);
+                    }
+                }
+                if claimed.revisions.len() == keys.len() {
+                    let record = MachineRecord::new(
+                        id.clone(),
+                        site.clone(),
+                        report.clone(),
+                        vec![],
+                        now_unix_ms,
+                    );
+                    match self.store.create_machine(&record).await? {
+                        Write::Done(revision) => {
+                            self.hints.add(&keys);
+                            tracing::info!(machine = %id, %site, "machine discovered");
+                            self.store
+                                .publish_event(&MachineEvent {
+                                    machine_id: id.clone(),
+                                    at_unix_ms: now_unix_ms,
+                                    revision,
+                                    kind: MachineEventKind::Discovered { site: site.clone() },
+                                })
+                                .await?;
+                            return Ok(Ingested {
+                                machine_id: id,
+                                created: true,
+                                revision,
+                            });
+                        }
+                        Write::Lost => {
+                            derived.insert(id);
+                        }
+                    }
+                }
+            }
+        }
+        let done = self
+            .resolve_and_store(site, &report, now_unix_ms, &facts, &keys, &claimed, derived)
+            .await?;
+        self.hints.add(&keys);
+        Ok(done)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve_and_store(
+        &self,
+        site: &SiteId,
+        report: &HardwareReport,
+        now_unix_ms: u64,
+        facts: &[Fact],
+        keys: &[String],
+        claimed: &Claimed,
+        mut derived: BTreeSet<MachineId>,
+    ) -> Result<Ingested, IngestError> {
+        let store = &self.store;
+        for _ in 0..MAX_ATTEMPTS {
+            let index: Vec<Option<IndexEntry>> =
+                try_join_all(keys.iter().map(|k| store.index_get(k))).await?;
+            let mut ids: BTreeSet<MachineId> = index
+                .iter()
+                .flatten()
+                .filter_map(|e| e.machine.clone())
+                .collect();
+            ids.extend(derived.iter().cloned());
+            let found = try_join_all(ids.iter().map(|id| store.machine(id))).await?;
+            let mut revisions: BTreeMap<MachineId, u64> = BTreeMap::new();
+            let mut records: Vec<MachineRecord> = Vec::with_capacity(found.len());
+            for (record, rev) in found.into_iter().flatten() {
+                revisions.insert(record.id.clone(), rev);
+                records.push(record);
+            }
+            let resolution = resolve(report, &records);
+            let (target, revision, created, added) = match &resolution.action {
+                Action::NoIdentity => return Err(IngestError::NoIdentity),
+                Action::Update(id) => {
+                    let (Some(old), Some(&rev)) =
+                        (records.iter().find(|r| &r.id == id), revisions.get(id))
+                    else {
+                        continue;
+                    };
+                    let new = old.updated(
+                        site.clone(),
+                        report.clone(),
+                        resolution.conflicts.clone(),
+                        now_unix_ms,
+                    );
+                    let added: Vec<Conflict> = new
+                        .conflicts
+                        .iter()
+                        .filter(|c| !old.conflicts.contains(c))
+                        .cloned()
+                        .collect();
+                    match store.update_machine(&new, rev).await? {
+                        Write::Done(r) => (id.clone(), r, false, added),
+                        Write::Lost => continue,
+                    }
+                }
+                Action::Create(id) => {
+                    let new = MachineRecord::new(
+                        id.clone(),
+                        site.clone(),
+                        report.clone(),
+                        resolution.conflicts.clone(),
+                        now_unix_ms,
+                    );
+                    match store.create_machine(&new).await? {
+                        Write::Done(r) => (id.clone(), r, true, new.conflicts.clone()),
+                        Write::Lost => {
+                            derived.insert(id.clone());
+                            continue;
+                        }
+                    }
+                }
+            };
+            if created {
+                tracing::info!(machine = %target, %site, "machine discovered");
+            }
+            for c in &added {
+                tracing::warn!(machine = %target, conflict = %c, "identity conflict");
+            }
+            let records: BTreeMap<&MachineId, &MachineRecord> =
+                records.iter().map(|r| (&r.id, r)).collect();
+            let event = MachineEvent {
+                machine_id: target.clone(),
+                at_unix_ms: now_unix_ms,
+                revision,
+                kind: if created {
+                    MachineEventKind::Discovered { site: site.clone() }
+                } else {
+                    MachineEventKind::Updated {
+                        site: site.clone(),
+                        report_count: records.get(&target).map_or(1, |r| r.report_count + 1),
+                    }
+                },
+            };
+            // Index claims and the events, all at once.
+            let claims = facts
+                .iter()
+                .zip(keys)
+                .zip(&index)
+                .map(|((fact, key), entry)| {
+                    claim(store, fact, key, entry.as_ref(), &target, &records, claimed)
+                });
+            let (late, _, _) =
+                futures::try_join!(try_join_all(claims), store.publish_event(&event), async {
+                    if added.is_empty() {
+                        return Ok(());
+                    }
+                    store
+                        .publish_event(&MachineEvent {
+                            machine_id: target.clone(),
+                            at_unix_ms: now_unix_ms,
+                            revision,
+                            kind: MachineEventKind::Conflict {
+                                conflicts: added.clone(),
+                            },
+                        })
+                        .await
+                })?;
+            // Conflicts to record elsewhere: the mirror of ours on each other
+            // machine, and facts another machine claimed that the resolution
+            // could not see (claimed after our read, or by a record not yet written).
+            let mut elsewhere: BTreeMap<MachineId, Vec<Conflict>> = BTreeMap::new();
+            for (other, c) in resolution.mirrored_conflicts(&target) {
+                elsewhere.entry(other).or_default().push(c);
+            }
+            for (fact, other) in late.into_iter().flatten() {
+                elsewhere.entry(other.clone()).or_default().push(Conflict {
+                    fact: fact.describe(),
+                    other_machine: target.clone(),
+                });
+                elsewhere.entry(target.clone()).or_default().push(Conflict {
+                    fact: fact.describe(),
+                    other_machine: other,
+                });
+            }
+            try_join_all(
+                elsewhere
+                    .into_iter()
+                    .map(|(id, conflicts)| record_conflicts(store, id, conflicts, now_unix_ms)),
+            )
+            .await?;
+            return Ok(Ingested {
+                machine_id: target,
+                created,
+                revision,
+            });
+        }
+        Err(IngestError::Contention)
+    }
+}
+
+/// Points one index key at `target` unless it already does, or belongs to another
+/// machine that still reports the fact. Returns that other machine when it claimed
+/// the fact after our read (a conflict the resolution could not see).
+async fn claim(
+    store: &Store,
+    fact: &Fact,
+    key: &str,
+    entry: Option<&IndexEntry>,
+    target: &MachineId,
+    records: &BTreeMap<&MachineId, &MachineRecord>,
+    claimed: &Claimed,
+) -> Result<Option<(Fact, MachineId)>, StoreError> {
+    let mut entry = entry.cloned();
+    for _ in 0..MAX_ATTEMPTS {
+        let write = match &entry {
+            None => store.index_claim(key, target).await?,
+            Some(e) if e.machine.as_ref() == Some(target) => return Ok(None),
+            // Our own fast-path claim for an id the report did not get.
+            Some(e) if claimed.is_ours(key, e) => {
+                store.index_repoint(key, target, e.revision).await?
+            }
+            Some(e) => {
+                let owner_still_has_it = match &e.machine {
+                    Some(owner) => match records.get(owner) {
+                        Some(r) => crate::matching::identity_facts(&r.facts).contains(fact),
+                        // Not read in this round (claimed after our read, or a
+                        // claim whose record is not written yet): look now.
+                        None => match store.machine(owner).await? {
+                            Some((r, _)) => {
+                                if crate::matching::identity_facts(&r.facts).contains(fact) {
+                                    return Ok(Some((fact.clone(), owner.clone())));
+                                }
+                                false
+                            }
+                            // Another request's claim in flight (or left by a crash):
+                            // flag it rather than take the fact away.
+                            None => return Ok(Some((fact.clone(), owner.clone()))),
+                        },
+                    },
+                    None => false,
+                };
+                if owner_still_has_it {
+                    // A conflict the resolution already recorded.
+                    return Ok(None);
+                }
+                store.index_repoint(key, target, e.revision).await?
+            }
+        };
+        match write {
+            Write::Done(_) => return Ok(None),
+            Write::Lost => entry = store.index_get(key).await?,
+        }
+    }
+    Err(StoreError::Write {
+        bucket: subjects::KV_MACHINE_INDEX,
+        key: key.to_owned(),
+        source: "too many compare-and-set races".into(),
+    })
+}
+
+/// Adds conflicts to one machine's record (compare-and-set, re-read on a lost
+/// race) and publishes a conflict event when any was new.
+async fn record_conflicts(
+    store: &Store,
+    id: MachineId,
+    conflicts: Vec<Conflict>,
+    now_unix_ms: u64,
+) -> Result<(), StoreError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((mut record, rev)) = store.machine(&id).await? else {
+            return Ok(());
+        };
+        let added = record.add_conflicts(conflicts.clone());
+        if added.is_empty() {
+            return Ok(());
+        }
+        if let Write::Done(revision) = store.update_machine(&record, rev).await? {
+            for c in &added {
+                tracing::warn!(machine = %id, conflict = %c, "identity conflict");
+            }
+            return store
+                .publish_event(&MachineEvent {
+                    machine_id: id,
+                    at_unix_ms: now_unix_ms,
+                    revision,
+                    kind: MachineEventKind::Conflict { conflicts: added },
+                })
+                .await;
+        }
+    }
+    Err(StoreError::Write {
+        bucket: subjects::KV_MACHINES,
+        key: subjects::machine_key(&id),
+        source: "too many compare-and-set races".into(),
+    })
+}
+
+/// Answers one raw request: the encoded reply (`DiscoverReply` or `ErrorReply`).
+pub(crate) async fn answer(
+    inventory: &Inventory,
+    config: &Config,
+    subject: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let reply = match check_request(subject, payload, config) {
+        Err(refusal) => {
+            tracing::warn!(subject, code = ?refusal.code, message = %refusal.message, "discover request refused");
+            Err(ErrorReply {
+                code: refusal.code,
+                message: refusal.message,
+            })
+        }
+        Ok(request) => match inventory
+            .ingest(&request.site, request.report, crate::now_unix_ms())
+            .await
+        {
+            Ok(done) => Ok(DiscoverReply {
+                machine_id: done.machine_id,
+                instruction: Instruction::Wait,
+            }),
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                if matches!(e, IngestError::NoIdentity) {
+                    tracing::warn!(subject, error = %message, "discover request refused");
+                } else {
+                    tracing::error!(subject, error = %message, "cannot store a discover report");
+                }
+                Err(ErrorReply {
+                    code: e.code(),
+                    message,
+                })
+            }
+        },
+    };
+    let encoded = match &reply {
+        Ok(r) => substruct_wire::encode(r),
+        Err(r) => substruct_wire::encode(r),
+    };
+    encoded.unwrap_or_else(|e| {
+        // Only a reply larger than 1 MiB could fail; send an empty body rather
+        // than nothing, so the requester does not wait for its timeout.
+        tracing::error!(error = %crate::error_chain(&e), "cannot encode a discover reply");
+        Vec::new()
+    })
+}
+
+/// Serves discover requests until `cancel`; one task per request, at most
+/// `config.max_in_flight` at once, spawned on `tracker`.
+pub(crate) async fn serve(
+    client: async_nats::Client,
+    mut subscriber: async_nats::Subscriber,
+    inventory: Inventory,
+    config: Arc<Config>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_in_flight));
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = subscriber.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!(subject = %msg.subject, "discover request without a reply subject; ignored");
+            continue;
+        };
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (client, inventory, config) = (client.clone(), inventory.clone(), config.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let bytes = answer(&inventory, &config, msg.subject.as_str(), &msg.payload).await;
+            if let Err(e) = client.publish(reply_to, bytes.into()).await {
+                tracing::error!(error = %crate::error_chain(&e), "cannot send a discover reply");
+            }
+        });
+    }
+    if let Err(e) = subscriber.unsubscribe().await {
+        tracing::debug!(error = %e, "unsubscribing from discover requests");
+    }
+}

@@ -1,0 +1,270 @@
+//! The REST API and the `substruct` CLI against an in-process controller.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{config, connect, discover, report, Running, TOKEN};
+use serde_json::Value;
+use substruct_testkit::NatsServer;
+
+const M1: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
+const M2: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
+
+async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_api_requires_a_token_and_serves_machines() {
+    let nats = NatsServer::start().unwrap();
+    let c = Running::start(config(&nats.url())).await;
+    let base = c.url();
+    let client = connect(&nats.url()).await;
+
+    let (status, body) = get(&format!("{base}/healthz"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["nats"], "connected");
+
+    let (status, body) = get(&format!("{base}/api/v1/machines"), None).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing bearer token"),
+        "{body}"
+    );
+    let (status, body) = get(&format!("{base}/api/v1/machines"), Some("wrong-token")).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown bearer token"),
+        "{body}"
+    );
+
+    let (status, body) = get(&format!("{base}/api/v1/machines"), Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, Value::Array(vec![]));
+
+    let a = discover(
+        &client,
+        "dc1",
+        report(
+            Some("AAAAAAAA-0000-0000-0000-000000000001"),
+            Some("SN-A"),
+            &[M1],
+            &["DA"],
+        ),
+    )
+    .await
+    .unwrap();
+    let b = discover(&client, "dc2", report(None, Some("SN-B"), &[M2], &[]))
+        .await
+        .unwrap();
+
+    let (status, body) = get(&format!("{base}/api/v1/machines"), Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["id"], a.machine_id.as_str());
+    assert_eq!(list[1]["id"], b.machine_id.as_str());
+    assert_eq!(list[0]["state"], "discovered");
+    assert_eq!(list[0]["site"], "dc1");
+    assert_eq!(list[0]["facts"]["dmi"]["product_serial"], "SN-A");
+    assert_eq!(list[0]["facts"]["nics"][0]["mac"], "52:54:00:00:00:11");
+
+    let (status, body) = get(
+        &format!("{base}/api/v1/machines/{}", b.machine_id),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["id"], "sn-sn-b");
+    assert_eq!(body["report_count"], 1);
+
+    let (status, body) = get(
+        &format!("{base}/api/v1/machines/no-such-machine"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"no-such-machine\""),
+        "{body}"
+    );
+    let (status, _) = get(
+        &format!("{base}/api/v1/machines/NOT%20AN%20ID"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 404);
+    c.stop().await;
+}
+
+fn substruct(args: &[&str], controller: &str, token: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_substruct"));
+    cmd.args(args)
+        .env("SUBSTRUCT_CONTROLLER", controller)
+        .env_remove("SUBSTRUCT_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SUBSTRUCT_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn substruct_cli_lists_and_shows_machines() {
+    let nats = NatsServer::start().unwrap();
+    let c = Running::start(config(&nats.url())).await;
+    let base = c.url();
+    let client = connect(&nats.url()).await;
+    discover(
+        &client,
+        "dc1",
+        report(
+            Some("AAAAAAAA-0000-0000-0000-000000000001"),
+            Some("SN-A"),
+            &[M1, M2],
+            &["DA", "DB"],
+        ),
+    )
+    .await
+    .unwrap();
+    discover(&client, "dc2", report(None, Some("SN-B"), &[], &["DC"]))
+        .await
+        .unwrap();
+
+    let base2 = base.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || substruct(&["machines", "list"], &base2, Some(TOKEN)))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for col in [
+        "ID", "STATE", "SITE", "VENDOR", "PRODUCT", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS",
+    ] {
+        assert!(lines[0].contains(col), "{out}");
+    }
+    assert!(
+        lines[1].starts_with("aaaaaaaa-0000-0000-0000-000000000001  discovered  dc1"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("52:54:00:00:00:11,52:54:00:00:00:12"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("4G") && lines[1].contains("2 (40G)"),
+        "{out}"
+    );
+    assert!(lines[2].starts_with("sn-sn-b "), "{out}");
+
+    let base2 = base.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        substruct(&["machines", "list", "--json"], &base2, Some(TOKEN))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert_eq!(json[0]["facts"]["disks"][1]["serial"], "DB");
+
+    let base2 = base.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        substruct(&["machines", "show", "sn-sn-b"], &base2, Some(TOKEN))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("site:         dc2") && out.contains("serial:       SN-B"),
+        "{out}"
+    );
+
+    let base2 = base.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        substruct(
+            &["machines", "show", "sn-sn-b", "--json"],
+            &base2,
+            Some(TOKEN),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["id"], "sn-sn-b");
+
+    let base2 = base.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        substruct(&["machines", "show", "nope"], &base2, Some(TOKEN))
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(err.contains("machine \"nope\" not found"), "{err}");
+
+    let base2 = base.clone();
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || substruct(&["machines", "list"], &base2, None))
+            .await
+            .unwrap();
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+
+    c.stop().await;
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || substruct(&["machines", "list"], &base, Some(TOKEN)))
+            .await
+            .unwrap();
+    assert!(!ok);
+    assert!(err.contains("cannot reach the controller"), "{err}");
+}
+
+#[test]
+fn controller_binary_names_the_file_and_field_of_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[limits]\nmax_nics = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_substruct-controller"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(path.to_str().unwrap()), "{err}");
+    assert!(err.contains("limits.max_nics"), "{err}");
+
+    std::fs::write(&path, "lisen = \"127.0.0.1:0\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_substruct-controller"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `lisen`"), "{err}");
+}

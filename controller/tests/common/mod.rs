@@ -1,0 +1,179 @@
+//! Helpers shared by the controller's component tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use substruct_controller::config::{ApiToken, Role};
+use substruct_controller::{Config, Controller};
+use substruct_wire::messages::{DiscoverReply, DiscoverRequest, ErrorReply};
+use substruct_wire::report::{Cpu, Disk, DiskTransport, Dmi, HardwareReport, Memory, Nic};
+use substruct_wire::{subjects, Mac, SiteId};
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// A plausible report: `uuid`, `serial`, the given MACs and disk serials.
+pub fn report(
+    uuid: Option<&str>,
+    serial: Option<&str>,
+    macs: &[[u8; 6]],
+    disk_serials: &[&str],
+) -> HardwareReport {
+    HardwareReport {
+        prospector_version: "0.1.0-test".into(),
+        dmi: Dmi {
+            sys_vendor: Some("QEMU".into()),
+            product_name: Some("Standard PC (Q35 + ICH9, 2009)".into()),
+            product_serial: serial.map(Into::into),
+            product_uuid: uuid.map(Into::into),
+            ..Dmi::default()
+        },
+        cpu: Cpu {
+            model: Some("QEMU Virtual CPU".into()),
+            sockets: 1,
+            cores: 2,
+            threads: 4,
+            ..Cpu::default()
+        },
+        memory: Memory {
+            total_bytes: 4 << 30,
+            dimms: vec![],
+        },
+        disks: disk_serials
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Disk {
+                name: format!("vd{}", (b'a' + i as u8) as char),
+                size_bytes: 20 << 30,
+                serial: Some((*s).into()),
+                transport: DiskTransport::Virtio,
+                ..Disk::default()
+            })
+            .collect(),
+        nics: macs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Nic {
+                name: format!("eth{i}"),
+                mac: Mac(*m),
+                driver: Some("virtio_net".into()),
+                pci_address: None,
+                speed_mbps: None,
+                carrier: Some(true),
+            })
+            .collect(),
+        ..HardwareReport::default()
+    }
+}
+
+/// A report with random, distinct identity facts.
+pub fn random_report(rng: &mut impl rand::Rng) -> HardwareReport {
+    let uuid = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        rng.gen::<u32>(),
+        rng.gen::<u16>(),
+        rng.gen::<u16>(),
+        rng.gen::<u16>(),
+        rng.gen::<u64>() & 0xffff_ffff_ffff
+    );
+    let serial = format!("SN{:010X}", rng.gen::<u64>() & 0xff_ffff_ffff);
+    let macs = [random_mac(rng), random_mac(rng)];
+    let disk = format!("DSK{:012X}", rng.gen::<u64>() & 0xffff_ffff_ffff);
+    report(Some(&uuid), Some(&serial), &macs, &[&disk])
+}
+
+fn random_mac(rng: &mut impl rand::Rng) -> [u8; 6] {
+    let mut m: [u8; 6] = rng.gen();
+    m[0] = (m[0] & 0xfe) | 0x02;
+    m
+}
+
+pub fn config(nats_url: &str) -> Config {
+    Config {
+        nats_url: nats_url.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tokens: vec![ApiToken {
+            token: TOKEN.into(),
+            role: Role::Admin,
+        }],
+        ..Config::default()
+    }
+}
+
+/// A controller running in-process, stopped on drop of the token's owner.
+pub struct Running {
+    pub controller: Controller,
+    pub cancel: CancellationToken,
+}
+
+impl Running {
+    pub async fn start(config: Config) -> Self {
+        let cancel = CancellationToken::new();
+        let controller = tokio::time::timeout(
+            Duration::from_secs(30),
+            Controller::start(config, cancel.clone()),
+        )
+        .await
+        .expect("controller start timed out")
+        .expect("controller start");
+        Self { controller, cancel }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.controller.api_addr())
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.controller.wait())
+            .await
+            .expect("controller stop timed out")
+            .expect("controller stopped cleanly");
+    }
+}
+
+pub async fn connect(url: &str) -> async_nats::Client {
+    async_nats::connect(url).await.unwrap()
+}
+
+/// Sends a raw discover request on `site`'s subject and returns the raw reply.
+pub async fn request_raw(client: &async_nats::Client, site: &str, payload: Vec<u8>) -> Vec<u8> {
+    let subject = subjects::discover(&SiteId::new(site).unwrap());
+    let msg = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(subject, payload.into()),
+    )
+    .await
+    .expect("discover request timed out")
+    .expect("discover request");
+    msg.payload.to_vec()
+}
+
+/// Sends a discover request; Ok(reply) or Err(error reply).
+pub async fn discover(
+    client: &async_nats::Client,
+    site: &str,
+    report: HardwareReport,
+) -> Result<DiscoverReply, ErrorReply> {
+    let request = DiscoverRequest {
+        site: SiteId::new(site).unwrap(),
+        boot_token: None,
+        report,
+    };
+    let bytes = request_raw(client, site, substruct_wire::encode(&request).unwrap()).await;
+    decode_reply(&bytes)
+}
+
+pub fn decode_reply(bytes: &[u8]) -> Result<DiscoverReply, ErrorReply> {
+    match substruct_wire::decode::<DiscoverReply>(bytes) {
+        Ok(r) => Ok(r),
+        Err(_) => Err(substruct_wire::decode::<ErrorReply>(bytes).expect("reply decodes")),
+    }
+}
+
+/// Messages in the EVENTS stream.
+pub async fn event_count(client: &async_nats::Client) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(subjects::STREAM_EVENTS).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}

@@ -1,0 +1,388 @@
+//! The whole edge agent in one call: binds DHCP, TFTP and HTTP, starts router
+//! advertisements, the boot-intent watcher and the heartbeat, each as a task in one
+//! [`TaskTracker`] under one [`CancellationToken`], and drains them (bounded) on shutdown.
+//!
+//! [`bind`] does everything that can fail at start-up, with errors naming what failed
+//! ("binding TFTP on 10.77.0.1:69"); [`Bound::run`] serves until cancelled. A server
+//! task that fails later stops the agent and its error is returned.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use substruct_wire::messages::{SiteEvent, SiteEventKind};
+use substruct_wire::subjects;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{DhcpMode, EdgeConfig};
+use crate::dhcp;
+use crate::http::files::error_chain;
+use crate::http::script::render_pxelinux_default;
+use crate::http::{self, HttpSettings, HttpState};
+use crate::intents::{self, IntentCache, IntentTable, WatchSettings};
+use crate::ra;
+use crate::tftp::{self, TftpFiles};
+
+/// How long shutdown waits for tasks to finish before giving up on them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interval of the `SiteEvent::Heartbeat` publications.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the agent could not start, or which part of it stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("creating state directory {path}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding HTTP on {addr}")]
+    BindHttp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding TFTP on {addr}")]
+    BindTftp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding DHCP on {interface}:{port}")]
+    BindDhcp {
+        interface: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DHCP settings")]
+    DhcpSettings(#[source] dhcp::SettingsError),
+    #[error("opening the DHCP lease database")]
+    Leases(#[source] dhcp::LeaseStoreError),
+    #[error("the DHCP server stopped")]
+    Dhcp(#[source] dhcp::DhcpError),
+    #[error("starting HTTP")]
+    HttpSetup(#[source] http::HttpError),
+    #[error("connecting to NATS at {url}")]
+    Nats {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("the HTTP server stopped")]
+    Http(#[source] http::HttpError),
+    #[error("the TFTP server stopped")]
+    Tftp(#[source] tftp::TftpError),
+}
+
+/// The agent with every socket bound, ready to [`run`](Bound::run).
+#[derive(Debug)]
+pub struct Bound {
+    config: EdgeConfig,
+    http_listener: TcpListener,
+    http_state: HttpState,
+    tftp: Option<(UdpSocket, TftpFiles)>,
+    dhcp: (Arc<dhcp::DhcpSettings>, Vec<UdpSocket>, dhcp::LeaseStore),
+    intents: IntentTable,
+    cache: IntentCache,
+    nats: Option<async_nats::Client>,
+}
+
+/// Binds everything and loads the intent cache. Nothing is served yet.
+pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+
+    let cache = IntentCache::new(config.intent_cache_path(), config.site.clone());
+    let intents = match IntentTable::load(&cache) {
+        Ok(t) => {
+            tracing::info!(path = %cache.path.display(), intents = t.len(), "loaded the intent cache");
+            t
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "intent cache unusable; starting with no intents");
+            IntentTable::new()
+        }
+    };
+
+    let ip = IpAddr::V4(config.server_ip());
+    let http_addr = SocketAddr::new(ip, config.http_port);
+    let http_listener =
+        TcpListener::bind(http_addr)
+            .await
+            .map_err(|source| AgentError::BindHttp {
+                addr: http_addr,
+                source,
+            })?;
+    let http_state = HttpState::new(HttpSettings::from_config(&config), intents.clone())
+        .map_err(AgentError::HttpSetup)?;
+
+    let tftp = if config.tftp {
+        let addr = SocketAddr::new(ip, 69);
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| AgentError::BindTftp { addr, source })?;
+        let files = TftpFiles::debian_loaders(Vec::new());
+        files.set_generated(
+            "pxelinux.cfg/default",
+            render_pxelinux_default(&config.http_base()),
+        );
+        Some((socket, files))
+    } else {
+        None
+    };
+
+    let dhcp_settings = Arc::new(config.dhcp_settings().map_err(AgentError::DhcpSettings)?);
+    let leases = dhcp::LeaseStore::open(config.lease_db_path()).map_err(AgentError::Leases)?;
+    let mut ports = vec![67];
+    if config.dhcp.mode == DhcpMode::Proxy {
+        ports.push(4011);
+    }
+    let mut dhcp_sockets = Vec::new();
+    for port in ports {
+        let bind_err = |source| AgentError::BindDhcp {
+            interface: config.interface.clone(),
+            port,
+            source,
+        };
+        let std_socket =
+            dhcp::bind_socket(&config.interface, Ipv4Addr::UNSPECIFIED, port).map_err(bind_err)?;
+        dhcp_sockets.push(UdpSocket::from_std(std_socket).map_err(bind_err)?);
+    }
+
+    let nats = match &config.nats_url {
+        Some(url) => {
+            let client =
+                substruct_runtime::nats_options(&format!("substruct-edge {}", config.site))
+                    .connect(url.as_str())
+                    .await
+                    .map_err(|source| AgentError::Nats {
+                        url: url.clone(),
+                        source,
+                    })?;
+            Some(client)
+        }
+        None => {
+            tracing::warn!("no NATS URL: serving boot intents from the cache only");
+            None
+        }
+    };
+
+    Ok(Bound {
+        config,
+        http_listener,
+        http_state,
+        tftp,
+        dhcp: (dhcp_settings, dhcp_sockets, leases),
+        intents,
+        cache,
+        nats,
+    })
+}
+
+/// Binds and runs until `cancel`.
+pub async fn run(config: EdgeConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    bind(config).await?.run(cancel).await
+}
+
+impl Bound {
+    /// Where HTTP actually listens (useful with port 0 in tests).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener.local_addr().ok()
+    }
+
+    /// The intent table the servers answer from.
+    pub fn intents(&self) -> IntentTable {
+        self.intents.clone()
+    }
+
+    /// Serves until `cancel` (or until a server fails), then drains for at most
+    /// [`DRAIN_TIMEOUT`].
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), AgentError> {
+        let inner = cancel.child_token();
+        let tracker = TaskTracker::new();
+        let (fail_tx, mut fail_rx) = mpsc::channel::<AgentError>(8);
+
+        {
+            let (c, tx) = (inner.clone(), fail_tx.clone());
+            let (listener, state) = (self.http_listener, self.http_state);
+            tracker.spawn(async move {
+                if let Err(e) = http::serve(listener, state, c.clone()).await {
+                    let _ = tx.send(AgentError::Http(e)).await;
+                    c.cancel();
+                }
+            });
+        }
+
+        if let Some((socket, files)) = self.tftp {
+            let (c, tx) = (inner.clone(), fail_tx.clone());
+            tracker.spawn(async move {
+                if let Err(e) = tftp::serve(socket, files, c.clone()).await {
+                    let _ = tx.send(AgentError::Tftp(e)).await;
+                    c.cancel();
+                }
+            });
+        }
+
+        {
+            let (c, tx) = (inner.clone(), fail_tx.clone());
+            let (settings, sockets, leases) = self.dhcp;
+            let (lease_tx, lease_rx) = mpsc::channel::<dhcp::LeaseEvent>(1024);
+            let intents = self.intents.clone();
+            tracker.spawn(async move {
+                if let Err(e) = dhcp::serve_with_events(
+                    settings,
+                    sockets,
+                    intents,
+                    leases,
+                    Some(lease_tx),
+                    c.clone(),
+                )
+                .await
+                {
+                    let _ = tx.send(AgentError::Dhcp(e)).await;
+                    c.cancel();
+                }
+            });
+            tracker.spawn(publish_leases(
+                lease_rx,
+                self.nats.clone(),
+                self.config.site.clone(),
+                inner.clone(),
+            ));
+        }
+
+        {
+            // Router advertisements only spare iPXE a ~15 s IPv6 wait: a failure is logged,
+            // not fatal.
+            let (c, interface) = (inner.clone(), self.config.interface.clone());
+            tracker.spawn(async move {
+                if let Err(e) = ra::serve(&interface, c).await {
+                    tracing::warn!(error = %error_chain(&e), "router advertisements are off");
+                }
+            });
+        }
+
+        if let Some(client) = self.nats {
+            let settings = WatchSettings::new(self.config.site.clone(), self.cache.clone());
+            tracker.spawn(intents::watch(
+                client.clone(),
+                settings,
+                self.intents.clone(),
+                inner.clone(),
+            ));
+            tracker.spawn(heartbeat(client, self.config.site.clone(), inner.clone()));
+        }
+        drop(fail_tx);
+
+        tracing::info!(site = %self.config.site, interface = %self.config.interface,
+            address = %self.config.address, "edge agent running");
+        inner.cancelled().await;
+        tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "some tasks did not stop in time; leaving them");
+        }
+        match fail_rx.try_recv() {
+            Ok(e) => {
+                tracing::error!(error = %error_chain(&e), "edge agent stopped on a failure");
+                Err(e)
+            }
+            Err(_) => {
+                tracing::info!("edge agent stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Publishes one event on `substruct.v1.{site}.event` if NATS is connected (best effort:
+/// the controller learns the same facts from later reports).
+async fn publish_event(
+    client: &async_nats::Client,
+    site: &substruct_wire::SiteId,
+    event: SiteEventKind,
+) {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return;
+    }
+    let event = SiteEvent {
+        site: site.clone(),
+        at_unix_ms: unix_ms(),
+        event,
+    };
+    match substruct_wire::encode(&event) {
+        Ok(bytes) => {
+            if let Err(e) = client.publish(subjects::event(site), bytes.into()).await {
+                tracing::debug!(error = %e, "site event not published");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode a site event"),
+    }
+}
+
+/// Forwards DHCP lease grants as `SiteEvent::Lease` (drained and dropped without NATS).
+async fn publish_leases(
+    mut leases: mpsc::Receiver<dhcp::LeaseEvent>,
+    nats: Option<async_nats::Client>,
+    site: substruct_wire::SiteId,
+    cancel: CancellationToken,
+) {
+    loop {
+        let lease = tokio::select! {
+            _ = cancel.cancelled() => return,
+            l = leases.recv() => l,
+        };
+        let Some(lease) = lease else { return };
+        if let Some(client) = &nats {
+            publish_event(
+                client,
+                &site,
+                SiteEventKind::Lease {
+                    mac: lease.mac,
+                    ip: lease.ip.octets(),
+                },
+            )
+            .await;
+        }
+    }
+}
+
+/// Publishes `SiteEvent::Heartbeat` every [`HEARTBEAT_INTERVAL`] while NATS is connected.
+async fn heartbeat(
+    client: async_nats::Client,
+    site: substruct_wire::SiteId,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        publish_event(
+            &client,
+            &site,
+            SiteEventKind::Heartbeat {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        )
+        .await;
+    }
+}

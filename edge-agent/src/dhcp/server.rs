@@ -1,0 +1,391 @@
+//! The thin I/O shell: sockets in, [`decide`] in the middle, sockets out.
+//!
+//! Tasks: one receiver per socket (parse, hand over), one decider that owns the
+//! [`LeaseTable`] (the actor; the channel sender is its handle), one committer that
+//! owns the durable writes. The decider takes whatever requests are queued as one
+//! batch; replies that change no lease (OFFER, NAK, INFORM) go out at once, the
+//! others wait until the committer has written their changes in one redb write
+//! transaction (group commit; batches queued during a commit share the next one).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dhcproto::v4::MessageType;
+use socket2::{Domain, Protocol, Socket, Type};
+use substruct_wire::Mac;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use super::core::{decide, Action};
+use super::packet::{DropReason, Request};
+use super::settings::DhcpSettings;
+use super::store::{LeaseStore, LeaseStoreError};
+use super::table::{LeaseChange, LeaseTable, UnixSecs};
+use crate::intents::IntentTable;
+
+/// Largest batch the decider takes at once.
+const MAX_BATCH: usize = 1024;
+/// Requests waiting for the decider; beyond this the receivers drop (and say so).
+/// Short on purpose: a late answer is as useless to a client as none.
+const INBOUND_QUEUE: usize = 1024;
+/// Above this backlog, new DISCOVERs are shed first so started exchanges complete.
+const SHED_DISCOVER_AT: usize = INBOUND_QUEUE / 2;
+
+/// A lease the server granted or renewed (durable by the time it is sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseEvent {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub expires: UnixSecs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("dhcp: no sockets to serve on")]
+    NoSockets,
+    #[error("dhcp: {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("dhcp: lease store")]
+    Store(#[source] LeaseStoreError),
+}
+
+/// A UDP socket for DHCP on `interface` (empty: any), bound to `ip:port`
+/// (usually `0.0.0.0:67`, and `:4011` in proxy mode): SO_REUSEADDR, SO_BROADCAST,
+/// SO_BINDTODEVICE, non-blocking. Hand it to tokio with `UdpSocket::from_std`.
+pub fn bind_socket(interface: &str, ip: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    if !interface.is_empty() {
+        s.bind_device(Some(interface.as_bytes()))?;
+    }
+    // The kernel's default receive buffer (a few hundred requests) is kept on
+    // purpose: under overload a deep queue only makes every answer late.
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, port)).into())?;
+    Ok(s.into())
+}
+
+/// Serves DHCP on `sockets` until `cancel`. See [`serve_with_events`].
+pub async fn serve(
+    settings: Arc<DhcpSettings>,
+    sockets: Vec<UdpSocket>,
+    intents: IntentTable,
+    leases: LeaseStore,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    serve_with_events(settings, sockets, intents, leases, None, cancel).await
+}
+
+/// Serves DHCP on `sockets` (one bound to port 67; in proxy mode also one on 4011)
+/// until `cancel`. Leases are loaded from `leases` first; each granted lease is
+/// reported on `events` (best effort: dropped when the channel is full).
+pub async fn serve_with_events(
+    settings: Arc<DhcpSettings>,
+    sockets: Vec<UdpSocket>,
+    intents: IntentTable,
+    leases: LeaseStore,
+    events: Option<mpsc::Sender<LeaseEvent>>,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    if sockets.is_empty() {
+        return Err(DhcpError::NoSockets);
+    }
+    let loader = leases.clone();
+    let stored = tokio::task::spawn_blocking(move || loader.load())
+        .await
+        .map_err(|e| DhcpError::Io {
+            what: "loading leases",
+            source: io::Error::other(e),
+        })?
+        .map_err(DhcpError::Store)?;
+    let table = LeaseTable::from_leases(stored.iter().copied());
+    let mut ports = Vec::with_capacity(sockets.len());
+    for s in &sockets {
+        let addr = s.local_addr().map_err(|source| DhcpError::Io {
+            what: "socket address",
+            source,
+        })?;
+        ports.push(addr.port());
+    }
+    info!(
+        leases = stored.len(),
+        ports = ?ports,
+        mode = ?settings.mode,
+        store = %leases.path().display(),
+        "dhcp: serving"
+    );
+    let sockets: Arc<Vec<UdpSocket>> = Arc::new(sockets);
+    let tracker = TaskTracker::new();
+    let (in_tx, in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
+    let (commit_tx, commit_rx) = mpsc::channel::<CommitBatch>(64);
+
+    for (i, port) in ports.iter().copied().enumerate() {
+        tracker.spawn(receive_loop(
+            sockets.clone(),
+            i,
+            port,
+            in_tx.clone(),
+            cancel.clone(),
+        ));
+    }
+    drop(in_tx);
+    tracker.spawn(decide_loop(
+        settings,
+        table,
+        intents,
+        sockets.clone(),
+        in_rx,
+        commit_tx,
+        cancel.clone(),
+    ));
+    tracker.spawn(commit_loop(leases, sockets, commit_rx, events));
+    tracker.close();
+    tracker.wait().await;
+    info!("dhcp: stopped");
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Inbound {
+    req: Request,
+    socket: usize,
+}
+
+#[derive(Debug)]
+struct Outbound {
+    bytes: Vec<u8>,
+    dest: SocketAddr,
+    socket: usize,
+}
+
+#[derive(Debug, Default)]
+struct CommitBatch {
+    changes: Vec<LeaseChange>,
+    replies: Vec<Outbound>,
+}
+
+/// Logs at most one warning per second per limiter; the rest go to debug.
+#[derive(Debug)]
+struct WarnLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+    /// `Some(suppressed since the last warning)` when a warning may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+fn log_drop(limit: &mut WarnLimit, from: SocketAddr, mac: Option<Mac>, reason: &DropReason) {
+    if reason.is_malformed() {
+        if let Some(suppressed) = limit.allow() {
+            warn!(%from, ?mac, %reason, suppressed, "dhcp: dropped packet");
+            return;
+        }
+    }
+    debug!(%from, ?mac, %reason, "dhcp: dropped packet");
+}
+
+async fn receive_loop(
+    sockets: Arc<Vec<UdpSocket>>,
+    index: usize,
+    port: u16,
+    tx: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+) {
+    let Some(sock) = sockets.get(index) else {
+        return;
+    };
+    let mut buf = vec![0u8; 2048];
+    let mut limit = WarnLimit::new();
+    let mut busy = WarnLimit::new();
+    loop {
+        let (n, from) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    if limit.allow().is_some() {
+                        warn!(error = %e, port, "dhcp: receive failed");
+                    }
+                    continue;
+                }
+            },
+        };
+        let req = match Request::parse(&buf[..n], from, port) {
+            Ok(r) => r,
+            Err(reason) => {
+                log_drop(&mut limit, from, None, &reason);
+                continue;
+            }
+        };
+        if req.msg_type == MessageType::Discover && INBOUND_QUEUE - tx.capacity() > SHED_DISCOVER_AT
+        {
+            if let Some(suppressed) = busy.allow() {
+                warn!(mac = %req.mac, suppressed, "dhcp: dropped DISCOVER: server busy (shedding new exchanges)");
+            } else {
+                debug!(mac = %req.mac, "dhcp: dropped DISCOVER: server busy (shedding new exchanges)");
+            }
+            continue;
+        }
+        match tx.try_send(Inbound { req, socket: index }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(dropped)) => {
+                if let Some(suppressed) = busy.allow() {
+                    warn!(from = %dropped.req.source, mac = %dropped.req.mac, suppressed,
+                        "dhcp: dropped packet: server busy (queue full)");
+                } else {
+                    debug!(mac = %dropped.req.mac, "dhcp: dropped packet: server busy (queue full)");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+}
+
+fn unix_now() -> UnixSecs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn send_reply(sockets: &[UdpSocket], out: &Outbound, limit: &mut WarnLimit) {
+    let Some(sock) = sockets.get(out.socket) else {
+        return;
+    };
+    if let Err(e) = sock.send_to(&out.bytes, out.dest).await {
+        if limit.allow().is_some() {
+            warn!(dest = %out.dest, error = %e, "dhcp: send failed");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide_loop(
+    settings: Arc<DhcpSettings>,
+    mut table: LeaseTable,
+    intents: IntentTable,
+    sockets: Arc<Vec<UdpSocket>>,
+    mut rx: mpsc::Receiver<Inbound>,
+    commit_tx: mpsc::Sender<CommitBatch>,
+    cancel: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut limit = WarnLimit::new();
+    let mut send_limit = WarnLimit::new();
+    let mut now_out = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let n = tokio::select! {
+            _ = cancel.cancelled() => break,
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let now = unix_now();
+        let mut pending = CommitBatch::default();
+        for Inbound { req, socket } in batch.drain(..) {
+            let intent = intents.get(&req.mac).map(|r| r.intent);
+            let d = decide(&req, &settings, &mut table, intent.as_ref(), now);
+            let has_changes = !d.changes.is_empty();
+            pending.changes.extend(d.changes);
+            match d.action {
+                Action::Reply { packet, dest } => match packet.encode() {
+                    Ok(bytes) => {
+                        debug!(mac = %req.mac, xid = req.xid, request = ?req.msg_type,
+                            guid = ?req.guid_string(), arch = ?req.arch, %dest,
+                            yiaddr = %packet.message.yiaddr(), "dhcp: reply");
+                        let out = Outbound {
+                            bytes,
+                            dest,
+                            socket,
+                        };
+                        if has_changes {
+                            pending.replies.push(out);
+                        } else {
+                            now_out.push(out);
+                        }
+                    }
+                    Err(reason) => log_drop(&mut limit, req.source, Some(req.mac), &reason),
+                },
+                Action::Drop { reason } => log_drop(&mut limit, req.source, Some(req.mac), &reason),
+            }
+        }
+        for out in now_out.drain(..) {
+            send_reply(&sockets, &out, &mut send_limit).await;
+        }
+        if (!pending.changes.is_empty() || !pending.replies.is_empty())
+            && commit_tx.send(pending).await.is_err()
+        {
+            error!("dhcp: lease committer stopped; replies not sent");
+            break;
+        }
+    }
+}
+
+async fn commit_loop(
+    store: LeaseStore,
+    sockets: Arc<Vec<UdpSocket>>,
+    mut rx: mpsc::Receiver<CommitBatch>,
+    events: Option<mpsc::Sender<LeaseEvent>>,
+) {
+    let mut batches = Vec::new();
+    let mut send_limit = WarnLimit::new();
+    let mut event_limit = WarnLimit::new();
+    while rx.recv_many(&mut batches, 256).await > 0 {
+        let mut changes = Vec::new();
+        let mut replies = Vec::new();
+        for b in batches.drain(..) {
+            changes.extend(b.changes);
+            replies.extend(b.replies);
+        }
+        if let Err(e) = store.apply_async(changes.clone()).await {
+            // not durable: send nothing, the clients retry
+            error!(error = %e, source = ?std::error::Error::source(&e), dropped = replies.len(),
+                "dhcp: could not persist leases; replies withheld");
+            continue;
+        }
+        for out in &replies {
+            send_reply(&sockets, out, &mut send_limit).await;
+        }
+        if let Some(tx) = &events {
+            for c in &changes {
+                if let LeaseChange::Grant { mac, ip, expires } = *c {
+                    if tx.try_send(LeaseEvent { mac, ip, expires }).is_err()
+                        && event_limit.allow().is_some()
+                    {
+                        warn!(%mac, "dhcp: lease event dropped (channel full or closed)");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The edge's HTTP server (the only module that knows axum): iPXE boot scripts rendered
+//! from the site's boot intents, iPXE loaders, and the image directory with range
+//! requests.
+//!
+//! Routes:
+//! * `GET /boot.ipxe?mac=&uuid=&buildarch=&platform=` — the machine's `#!ipxe` script;
+//!   problems are answered with a script that retries, never a 4xx (iPXE would stop);
+//!   a bare `/boot.ipxe` (no `mac`) chains at once to the URL with iPXE's identity;
+//! * `GET /ipxe.lkrn`, `/ipxe.efi`, `/snponly.efi`, `/undionly.kpxe` — from the iPXE dir;
+//! * `GET|HEAD /images/{*path}` — files under the images dir (Range, Content-Length);
+//! * `GET /`, `/healthz` — liveness.
+//!
+//! Invariant: never opens a file outside its roots (see [`files`]).
+
+pub mod files;
+pub mod script;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rand::RngCore;
+use substruct_wire::{BootToken, Mac, SiteId};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EdgeConfig;
+use crate::intents::IntentTable;
+use files::FileError;
+use script::{
+    render_boot_script, render_identify_script, render_retry_script, Platform, ScriptContext,
+};
+
+/// The iPXE loaders served over HTTP, by URL path and file name in the iPXE dir.
+pub const LOADERS: [&str; 4] = ["ipxe.lkrn", "ipxe.efi", "snponly.efi", "undionly.kpxe"];
+
+/// Why the HTTP server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("images directory {path}")]
+    ImagesDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What the HTTP server needs to know about the site.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `http://edge[:port]`: the base of URLs handed to clients.
+    pub base: String,
+    pub site: SiteId,
+    /// NATS URL for prospectors.
+    pub nats_url: String,
+    pub extra_args: Option<String>,
+    pub images_dir: PathBuf,
+    pub ipxe_dir: PathBuf,
+}
+
+impl HttpSettings {
+    pub fn from_config(config: &EdgeConfig) -> Self {
+        Self {
+            base: config.http_base(),
+            site: config.site.clone(),
+            nats_url: config.prospector_nats.clone(),
+            extra_args: config.extra_kernel_args.clone(),
+            images_dir: config.images_dir.clone(),
+            ipxe_dir: config.ipxe_dir.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: HttpSettings,
+    /// Canonical images root: every served path must start with it.
+    images_root: PathBuf,
+    intents: IntentTable,
+}
+
+/// Shared state of the HTTP handlers (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    inner: Arc<Inner>,
+}
+
+impl HttpState {
+    /// Checks the images directory exists and fixes its canonical path.
+    pub fn new(settings: HttpSettings, intents: IntentTable) -> Result<Self, HttpError> {
+        let images_root =
+            std::fs::canonicalize(&settings.images_dir).map_err(|source| HttpError::ImagesDir {
+                path: settings.images_dir.clone(),
+                source,
+            })?;
+        if !images_root.is_dir() {
+            return Err(HttpError::ImagesDir {
+                path: settings.images_dir.clone(),
+                source: std::io::Error::other("not a directory"),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                images_root,
+                intents,
+            }),
+        })
+    }
+}
+
+/// The router, for tests and for [`serve`].
+pub fn router(state: HttpState) -> Router {
+    let mut r = Router::new()
+        .route("/", get(health))
+        .route("/healthz", get(health))
+        .route("/boot.ipxe", get(boot_ipxe))
+        .route("/images/{*path}", get(image));
+    for name in LOADERS {
+        r = r.route(
+            &format!("/{name}"),
+            get(move |state, method, headers| loader(state, method, headers, name)),
+        );
+    }
+    r.with_state(state)
+}
+
+/// Serves until `cancel`; in-flight requests finish (the caller bounds the drain).
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    cancel: CancellationToken,
+) -> Result<(), HttpError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP listening");
+    }
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(cancel.cancelled_owned())
+    .await
+    .map_err(HttpError::Serve)
+}
+
+async fn health(State(state): State<HttpState>) -> String {
+    format!("ok {}\n", state.inner.settings.site)
+}
+
+/// 32 lowercase hex characters from the OS-seeded thread RNG.
+fn new_token() -> Result<BootToken, substruct_wire::IdError> {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    BootToken::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn script_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+async fn boot_ipxe(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let s = &state.inner.settings;
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "boot.ipxe: unreadable query; asking the client to retry");
+            return script_response(render_retry_script(
+                &s.base,
+                "substruct: the boot request's query was unreadable; retrying",
+            ));
+        }
+    };
+    let Some(raw_mac) = query.get("mac").map(String::as_str) else {
+        tracing::debug!(%peer, "boot.ipxe without mac: asking iPXE to identify itself");
+        return script_response(render_identify_script(&s.base));
+    };
+    let mac = match Mac::parse(raw_mac.trim()) {
+        Ok(m) if m.is_usable() => m,
+        _ => {
+            tracing::warn!(%peer, mac = raw_mac, "boot.ipxe: missing or invalid mac; asking the client to retry");
+            return script_response(render_retry_script(
+                &s.base,
+                "substruct: the boot request carried no valid MAC address; retrying",
+            ));
+        }
+    };
+    let platform = Platform::from_ipxe(query.get("platform").map(String::as_str));
+    let arch = query
+        .get("buildarch")
+        .or_else(|| query.get("arch"))
+        .map(String::as_str)
+        .unwrap_or("");
+    let uuid = query.get("uuid").map(String::as_str).unwrap_or("");
+    let record = state.inner.intents.get(&mac);
+    let intent = record.as_ref().map(|r| &r.intent);
+    let token = match new_token() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "boot.ipxe: cannot make a boot token");
+            return script_response(render_retry_script(
+                &s.base,
+                "substruct: the edge could not make a boot token; retrying",
+            ));
+        }
+    };
+    let ctx = ScriptContext {
+        base: s.base.clone(),
+        site: s.site.clone(),
+        nats_url: s.nats_url.clone(),
+        token,
+        mac,
+        platform,
+        extra_args: s.extra_args.clone(),
+    };
+    let kind = match intent {
+        None => "unknown",
+        Some(substruct_wire::intent::BootIntent::Discover) => "discover",
+        Some(substruct_wire::intent::BootIntent::Install { .. }) => "install",
+        Some(substruct_wire::intent::BootIntent::Local { .. }) => "local",
+    };
+    tracing::info!(%peer, %mac, uuid, arch, ?platform, intent = kind, "boot.ipxe");
+    script_response(render_boot_script(intent, &ctx))
+}
+
+async fn loader(
+    State(state): State<HttpState>,
+    method: Method,
+    headers: HeaderMap,
+    name: &'static str,
+) -> Response {
+    let path = state.inner.settings.ipxe_dir.join(name);
+    tracing::debug!(loader = name, "loader request");
+    respond(files::serve_file(&path, &method, &headers, "application/octet-stream").await)
+}
+
+async fn image(
+    State(state): State<HttpState>,
+    method: Method,
+    headers: HeaderMap,
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(axum::extract::Path(path)) = path else {
+        return (StatusCode::BAD_REQUEST, "bad path\n").into_response();
+    };
+    respond(serve_image(&state.inner.images_root, &path, &method, &headers).await)
+}
+
+async fn serve_image(
+    root: &Path,
+    request: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, FileError> {
+    let real = files::resolve(root, request).await?;
+    tracing::debug!(path = %real.display(), "image request");
+    files::serve_file(&real, method, headers, "application/octet-stream").await
+}
+
+fn respond(result: Result<Response, FileError>) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,444 @@
+//! The network I/O shell: finds NICs in sysfs, sets links up and configures addresses
+//! over rtnetlink, and runs the [`super::dhcp`] core over a UDP socket bound to one NIC.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use socket2::{Domain, Protocol, Socket, Type};
+use substruct_wire::Mac;
+use tokio::net::UdpSocket;
+
+use super::console;
+use super::dhcp::{self, DhcpClient, Lease, Offer, Reply};
+
+const SYS_CLASS_NET: &str = "/sys/class/net";
+/// How long to wait for the first NIC driver to register an interface.
+const NIC_WAIT: Duration = Duration::from_secs(10);
+/// How long to wait for link carrier after setting the links up.
+const CARRIER_WAIT: Duration = Duration::from_secs(6);
+/// DISCOVER retransmission timeouts, then REQUEST ones.
+const DISCOVER_TIMEOUTS: [u64; 4] = [1, 2, 3, 4];
+const REQUEST_TIMEOUTS: [u64; 3] = [2, 2, 3];
+
+/// Why one step of bringing the network up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot open a netlink socket")]
+    Netlink(#[source] std::io::Error),
+    #[error("netlink request to {what} failed")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("DHCP socket on {nic}")]
+    Socket {
+        nic: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DHCP on {nic}: no {what} after {tries} tries")]
+    NoAnswer {
+        nic: String,
+        what: &'static str,
+        tries: usize,
+    },
+    #[error("DHCP on {nic}: server {server} refused the request (NAK)")]
+    Nak { nic: String, server: Ipv4Addr },
+    #[error("DHCP on {nic}")]
+    Dhcp {
+        nic: String,
+        #[source]
+        source: dhcp::DhcpError,
+    },
+    #[error("{nic} has no usable MAC address or interface index in sysfs")]
+    NoIdentity { nic: String },
+}
+
+/// One network interface as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub name: String,
+    pub index: u32,
+    pub mac: Mac,
+}
+
+/// The interface that got a lease, and the lease.
+#[derive(Debug, Clone)]
+pub struct NetUp {
+    pub nic: Nic,
+    pub lease: Lease,
+}
+
+fn read_trimmed(path: PathBuf) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// Ethernet interfaces (ARPHRD_ETHER, type 1) under `sys_class_net`, sorted by name;
+/// loopback, and NICs without a usable MAC or index, are left out.
+pub fn list_nics(sys_class_net: &Path) -> Vec<Nic> {
+    let Ok(entries) = std::fs::read_dir(sys_class_net) else {
+        return Vec::new();
+    };
+    let mut nics: Vec<Nic> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            let dir = entry.path();
+            if name == "lo" || read_trimmed(dir.join("type")).as_deref() != Some("1") {
+                return None;
+            }
+            let mac = Mac::parse(&read_trimmed(dir.join("address"))?).ok()?;
+            let index = read_trimmed(dir.join("ifindex"))?.parse().ok()?;
+            mac.is_usable().then_some(Nic { name, index, mac })
+        })
+        .collect();
+    nics.sort_by(|a, b| a.name.cmp(&b.name));
+    nics
+}
+
+/// `Some(true)` when the link has carrier; `None` while the link is down or unknown.
+fn has_carrier(name: &str) -> Option<bool> {
+    read_trimmed(Path::new(SYS_CLASS_NET).join(name).join("carrier")).map(|c| c == "1")
+}
+
+/// Waits (bounded) for at least one NIC to appear.
+async fn wait_for_nics() -> Vec<Nic> {
+    let deadline = Instant::now() + NIC_WAIT;
+    loop {
+        let nics = list_nics(Path::new(SYS_CLASS_NET));
+        if !nics.is_empty() || Instant::now() >= deadline {
+            return nics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(|source| NetError::Request {
+            what: format!("set {name} up"),
+            source,
+        })
+}
+
+/// A random transaction id without a random-number crate: std's hasher keys are random.
+fn random_xid(mac: &Mac) -> u32 {
+    let mut h = RandomState::new().build_hasher();
+    h.write(&mac.0);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() & 0xffff_ffff) as u32
+}
+
+/// UDP socket on 0.0.0.0:68, bound to `nic`, allowed to broadcast.
+fn dhcp_socket(nic: &str) -> Result<UdpSocket, NetError> {
+    let err = |source| NetError::Socket {
+        nic: nic.to_owned(),
+        source,
+    };
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_broadcast(true).map_err(err)?;
+    sock.bind_device(Some(nic.as_bytes())).map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    let local = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+    sock.bind(&local.into()).map_err(err)?;
+    UdpSocket::from_std(sock.into()).map_err(err)
+}
+
+/// Sends `msg` and waits up to `wait` for a reply that `accept` takes.
+async fn exchange<T>(
+    sock: &UdpSocket,
+    nic: &str,
+    msg: &dhcproto::v4::Message,
+    wait: Duration,
+    mut accept: impl FnMut(&dhcproto::v4::Message) -> Option<T>,
+) -> Result<Option<T>, NetError> {
+    let bytes = dhcp::encode(msg).map_err(|source| NetError::Dhcp {
+        nic: nic.to_owned(),
+        source,
+    })?;
+    let server = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 67));
+    sock.send_to(&bytes, server)
+        .await
+        .map_err(|source| NetError::Socket {
+            nic: nic.to_owned(),
+            source,
+        })?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let recv = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
+        let n = match recv {
+            Err(_elapsed) => return Ok(None),
+            Ok(Err(source)) => {
+                return Err(NetError::Socket {
+                    nic: nic.to_owned(),
+                    source,
+                })
+            }
+            Ok(Ok((n, _from))) => n,
+        };
+        // Garbage on port 68 is somebody else's problem: skip it.
+        let Some(bytes) = buf.get(..n) else { continue };
+        let Ok(reply) = dhcp::decode(bytes) else {
+            continue;
+        };
+        if let Some(found) = accept(&reply) {
+            return Ok(Some(found));
+        }
+    }
+}
+
+/// One DISCOVER/OFFER/REQUEST/ACK exchange on `nic`.
+pub async fn dhcp_lease(nic: &Nic) -> Result<Lease, NetError> {
+    let sock = dhcp_socket(&nic.name)?;
+    let client = DhcpClient::new(nic.mac.0, random_xid(&nic.mac));
+    let started = Instant::now();
+    let secs = || u16::try_from(started.elapsed().as_secs()).unwrap_or(u16::MAX);
+
+    let mut offer: Option<Offer> = None;
+    for t in DISCOVER_TIMEOUTS {
+        let wait = Duration::from_secs(t);
+        offer = exchange(&sock, &nic.name, &client.discover(secs()), wait, |m| {
+            client.offer(m)
+        })
+        .await?;
+        if offer.is_some() {
+            break;
+        }
+    }
+    let Some(offer) = offer else {
+        return Err(NetError::NoAnswer {
+            nic: nic.name.clone(),
+            what: "DHCPOFFER",
+            tries: DISCOVER_TIMEOUTS.len(),
+        });
+    };
+    for t in REQUEST_TIMEOUTS {
+        let wait = Duration::from_secs(t);
+        let reply = exchange(
+            &sock,
+            &nic.name,
+            &client.request(&offer, secs()),
+            wait,
+            |m| match client.reply(m, &offer) {
+                Reply::Ignore => None,
+                other => Some(other),
+            },
+        )
+        .await?;
+        match reply {
+            Some(Reply::Ack(lease)) => return Ok(lease),
+            Some(Reply::Nak) => {
+                return Err(NetError::Nak {
+                    nic: nic.name.clone(),
+                    server: offer.server,
+                })
+            }
+            Some(Reply::Ignore) | None => {}
+        }
+    }
+    Err(NetError::NoAnswer {
+        nic: nic.name.clone(),
+        what: "DHCPACK",
+        tries: REQUEST_TIMEOUTS.len(),
+    })
+}
+
+/// Puts the lease on the interface: address/prefix, default route, resolv.conf.
+pub async fn configure(handle: &Handle, nic: &Nic, lease: &Lease) -> Result<(), NetError> {
+    handle
+        .address()
+        .add(nic.index, lease.ip.into(), lease.prefix)
+        .replace()
+        .execute()
+        .await
+        .map_err(|source| NetError::Request {
+            what: format!("add {}/{} to {}", lease.ip, lease.prefix, nic.name),
+            source,
+        })?;
+    if let Some(router) = lease.router {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(router)
+            .output_interface(nic.index);
+        if !same_subnet(lease.ip, router, lease.prefix) {
+            route = route.onlink();
+        }
+        handle
+            .route()
+            .add(route.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NetError::Request {
+                what: format!("default route via {router} on {}", nic.name),
+                source,
+            })?;
+    }
+    if !lease.dns.is_empty() {
+        let text: String = lease
+            .dns
+            .iter()
+            .map(|ip| format!("nameserver {ip}\n"))
+            .collect();
+        if let Err(e) = std::fs::write("/etc/resolv.conf", text) {
+            console::step(&format!("cannot write /etc/resolv.conf: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// True when `a` and `b` share the first `prefix` bits.
+pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+/// Brings the network up: waits for NICs, sets them (and lo) up, and tries DHCP on each
+/// NIC with carrier until one gets a lease. Retries forever with backoff, saying why.
+pub async fn bring_up() -> NetUp {
+    let mut round: u32 = 0;
+    loop {
+        match try_once().await {
+            Ok(up) => return up,
+            Err(why) => {
+                let wait = dhcp::backoff_secs(round);
+                console::error(&format!("network: {why}; retrying in {wait} s"));
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                round = round.saturating_add(1);
+            }
+        }
+    }
+}
+
+async fn try_once() -> Result<NetUp, String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| console::chain(&NetError::Netlink(e)))?;
+    let conn_task = tokio::spawn(conn);
+    let result = try_with(&handle).await;
+    conn_task.abort();
+    result
+}
+
+async fn try_with(handle: &Handle) -> Result<NetUp, String> {
+    let nics = wait_for_nics().await;
+    if nics.is_empty() {
+        return Err(format!(
+            "no Ethernet interface in {SYS_CLASS_NET} after {NIC_WAIT:?} (driver missing from the image?)"
+        ));
+    }
+    let names: Vec<&str> = nics.iter().map(|n| n.name.as_str()).collect();
+    console::step(&format!("NICs found: {}", names.join(" ")));
+    if let Ok(lo) = std::fs::read_to_string("/sys/class/net/lo/ifindex") {
+        if let Ok(index) = lo.trim().parse() {
+            let _ = set_up(handle, index, "lo").await;
+        }
+    }
+    for nic in &nics {
+        if let Err(e) = set_up(handle, nic.index, &nic.name).await {
+            console::error(&console::chain(&e));
+        }
+    }
+    // Wait for carrier on every NIC, but no more than a second once any NIC has it.
+    let started = Instant::now();
+    let with_carrier = loop {
+        let up: Vec<&Nic> = nics
+            .iter()
+            .filter(|n| has_carrier(&n.name) == Some(true))
+            .collect();
+        let waited = started.elapsed();
+        if up.len() == nics.len()
+            || (!up.is_empty() && waited >= Duration::from_secs(1))
+            || waited >= CARRIER_WAIT
+        {
+            break up;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if with_carrier.is_empty() {
+        return Err(format!(
+            "no carrier on {} after {CARRIER_WAIT:?}",
+            names.join(" ")
+        ));
+    }
+    let mut why = Vec::new();
+    for nic in with_carrier {
+        console::step(&format!("DHCP on {} ({})", nic.name, nic.mac));
+        let lease = match dhcp_lease(nic).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                let text = console::chain(&e);
+                console::step(&text);
+                why.push(text);
+                continue;
+            }
+        };
+        match configure(handle, nic, &lease).await {
+            Ok(()) => {
+                return Ok(NetUp {
+                    nic: nic.clone(),
+                    lease,
+                })
+            }
+            Err(e) => why.push(console::chain(&e)),
+        }
+    }
+    Err(why.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_nic(root: &Path, name: &str, kind: &str, mac: &str, index: &str) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("type"), format!("{kind}\n")).unwrap();
+        std::fs::write(dir.join("address"), format!("{mac}\n")).unwrap();
+        std::fs::write(dir.join("ifindex"), format!("{index}\n")).unwrap();
+    }
+
+    #[test]
+    fn lists_ethernet_nics_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_nic(tmp.path(), "lo", "772", "00:00:00:00:00:00", "1");
+        fake_nic(tmp.path(), "eth1", "1", "52:54:00:00:00:02", "3");
+        fake_nic(tmp.path(), "eth0", "1", "52:54:00:00:00:01", "2");
+        fake_nic(tmp.path(), "ib0", "32", "52:54:00:00:00:03", "4");
+        fake_nic(tmp.path(), "bad0", "1", "not-a-mac", "5");
+        let nics = list_nics(tmp.path());
+        let names: Vec<&str> = nics.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["eth0", "eth1"]);
+        assert_eq!(nics[0].index, 2);
+        assert_eq!(nics[0].mac.to_string(), "52:54:00:00:00:01");
+        assert!(list_nics(&tmp.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn subnets() {
+        let a = Ipv4Addr::new(10, 77, 0, 150);
+        assert!(same_subnet(a, Ipv4Addr::new(10, 77, 0, 1), 24));
+        assert!(!same_subnet(a, Ipv4Addr::new(10, 78, 0, 1), 24));
+        assert!(same_subnet(a, Ipv4Addr::new(10, 78, 0, 1), 8));
+        assert!(same_subnet(a, Ipv4Addr::new(1, 2, 3, 4), 0));
+        assert!(!same_subnet(a, Ipv4Addr::new(10, 77, 0, 151), 32));
+    }
+}
