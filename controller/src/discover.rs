@@ -679,3 +679,75 @@ pub(crate) async fn serve(
         tracing::debug!(error = %e, "unsubscribing from discover requests");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use substruct_wire::report::{Disk, Nic};
+    use substruct_wire::Mac;
+
+    use super::*;
+
+    fn request(site: &str, report: HardwareReport) -> Vec<u8> {
+        substruct_wire::encode(&DiscoverRequest {
+            site: SiteId::new(site).unwrap(),
+            boot_token: None,
+            report,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn limits_name_the_field() {
+        let limits = Limits {
+            max_nics: 1,
+            max_string_len: 8,
+            ..Limits::default()
+        };
+        let mut report = HardwareReport::default();
+        assert_eq!(check_limits(&report, &limits), Ok(()));
+        report.disks = vec![Disk {
+            name: "nvme0n1".into(),
+            serial: Some("S".repeat(9)),
+            ..Disk::default()
+        }];
+        assert_eq!(
+            check_limits(&report, &limits).unwrap_err(),
+            "report field disks[0].serial is 9 bytes, more than the limit of 8"
+        );
+        report.disks.clear();
+        let nic = Nic {
+            name: "eth0".into(),
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            driver: None,
+            pci_address: None,
+            speed_mbps: None,
+            carrier: None,
+        };
+        report.nics = vec![nic.clone(), nic];
+        assert_eq!(
+            check_limits(&report, &limits).unwrap_err(),
+            "report has 2 entries in nics, more than the limit of 1"
+        );
+    }
+
+    #[test]
+    fn requests_are_checked_against_subject_and_sites() {
+        let mut config = Config {
+            sites: vec![SiteId::new("dc1").unwrap()],
+            ..Config::default()
+        };
+        let ok = request("dc1", HardwareReport::default());
+        assert!(check_request("substruct.v1.dc1.discover", &ok, &config).is_ok());
+        let e = check_request("substruct.v1.dc2.discover", &ok, &config).unwrap_err();
+        assert_eq!(e.code, ErrorCode::WrongSite);
+        let other = request("dc2", HardwareReport::default());
+        let e = check_request("substruct.v1.dc2.discover", &other, &config).unwrap_err();
+        assert_eq!(e.code, ErrorCode::WrongSite);
+        assert!(e.message.contains("known: dc1"), "{}", e.message);
+        config.sites.clear();
+        assert!(check_request("substruct.v1.dc2.discover", &other, &config).is_ok());
+        let e = check_request("substruct.v1.dc1.discover", b"SBST", &config).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Malformed);
+        assert!(e.message.contains("shorter than"), "{}", e.message);
+    }
+}

@@ -268,3 +268,32 @@ fn controller_binary_names_the_file_and_field_of_a_bad_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `lisen`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_lost_nats_connection_and_its_return() {
+    let mut nats = NatsServer::start().unwrap();
+    let c = Running::start(config(&nats.url())).await;
+    let url = format!("{}/healthz", c.url());
+    let status = |url: String| async move {
+        reqwest::get(&url)
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(status(url.clone()).await, 200);
+    nats.kill();
+    substruct_testkit::wait_for("healthz 503", std::time::Duration::from_secs(20), || {
+        let url = url.clone();
+        async move { status(url).await == 503 }
+    })
+    .await
+    .unwrap();
+    nats.restart().unwrap();
+    substruct_testkit::wait_for("healthz 200", std::time::Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { status(url).await == 200 }
+    })
+    .await
+    .unwrap();
+    c.stop().await;
+}

@@ -253,6 +253,23 @@ fn run_kea(srv: &Netns, cli: &Netns, dir: &Path, secs: u64) -> Result<Figures> {
     Ok(f)
 }
 
+/// UDP datagrams the kernel dropped for a full socket buffer in `ns` (`/proc/net/snmp`).
+fn rcvbuf_errors(ns: &Netns) -> u64 {
+    let Ok(out) = ns.command("cat").arg("/proc/net/snmp").output() else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let (Some(head), Some(vals)) = (udp.first(), udp.get(1)) else {
+        return 0;
+    };
+    head.split_whitespace()
+        .zip(vals.split_whitespace())
+        .find(|(h, _)| *h == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -306,14 +323,20 @@ fn main() -> Result<()> {
             if !only.is_empty() && only != who {
                 continue;
             }
+            let (srv0, cli0) = (rcvbuf_errors(&srv), rcvbuf_errors(&cli));
             let f = if who == "ours" {
                 run_ours(&rt, &srv, &cli, dir.path(), secs)?
             } else {
                 run_kea(&srv, &cli, dir.path(), secs)?
             };
             let rate = f.per_sec(secs);
+            println!(
+                "     ({who}: kernel dropped {} requests at the server's socket, {} replies at perfdhcp's)",
+                rcvbuf_errors(&srv) - srv0,
+                rcvbuf_errors(&cli) - cli0
+            );
             let cpu_per_k = if f.ra_recv > 0 {
-                f.server_cpu * 1000.0 / f.ra_recv as f64
+                f.server_cpu * 1e6 / f.ra_recv as f64
             } else {
                 0.0
             };

@@ -516,3 +516,53 @@ async fn silent_client_is_retransmitted_to_then_abandoned() {
     ));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn client_error_ends_the_transfer_at_once() {
+    let root = root_with(&[("f", &pattern(100_000, 10))]);
+    // A live transfer would retransmit its OACK every 50 ms.
+    let settings = TftpSettings {
+        timeout: Duration::from_millis(50),
+        max_retries: 50,
+        ..TftpSettings::default()
+    };
+    let server = Server::start_with(TftpFiles::new(vec![root.path().to_owned()]), settings).await;
+    let client = Client::new(server.addr).await;
+    client.rrq("f", &[("tsize", "0".into())]).await;
+    let (buf, tid) = client.recv().await.unwrap();
+    assert!(matches!(packet::decode(&buf).unwrap(), Packet::Oack(_)));
+    client
+        .socket
+        .send_to(&packet::encode_error(8, "tsize probe"), tid)
+        .await
+        .unwrap();
+    // Drain a retransmit that may have crossed the ERROR, then expect silence for 20 periods.
+    let mut late = 0;
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok((_, from))) =
+        tokio::time::timeout(Duration::from_secs(1), client.socket.recv_from(&mut buf)).await
+    {
+        assert_eq!(from, tid);
+        late += 1;
+        assert!(
+            late <= 1,
+            "the transfer kept sending after the client's ERROR"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_the_server_ends_live_transfers() {
+    let root = root_with(&[("f", &pattern(100_000, 11))]);
+    let server = Server::start(TftpFiles::new(vec![root.path().to_owned()])).await;
+    let client = Client::new(server.addr).await;
+    client.rrq("f", &[]).await;
+    let (buf, _) = client.recv().await.unwrap();
+    assert!(matches!(
+        packet::decode(&buf).unwrap(),
+        Packet::Data { block: 1, .. }
+    ));
+    // Never acknowledged: the transfer is live while the server stops (bounded in stop()).
+    server.stop().await;
+}

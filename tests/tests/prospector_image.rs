@@ -137,11 +137,8 @@ fn workspace_root() -> PathBuf {
 }
 
 fn build_image() -> Result<Image, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("substruct-prospector-image-")
-        .tempdir()
-        .map_err(|e| e.to_string())?
-        .keep();
+    // Under cargo's per-target temp dir: reused between runs, nothing left in /tmp.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prospector-image");
     let script = workspace_root().join("deploy/prospector-image/build");
     let started = Instant::now();
     let out = Command::new(&script)
@@ -589,6 +586,9 @@ impl Vm {
                 &drive,
                 "-device",
                 &blk,
+                // Real servers have RDRAND; TCG's default CPU does not.
+                "-device",
+                "virtio-rng-pci",
             ]
             .iter()
             .map(|s| s.to_string()),

@@ -208,7 +208,7 @@ fn decide_server(
             let Some(ip) = pick_address(req, settings, subnet, leases, now) else {
                 return Decision::drop(DropReason::PoolExhausted(subnet.network));
             };
-            let changes = leases.offer(req.mac, ip, now + OFFER_HOLD_SECS);
+            let changes = leases.offer(req.mac, ip, now.saturating_add(OFFER_HOLD_SECS));
             let packet = reply(req, settings, subnet, MessageType::Offer, ip, intent, true);
             finish(req, packet, changes, false)
         }
@@ -227,7 +227,7 @@ fn decide_server(
             if !acceptable(req, settings, subnet, leases, ip, now) {
                 return finish(req, nak(req, settings), Vec::new(), true);
             }
-            let expires = now + subnet.lease_time.as_secs();
+            let expires = now.saturating_add(subnet.lease_time.as_secs());
             let changes = leases.grant(req.mac, ip, expires);
             let packet = reply(req, settings, subnet, MessageType::Ack, ip, intent, true);
             finish(req, packet, changes, false)
@@ -241,7 +241,7 @@ fn decide_server(
             let Some(ip) = req.requested_ip else {
                 return Decision::drop(DropReason::MissingOption("DECLINE", 50));
             };
-            let changes = leases.decline(req.mac, ip, now, now + DECLINE_HOLD_SECS);
+            let changes = leases.decline(req.mac, ip, now, now.saturating_add(DECLINE_HOLD_SECS));
             Decision::drop_with(DropReason::Declined(ip), changes)
         }
         MessageType::Release => {

@@ -12,7 +12,6 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dhcproto::v4::MessageType;
 use socket2::{Domain, Protocol, Socket, Type};
 use substruct_wire::Mac;
 use tokio::net::UdpSocket;
@@ -29,12 +28,10 @@ use super::table::{LeaseChange, LeaseTable, UnixSecs};
 use crate::intents::IntentTable;
 
 /// Largest batch the decider takes at once.
-const MAX_BATCH: usize = 1024;
-/// Requests waiting for the decider; beyond this the receivers drop (and say so).
-/// Short on purpose: a late answer is as useless to a client as none.
+const MAX_BATCH: usize = 64;
+/// Requests waiting for the decider. Short on purpose (a late answer is as useless
+/// to a client as none); when it is full the receivers stop reading.
 const INBOUND_QUEUE: usize = 1024;
-/// Above this backlog, new DISCOVERs are shed first so started exchanges complete.
-const SHED_DISCOVER_AT: usize = INBOUND_QUEUE / 2;
 
 /// A lease the server granted or renewed (durable by the time it is sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,8 +222,16 @@ async fn receive_loop(
     };
     let mut buf = vec![0u8; 2048];
     let mut limit = WarnLimit::new();
-    let mut busy = WarnLimit::new();
     loop {
+        // Backpressure: take a queue slot before reading. While the decider is
+        // behind, we stop reading and the kernel drops the excess at no cost to us.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = tx.reserve() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (n, from) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = sock.recv_from(&mut buf) => match r {
@@ -239,33 +244,9 @@ async fn receive_loop(
                 }
             },
         };
-        let req = match Request::parse(&buf[..n], from, port) {
-            Ok(r) => r,
-            Err(reason) => {
-                log_drop(&mut limit, from, None, &reason);
-                continue;
-            }
-        };
-        if req.msg_type == MessageType::Discover && INBOUND_QUEUE - tx.capacity() > SHED_DISCOVER_AT
-        {
-            if let Some(suppressed) = busy.allow() {
-                warn!(mac = %req.mac, suppressed, "dhcp: dropped DISCOVER: server busy (shedding new exchanges)");
-            } else {
-                debug!(mac = %req.mac, "dhcp: dropped DISCOVER: server busy (shedding new exchanges)");
-            }
-            continue;
-        }
-        match tx.try_send(Inbound { req, socket: index }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(dropped)) => {
-                if let Some(suppressed) = busy.allow() {
-                    warn!(from = %dropped.req.source, mac = %dropped.req.mac, suppressed,
-                        "dhcp: dropped packet: server busy (queue full)");
-                } else {
-                    debug!(mac = %dropped.req.mac, "dhcp: dropped packet: server busy (queue full)");
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        match Request::parse(&buf[..n], from, port) {
+            Ok(req) => permit.send(Inbound { req, socket: index }),
+            Err(reason) => log_drop(&mut limit, from, None, &reason),
         }
     }
 }
@@ -360,7 +341,7 @@ async fn commit_loop(
     let mut batches = Vec::new();
     let mut send_limit = WarnLimit::new();
     let mut event_limit = WarnLimit::new();
-    while rx.recv_many(&mut batches, 256).await > 0 {
+    while rx.recv_many(&mut batches, 8).await > 0 {
         let mut changes = Vec::new();
         let mut replies = Vec::new();
         for b in batches.drain(..) {

@@ -106,7 +106,7 @@ impl DhcpConfig {
 /// Why a [`DhcpConfig`] was refused. Each variant names the field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
-    #[error("dhcp.subnets: at least one subnet is required")]
+    #[error("dhcp.subnets: at least one subnet is required in server mode")]
     NoSubnet,
     #[error("dhcp.subnets[{subnet}].pools[{pool}]: start {start} is after end {end}")]
     PoolReversed {
@@ -282,7 +282,7 @@ fn hostname_ok(h: &str) -> bool {
 }
 
 fn validate(c: &DhcpConfig) -> Result<(), SettingsError> {
-    if c.subnets.is_empty() {
+    if c.subnets.is_empty() && c.mode == DhcpMode::Server {
         return Err(SettingsError::NoSubnet);
     }
     let sip = c.server_ip;

@@ -2,7 +2,14 @@
 //!
 //! Layout: [`packet`] is the codec, [`transfer`] the sans-IO state machine of one transfer
 //! (windows, retransmits, 16-bit block rollover), [`files`] decides what may be served, and
-//! this module is the thin tokio shell around them.
+//! this module is the thin shell around them: the main socket is read by a tokio task; each
+//! transfer gets its own ephemeral socket (a new TID) and, for its data phase, its own thread
+//! with a blocking socket (cheaper per block than async readiness polling; see
+//! `benches/tftp_bench.rs`). A transfer thread stops within 100 ms of cancellation.
+//!
+//! Read-only: write requests get ERROR 2. `netascii` requests are served byte for byte, like
+//! `octet` (boot files are binary). Names are resolved by [`TftpFiles`]: nothing outside its
+//! roots is served.
 //!
 //! PXE ROM behaviour handled on purpose: many ROMs send a read request with `tsize`, read the
 //! OACK, abort with ERROR 8 and send the real request from the same source port. A new read

@@ -185,18 +185,19 @@ async fn run_transfer(
     cancel: CancellationToken,
 ) {
     let file = request.filename.clone();
-    tokio::select! {
-        _ = cancel.cancelled() => debug!(%peer, %file, "transfer cancelled"),
-        result = transfer(&ctx, peer, request, cancel.clone()) => match result {
-            Ok(Outcome::Sent(bytes)) => info!(%peer, %file, bytes, "TFTP transfer complete"),
-            Ok(Outcome::Refused(reason)) => debug!(%peer, %file, %reason, "TFTP request refused"),
-            Ok(Outcome::ClientError { code, message }) => {
-                debug!(%peer, %file, code, %message, "client ended the transfer")
-            }
-            Ok(Outcome::TimedOut) => warn!(%peer, %file, "TFTP transfer timed out"),
-            Ok(Outcome::Cancelled) => debug!(%peer, %file, "transfer cancelled"),
-            Err(e) => warn!(%peer, %file, error = &e as &dyn std::error::Error, "TFTP transfer failed"),
-        },
+    // No select on `cancel` here: the transfer thread notices it within CANCEL_POLL and stops,
+    // so the server's shutdown waits until no transfer thread is left.
+    match transfer(&ctx, peer, request, cancel).await {
+        Ok(Outcome::Sent(bytes)) => info!(%peer, %file, bytes, "TFTP transfer complete"),
+        Ok(Outcome::Refused(reason)) => debug!(%peer, %file, %reason, "TFTP request refused"),
+        Ok(Outcome::ClientError { code, message }) => {
+            debug!(%peer, %file, code, %message, "client ended the transfer")
+        }
+        Ok(Outcome::TimedOut) => warn!(%peer, %file, "TFTP transfer timed out"),
+        Ok(Outcome::Cancelled) => debug!(%peer, %file, "transfer cancelled"),
+        Err(e) => {
+            warn!(%peer, %file, error = &e as &dyn std::error::Error, "TFTP transfer failed")
+        }
     }
 }
 
@@ -291,6 +292,9 @@ async fn transfer(
     // process: one send and one receive per window, no readiness polling, which on loopback
     // with windowsize 1 costs markedly less per block than the async path (see the bench).
     // A plain thread, not the blocking pool, so long transfers never starve tokio::fs users.
+    if cancel.is_cancelled() {
+        return Ok(Outcome::Cancelled);
+    }
     let socket = socket.into_std().map_err(TransferError::Bind)?;
     let blksize = usize::from(blksize.unwrap_or(DEFAULT_BLKSIZE));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

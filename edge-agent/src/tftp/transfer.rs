@@ -258,6 +258,78 @@ mod tests {
         assert_eq!(t.on_ack(2), Action::SendBlocks(3..4));
     }
 
+    /// Runs a transfer against a model client over a lossy link that loses each packet with
+    /// probability `loss_percent` (a seeded xorshift, so runs are reproducible). Returns (bytes
+    /// received in order, done).
+    fn run_lossy(
+        size: u64,
+        blksize: u16,
+        window: u16,
+        loss_percent: u64,
+        seed: u64,
+    ) -> (u64, bool) {
+        let mut t = Transfer::new(size, blksize, window, 10_000, true);
+        let mut state = seed | 1;
+        let mut lose = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % 100 < loss_percent
+        };
+        let mut expected = 1u64; // next block the client needs
+        let mut received = 0u64;
+        let mut action = t.start();
+        for _ in 0..1_000_000 {
+            // The client answers with the last in-order block, or nothing if all was lost.
+            let mut reply = None;
+            match action {
+                Action::SendOack => {
+                    if !lose() {
+                        reply = Some(0);
+                    }
+                }
+                Action::SendBlocks(range) => {
+                    let mut any = false;
+                    for i in range {
+                        if lose() {
+                            continue;
+                        }
+                        any = true;
+                        if i == expected {
+                            let span = t.block_span(i);
+                            received += span.end - span.start;
+                            expected += 1;
+                        }
+                    }
+                    if any {
+                        reply = Some(expected - 1);
+                    }
+                }
+                Action::Wait => {}
+                Action::Done => return (received, expected == t.last_block() + 1),
+                Action::GiveUp => return (received, false),
+            }
+            action = match reply {
+                Some(index) if !lose() => t.on_ack(Transfer::wire_block(index)),
+                _ => t.on_timeout(),
+            };
+            if action == Action::Wait {
+                action = t.on_timeout();
+            }
+        }
+        (received, false)
+    }
+
+    #[test]
+    fn lossy_link_with_rollover_still_delivers_everything() {
+        // 70000 blocks of 8 bytes: past the 16-bit rollover, with 10 % of packets lost.
+        for window in [1, 5, 16] {
+            let (bytes, done) = run_lossy(70_000 * 8 + 3, 8, window, 10, 42);
+            assert!(done, "window {window}");
+            assert_eq!(bytes, 70_000 * 8 + 3);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn random_acks_never_panic_and_never_skip(
@@ -281,6 +353,19 @@ mod tests {
                     other => proptest::prop_assert!(false, "unexpected {other:?}"),
                 }
             }
+        }
+
+        #[test]
+        fn lossy_link_delivers_every_byte_in_order(
+            size in 0u64..40_000,
+            blksize in 8u16..1500,
+            window in 1u16..12,
+            loss_percent in 0u64..50,
+            seed in proptest::num::u64::ANY,
+        ) {
+            let (bytes, done) = run_lossy(size, blksize, window, loss_percent, seed);
+            proptest::prop_assert!(done);
+            proptest::prop_assert_eq!(bytes, size);
         }
     }
 }

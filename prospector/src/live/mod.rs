@@ -66,7 +66,14 @@ fn boot() -> Never {
     if system::mount_filesystems() == 0 {
         console::step("mounted proc, sys, dev, tmp, run");
     }
-    let modules = system::load_modules(Path::new(system::MODULE_ORDER_FILE));
+    let mut modules = system::load_modules_for_hardware();
+    if net::list_nics(Path::new("/sys/class/net")).is_empty() {
+        // No NIC driver matched (or the alias table is off): load every module we ship.
+        console::step("no NIC after hardware-matched module loading; loading all modules");
+        let all = system::load_modules(Path::new(system::MODULE_ORDER_FILE));
+        modules.loaded += all.loaded;
+        modules.failed += all.failed;
+    }
     console::step(&format!(
         "modules: {} loaded, {} already present, {} failed",
         modules.loaded, modules.already, modules.failed
@@ -136,6 +143,7 @@ async fn live() -> Never {
             .map(|r| r.to_string())
             .unwrap_or_else(|| "-".into()),
     ));
+    tokio::spawn(net::keep_lease(up));
     let cancel = CancellationToken::new();
     report_and_obey(&cfg, &cancel).await
 }

@@ -304,6 +304,58 @@ pub async fn configure(handle: &Handle, nic: &Nic, lease: &Lease) -> Result<(), 
     Ok(())
 }
 
+/// When to renew a lease of `lease_secs`: at half its time (RFC 2131's T1), at least 30 s;
+/// `None` for an infinite lease.
+pub fn renew_after(lease_secs: Option<u32>) -> Option<Duration> {
+    match lease_secs {
+        None | Some(u32::MAX) => None,
+        Some(secs) => Some(Duration::from_secs(u64::from(secs / 2).max(30))),
+    }
+}
+
+/// Keeps the address while PID 1 waits for instructions: a new exchange on the same NIC
+/// at half the lease time (retried every 30 s on failure); a changed address is
+/// configured and announced with a new `SUBSTRUCT-NET-UP` line. Runs forever.
+pub async fn keep_lease(mut up: NetUp) {
+    loop {
+        let Some(wait) = renew_after(up.lease.lease_secs) else {
+            return;
+        };
+        tokio::time::sleep(wait).await;
+        let renewed = match dhcp_lease(&up.nic).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                console::error(&format!("lease renewal: {}", console::chain(&e)));
+                up.lease.lease_secs = Some(60);
+                continue;
+            }
+        };
+        let result = match rtnetlink::new_connection() {
+            Ok((conn, handle, _)) => {
+                let task = tokio::spawn(conn);
+                let r = configure(&handle, &up.nic, &renewed).await;
+                task.abort();
+                r.map_err(|e| console::chain(&e))
+            }
+            Err(e) => Err(console::chain(&NetError::Netlink(e))),
+        };
+        match result {
+            Ok(()) if renewed.ip != up.lease.ip => {
+                console::line(&format!(
+                    "{} if={} ip={}/{} (address changed at renewal)",
+                    console::MARKER_NET_UP,
+                    up.nic.name,
+                    renewed.ip,
+                    renewed.prefix
+                ));
+            }
+            Ok(()) => {}
+            Err(e) => console::error(&format!("lease renewal: {e}")),
+        }
+        up.lease = renewed;
+    }
+}
+
 /// True when `a` and `b` share the first `prefix` bits.
 pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
     let mask = u32::MAX
@@ -430,6 +482,14 @@ mod tests {
         assert_eq!(nics[0].index, 2);
         assert_eq!(nics[0].mac.to_string(), "52:54:00:00:00:01");
         assert!(list_nics(&tmp.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn renewal_times() {
+        assert_eq!(renew_after(Some(3600)), Some(Duration::from_secs(1800)));
+        assert_eq!(renew_after(Some(10)), Some(Duration::from_secs(30)));
+        assert_eq!(renew_after(None), None);
+        assert_eq!(renew_after(Some(u32::MAX)), None);
     }
 
     #[test]

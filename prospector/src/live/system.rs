@@ -114,26 +114,161 @@ pub fn load_modules(order_file: &Path) -> ModuleLoadSummary {
             return summary;
         }
     };
-    let no_params: &CStr = c"";
     for path in parse_module_order(&text) {
-        let result = File::open(&path).map_err(|e| e.to_string()).and_then(|f| {
-            finit_module(&f, no_params, ModuleInitFlags::empty()).map_err(|e| match e {
-                Errno::EEXIST => "EEXIST".to_owned(),
-                other => other.to_string(),
-            })
-        });
-        match result {
-            Ok(()) => summary.loaded += 1,
-            Err(e) if e == "EEXIST" => summary.already += 1,
-            Err(e) => {
-                summary.failed += 1;
-                // ENODEV/ENOENT here usually mean "no such hardware" (e.g. a CPU-specific
-                // crypto module under QEMU); log and go on.
-                console::step(&format!("module {} not loaded: {e}", path.display()));
+        load_one(&path, &mut summary);
+    }
+    summary
+}
+
+/// Written by the build script: `MODULE PATH...` — each wanted module's `.ko` chain,
+/// dependencies first.
+pub const MODULE_DEPS_FILE: &str = "/lib/modules/substruct.deps";
+/// Written by the build script: `MODULE PATTERN` — the module's `modinfo` aliases
+/// (`*` for modules always loaded, such as `sd_mod`).
+pub const MODULE_ALIAS_FILE: &str = "/lib/modules/substruct.modalias";
+
+/// `MODULE PATH...` lines.
+pub fn parse_module_deps(text: &str) -> Vec<(String, Vec<PathBuf>)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let module = words.next().filter(|w| !w.starts_with('#'))?;
+            Some((module.to_owned(), words.map(PathBuf::from).collect()))
+        })
+        .collect()
+}
+
+/// `MODULE PATTERN` lines.
+pub fn parse_module_aliases(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (module, pattern) = l.trim().split_once(char::is_whitespace)?;
+            (!module.starts_with('#')).then(|| (module.to_owned(), pattern.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Shell-style match with `*` and `?` (what modalias patterns use); other bytes literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Modules (in `aliases` order, each once) with a pattern matching one of `modaliases`.
+pub fn modules_for(aliases: &[(String, String)], modaliases: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (module, pattern) in aliases {
+        if out.contains(module) {
+            continue;
+        }
+        if modaliases.iter().any(|m| glob_match(pattern, m)) {
+            out.push(module.clone());
+        }
+    }
+    out
+}
+
+/// Every device's `modalias` under `/sys/bus/*/devices/*`.
+fn present_modaliases() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(buses) = std::fs::read_dir("/sys/bus") else {
+        return out;
+    };
+    for bus in buses.filter_map(Result::ok) {
+        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
+            continue;
+        };
+        for dev in devices.filter_map(Result::ok) {
+            if let Ok(alias) = std::fs::read_to_string(dev.path().join("modalias")) {
+                out.push(alias.trim().to_owned());
             }
         }
     }
+    out
+}
+
+/// Loads only the modules whose aliases match present devices, in rounds (a bus driver
+/// such as virtio_pci makes new devices appear). Falls back to [`load_modules`] on the
+/// whole order file when the image has no alias table.
+pub fn load_modules_for_hardware() -> ModuleLoadSummary {
+    let (Ok(deps), Ok(aliases)) = (
+        std::fs::read_to_string(MODULE_DEPS_FILE),
+        std::fs::read_to_string(MODULE_ALIAS_FILE),
+    ) else {
+        return load_modules(Path::new(MODULE_ORDER_FILE));
+    };
+    let chains = parse_module_deps(&deps);
+    let aliases = parse_module_aliases(&aliases);
+    let mut summary = ModuleLoadSummary::default();
+    let mut done_modules: Vec<String> = Vec::new();
+    let mut done_paths: Vec<PathBuf> = Vec::new();
+    for _round in 0..4 {
+        let wanted: Vec<String> = modules_for(&aliases, &present_modaliases())
+            .into_iter()
+            .filter(|m| !done_modules.contains(m))
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        for module in wanted {
+            let chain = chains
+                .iter()
+                .find(|(m, _)| *m == module)
+                .map(|(_, c)| c.as_slice())
+                .unwrap_or_default();
+            for path in chain {
+                if done_paths.contains(path) {
+                    continue;
+                }
+                load_one(path, &mut summary);
+                done_paths.push(path.clone());
+            }
+            done_modules.push(module);
+        }
+    }
     summary
+}
+
+fn load_one(path: &Path, summary: &mut ModuleLoadSummary) {
+    let no_params: &CStr = c"";
+    let result = File::open(path).map_err(|e| e.to_string()).and_then(|f| {
+        finit_module(&f, no_params, ModuleInitFlags::empty()).map_err(|e| match e {
+            Errno::EEXIST => "EEXIST".to_owned(),
+            other => other.to_string(),
+        })
+    });
+    match result {
+        Ok(()) => summary.loaded += 1,
+        Err(e) if e == "EEXIST" => summary.already += 1,
+        Err(e) => {
+            summary.failed += 1;
+            // ENODEV here usually means "no such hardware" (e.g. a CPU-specific crypto
+            // module under QEMU); log and go on.
+            console::step(&format!("module {} not loaded: {e}", path.display()));
+        }
+    }
 }
 
 /// Flushes file systems, then powers off; if that fails, waits forever.
@@ -230,6 +365,44 @@ mod tests {
                 PathBuf::from("/lib/modules/k/virtio_net.ko")
             ]
         );
+    }
+
+    #[test]
+    fn globs_match_modaliases() {
+        let pci = "pci:v00001AF4d00001041sv00001AF4sd00001100bc02sc00i00";
+        assert!(glob_match("pci:v00001AF4d*sv*sd*bc*sc*i*", pci));
+        assert!(!glob_match("pci:v00008086d*sv*sd*bc*sc*i*", pci));
+        assert!(glob_match(
+            "virtio:d00000001v*",
+            "virtio:d00000001v00001AF4"
+        ));
+        assert!(!glob_match(
+            "virtio:d00000001v*",
+            "virtio:d00000002v00001AF4"
+        ));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("abc", "abcd"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+    }
+
+    #[test]
+    fn only_matching_modules_are_chosen() {
+        let aliases = parse_module_aliases(
+            "virtio_pci pci:v00001AF4d*sv*sd*bc*sc*i*\n\
+             e1000 pci:v00008086d0000100Esv*sd*bc*sc*i*\n\
+             virtio_net virtio:d00000001v*\n\
+             sd_mod *\n\
+             virtio_pci pci:v00001AF4d*\n",
+        );
+        let present = ["pci:v00001AF4d00001041sv00001AF4sd00001100bc02sc00i00".to_owned()];
+        assert_eq!(modules_for(&aliases, &present), ["virtio_pci", "sd_mod"]);
+        let present = ["virtio:d00000001v00001AF4".to_owned()];
+        assert_eq!(modules_for(&aliases, &present), ["virtio_net", "sd_mod"]);
+        let deps = parse_module_deps("virtio_net /m/virtio.ko /m/virtio_net.ko\n");
+        assert_eq!(deps[0].0, "virtio_net");
+        assert_eq!(deps[0].1.len(), 2);
     }
 
     #[test]
