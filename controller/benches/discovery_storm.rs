@@ -212,7 +212,7 @@ async fn main() -> Result<()> {
             &format!("127.0.0.1:{port}"),
         ])
         .env("RUST_LOG", "warn")
-        .env_remove("SUBSTRUCT_TOKEN")
+        .env("SUBSTRUCT_TOKEN", "bench-token-not-secret")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -313,7 +313,14 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("  ceiling: raw JetStream KV put rate (2 KB values, 64 in flight, {kv_puts} puts): {kv_rate:.0} puts/s");
-    if ok < reports_n {
+    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let slow = log_text.matches("slow discover request").count();
+    let problems = log_text
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .count();
+    println!("  controller log   {slow} requests slower than 1 s, {problems} warnings/errors");
+    if ok < reports_n || problems > 0 {
         println!("  controller log: {}", log_path.display());
         let _ = log_dir.keep();
     }

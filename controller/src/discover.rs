@@ -26,6 +26,9 @@ use crate::matching::{identity_facts, resolve, Action, Fact};
 use crate::record::{Conflict, MachineEvent, MachineEventKind, MachineRecord};
 use crate::store::{IndexEntry, Store, StoreError, Write};
 
+/// A request slower than this is logged.
+const SLOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often a report is re-resolved after losing a compare-and-set race.
 const MAX_ATTEMPTS: usize = 16;
 
@@ -602,10 +605,16 @@ pub(crate) async fn answer(
                 message: refusal.message,
             })
         }
-        Ok(request) => match inventory
-            .ingest(&request.site, request.report, crate::now_unix_ms())
-            .await
-        {
+        Ok(request) => match {
+            let started = std::time::Instant::now();
+            let result = inventory
+                .ingest(&request.site, request.report, crate::now_unix_ms())
+                .await;
+            if started.elapsed() > SLOW {
+                tracing::warn!(subject, elapsed = ?started.elapsed(), "slow discover request");
+            }
+            result
+        } {
             Ok(done) => Ok(DiscoverReply {
                 machine_id: done.machine_id,
                 instruction: Instruction::Wait,

@@ -4,7 +4,7 @@
 //! Root only (two network namespaces joined by a veth, both created and deleted
 //! here); skips politely without root, perfdhcp or kea-dhcp4.
 //! Env: ROUNDS (3), DURATION (10 s), CLIENTS (20000), RATE (empty = unlimited),
-//! ONLY (ours | kea), RUNTIME (current | multi: the tokio runtime of our server).
+//! ONLY (ours | kea), RUNTIME (multi, the default, as in the agent | current).
 //! Run: `cargo bench -p substruct-edge --bench dhcp_perfdhcp`
 
 #[path = "../tests/dhcp_netns.rs"]
@@ -299,14 +299,14 @@ fn main() -> Result<()> {
     veth(&srv, SRV_IF, &cli, CLI_IF)?;
     srv.ip(&["addr", "add", &format!("{SRV_IP}/16"), "dev", SRV_IF])?;
     cli.ip(&["addr", "add", "10.78.0.2/16", "dev", CLI_IF])?;
-    // RUNTIME=multi: tokio's multi-thread runtime (2 workers); default: one thread
-    // for the server's tasks (plus tokio's blocking pool for the redb commits).
+    // Default: tokio's multi-thread runtime (2 workers), as the agent runs it;
+    // RUNTIME=current: one thread for the server's tasks (plus the blocking pool).
     let rt = match std::env::var("RUNTIME").as_deref() {
-        Ok("multi") => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        _ => tokio::runtime::Builder::new_current_thread()
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()?,
     };

@@ -286,6 +286,8 @@ fn image_holds_a_static_init_the_modules_and_fits_the_size_targets() -> Result<(
     for needed in [
         "init",
         "lib/modules/substruct.order",
+        "lib/modules/substruct.deps",
+        "lib/modules/substruct.modalias",
         "dev/console",
         "proc",
         "sys",
@@ -323,6 +325,8 @@ fn image_holds_a_static_init_the_modules_and_fits_the_size_targets() -> Result<(
             "--to-stdout",
             "--quiet",
             "lib/modules/substruct.order",
+            "lib/modules/substruct.deps",
+            "lib/modules/substruct.modalias",
         ],
     )?)?;
     let ordered: Vec<&str> = order.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -609,6 +613,8 @@ impl Vm {
                 lab.exec(&refs)
             }
             None => {
+                // A NIC with no backend: enough for its driver to be chosen and bind.
+                argv.extend(["-device".into(), "e1000,mac=52:54:00:21:37:02".into()]);
                 let mut cmd = Command::new(&argv[0]);
                 cmd.args(&argv[1..]);
                 cmd
@@ -832,6 +838,19 @@ fn qemu_boot_without_nats_argument_reports_errors_and_keeps_running() -> Result<
         !log.contains("SUBSTRUCT-NET-UP"),
         "network came up without a NATS URL"
     );
+    // The Intel NIC's driver was picked from the modalias table and bound to it.
+    assert!(
+        log.contains("e1000 0000:") && log.contains("52:54:00:21:37:02"),
+        "e1000 did not bind:\n{log}"
+    );
+    // Only matching modules are loaded: e1000 and virtio, no Mellanox driver.
+    let matched = log
+        .lines()
+        .find(|l| l.contains("substruct-prospector: modules:"))
+        .context("no module summary line")?;
+    assert!(matched.contains(" e1000"), "{matched}");
+    assert!(matched.contains("virtio_blk"), "{matched}");
+    assert!(!matched.contains("mlx5_core"), "{matched}");
     Ok(())
 }
 

@@ -75,8 +75,15 @@ fn boot() -> Never {
         modules.failed += all.failed;
     }
     console::step(&format!(
-        "modules: {} loaded, {} already present, {} failed",
-        modules.loaded, modules.already, modules.failed
+        "modules: {} loaded, {} already present, {} failed; matched: {}",
+        modules.loaded,
+        modules.already,
+        modules.failed,
+        if modules.matched.is_empty() {
+            "-".to_owned()
+        } else {
+            modules.matched.join(" ")
+        }
     ));
     let runtime = loop {
         match tokio::runtime::Builder::new_multi_thread()

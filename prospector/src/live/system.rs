@@ -93,11 +93,13 @@ pub fn parse_module_order(text: &str) -> Vec<PathBuf> {
 }
 
 /// Counts of what [`load_modules`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ModuleLoadSummary {
     pub loaded: usize,
     pub already: usize,
     pub failed: usize,
+    /// Modules chosen because a present device matched their aliases.
+    pub matched: Vec<String>,
 }
 
 /// Loads every module named in `order_file` with `finit_module`, in order.
@@ -245,6 +247,7 @@ pub fn load_modules_for_hardware() -> ModuleLoadSummary {
                 load_one(path, &mut summary);
                 done_paths.push(path.clone());
             }
+            summary.matched.push(module.clone());
             done_modules.push(module);
         }
     }
