@@ -590,6 +590,21 @@ async fn record_conflicts(
     })
 }
 
+async fn timed_ingest(
+    inventory: &Inventory,
+    subject: &str,
+    request: DiscoverRequest,
+) -> Result<Ingested, IngestError> {
+    let started = std::time::Instant::now();
+    let result = inventory
+        .ingest(&request.site, request.report, crate::now_unix_ms())
+        .await;
+    if started.elapsed() > SLOW {
+        tracing::warn!(subject, elapsed = ?started.elapsed(), "slow discover request");
+    }
+    result
+}
+
 /// Answers one raw request: the encoded reply (`DiscoverReply` or `ErrorReply`).
 pub(crate) async fn answer(
     inventory: &Inventory,
@@ -605,16 +620,7 @@ pub(crate) async fn answer(
                 message: refusal.message,
             })
         }
-        Ok(request) => match {
-            let started = std::time::Instant::now();
-            let result = inventory
-                .ingest(&request.site, request.report, crate::now_unix_ms())
-                .await;
-            if started.elapsed() > SLOW {
-                tracing::warn!(subject, elapsed = ?started.elapsed(), "slow discover request");
-            }
-            result
-        } {
+        Ok(request) => match timed_ingest(inventory, subject, request).await {
             Ok(done) => Ok(DiscoverReply {
                 machine_id: done.machine_id,
                 instruction: Instruction::Wait,

@@ -100,7 +100,9 @@ pub fn prospector_image() -> Result<PathBuf> {
     lock.lock()?;
     let stamp = out.join(".built-by-pid");
     let me = std::process::id().to_string();
-    let fresh = std::fs::read_to_string(&stamp).map(|s| s == me).unwrap_or(false);
+    let fresh = std::fs::read_to_string(&stamp)
+        .map(|s| s == me)
+        .unwrap_or(false);
     if !fresh || !out.join("initrd.img").exists() {
         let script = workspace_root().join("deploy/prospector-image/build");
         let output = Command::new(&script)
@@ -186,7 +188,15 @@ impl Site {
                 &site.ns,
                 "nats-server",
                 "nats-server",
-                &["-a", EDGE_IP, "-p", "4222", "-js", "-sd", js.to_str().unwrap_or("/tmp/js")],
+                &[
+                    "-a",
+                    EDGE_IP,
+                    "-p",
+                    "4222",
+                    "-js",
+                    "-sd",
+                    js.to_str().unwrap_or("/tmp/js"),
+                ],
                 log,
             )?;
             site.nats = Some(p);
@@ -296,7 +306,12 @@ impl Site {
         let out = run(self
             .ns
             .command(bin.to_str().unwrap_or("substruct"))
-            .args(["--controller", &format!("http://{EDGE_IP}:8080"), "--token", API_TOKEN])
+            .args([
+                "--controller",
+                &format!("http://{EDGE_IP}:8080"),
+                "--token",
+                API_TOKEN,
+            ])
             .args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -314,7 +329,10 @@ impl Site {
 
     /// Prints every server log (call on failure).
     pub fn dump_logs(&self) {
-        for p in [&self.nats, &self.controller, &self.edge].into_iter().flatten() {
+        for p in [&self.nats, &self.controller, &self.edge]
+            .into_iter()
+            .flatten()
+        {
             eprintln!(
                 "----- {} ({}) -----\n{}",
                 p.name,

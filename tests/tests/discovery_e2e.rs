@@ -50,7 +50,9 @@ fn spec(name: &str, firmware: Firmware, tap: String, e: &Expect) -> VmSpec {
 
 fn find<'a>(machines: &'a [Value], serial: &str) -> Option<&'a Value> {
     machines.iter().find(|m| {
-        m.pointer("/facts/dmi/product_serial").and_then(Value::as_str) == Some(serial)
+        m.pointer("/facts/dmi/product_serial")
+            .and_then(Value::as_str)
+            == Some(serial)
     })
 }
 
@@ -106,8 +108,16 @@ fn bios_and_uefi_machines_appear_in_the_inventory_with_their_exact_facts() -> Re
     let (t1, t2) = (site.new_tap()?, site.new_tap()?);
     let dir = site.dir.path().to_owned();
     let mut vms = vec![
-        Vm::start(&site.ns, &spec("disc-bios", Firmware::Bios, t1, &bios), &dir)?,
-        Vm::start(&site.ns, &spec("disc-uefi", Firmware::Uefi, t2, &uefi), &dir)?,
+        Vm::start(
+            &site.ns,
+            &spec("disc-bios", Firmware::Bios, t1, &bios),
+            &dir,
+        )?,
+        Vm::start(
+            &site.ns,
+            &spec("disc-uefi", Firmware::Uefi, t2, &uefi),
+            &dir,
+        )?,
     ];
     let start = Instant::now();
     let deadline = start + Duration::from_secs(420);

@@ -67,7 +67,15 @@ impl Netns {
     /// Adds a bridge with `cidr` (e.g. `10.77.0.1/24`), up, no STP delay, IPv6 link-local on.
     pub fn add_bridge(&self, bridge: &str, cidr: &str) -> Result<()> {
         self.ip(&[
-            "link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0",
+            "link",
+            "add",
+            bridge,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
         ])?;
         self.ip(&["addr", "add", cidr, "dev", bridge])?;
         self.ip(&["link", "set", bridge, "up"])?;
@@ -85,7 +93,16 @@ impl Netns {
     /// Joins this namespace and `other` by a veth pair with the given addresses.
     pub fn veth_to(&self, other: &Netns, here: (&str, &str), there: (&str, &str)) -> Result<()> {
         self.ip(&[
-            "link", "add", here.0, "type", "veth", "peer", "name", there.0, "netns", &other.name,
+            "link",
+            "add",
+            here.0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            there.0,
+            "netns",
+            &other.name,
         ])?;
         self.ip(&["addr", "add", here.1, "dev", here.0])?;
         self.ip(&["link", "set", here.0, "up"])?;
@@ -127,8 +144,15 @@ pub struct NsProcess {
 }
 
 impl NsProcess {
-    pub fn spawn(ns: &Netns, name: &str, program: &str, args: &[&str], log: std::path::PathBuf) -> Result<Self> {
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    pub fn spawn(
+        ns: &Netns,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        log: std::path::PathBuf,
+    ) -> Result<Self> {
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = file.try_clone()?;
         let child = ns
             .command(program)

@@ -157,7 +157,10 @@ impl Vm {
         if !smbios.is_empty() {
             args.extend([
                 "-smbios".into(),
-                format!("type=1,manufacturer=Substruct Lab,product=PXE Test VM,{}", smbios.join(",")),
+                format!(
+                    "type=1,manufacturer=Substruct Lab,product=PXE Test VM,{}",
+                    smbios.join(",")
+                ),
             ]);
         }
         for (i, nic) in spec.nics.iter().enumerate() {
@@ -188,9 +191,16 @@ impl Vm {
                 "-drive".into(),
                 format!("file={},if=none,id=d{i},format=raw", path.display()),
             ]);
-            let bootindex = if spec.netboot_first { format!(",bootindex={}", 10 + i) } else { format!(",bootindex={}", 1 + i) };
+            let bootindex = if spec.netboot_first {
+                format!(",bootindex={}", 10 + i)
+            } else {
+                format!(",bootindex={}", 1 + i)
+            };
             let device = match disk.bus {
-                DiskBus::Virtio => format!("virtio-blk-pci,drive=d{i},serial={}{bootindex}", disk.serial),
+                DiskBus::Virtio => format!(
+                    "virtio-blk-pci,drive=d{i},serial={}{bootindex}",
+                    disk.serial
+                ),
                 DiskBus::Nvme => format!("nvme,drive=d{i},serial={}{bootindex}", disk.serial),
             };
             args.extend(["-device".into(), device]);
