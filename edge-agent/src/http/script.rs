@@ -95,11 +95,16 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
                 ctx.site, ctx.mac
             );
             // ttyS0 last: it becomes /dev/console, so userspace output reaches the serial log.
+            // BOOTIF (the pxelinux convention) names the NIC that booted, so the prospector
+            // asks DHCP there first instead of waiting out every other port.
             let _ = write!(
                 s,
                 "kernel {base}/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 \
-                 substruct.site={} substruct.nats={} substruct.token={} panic=-1",
-                ctx.site, ctx.nats_url, ctx.token
+                 substruct.site={} substruct.nats={} substruct.token={} BOOTIF=01-{} panic=-1",
+                ctx.site,
+                ctx.nats_url,
+                ctx.token,
+                ctx.mac.to_string().replace(':', "-")
             );
             if let Some(extra) = &ctx.extra_args {
                 let _ = write!(s, " {extra}");
@@ -207,7 +212,7 @@ mod tests {
 
     const PROSPECTOR: &str = "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a discover, booting the prospector
-kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef panic=-1
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a panic=-1
 initrd http://10.77.0.1/images/prospector/initrd.img
 boot
 ";
@@ -228,7 +233,7 @@ boot
             render_boot_script(None, &c),
             "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a unknown machine, booting the prospector
-kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef panic=-1 quiet substruct.debug=1
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a panic=-1 quiet substruct.debug=1
 initrd http://10.77.0.1/images/prospector/initrd.img
 boot
 "

@@ -175,7 +175,7 @@ fn next_step(outcome: &Outcome) -> Next {
     }
 }
 
-/// Reports (once, to see the acknowledgement), then listens for instructions; forever.
+/// Reports, prints the acknowledgement marker, then follows instructions; forever.
 async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never {
     let mut reported = false;
     let mut failures: u32 = 0;
@@ -196,12 +196,38 @@ async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never 
             nats_url: cfg.nats_url.clone(),
             site: cfg.site.clone(),
             token: cfg.token.clone(),
-            // First run returns at the acknowledgement so it can be shown; later runs wait
-            // for the controller's commands.
-            once: !reported,
+            once: false,
         };
+        // One report per boot: the agent's Acknowledged event prints the marker, and the
+        // same run then waits for the controller's commands.
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let announce = tokio::spawn(async move {
+            let mut shown = false;
+            while let Some(event) = events_rx.recv().await {
+                if let agent::AgentEvent::Acknowledged { machine_id, .. } = event {
+                    if !shown {
+                        console::line(&format!(
+                            "{} machine={machine_id}",
+                            console::MARKER_REPORTED
+                        ));
+                        shown = true;
+                    }
+                }
+            }
+            shown
+        });
         // Its own task, so a panic inside the agent is an error here, not PID 1's end.
-        let run = tokio::spawn(agent::run(agent_cfg, report, cancel.clone())).await;
+        let run = tokio::spawn(agent::run_with(
+            agent_cfg,
+            agent::AgentTuning::default(),
+            Some(events_tx),
+            report,
+            cancel.clone(),
+        ))
+        .await;
+        if announce.await.unwrap_or(false) {
+            reported = true;
+        }
         let outcome = match run {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
@@ -227,18 +253,6 @@ async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never 
             }
         };
         failures = 0;
-        if let Outcome::Acknowledged { machine_id }
-        | Outcome::PowerOff { machine_id }
-        | Outcome::Reboot { machine_id } = &outcome
-        {
-            if !reported {
-                console::line(&format!(
-                    "{} machine={machine_id}",
-                    console::MARKER_REPORTED
-                ));
-                reported = true;
-            }
-        }
         match next_step(&outcome) {
             Next::PowerOff => {
                 console::step("controller says: power off");

@@ -431,6 +431,15 @@ async fn try_with(handle: &Handle) -> Result<NetUp, String> {
             names.join(" ")
         ));
     }
+    let mut with_carrier = with_carrier;
+    // The NIC the machine network-booted from (BOOTIF, passed by the edge) asks first:
+    // the other ports may sit on networks with no DHCP server, each costing a timeout.
+    if let Some(boot_mac) = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|line| bootif_mac(&line))
+    {
+        with_carrier.sort_by_key(|n| n.mac != boot_mac);
+    }
     let mut why = Vec::new();
     for nic in with_carrier {
         console::step(&format!("DHCP on {} ({})", nic.name, nic.mac));
@@ -454,6 +463,16 @@ async fn try_with(handle: &Handle) -> Result<NetUp, String> {
         }
     }
     Err(why.join("; "))
+}
+
+/// The MAC of `BOOTIF=01-aa-bb-cc-dd-ee-ff` (the pxelinux convention) on a kernel
+/// command line.
+pub fn bootif_mac(cmdline: &str) -> Option<Mac> {
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix("BOOTIF="))
+        .and_then(|v| v.strip_prefix("01-"))
+        .and_then(|mac| Mac::parse(mac).ok())
 }
 
 #[cfg(test)]
@@ -490,6 +509,15 @@ mod tests {
         assert_eq!(renew_after(Some(10)), Some(Duration::from_secs(30)));
         assert_eq!(renew_after(None), None);
         assert_eq!(renew_after(Some(u32::MAX)), None);
+    }
+
+    #[test]
+    fn bootif_names_the_boot_nic() {
+        let line = "initrd=initrd.img BOOTIF=01-52-54-00-5b-00-01 panic=-1";
+        assert_eq!(bootif_mac(line), Mac::parse("52:54:00:5b:00:01").ok());
+        assert_eq!(bootif_mac("BOOTIF=52-54-00-5b-00-01"), None);
+        assert_eq!(bootif_mac("BOOTIF=01-zz"), None);
+        assert_eq!(bootif_mac("quiet"), None);
     }
 
     #[test]

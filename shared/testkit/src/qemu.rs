@@ -134,6 +134,10 @@ impl Vm {
             "-monitor".into(),
             "none".into(),
             "-no-reboot".into(),
+            // An entropy source, as real servers have (RDRAND): without one the live
+            // image's first random numbers wait for the kernel's pool under TCG.
+            "-device".into(),
+            "virtio-rng-pci".into(),
         ];
         if spec.firmware == Firmware::Uefi {
             let vars = dir.join(format!("{}.ovmf-vars.fd", spec.name));
