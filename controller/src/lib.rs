@@ -188,17 +188,7 @@ async fn open_store(
     }
 }
 
-/// An error and all its sources, joined with ": ".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use substruct_runtime::error_chain;
 
 pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -186,6 +186,9 @@ proptest! {
                         Some(MessageType::Ack) => {
                             granted.retain(|_, (o, _)| *o != m);
                             granted.insert(y, (m, now + LEASE));
+                            // A client holds one address: its ACK ends whatever it was
+                            // offered before (possibly another address).
+                            offered.retain(|_, (o, _)| *o != m);
                             offered.remove(&y);
                             last_ack.insert(m, y);
                         }

@@ -518,17 +518,7 @@ pub fn printable(text: &str) -> String {
     out
 }
 
-/// `error: cause: cause` on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use substruct_runtime::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -56,17 +56,7 @@ impl IntoResponse for FileError {
     }
 }
 
-/// `error: cause: cause` for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use substruct_runtime::error_chain;
 
 /// A relative request path checked lexically: only normal components.
 fn lexically_safe(request: &str) -> Result<PathBuf, FileError> {

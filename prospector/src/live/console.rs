@@ -39,16 +39,7 @@ pub fn error(what: &str) {
 }
 
 /// Formats an error with its whole `source()` chain: `outer: middle: root`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        cur = cause.source();
-    }
-    text
-}
+pub use substruct_runtime::error_chain as chain;
 
 /// Prints panics on the console as `SUBSTRUCT-ERROR panic ...` lines. The hook returns, so
 /// the panic unwinds to the `catch_unwind` in [`super::run_as_init`] (or ends the tokio task

@@ -210,6 +210,10 @@ async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never 
                             "{} machine={machine_id}",
                             console::MARKER_REPORTED
                         ));
+                        console::line(&format!(
+                            "substruct-prospector: peak RSS {} kB",
+                            peak_rss_kb().map_or_else(|| "?".to_owned(), |kb| kb.to_string())
+                        ));
                         shown = true;
                     }
                 }
@@ -268,6 +272,21 @@ async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never 
     }
 }
 
+/// This process's peak resident set size (`VmHWM` in `/proc/self/status`), in kB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_kb(&status)
+}
+
+/// The `VmHWM:   1234 kB` value of a `/proc/<pid>/status` text.
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
 /// 1, 2, 4, 8, 15, 15 … seconds.
 fn retry_wait(failures: u32) -> Duration {
     let secs = 1u64 << failures.saturating_sub(1).min(4);
@@ -306,6 +325,14 @@ mod tests {
     fn retries_back_off_and_cap() {
         let waits: Vec<u64> = (1..=7).map(|n| retry_wait(n).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 15, 15, 15]);
+    }
+
+    #[test]
+    fn peak_rss_comes_from_vmhwm() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t  4321 kB\nVmRSS:\t 4000 kB\n";
+        assert_eq!(vm_hwm_kb(status), Some(4321));
+        assert_eq!(vm_hwm_kb("Name:\tx\n"), None);
+        assert!(peak_rss_kb().is_some_and(|kb| kb > 0));
     }
 
     #[test]

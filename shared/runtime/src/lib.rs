@@ -9,6 +9,19 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+/// An error and every `source()` under it on one line, `outer: middle: root`, for
+/// log and console lines (the cause is never folded into an error's own message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Installs the global `tracing` subscriber: `RUST_LOG` (default `info`) to stderr.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
