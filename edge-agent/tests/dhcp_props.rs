@@ -197,6 +197,7 @@ proptest! {
                 }
                 Action::Drop { reason } => match reason {
                     DropReason::Released => {
+                        offered.retain(|_, (o, _)| *o != m);
                         if let Some(ip) = last_ack.get(&m) {
                             if let Some(e) = granted.get_mut(ip) {
                                 if e.0 == m { e.1 = e.1.min(now); }

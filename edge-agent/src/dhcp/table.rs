@@ -222,7 +222,24 @@ impl LeaseTable {
             Some((held, expires)) if *held == ip => {
                 *expires = (*expires).min(now);
                 let at = *expires;
-                self.by_ip.insert(ip, Holder::Lease { mac, expires: at });
+                // A client that releases has left SELECTING too: its pending offer ends.
+                if let Some((oip, _)) = self.offers.remove(&mac) {
+                    if oip != ip
+                        && matches!(self.by_ip.get(&oip), Some(Holder::Offer { mac: m, .. }) if *m == mac)
+                    {
+                        self.by_ip.remove(&oip);
+                    }
+                }
+                // The address may have gone to another client since this lease expired:
+                // never overwrite that client's hold.
+                let still_ours = match self.by_ip.get(&ip) {
+                    None => true,
+                    Some(Holder::Lease { mac: m, .. } | Holder::Offer { mac: m, .. }) => *m == mac,
+                    Some(Holder::Declined { .. }) => false,
+                };
+                if still_ours {
+                    self.by_ip.insert(ip, Holder::Lease { mac, expires: at });
+                }
                 Some(LeaseChange::Release { mac, ip, at })
             }
             _ => None,
