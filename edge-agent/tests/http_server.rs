@@ -119,7 +119,7 @@ async fn unknown_machine_gets_the_prospector_with_a_fresh_token() -> Result<()> 
     let prefix = "kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=";
     assert!(lines[2].starts_with(prefix), "{}", lines[2]);
     let token = lines[2][prefix.len()..]
-        .strip_suffix(" BOOTIF=01-52-54-00-77-00-0a panic=-1")
+        .strip_suffix(" BOOTIF=01-52-54-00-77-00-0a quiet panic=-1")
         .unwrap();
     assert_eq!(token.len(), 32);
     assert!(token

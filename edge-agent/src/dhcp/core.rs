@@ -61,7 +61,8 @@ pub struct BootChoice {
     pub file: String,
     /// UEFI HTTP boot: answer with option 60 `HTTPClient`.
     pub http_client: bool,
-    /// The iPXE script URL: add option 175 sub-option 176 (no-pxedhcp) = 1.
+    /// The file is the iPXE script URL (the client is iPXE; 175.176 no-pxedhcp = 1 goes
+    /// to every iPXE client in any case).
     pub ipxe_script: bool,
 }
 
@@ -437,7 +438,9 @@ fn add_boot(
             opts.insert(DhcpOption::ClientMachineIdentifier(g.clone()));
         }
     }
-    if boot.ipxe_script {
+    // Every iPXE (the script hand-off, and iPXE ROMs sent to lpxelinux.0 too) is told
+    // not to wait ~3 s per DHCP for ProxyDHCP offers.
+    if boot.ipxe_script || req.is_ipxe() {
         opts.insert(DhcpOption::Unknown(UnknownOption::new(
             OptionCode::from(175u8),
             vec![176, 1, 1],

@@ -100,7 +100,7 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
             let _ = write!(
                 s,
                 "kernel {base}/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 \
-                 substruct.site={} substruct.nats={} substruct.token={} BOOTIF=01-{} panic=-1",
+                 substruct.site={} substruct.nats={} substruct.token={} BOOTIF=01-{} quiet panic=-1",
                 ctx.site,
                 ctx.nats_url,
                 ctx.token,
@@ -212,7 +212,7 @@ mod tests {
 
     const PROSPECTOR: &str = "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a discover, booting the prospector
-kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a panic=-1
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a quiet panic=-1
 initrd http://10.77.0.1/images/prospector/initrd.img
 boot
 ";
@@ -228,12 +228,12 @@ boot
     #[test]
     fn unknown_machines_boot_the_prospector_with_extra_args() {
         let mut c = ctx(Platform::Efi);
-        c.extra_args = Some("quiet substruct.debug=1".into());
+        c.extra_args = Some("substruct.debug=1".into());
         assert_eq!(
             render_boot_script(None, &c),
             "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a unknown machine, booting the prospector
-kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a panic=-1 quiet substruct.debug=1
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a quiet panic=-1 substruct.debug=1
 initrd http://10.77.0.1/images/prospector/initrd.img
 boot
 "
