@@ -409,7 +409,13 @@ async fn try_with(handle: &Handle) -> Result<NetUp, String> {
             console::error(&console::chain(&e));
         }
     }
-    // Wait for carrier on every NIC, but no more than a second once any NIC has it.
+    // The NIC the machine network-booted from (BOOTIF, passed by the edge) goes first:
+    // the other ports may sit on networks with no DHCP server, each costing a timeout.
+    let boot_mac = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|line| bootif_mac(&line));
+    // Wait for carrier on every NIC, but no more than a second once any NIC has it, and
+    // not at all once the boot NIC has it.
     let started = Instant::now();
     let with_carrier = loop {
         let up: Vec<&Nic> = nics
@@ -418,12 +424,13 @@ async fn try_with(handle: &Handle) -> Result<NetUp, String> {
             .collect();
         let waited = started.elapsed();
         if up.len() == nics.len()
+            || up.iter().any(|n| Some(n.mac) == boot_mac)
             || (!up.is_empty() && waited >= Duration::from_secs(1))
             || waited >= CARRIER_WAIT
         {
             break up;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     if with_carrier.is_empty() {
         return Err(format!(
@@ -432,12 +439,7 @@ async fn try_with(handle: &Handle) -> Result<NetUp, String> {
         ));
     }
     let mut with_carrier = with_carrier;
-    // The NIC the machine network-booted from (BOOTIF, passed by the edge) asks first:
-    // the other ports may sit on networks with no DHCP server, each costing a timeout.
-    if let Some(boot_mac) = std::fs::read_to_string("/proc/cmdline")
-        .ok()
-        .and_then(|line| bootif_mac(&line))
-    {
+    if let Some(boot_mac) = boot_mac {
         with_carrier.sort_by_key(|n| n.mac != boot_mac);
     }
     let mut why = Vec::new();
