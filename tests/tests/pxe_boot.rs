@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use substruct_testkit::netns::{Netns, NsProcess};
 use substruct_testkit::qemu::{acquire_vm_slot, Firmware, NicLink, NicSpec, Vm, VmSpec};
-use substruct_tests::{system_tests_possible, Site, SiteOptions};
+use substruct_tests::{system_tests_possible, Site, SiteOptions, BRIDGE};
 
 const LIVE_MARKER: &str = "SUBSTRUCT-PROSPECTOR-READY";
 
@@ -96,4 +97,116 @@ fn bios_ipxe_rom_on_an_undionly_site_goes_straight_to_the_script() -> Result<()>
         &site,
         &[("BIOS iPXE ROM, undionly site: live image", LIVE_MARKER)],
     )
+}
+
+/// ProxyDHCP: the site keeps its own DHCP server (dnsmasq on another host of the
+/// provisioning network, addresses only); the edge runs with `--proxy-dhcp` and only
+/// adds the boot answer. The BIOS machine must still walk lpxelinux.0 → ipxe.lkrn →
+/// script → live image, and take its address from the site's server.
+#[test]
+fn bios_boots_through_proxy_dhcp_beside_the_sites_own_dhcp_server() -> Result<()> {
+    proxy_boot(
+        "pxe-proxy-bios",
+        Firmware::Bios,
+        "52:54:00:77:10:0d",
+        "PXELINUX",
+    )
+}
+
+/// The same for OVMF's own PXE client, which asks the ProxyDHCP server on port 4011.
+#[test]
+fn uefi_boots_through_proxy_dhcp_beside_the_sites_own_dhcp_server() -> Result<()> {
+    proxy_boot(
+        "pxe-proxy-uefi",
+        Firmware::Uefi,
+        "52:54:00:77:10:0e",
+        "Start PXE over IPv4",
+    )
+}
+
+fn proxy_boot(tag: &str, firmware: Firmware, mac: &str, first_stage: &str) -> Result<()> {
+    if !system_tests_possible(&["qemu-system-x86_64", "dnsmasq"]) {
+        return Ok(());
+    }
+    let _slot = acquire_vm_slot()?;
+    let mut site = Site::start(
+        tag,
+        SiteOptions {
+            with_nats: false,
+            with_controller: false,
+            edge_args: vec!["--proxy-dhcp".into()],
+            ..SiteOptions::default()
+        },
+    )?;
+    // The site's own DHCP server lives in a second namespace, cabled to the bridge.
+    let other = Netns::create("pxe-dhcpd")?;
+    site.ns.ip(&[
+        "link",
+        "add",
+        "vdhcp",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vdhcp0",
+        "netns",
+        other.name(),
+    ])?;
+    site.ns.ip(&["link", "set", "vdhcp", "master", BRIDGE])?;
+    site.ns.ip(&["link", "set", "vdhcp", "up"])?;
+    other.ip(&["addr", "add", "10.77.0.2/24", "dev", "vdhcp0"])?;
+    other.ip(&["link", "set", "vdhcp0", "up"])?;
+    let conf = site.dir.path().join("site-dhcpd.conf");
+    let leases = site.dir.path().join("site-dhcpd.leases");
+    std::fs::write(
+        &conf,
+        format!(
+            "port=0\ninterface=vdhcp0\nbind-interfaces\ndhcp-authoritative\n\
+             dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,1h\nno-ping\n\
+             dhcp-leasefile={}\nlog-dhcp\n",
+            leases.display()
+        ),
+    )?;
+    let conf_arg = format!("--conf-file={}", conf.display());
+    let _dhcpd = NsProcess::spawn(
+        &other,
+        "site dhcp server (dnsmasq)",
+        "dnsmasq",
+        &[
+            "--keep-in-foreground",
+            &conf_arg,
+            "--user=root",
+            "--group=root",
+            "--log-facility=-",
+        ],
+        site.dir.path().join("site-dhcpd.log"),
+    )?;
+    let tap = site.new_tap()?;
+    let mut spec = VmSpec::new(tag, firmware);
+    spec.nics.push(NicSpec {
+        link: NicLink::Tap(tap),
+        mac: mac.into(),
+        model: "virtio-net-pci".into(),
+    });
+    let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
+    report(
+        &mut vm,
+        &site,
+        &[
+            ("proxy: first stage running", first_stage),
+            ("proxy: live image running (marker)", LIVE_MARKER),
+            ("proxy: live image got the site's address", "ip=10.77.0."),
+        ],
+    )?;
+    let serial = vm.serial();
+    let net_up = serial
+        .lines()
+        .find(|l| l.contains("SUBSTRUCT-NET-UP"))
+        .unwrap_or_default();
+    let ip_ok = (50..=90).any(|n| net_up.contains(&format!("ip=10.77.0.{n}/")));
+    if !ip_ok {
+        site.dump_logs();
+        anyhow::bail!("the address must come from the site's own server (10.77.0.50-90): {net_up}");
+    }
+    Ok(())
 }
