@@ -11,8 +11,9 @@ use substruct_tests::{system_tests_possible, Site, SiteOptions, BRIDGE};
 
 const LIVE_MARKER: &str = "SUBSTRUCT-PROSPECTOR-READY";
 
-fn boot(tag: &str, firmware: Firmware, mac: &str, edge_args: &[&str]) -> Result<(Vm, Site)> {
-    let mut site = Site::start(
+/// A site with only the edge agent (no NATS, no controller).
+fn edge_site(tag: &str, edge_args: &[&str]) -> Result<Site> {
+    Site::start(
         tag,
         SiteOptions {
             with_nats: false,
@@ -20,7 +21,11 @@ fn boot(tag: &str, firmware: Firmware, mac: &str, edge_args: &[&str]) -> Result<
             edge_args: edge_args.iter().map(|s| s.to_string()).collect(),
             ..SiteOptions::default()
         },
-    )?;
+    )
+}
+
+/// A one-NIC VM on a new tap of the site bridge, network-booting.
+fn start_vm(site: &mut Site, tag: &str, firmware: Firmware, mac: &str) -> Result<Vm> {
     let tap = site.new_tap()?;
     let mut spec = VmSpec::new(tag, firmware);
     spec.nics.push(NicSpec {
@@ -28,7 +33,12 @@ fn boot(tag: &str, firmware: Firmware, mac: &str, edge_args: &[&str]) -> Result<
         mac: mac.into(),
         model: "virtio-net-pci".into(),
     });
-    let vm = Vm::start(&site.ns, &spec, site.dir.path())?;
+    Vm::start(&site.ns, &spec, site.dir.path())
+}
+
+fn boot(tag: &str, firmware: Firmware, mac: &str, edge_args: &[&str]) -> Result<(Vm, Site)> {
+    let mut site = edge_site(tag, edge_args)?;
+    let vm = start_vm(&mut site, tag, firmware, mac)?;
     Ok((vm, site))
 }
 
@@ -129,15 +139,7 @@ fn proxy_boot(tag: &str, firmware: Firmware, mac: &str, first_stage: &str) -> Re
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
-    let mut site = Site::start(
-        tag,
-        SiteOptions {
-            with_nats: false,
-            with_controller: false,
-            edge_args: vec!["--proxy-dhcp".into()],
-            ..SiteOptions::default()
-        },
-    )?;
+    let mut site = edge_site(tag, &["--proxy-dhcp"])?;
     // The site's own DHCP server lives in a second namespace, cabled to the bridge.
     let other = Netns::create("pxe-dhcpd")?;
     site.ns.ip(&[
@@ -181,14 +183,7 @@ fn proxy_boot(tag: &str, firmware: Firmware, mac: &str, first_stage: &str) -> Re
         ],
         site.dir.path().join("site-dhcpd.log"),
     )?;
-    let tap = site.new_tap()?;
-    let mut spec = VmSpec::new(tag, firmware);
-    spec.nics.push(NicSpec {
-        link: NicLink::Tap(tap),
-        mac: mac.into(),
-        model: "virtio-net-pci".into(),
-    });
-    let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
+    let mut vm = start_vm(&mut site, tag, firmware, mac)?;
     report(
         &mut vm,
         &site,
