@@ -209,6 +209,8 @@ pub fn after_reply(reply: DiscoverReply, once: bool) -> Step {
         Instruction::Wait => Step::Listen(machine_id),
         Instruction::PowerOff => Step::Finish(Outcome::PowerOff { machine_id }),
         Instruction::Reboot => Step::Finish(Outcome::Reboot { machine_id }),
+        // Handled by the deploy module (in progress).
+        Instruction::DeployImage(_) | Instruction::Wipe { .. } => Step::Listen(machine_id),
     }
 }
 
@@ -232,6 +234,7 @@ pub fn interpret_command(bytes: &[u8], me: &MachineId) -> Result<Option<Outcome>
         Instruction::Wait => None,
         Instruction::PowerOff => Some(Outcome::PowerOff { machine_id }),
         Instruction::Reboot => Some(Outcome::Reboot { machine_id }),
+        Instruction::DeployImage(_) | Instruction::Wipe { .. } => None,
     })
 }
 
@@ -494,6 +497,8 @@ fn error_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::WrongSite => "wrong site",
         ErrorCode::TooLarge => "too large",
         ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Forbidden => "forbidden",
+        ErrorCode::IllegalTransition => "illegal transition",
     }
 }
 

@@ -29,6 +29,9 @@ pub enum MessageKind {
     Command = 4,
     SiteEvent = 5,
     BootIntent = 6,
+    CallbackRequest = 7,
+    CallbackReply = 8,
+    InstallFiles = 9,
 }
 
 impl MessageKind {
@@ -40,6 +43,9 @@ impl MessageKind {
             4 => Self::Command,
             5 => Self::SiteEvent,
             6 => Self::BootIntent,
+            7 => Self::CallbackRequest,
+            8 => Self::CallbackReply,
+            9 => Self::InstallFiles,
             _ => return None,
         })
     }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{MessageKind, WireMessage};
-use crate::ids::MachineId;
+use crate::ids::{BootToken, MachineId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootIntentRecord {
@@ -22,6 +22,7 @@ pub enum BootIntent {
     /// Boot the prospector live image (what unknown machines get too).
     Discover,
     /// Boot an installer: kernel and initrd are names in the edge's image directory.
+    /// Every `{edge}` in `cmdline` becomes the edge's base URL (`http://addr:port`).
     Install {
         kernel: String,
         initrd: String,
@@ -37,4 +38,27 @@ pub enum LocalBootWay {
     IpxeExit,
     /// DHCP gives an address but no boot file: the firmware falls through to its disk.
     NoBootFile,
+}
+
+/// The rendered install files of one machine, in KV bucket `install` under
+/// `{site}.{token}`. The controller deletes the key when the machine leaves
+/// `installing`; the edge serves them at `/install/{token}/{name}` while the key exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallFilesRecord {
+    pub machine_id: MachineId,
+    pub token: BootToken,
+    pub files: Vec<InstallFile>,
+}
+
+impl WireMessage for InstallFilesRecord {
+    const KIND: MessageKind = MessageKind::InstallFiles;
+}
+
+/// One rendered file: `ks.cfg`, `preseed.cfg`, `user-data`, `meta-data`, …
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallFile {
+    /// A plain file name: `[A-Za-z0-9._-]`, no slash.
+    pub name: String,
+    pub content_type: String,
+    pub body: String,
 }

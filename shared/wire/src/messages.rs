@@ -37,6 +37,80 @@ pub enum Instruction {
     Wait,
     PowerOff,
     Reboot,
+    /// Stream a disk image from the edge to a local disk, verify it, call back
+    /// [`CallbackKind::Done`] (or `Failed`) with the token, then reboot.
+    DeployImage(DeployImage),
+    /// Wipe the local disks, call back [`CallbackKind::Wiped`] with the token and
+    /// follow the `next` instruction of the reply.
+    Wipe {
+        mode: WipeMode,
+        token: BootToken,
+    },
+}
+
+/// Where the disk image is and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployImage {
+    /// Path under the edge's `/images/` (the prospector knows the edge from `substruct.edge=`).
+    pub path: String,
+    /// Lowercase hex SHA-256 of the whole image.
+    pub sha256: String,
+    /// Image size in bytes.
+    pub size: u64,
+    /// Target disk name (`vda`, `sda`, `nvme0n1`); `None`: the first non-removable disk.
+    pub disk: Option<String>,
+    /// The install token the callback must carry.
+    pub token: BootToken,
+}
+
+/// How thoroughly to wipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WipeMode {
+    /// Filesystem/partition signatures and the first and last MiB of every disk.
+    Quick,
+    /// A full discard (BLKDISCARD) of every disk, falling back to `Quick` where unsupported.
+    Discard,
+}
+
+/// Installer (through the edge) or prospector → controller, request/reply on
+/// `substruct.v1.{site}.callback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackRequest {
+    pub site: SiteId,
+    /// The per-machine install token from the install file's URL or the instruction.
+    pub token: BootToken,
+    pub kind: CallbackKind,
+}
+
+impl WireMessage for CallbackRequest {
+    const KIND: MessageKind = MessageKind::CallbackRequest;
+}
+
+/// New variants go at the end (postcard encodes the index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallbackKind {
+    /// The edge served an install file with this token (the install has begun).
+    Fetched { file: String },
+    /// The install or image deploy finished.
+    Done,
+    /// The install or image deploy failed.
+    Failed { reason: String },
+    /// The wipe asked for by [`Instruction::Wipe`] finished.
+    Wiped,
+}
+
+/// Controller → caller: the callback was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackReply {
+    pub machine_id: MachineId,
+    /// The machine's lifecycle state after the callback (`installing`, `deployed`, …).
+    pub state: String,
+    /// What a prospector must do next, when it is the caller.
+    pub next: Option<Instruction>,
+}
+
+impl WireMessage for CallbackReply {
+    const KIND: MessageKind = MessageKind::CallbackReply;
 }
 
 /// Controller → prospector on its command subject.
@@ -73,6 +147,10 @@ pub enum ErrorCode {
     TooLarge,
     /// The controller could not store the result; retry later.
     Unavailable,
+    /// The token is unknown or expired (the machine left `installing`).
+    Forbidden,
+    /// The request is not legal in the machine's current state.
+    IllegalTransition,
 }
 
 /// Edge / prospector → controller on `substruct.v1.{site}.event`.

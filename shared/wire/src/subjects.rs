@@ -1,6 +1,6 @@
 //! NATS subjects, KV buckets and keys. Build them here, never with `format!` elsewhere.
 
-use crate::ids::{Mac, MachineId, SiteId};
+use crate::ids::{BootToken, Mac, MachineId, SiteId};
 
 /// Prefix of every Substruct subject; the `v1` is the subject-space version.
 pub const PREFIX: &str = "substruct.v1";
@@ -11,6 +11,16 @@ pub const KV_MACHINES: &str = "machines";
 pub const KV_MACHINE_INDEX: &str = "machine_index";
 /// KV bucket: `{site}.{mac}` → boot intent.
 pub const KV_BOOT: &str = "boot";
+/// KV bucket: `{site}.{token}` → rendered install files.
+pub const KV_INSTALL: &str = "install";
+/// KV bucket: profile name → profile (controller only).
+pub const KV_PROFILES: &str = "profiles";
+/// KV bucket: rule name → rule (controller only).
+pub const KV_RULES: &str = "rules";
+/// KV bucket: image name → image metadata.
+pub const KV_IMAGES: &str = "images";
+/// KV bucket: site name → site registration.
+pub const KV_SITES: &str = "sites";
 /// Stream holding every machine state change (the audit log).
 pub const STREAM_EVENTS: &str = "EVENTS";
 /// Queue group the controllers share, so each request is answered once.
@@ -34,6 +44,21 @@ pub fn event(site: &SiteId) -> String {
 /// `substruct.v1.*.event`.
 pub fn event_all() -> String {
     format!("{PREFIX}.*.event")
+}
+
+/// `substruct.v1.{site}.callback` — edge/prospector → controller, request/reply.
+pub fn callback(site: &SiteId) -> String {
+    format!("{PREFIX}.{site}.callback")
+}
+
+/// `substruct.v1.*.callback` — what the controllers subscribe to.
+pub fn callback_all() -> String {
+    format!("{PREFIX}.*.callback")
+}
+
+/// KV key in [`KV_INSTALL`]: `{site}.{token}`.
+pub fn install_key(site: &SiteId, token: &BootToken) -> String {
+    format!("{site}.{token}")
 }
 
 /// `substruct.v1.{site}.machine.{id}.cmd` — controller → prospector.
@@ -88,5 +113,8 @@ mod tests {
         assert_eq!(site_of("substruct.v1."), None);
         let mac = Mac::parse("52:54:00:00:00:0a").unwrap();
         assert_eq!(boot_key(&site, &mac), "dc1.52540000000a");
+        assert_eq!(callback(&site), "substruct.v1.dc1.callback");
+        let token = BootToken::new("t-1").unwrap();
+        assert_eq!(install_key(&site, &token), "dc1.t-1");
     }
 }
