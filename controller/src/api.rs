@@ -4,29 +4,50 @@
 //! * `GET /api/v1/machines` — every machine record (JSON list, sorted by id);
 //! * `GET /api/v1/machines/{id}` — one record, 404 naming the id when absent.
 //!
-//! `/api/` requires `Authorization: Bearer <token>` (role viewer or admin); errors
-//! are JSON `{"error": "..."}`, mapped to status codes in one place ([`ApiError`]).
+//! * `POST /api/v1/machines/{ref}/assign` `{"profile": NAME}`, `…/release`
+//!   `{"wipe": null|"quick"|"discard"}`, `…/reinstall`, `…/retire` — `ref` is a machine
+//!   id, SMBIOS UUID, serial or MAC;
+//! * `GET|PUT|DELETE /api/v1/profiles[/{name}]` — PUT validates (the template must
+//!   render against a sample machine, or the error names the line);
+//! * `GET|PUT|DELETE /api/v1/rules[/{name}]`, `POST /api/v1/rules/dry-run`;
+//! * `GET|POST /api/v1/images` — registered images (name, kind, sha256, size);
+//! * `GET /api/v1/sites`, `PUT /api/v1/sites/{name}` — sites and their edges' state.
+//!
+//! `/api/` requires `Authorization: Bearer <token>`: GET needs role viewer, every
+//! other method role admin. Errors are JSON `{"error": "..."}`, mapped to status
+//! codes in one place ([`ApiError`]).
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method as HttpMethod, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use substruct_wire::MachineId;
+use substruct_wire::messages::WipeMode;
+use substruct_wire::{MachineId, SiteId};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApiToken, Role};
+use crate::images::{ImageKind, ImageRecord};
+use crate::profile::Profile;
+use crate::provision::{ProvisionError, Provisioner};
 use crate::record::MachineRecord;
-use crate::store::{Store, StoreError};
+use crate::rules::Rule;
+use crate::sites::{EdgeStatus, LocalBoot, SiteRecord, SiteView};
+use crate::store::{Docs, Store, StoreError, Write};
 
 /// Everything a handler may need.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub store: Store,
+    pub provisioner: Provisioner,
     pub client: async_nats::Client,
     pub tokens: Arc<Vec<ApiToken>>,
 }
@@ -42,8 +63,24 @@ pub enum ApiError {
     Forbidden { needed: Role, has: Role },
     #[error("machine {0:?} not found")]
     NotFound(String),
+    #[error("{what} {name:?} not found")]
+    Missing { what: &'static str, name: String },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self::BadRequest(r.body_text())
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -51,7 +88,22 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::MissingToken | Self::BadToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::Missing { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Provision(e) => match e {
+                ProvisionError::UnknownMachine(_) | ProvisionError::UnknownProfile(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                ProvisionError::UnknownImage { .. } | ProvisionError::Render { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                ProvisionError::Illegal { .. } => StatusCode::CONFLICT,
+                ProvisionError::Contention(_) | ProvisionError::Store(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let message = crate::error_chain(&self);
@@ -76,6 +128,24 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/machines", get(list_machines))
         .route("/api/v1/machines/{id}", get(show_machine))
+        .route("/api/v1/machines/{id}/assign", post(assign))
+        .route("/api/v1/machines/{id}/release", post(release))
+        .route("/api/v1/machines/{id}/reinstall", post(reinstall))
+        .route("/api/v1/machines/{id}/retire", post(retire))
+        .route("/api/v1/profiles", get(list_profiles))
+        .route(
+            "/api/v1/profiles/{name}",
+            get(show_profile).put(put_profile).delete(delete_profile),
+        )
+        .route("/api/v1/rules", get(list_rules))
+        .route("/api/v1/rules/dry-run", post(dry_run))
+        .route(
+            "/api/v1/rules/{name}",
+            get(show_rule).put(put_rule).delete(delete_rule),
+        )
+        .route("/api/v1/images", get(list_images).post(add_image))
+        .route("/api/v1/sites", get(list_sites))
+        .route("/api/v1/sites/{name}", axum::routing::put(put_site))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -123,8 +193,11 @@ async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let role = role_of(&state.tokens, request.headers())?;
-    // Every route so far only reads; writes will need Role::Admin.
-    let needed = Role::Viewer;
+    let needed = if matches!(*request.method(), HttpMethod::GET | HttpMethod::HEAD) {
+        Role::Viewer
+    } else {
+        Role::Admin
+    };
     if role < needed {
         return Err(ApiError::Forbidden { needed, has: role });
     }
@@ -158,11 +231,436 @@ async fn show_machine(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<MachineRecord>, ApiError> {
-    let Ok(machine_id) = MachineId::new(id.as_str()) else {
-        return Err(ApiError::NotFound(id));
-    };
-    match state.store.machine(&machine_id).await? {
-        Some((record, _)) => Ok(Json(record)),
-        None => Err(ApiError::NotFound(id)),
+    match state.provisioner.find(&id).await {
+        Ok((record, _)) => Ok(Json(record)),
+        Err(ProvisionError::UnknownMachine(_)) => Err(ApiError::NotFound(id)),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Who asked, for the audit log.
+fn actor(role: Option<Role>) -> String {
+    format!("api ({})", role.unwrap_or(Role::Admin))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    profile: String,
+}
+
+async fn assign(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<AssignBody>, JsonRejection>,
+) -> Result<Json<MachineRecord>, ApiError> {
+    let Json(body) = body?;
+    Ok(Json(
+        state
+            .provisioner
+            .assign(&id, &body.profile, &actor(None))
+            .await?,
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    #[serde(default)]
+    wipe: Option<String>,
+}
+
+/// `quick` or `discard` (or none).
+pub fn parse_wipe(value: Option<&str>) -> Result<Option<WipeMode>, String> {
+    match value {
+        None | Some("none") => Ok(None),
+        Some("quick") => Ok(Some(WipeMode::Quick)),
+        Some("discard") | Some("full") => Ok(Some(WipeMode::Discard)),
+        Some(other) => Err(format!(
+            "unknown wipe mode {other:?} (expected none, quick or discard)"
+        )),
+    }
+}
+
+async fn release(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<ReleaseBody>>,
+) -> Result<Json<MachineRecord>, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let wipe = parse_wipe(body.wipe.as_deref()).map_err(ApiError::BadRequest)?;
+    Ok(Json(
+        state.provisioner.release(&id, wipe, &actor(None)).await?,
+    ))
+}
+
+async fn reinstall(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<MachineRecord>, ApiError> {
+    Ok(Json(state.provisioner.reinstall(&id, &actor(None)).await?))
+}
+
+async fn retire(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<MachineRecord>, ApiError> {
+    Ok(Json(state.provisioner.retire(&id, &actor(None)).await?))
+}
+
+async fn images_by_name(store: &Store) -> Result<BTreeMap<String, ImageRecord>, StoreError> {
+    Ok(store
+        .doc_list::<ImageRecord>(Docs::Images)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+async fn list_profiles(State(state): State<ApiState>) -> Result<Json<Vec<Profile>>, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .doc_list::<Profile>(Docs::Profiles)
+            .await?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect(),
+    ))
+}
+
+async fn show_profile(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Profile>, ApiError> {
+    state
+        .store
+        .doc_get::<Profile>(Docs::Profiles, &name)
+        .await?
+        .map(|(p, _)| Json(p))
+        .ok_or(ApiError::Missing {
+            what: "profile",
+            name,
+        })
+}
+
+async fn put_profile(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<Profile>, JsonRejection>,
+) -> Result<(StatusCode, Json<Profile>), ApiError> {
+    let Json(profile) = body?;
+    if profile.name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the URL names profile {name:?}, the body {:?}",
+            profile.name
+        )));
+    }
+    let images = images_by_name(&state.store).await?;
+    profile
+        .validate(&|n: &str| images.get(n).cloned())
+        .map_err(|e| ApiError::Invalid(format!("profile {name:?}: {}", crate::error_chain(&e))))?;
+    let existed = state
+        .store
+        .doc_get::<Profile>(Docs::Profiles, &name)
+        .await?
+        .is_some();
+    state
+        .store
+        .doc_put(Docs::Profiles, &name, &profile, None)
+        .await?;
+    tracing::info!(profile = %name, "profile saved");
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(profile)))
+}
+
+async fn delete_profile(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let users: Vec<String> = state
+        .store
+        .list_machines()
+        .await?
+        .into_iter()
+        .filter(|m| m.state.profile() == Some(name.as_str()))
+        .map(|m| m.id.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "profile {name:?} is in use by {} machine(s): {}",
+            users.len(),
+            users.join(", ")
+        )));
+    }
+    if state.store.doc_delete(Docs::Profiles, &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::Missing {
+            what: "profile",
+            name,
+        })
+    }
+}
+
+async fn list_rules(State(state): State<ApiState>) -> Result<Json<Vec<Rule>>, ApiError> {
+    let mut rules: Vec<Rule> = state
+        .store
+        .doc_list::<Rule>(Docs::Rules)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+    Ok(Json(rules))
+}
+
+async fn show_rule(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Rule>, ApiError> {
+    state
+        .store
+        .doc_get::<Rule>(Docs::Rules, &name)
+        .await?
+        .map(|(r, _)| Json(r))
+        .ok_or(ApiError::Missing { what: "rule", name })
+}
+
+async fn check_rule(state: &ApiState, rule: &Rule) -> Result<(), ApiError> {
+    rule.validate().map_err(|e| {
+        ApiError::Invalid(format!("rule {:?}: {}", rule.name, crate::error_chain(&e)))
+    })?;
+    if state
+        .store
+        .doc_get::<Profile>(Docs::Profiles, &rule.profile)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::Invalid(format!(
+            "rule {:?} names profile {:?}, which does not exist",
+            rule.name, rule.profile
+        )));
+    }
+    Ok(())
+}
+
+async fn put_rule(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<Rule>, JsonRejection>,
+) -> Result<(StatusCode, Json<Rule>), ApiError> {
+    let Json(rule) = body?;
+    if rule.name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the URL names rule {name:?}, the body {:?}",
+            rule.name
+        )));
+    }
+    check_rule(&state, &rule).await?;
+    let existed = state
+        .store
+        .doc_get::<Rule>(Docs::Rules, &name)
+        .await?
+        .is_some();
+    state.store.doc_put(Docs::Rules, &name, &rule, None).await?;
+    if let Err(e) = state.provisioner.reload_rules().await {
+        tracing::warn!(error = %crate::error_chain(&e), "cannot reload the rules");
+    }
+    tracing::info!(rule = %name, profile = %rule.profile, "rule saved");
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(rule)))
+}
+
+async fn delete_rule(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.doc_delete(Docs::Rules, &name).await? {
+        if let Err(e) = state.provisioner.reload_rules().await {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot reload the rules");
+        }
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::Missing { what: "rule", name })
+    }
+}
+
+/// What a dry run answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DryRun {
+    pub rule: String,
+    pub profile: String,
+    /// The machines the rule would take now.
+    pub machines: Vec<MachineId>,
+}
+
+async fn dry_run(
+    State(state): State<ApiState>,
+    body: Result<Json<Rule>, JsonRejection>,
+) -> Result<Json<DryRun>, ApiError> {
+    let Json(rule) = body?;
+    check_rule(&state, &rule).await?;
+    let rules: Vec<Rule> = state
+        .store
+        .doc_list::<Rule>(Docs::Rules)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let machines = state.store.list_machines().await?;
+    Ok(Json(DryRun {
+        machines: crate::rules::dry_run(&rules, &rule, &machines),
+        rule: rule.name,
+        profile: rule.profile,
+    }))
+}
+
+async fn list_images(State(state): State<ApiState>) -> Result<Json<Vec<ImageRecord>>, ApiError> {
+    Ok(Json(
+        images_by_name(&state.store).await?.into_values().collect(),
+    ))
+}
+
+/// `POST /api/v1/images`: an image's metadata.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewImage {
+    pub name: String,
+    pub kind: ImageKind,
+    pub sha256: String,
+    pub size: u64,
+}
+
+async fn add_image(
+    State(state): State<ApiState>,
+    body: Result<Json<NewImage>, JsonRejection>,
+) -> Result<(StatusCode, Json<ImageRecord>), ApiError> {
+    let Json(new) = body?;
+    crate::images::validate_image_name(&new.name)
+        .map_err(|e| ApiError::Invalid(crate::error_chain(&e)))?;
+    crate::images::validate_sha256(&new.sha256)
+        .map_err(|e| ApiError::Invalid(crate::error_chain(&e)))?;
+    let record = ImageRecord {
+        name: new.name.clone(),
+        kind: new.kind,
+        sha256: new.sha256.to_ascii_lowercase(),
+        size: new.size,
+        added_unix_ms: crate::now_unix_ms(),
+    };
+    if let Some((old, _)) = state
+        .store
+        .doc_get::<ImageRecord>(Docs::Images, &new.name)
+        .await?
+    {
+        if old.sha256 == record.sha256 && old.kind == record.kind && old.size == record.size {
+            return Ok((StatusCode::OK, Json(old)));
+        }
+        return Err(ApiError::Conflict(format!(
+            "image {:?} is already registered with another content (sha256 {}); images are immutable, use a new name",
+            new.name, old.sha256
+        )));
+    }
+    match state
+        .store
+        .doc_put(Docs::Images, &new.name, &record, Some(0))
+        .await?
+    {
+        Write::Done(_) => {
+            tracing::info!(image = %record.name, kind = %record.kind, size = record.size, "image registered");
+            Ok((StatusCode::CREATED, Json(record)))
+        }
+        Write::Lost => Err(ApiError::Conflict(format!(
+            "image {:?} was registered at the same time by someone else",
+            new.name
+        ))),
+    }
+}
+
+async fn list_sites(State(state): State<ApiState>) -> Result<Json<Vec<SiteView>>, ApiError> {
+    let records: BTreeMap<String, SiteRecord> = state
+        .store
+        .doc_list::<SiteRecord>(Docs::Sites)
+        .await?
+        .into_iter()
+        .collect();
+    let statuses: BTreeMap<String, EdgeStatus> = state
+        .store
+        .doc_list::<EdgeStatus>(Docs::SiteStatus)
+        .await?
+        .into_iter()
+        .collect();
+    let now = crate::now_unix_ms();
+    let mut names: Vec<&String> = records.keys().chain(statuses.keys()).collect();
+    names.sort();
+    names.dedup();
+    let views = names
+        .into_iter()
+        .filter_map(|n| SiteId::new(n.as_str()).ok())
+        .map(|id| {
+            let key = id.as_str().to_owned();
+            SiteView::new(id, records.get(&key), statuses.get(&key), now)
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+/// `PUT /api/v1/sites/{name}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteBody {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub local_boot: Option<LocalBoot>,
+}
+
+async fn put_site(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<SiteBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<SiteRecord>), ApiError> {
+    let Json(body) = body?;
+    let site = SiteId::new(name.as_str())
+        .map_err(|e| ApiError::Invalid(format!("site name {name:?}: {e}")))?;
+    let old = state
+        .store
+        .doc_get::<SiteRecord>(Docs::Sites, &name)
+        .await?
+        .map(|(r, _)| r);
+    let record = SiteRecord {
+        name: site,
+        description: body
+            .description
+            .or_else(|| old.as_ref().and_then(|o| o.description.clone())),
+        local_boot: body
+            .local_boot
+            .or(old.as_ref().map(|o| o.local_boot))
+            .unwrap_or_default(),
+        added_unix_ms: old
+            .as_ref()
+            .map_or_else(crate::now_unix_ms, |o| o.added_unix_ms),
+    };
+    state
+        .store
+        .doc_put(Docs::Sites, &name, &record, None)
+        .await?;
+    // Deployed machines there boot locally the site's way.
+    let machines = state.store.list_machines().await?;
+    for m in machines.iter().filter(|m| m.site.as_str() == name) {
+        state.provisioner.sync(m).await?;
+    }
+    let status = if old.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(record)))
 }

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Limits};
 use crate::matching::{identity_facts, resolve, Action, Fact};
+use crate::provision::Provisioner;
 use crate::record::{Conflict, MachineEvent, MachineEventKind, MachineRecord};
 use crate::store::{IndexEntry, Store, StoreError, Write};
 
@@ -207,6 +208,8 @@ pub struct Ingested {
     pub created: bool,
     /// The record's revision after the write.
     pub revision: u64,
+    /// The record as written.
+    pub record: MachineRecord,
 }
 
 /// Hashes of index keys this controller has seen pointing at a machine: a hint that
@@ -328,6 +331,7 @@ impl Inventory {
                                 machine_id: id,
                                 created: true,
                                 revision,
+                                record,
                             });
                         }
                         Write::Lost => {
@@ -373,7 +377,7 @@ impl Inventory {
                 records.push(record);
             }
             let resolution = resolve(report, &records);
-            let (target, revision, created, added) = match &resolution.action {
+            let (target, revision, created, added, written) = match &resolution.action {
                 Action::NoIdentity => return Err(IngestError::NoIdentity),
                 Action::Update(id) => {
                     let (Some(old), Some(&rev)) =
@@ -394,7 +398,7 @@ impl Inventory {
                         .cloned()
                         .collect();
                     match store.update_machine(&new, rev).await? {
-                        Write::Done(r) => (id.clone(), r, false, added),
+                        Write::Done(r) => (id.clone(), r, false, added, new),
                         Write::Lost => continue,
                     }
                 }
@@ -407,7 +411,7 @@ impl Inventory {
                         now_unix_ms,
                     );
                     match store.create_machine(&new).await? {
-                        Write::Done(r) => (id.clone(), r, true, new.conflicts.clone()),
+                        Write::Done(r) => (id.clone(), r, true, new.conflicts.clone(), new),
                         Write::Lost => {
                             derived.insert(id.clone());
                             continue;
@@ -487,6 +491,7 @@ impl Inventory {
                 machine_id: target,
                 created,
                 revision,
+                record: written,
             });
         }
         Err(IngestError::Contention)
@@ -608,6 +613,7 @@ async fn timed_ingest(
 /// Answers one raw request: the encoded reply (`DiscoverReply` or `ErrorReply`).
 pub(crate) async fn answer(
     inventory: &Inventory,
+    provisioner: &Provisioner,
     config: &Config,
     subject: &str,
     payload: &[u8],
@@ -621,10 +627,21 @@ pub(crate) async fn answer(
             })
         }
         Ok(request) => match timed_ingest(inventory, subject, request).await {
-            Ok(done) => Ok(DiscoverReply {
-                machine_id: done.machine_id,
-                instruction: Instruction::Wait,
-            }),
+            Ok(done) => match provisioner.after_report(done.record).await {
+                Ok(instruction) => Ok(DiscoverReply {
+                    machine_id: done.machine_id,
+                    instruction,
+                }),
+                Err(e) => {
+                    // The report is stored; what to do next is not decided. The
+                    // prospector waits and hears on its command subject.
+                    tracing::error!(machine = %done.machine_id, error = %crate::error_chain(&e), "cannot decide the next step");
+                    Ok(DiscoverReply {
+                        machine_id: done.machine_id,
+                        instruction: Instruction::Wait,
+                    })
+                }
+            },
             Err(e) => {
                 let message = crate::error_chain(&e);
                 if matches!(e, IngestError::NoIdentity) {
@@ -657,6 +674,7 @@ pub(crate) async fn serve(
     client: async_nats::Client,
     mut subscriber: async_nats::Subscriber,
     inventory: Inventory,
+    provisioner: Provisioner,
     config: Arc<Config>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -682,9 +700,17 @@ pub(crate) async fn serve(
             },
         };
         let (client, inventory, config) = (client.clone(), inventory.clone(), config.clone());
+        let provisioner = provisioner.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let bytes = answer(&inventory, &config, msg.subject.as_str(), &msg.payload).await;
+            let bytes = answer(
+                &inventory,
+                &provisioner,
+                &config,
+                msg.subject.as_str(),
+                &msg.payload,
+            )
+            .await;
             if let Err(e) = client.publish(reply_to, bytes.into()).await {
                 tracing::error!(error = %crate::error_chain(&e), "cannot send a discover reply");
             }

@@ -7,6 +7,11 @@
 //! * [`matching`] — pure: which machine a report belongs to;
 //! * [`record`] — the machine record and events (pure data);
 //! * [`discover`] — discover requests: checks, ingest, replies;
+//! * [`lifecycle`] — pure: the one transition function;
+//! * [`profile`], [`rules`], [`images`], [`sites`] — pure: what operators register;
+//! * [`provision`] — assignment, callbacks, and the boot intents / install files
+//!   derived from each machine record;
+//! * [`events`] — site events (edge heartbeats);
 //! * [`store`] — the only module that knows JetStream;
 //! * [`api`] — the only module that knows axum;
 //! * [`cli`] — the `substruct` admin CLI (a REST client).
@@ -17,8 +22,15 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod discover;
+pub mod events;
+pub mod images;
+pub mod lifecycle;
 pub mod matching;
+pub mod profile;
+pub mod provision;
 pub mod record;
+pub mod rules;
+pub mod sites;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -109,18 +121,46 @@ impl Controller {
             .queue_subscribe(subjects::discover_all(), subjects::CONTROLLER_QUEUE.into())
             .await
             .map_err(ControllerError::Subscribe)?;
+        let callbacks = client
+            .queue_subscribe(subjects::callback_all(), subjects::CONTROLLER_QUEUE.into())
+            .await
+            .map_err(ControllerError::Subscribe)?;
+        let site_events = client
+            .queue_subscribe(subjects::event_all(), subjects::CONTROLLER_QUEUE.into())
+            .await
+            .map_err(ControllerError::Subscribe)?;
+        let provisioner = provision::Provisioner::new(store.clone(), client.clone());
+        if let Err(e) = provisioner.reload_rules().await {
+            tracing::warn!(error = %error_chain(&e), "cannot load the rules yet");
+        }
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
         tracker.spawn(discover::serve(
             client.clone(),
             subscriber,
             discover::Inventory::new(store.clone()),
+            provisioner.clone(),
             config.clone(),
             cancel.clone(),
             tracker.clone(),
         ));
+        tracker.spawn(events::serve_callbacks(
+            client.clone(),
+            callbacks,
+            provisioner.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        ));
+        tracker.spawn(events::serve_site_events(
+            site_events,
+            store.clone(),
+            config.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(events::maintain(provisioner.clone(), cancel.clone()));
         let router = api::router(api::ApiState {
             store: store.clone(),
+            provisioner,
             client,
             tokens: Arc::new(config.tokens.clone()),
         });

@@ -5,22 +5,30 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use substruct_wire::messages::WipeMode;
 use substruct_wire::report::HardwareReport;
-use substruct_wire::{MachineId, SiteId};
+use substruct_wire::{BootToken, MachineId, SiteId};
 
-/// Where a machine is in its lifecycle. Only `discovered` exists so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineState {
-    Discovered,
+pub use crate::lifecycle::State as MachineState;
+
+/// A per-machine secret that gates the install files and the callbacks. It is valid
+/// while the machine is `assigned` or `installing` (or, for a wipe, until `Wiped`),
+/// and removed from the record, the index and the edges when the machine leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub token: BootToken,
+    /// What the token is for.
+    pub purpose: TicketPurpose,
+    /// The site whose edge holds the install files.
+    pub site: SiteId,
+    pub issued_unix_ms: u64,
 }
 
-impl fmt::Display for MachineState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Discovered => "discovered",
-        })
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketPurpose {
+    Install,
+    Wipe,
 }
 
 /// One identity fact another machine also reports: flagged, never merged.
@@ -46,7 +54,15 @@ impl fmt::Display for Conflict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineRecord {
     pub id: MachineId,
+    /// The lifecycle state, flattened: `"state": "assigned", "profile": "…"`.
+    #[serde(flatten)]
     pub state: MachineState,
+    /// The token of the install (or wipe) in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<Ticket>,
+    /// Disks to wipe the next time the prospector reports (set by a release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_wipe: Option<WipeMode>,
     /// The site of the latest report.
     pub site: SiteId,
     /// Unix time in milliseconds of the first report.
@@ -73,6 +89,8 @@ impl MachineRecord {
         let mut record = Self {
             id,
             state: MachineState::Discovered,
+            ticket: None,
+            pending_wipe: None,
             site,
             first_seen_unix_ms: now_unix_ms,
             last_seen_unix_ms: now_unix_ms,
@@ -136,6 +154,18 @@ pub enum MachineEventKind {
     Updated { site: SiteId, report_count: u64 },
     /// New identity conflicts were recorded on this machine.
     Conflict { conflicts: Vec<Conflict> },
+    /// A lifecycle transition: `from` --`event`--> `to` (state names), with the
+    /// profile and failure reason when there is one, and who asked.
+    Transition {
+        from: String,
+        event: String,
+        to: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        by: String,
+    },
 }
 
 impl MachineEvent {
@@ -145,6 +175,7 @@ impl MachineEvent {
             MachineEventKind::Discovered { .. } => "discovered",
             MachineEventKind::Updated { .. } => "updated",
             MachineEventKind::Conflict { .. } => "conflict",
+            MachineEventKind::Transition { .. } => "transition",
         };
         format!("{}-{}-{kind}", self.machine_id, self.revision)
     }

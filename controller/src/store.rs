@@ -6,6 +6,10 @@
 //!   → machine id as plain text;
 //! * stream `EVENTS`: [`MachineEvent`]s as JSON on `substruct.v1.events.{id}`.
 //!
+//! * KV `profiles`, `rules`, `images`, `sites`, `site_status`: JSON documents by name;
+//! * KV `boot` (`{site}.{mac}` → boot intent) and `install` (`{site}.{token}` → the
+//!   rendered install files), envelope-encoded for the edges.
+//!
 //! Every write is a compare-and-set on the key's revision: `create` for a new key,
 //! `update(key, value, revision)` for an existing one. A lost race is reported as
 //! [`Write::Lost`], never as an error, so callers re-read and retry.
@@ -15,8 +19,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use substruct_runtime::jetstream::{ensure_kv, ensure_stream, BucketSpec, SetupError};
-use substruct_wire::{subjects, MachineId};
+use substruct_wire::intent::{BootIntentRecord, InstallFilesRecord};
+use substruct_wire::{subjects, BootToken, Mac, MachineId, SiteId};
 
 use crate::record::{MachineEvent, MachineRecord};
 
@@ -60,6 +67,13 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("encoding {bucket}/{key}")]
+    EncodeValue {
+        bucket: &'static str,
+        key: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("publishing an event on {subject}")]
     Publish {
         subject: String,
@@ -91,6 +105,38 @@ pub struct Store {
     js: jetstream::Context,
     machines: kv::Store,
     index: kv::Store,
+    profiles: kv::Store,
+    rules: kv::Store,
+    images: kv::Store,
+    sites: kv::Store,
+    site_status: kv::Store,
+    boot: kv::Store,
+    install: kv::Store,
+}
+
+/// KV bucket: site name → the latest heartbeat of its edge (controller only).
+pub const KV_SITE_STATUS: &str = "site_status";
+
+/// The JSON document buckets, for [`Store::doc_get`] and friends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Docs {
+    Profiles,
+    Rules,
+    Images,
+    Sites,
+    SiteStatus,
+}
+
+impl Docs {
+    fn bucket(self) -> &'static str {
+        match self {
+            Self::Profiles => subjects::KV_PROFILES,
+            Self::Rules => subjects::KV_RULES,
+            Self::Images => subjects::KV_IMAGES,
+            Self::Sites => subjects::KV_SITES,
+            Self::SiteStatus => KV_SITE_STATUS,
+        }
+    }
 }
 
 impl Store {
@@ -103,6 +149,21 @@ impl Store {
         let index = ensure_kv(&js, &BucketSpec::new(subjects::KV_MACHINE_INDEX))
             .await
             .map_err(StoreError::Setup)?;
+        let open = |name: &'static str| {
+            let js = js.clone();
+            async move {
+                ensure_kv(&js, &BucketSpec::new(name))
+                    .await
+                    .map_err(StoreError::Setup)
+            }
+        };
+        let profiles = open(subjects::KV_PROFILES).await?;
+        let rules = open(subjects::KV_RULES).await?;
+        let images = open(subjects::KV_IMAGES).await?;
+        let sites = open(subjects::KV_SITES).await?;
+        let site_status = open(KV_SITE_STATUS).await?;
+        let boot = open(subjects::KV_BOOT).await?;
+        let install = open(subjects::KV_INSTALL).await?;
         ensure_stream(
             &js,
             subjects::STREAM_EVENTS,
@@ -111,10 +172,208 @@ impl Store {
         .await
         .map_err(StoreError::Setup)?;
         Ok(Self {
+            profiles,
+            rules,
+            images,
+            sites,
+            site_status,
+            boot,
+            install,
             js,
             machines,
             index,
         })
+    }
+
+    fn docs(&self, docs: Docs) -> &kv::Store {
+        match docs {
+            Docs::Profiles => &self.profiles,
+            Docs::Rules => &self.rules,
+            Docs::Images => &self.images,
+            Docs::Sites => &self.sites,
+            Docs::SiteStatus => &self.site_status,
+        }
+    }
+
+    /// One JSON document and its revision.
+    pub async fn doc_get<T: DeserializeOwned>(
+        &self,
+        docs: Docs,
+        key: &str,
+    ) -> Result<Option<(T, u64)>, StoreError> {
+        let bucket = docs.bucket();
+        let Some((value, revision)) = get(self.docs(docs), bucket, key).await? else {
+            return Ok(None);
+        };
+        let doc = serde_json::from_slice(&value).map_err(|source| StoreError::Decode {
+            bucket,
+            key: key.to_owned(),
+            source,
+        })?;
+        Ok(Some((doc, revision)))
+    }
+
+    /// Writes a JSON document: `expected` `None` = unconditional, `Some(0)` = only if
+    /// new, `Some(rev)` = only if still at `rev`.
+    pub async fn doc_put<T: Serialize>(
+        &self,
+        docs: Docs,
+        key: &str,
+        doc: &T,
+        expected: Option<u64>,
+    ) -> Result<Write, StoreError> {
+        let bucket = docs.bucket();
+        let value = serde_json::to_vec(doc).map_err(|e| StoreError::EncodeValue {
+            bucket,
+            key: key.to_owned(),
+            source: e.into(),
+        })?;
+        let kv = self.docs(docs);
+        match expected {
+            None => kv
+                .put(key, value.into())
+                .await
+                .map(Write::Done)
+                .map_err(|e| write_err(bucket, key.to_owned(), e)),
+            Some(0) => match kv.create(key, value.into()).await {
+                Ok(rev) => Ok(Write::Done(rev)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Write::Lost),
+                Err(e) => Err(write_err(bucket, key.to_owned(), e)),
+            },
+            Some(rev) => update(kv, bucket, key.to_owned(), value.into(), rev).await,
+        }
+    }
+
+    /// Deletes a document; true when it existed.
+    pub async fn doc_delete(&self, docs: Docs, key: &str) -> Result<bool, StoreError> {
+        let bucket = docs.bucket();
+        let kv = self.docs(docs);
+        if get(kv, bucket, key).await?.is_none() {
+            return Ok(false);
+        }
+        kv.delete(key)
+            .await
+            .map_err(|e| write_err(bucket, key.to_owned(), e))?;
+        Ok(true)
+    }
+
+    /// Every document of a bucket, sorted by key; values that do not decode are
+    /// logged and skipped.
+    pub async fn doc_list<T: DeserializeOwned>(
+        &self,
+        docs: Docs,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let bucket = docs.bucket();
+        let mut keys = self.keys(self.docs(docs), bucket).await?;
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.doc_get::<T>(docs, &key).await {
+                Ok(Some((doc, _))) => out.push((key, doc)),
+                Ok(None) => {}
+                Err(e @ StoreError::Decode { .. }) => {
+                    tracing::warn!(error = %substruct_runtime::error_chain(&e), "skipping a document");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes (or with `None`, deletes) the boot intent of one MAC at one site.
+    pub async fn set_boot_intent(
+        &self,
+        site: &SiteId,
+        mac: &Mac,
+        record: Option<&BootIntentRecord>,
+    ) -> Result<(), StoreError> {
+        let key = subjects::boot_key(site, mac);
+        match record {
+            Some(record) => {
+                let value =
+                    substruct_wire::encode(record).map_err(|e| StoreError::EncodeValue {
+                        bucket: subjects::KV_BOOT,
+                        key: key.clone(),
+                        source: e.into(),
+                    })?;
+                self.boot
+                    .put(&key, value.into())
+                    .await
+                    .map_err(|e| write_err(subjects::KV_BOOT, key, e))?;
+            }
+            None => {
+                if get(&self.boot, subjects::KV_BOOT, &key).await?.is_some() {
+                    self.boot
+                        .delete(&key)
+                        .await
+                        .map_err(|e| write_err(subjects::KV_BOOT, key, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The boot intent of one MAC at one site, if any (tests, `machines show`).
+    pub async fn boot_intent(
+        &self,
+        site: &SiteId,
+        mac: &Mac,
+    ) -> Result<Option<BootIntentRecord>, StoreError> {
+        let key = subjects::boot_key(site, mac);
+        let Some((value, _)) = get(&self.boot, subjects::KV_BOOT, &key).await? else {
+            return Ok(None);
+        };
+        Ok(substruct_wire::decode(&value).ok())
+    }
+
+    /// Publishes (or with `None`, withdraws) the install files behind a token.
+    pub async fn set_install_files(
+        &self,
+        site: &SiteId,
+        token: &BootToken,
+        files: Option<&InstallFilesRecord>,
+    ) -> Result<(), StoreError> {
+        let key = subjects::install_key(site, token);
+        match files {
+            Some(files) => {
+                let value = substruct_wire::encode(files).map_err(|e| StoreError::EncodeValue {
+                    bucket: subjects::KV_INSTALL,
+                    key: key.clone(),
+                    source: e.into(),
+                })?;
+                self.install
+                    .put(&key, value.into())
+                    .await
+                    .map_err(|e| write_err(subjects::KV_INSTALL, key, e))?;
+            }
+            None => {
+                if get(&self.install, subjects::KV_INSTALL, &key)
+                    .await?
+                    .is_some()
+                {
+                    self.install
+                        .delete(&key)
+                        .await
+                        .map_err(|e| write_err(subjects::KV_INSTALL, key, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an index key (a token that expired); true when it existed.
+    pub async fn index_delete(&self, key: &str) -> Result<bool, StoreError> {
+        if get(&self.index, subjects::KV_MACHINE_INDEX, key)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.index
+            .delete(key)
+            .await
+            .map_err(|e| write_err(subjects::KV_MACHINE_INDEX, key.to_owned(), e))?;
+        Ok(true)
     }
 
     /// A machine record and its revision.

@@ -1,0 +1,117 @@
+//! The controller's NATS subscriptions besides discover: callbacks (request/reply)
+//! and site events (edge heartbeats), and the periodic upkeep.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use substruct_wire::messages::{SiteEvent, SiteEventKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::provision::{answer_callback, Provisioner, RULES_REFRESH};
+use crate::sites::EdgeStatus;
+use crate::store::{Docs, Store};
+
+/// Answers callback requests (queue group: one controller answers each).
+pub(crate) async fn serve_callbacks(
+    client: async_nats::Client,
+    mut subscriber: async_nats::Subscriber,
+    provisioner: Provisioner,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = subscriber.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!(subject = %msg.subject, "callback without a reply subject; ignored");
+            continue;
+        };
+        let (client, provisioner) = (client.clone(), provisioner.clone());
+        tracker.spawn(async move {
+            let bytes = answer_callback(&provisioner, msg.subject.as_str(), &msg.payload).await;
+            if let Err(e) = client.publish(reply_to, bytes.into()).await {
+                tracing::error!(error = %crate::error_chain(&e), "cannot send a callback reply");
+            }
+        });
+    }
+    if let Err(e) = subscriber.unsubscribe().await {
+        tracing::debug!(error = %e, "unsubscribing from callbacks");
+    }
+}
+
+/// Records edge heartbeats in KV `site_status`; other site events are logged.
+pub(crate) async fn serve_site_events(
+    mut subscriber: async_nats::Subscriber,
+    store: Store,
+    config: Arc<Config>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = subscriber.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let event = match substruct_wire::decode::<SiteEvent>(&msg.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %crate::error_chain(&e), "malformed site event");
+                continue;
+            }
+        };
+        if substruct_wire::subjects::site_of(msg.subject.as_str()) != Some(event.site.as_str())
+            || !config.site_is_known(&event.site)
+        {
+            tracing::warn!(subject = %msg.subject, site = %event.site, "site event from the wrong or an unknown site");
+            continue;
+        }
+        match event.event {
+            SiteEventKind::Heartbeat { version } => {
+                let status = EdgeStatus {
+                    version: version.chars().take(64).collect(),
+                    last_heartbeat_unix_ms: crate::now_unix_ms(),
+                };
+                if let Err(e) = store
+                    .doc_put(Docs::SiteStatus, event.site.as_str(), &status, None)
+                    .await
+                {
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot record a heartbeat");
+                }
+            }
+            SiteEventKind::Lease { mac, ip } => {
+                tracing::debug!(site = %event.site, %mac, ip = ?ip, "lease");
+            }
+            SiteEventKind::Fetch { mac, path } => {
+                tracing::debug!(site = %event.site, mac = ?mac, path, "fetch");
+            }
+        }
+    }
+}
+
+/// Reloads the rules every [`RULES_REFRESH`] and syncs every machine once at start.
+pub(crate) async fn maintain(provisioner: Provisioner, cancel: CancellationToken) {
+    match provisioner.sync_all().await {
+        Ok(n) => tracing::info!(machines = n, "boot intents synced"),
+        Err(e) => tracing::warn!(error = %crate::error_chain(&e), "start-up sync failed"),
+    }
+    let mut tick = tokio::time::interval(RULES_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = provisioner.reload_rules().await {
+            tracing::debug!(error = %crate::error_chain(&e), "cannot reload the rules");
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! Profiles: how to install a machine. Operators write them as TOML; the store keeps
+//! them as JSON in KV bucket `profiles`. Pure code: validation, rendering of the
+//! install files (kickstart, preseed, autoinstall) with minijinja, the boot intent and
+//! the image-deploy instruction. No I/O, no clock; image records come in through a
+//! lookup function.
+//!
+//! Templates see (strict: an undefined name is an error naming its line):
+//! * `machine` — `id`, `serial`, `uuid`, `vendor`, `product`, `mac` (first NIC's,
+//!   `aa:bb:…`), `macs`, `cpus` (logical), `cpu_model`, `memory_bytes`,
+//!   `disks` (`[{name, size_bytes, serial, model}]`), `first_disk` (the first
+//!   non-removable disk's name), `site`. Unknown facts are empty strings; control
+//!   characters in facts (which come from the machine) are replaced by `?`, so a
+//!   forged report cannot inject lines into an install file;
+//! * `hostname` — `params.hostname_pattern` rendered, made a valid host name;
+//! * `params` — the profile's params (unset optional ones are undefined: use
+//!   `| default(…)` or `is defined`);
+//! * `token`, `install_url` (`{edge}/install/{token}/`), `callback_url`
+//!   (`{edge}/api/v1/machines/{token}/done`) and `edge` (the literal `{edge}`,
+//!   which the edge replaces with its base URL when it serves the file).
+//!
+//! Rendering: `trim_blocks` and `lstrip_blocks` are on (block tags leave no blank
+//! lines), the trailing newline is kept, nothing is HTML-escaped.
+
+use std::collections::BTreeMap;
+
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+use substruct_wire::intent::{BootIntent, InstallFile};
+use substruct_wire::messages::DeployImage;
+use substruct_wire::report::{
+    BootMode, Cpu, Disk, DiskTransport, Dmi, HardwareReport, Memory, Nic,
+};
+use substruct_wire::{BootToken, Mac, MachineId, SiteId};
+
+use crate::images::{validate_image_name, ImageKind, ImageRecord};
+use crate::record::MachineRecord;
+
+/// The largest template accepted (256 KiB).
+pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+/// The longest profile name.
+pub const MAX_NAME: usize = 63;
+/// The default `params.hostname_pattern`.
+pub const DEFAULT_HOSTNAME_PATTERN: &str = "{{ machine.id }}";
+/// Template fuel (minijinja instructions) per render: stops runaway loops.
+const FUEL: u64 = 5_000_000;
+const MAX_CMDLINE: usize = 2048;
+const MAX_DESCRIPTION: usize = 1024;
+const MAX_LINE_PARAM: usize = 4096;
+const MAX_POST_INSTALL: usize = 64 * 1024;
+/// The content type of every rendered install file.
+pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// How a profile installs a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Anaconda (RHEL, Rocky, Alma, Fedora): renders `ks.cfg`.
+    Kickstart,
+    /// Debian installer: renders `preseed.cfg`.
+    Preseed,
+    /// Ubuntu Subiquity: renders `user-data` and `meta-data` (NoCloud).
+    Autoinstall,
+    /// The prospector streams a registered disk image onto a disk.
+    Image,
+}
+
+impl Method {
+    /// `kickstart`, `preseed`, `autoinstall` or `image`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kickstart => "kickstart",
+            Self::Preseed => "preseed",
+            Self::Autoinstall => "autoinstall",
+            Self::Image => "image",
+        }
+    }
+
+    /// Whether the method boots an installer (everything but `image`).
+    pub fn is_installer(self) -> bool {
+        self != Self::Image
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Values for the template (`params.*`). All optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// A template for the host name; default [`DEFAULT_HOSTNAME_PATTERN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname_pattern: Option<String>,
+    /// A crypt(3) hash (`$6$…`), never a clear password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_hash: Option<String>,
+    /// Public keys for root's `authorized_keys`, one per entry.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// Free text the template uses to choose a partitioning (`atomic`, `lvm`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_layout: Option<String>,
+    /// Extra packages to install.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// A shell script for the end of the install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_install: Option<String>,
+    /// Any other values, for the template (`params.vars.ntp_server`; always defined,
+    /// so `params.vars.x | default("y")` works).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// A profile. See the module docs for the template context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// `[a-z0-9-]{1,63}`; the profile's key in KV `profiles`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub method: Method,
+    /// Installer kernel: a registered image of kind `kernel` (installer methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Installer initrd: a registered image of kind `initrd` (installer methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Disk image: a registered image of kind `disk` (method `image` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The disk to write the image to (`vda`, `nvme0n1`); default: the first
+    /// non-removable disk (method `image` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_disk: Option<String>,
+    /// Extra kernel arguments, after the method's own (installer methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// The install file's minijinja template (installer methods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub params: Params,
+}
+
+/// Why a profile was refused or could not be rendered. Each names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    /// The TOML did not parse or has unknown, missing or mistyped fields.
+    #[error("profile TOML{}: {message}", at_line(*.line))]
+    Toml {
+        line: Option<usize>,
+        message: String,
+    },
+    /// A field has a value that is not allowed.
+    #[error("profile field `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+    /// A field names an image that is not registered or is of the wrong kind.
+    #[error("profile field `{field}`: image {name:?} {reason}")]
+    Image {
+        field: &'static str,
+        name: String,
+        reason: String,
+    },
+    /// A template (`template` or `params.hostname_pattern`) did not compile or render.
+    #[error("{which}{}: {message}", at_line(*.line))]
+    Template {
+        which: &'static str,
+        line: Option<usize>,
+        message: String,
+    },
+    /// The rendered template does not contain the callback URL.
+    #[error("the template never calls back: add {{{{ callback_url }}}} to its last step")]
+    NoCallback,
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" line {l}")).unwrap_or_default()
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> ProfileError {
+    ProfileError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `{edge}/install/{token}/{file}`: where the edge serves a rendered install file.
+pub fn install_url(token: &BootToken, file: &str) -> String {
+    format!("{{edge}}/install/{token}/{file}")
+}
+
+/// `{edge}/api/v1/machines/{token}/done`: the install's final callback (the edge
+/// replaces `{edge}` with its base URL and forwards the call to the controller).
+pub fn callback_url(token: &BootToken) -> String {
+    format!("{{edge}}/api/v1/machines/{token}/done")
+}
+
+impl Profile {
+    /// Parses an operator's TOML. Unknown fields are refused; the error names the field
+    /// and the line. Does not [`validate`](Profile::validate).
+    pub fn from_toml(text: &str) -> Result<Profile, ProfileError> {
+        toml::from_str(text).map_err(|e| ProfileError::Toml {
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().trim().to_owned(),
+        })
+    }
+
+    /// Checks fields, that images exist with the right kind (`image` looks one up by
+    /// name), and that the template renders against [`sample_machine`]; a template
+    /// error names the line: `template line 12: undefined value `machin``. Refuses a
+    /// template whose output never contains the callback URL.
+    pub fn validate(
+        &self,
+        image: &dyn Fn(&str) -> Option<ImageRecord>,
+    ) -> Result<(), ProfileError> {
+        validate_name(&self.name)?;
+        if let Some(d) = &self.description {
+            check_text("description", d, MAX_DESCRIPTION, false)?;
+        }
+        let installer = self.method.is_installer();
+        let method = self.method;
+        let need = |name: &'static str, value: &Option<String>, wanted: bool| match (
+            value.is_some(),
+            wanted,
+        ) {
+            (false, true) => Err(field(name, format!("is required for method {method}"))),
+            (true, false) => Err(field(name, format!("is not used by method {method}"))),
+            _ => Ok(()),
+        };
+        need("kernel", &self.kernel, installer)?;
+        need("initrd", &self.initrd, installer)?;
+        need("template", &self.template, installer)?;
+        need("image", &self.image, !installer)?;
+        if self.cmdline.is_some() && !installer {
+            return Err(field(
+                "cmdline",
+                "is not used by method image (the prospector boots)",
+            ));
+        }
+        if self.target_disk.is_some() && installer {
+            return Err(field(
+                "target_disk",
+                format!("is not used by method {method}; choose the disk in the template"),
+            ));
+        }
+        for (name, value, kind) in [
+            ("kernel", &self.kernel, ImageKind::Kernel),
+            ("initrd", &self.initrd, ImageKind::Initrd),
+            ("image", &self.image, ImageKind::Disk),
+        ] {
+            if let Some(value) = value {
+                check_image(name, value, kind, image)?;
+            }
+        }
+        if let Some(disk) = &self.target_disk {
+            let ok = !disk.is_empty()
+                && disk.len() <= 32
+                && disk
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !ok {
+                return Err(field(
+                    "target_disk",
+                    format!("{disk:?} is not a kernel disk name like `vda`, `sda` or `nvme0n1`"),
+                ));
+            }
+        }
+        if let Some(cmdline) = &self.cmdline {
+            check_text("cmdline", cmdline, MAX_CMDLINE, false)?;
+        }
+        if let Some(template) = &self.template {
+            if template.len() > MAX_TEMPLATE_BYTES {
+                return Err(field(
+                    "template",
+                    format!(
+                        "is {} bytes; the limit is {MAX_TEMPLATE_BYTES}",
+                        template.len()
+                    ),
+                ));
+            }
+        }
+        self.params.validate()?;
+        let token = sample_token();
+        let files = self.render_files(&sample_machine(), &token)?;
+        if installer {
+            let callback = callback_url(&token);
+            if !files.iter().any(|f| f.body.contains(&callback)) {
+                return Err(ProfileError::NoCallback);
+            }
+        }
+        Ok(())
+    }
+
+    /// The install files for one machine: kickstart → `ks.cfg`; preseed →
+    /// `preseed.cfg`; autoinstall → `user-data` and `meta-data`
+    /// (`instance-id: {id}\nlocal-hostname: {hostname}\n`); image → none.
+    pub fn render_files(
+        &self,
+        machine: &MachineRecord,
+        token: &BootToken,
+    ) -> Result<Vec<InstallFile>, ProfileError> {
+        let name = match self.method {
+            Method::Image => return Ok(Vec::new()),
+            Method::Kickstart => "ks.cfg",
+            Method::Preseed => "preseed.cfg",
+            Method::Autoinstall => "user-data",
+        };
+        let template = self.template.as_deref().ok_or_else(|| {
+            field(
+                "template",
+                format!("is required for method {}", self.method),
+            )
+        })?;
+        if template.len() > MAX_TEMPLATE_BYTES {
+            return Err(field(
+                "template",
+                format!("is longer than {MAX_TEMPLATE_BYTES} bytes"),
+            ));
+        }
+        let facts = MachineContext::new(machine);
+        let hostname = self.hostname(&facts)?;
+        let context = Context {
+            machine: &facts,
+            hostname: &hostname,
+            params: &self.params,
+            token: token.as_str(),
+            install_url: install_url(token, ""),
+            callback_url: callback_url(token),
+            edge: "{edge}",
+        };
+        let body = render("template", template, &context)?;
+        let mut files = vec![file(name, body)];
+        if self.method == Method::Autoinstall {
+            files.push(file(
+                "meta-data",
+                format!("instance-id: {}\nlocal-hostname: {hostname}\n", machine.id),
+            ));
+        }
+        Ok(files)
+    }
+
+    /// The host name for `machine`: `params.hostname_pattern` rendered and made valid.
+    pub fn hostname_for(&self, machine: &MachineRecord) -> Result<String, ProfileError> {
+        self.hostname(&MachineContext::new(machine))
+    }
+
+    fn hostname(&self, facts: &MachineContext) -> Result<String, ProfileError> {
+        let pattern = self
+            .params
+            .hostname_pattern
+            .as_deref()
+            .unwrap_or(DEFAULT_HOSTNAME_PATTERN);
+        let context = HostnameContext {
+            machine: facts,
+            params: &self.params,
+        };
+        let raw = render("params.hostname_pattern", pattern, &context)?;
+        Ok(sanitize_hostname(&raw, &facts.id))
+    }
+
+    /// The boot intent while the machine is assigned or installing. Installer methods
+    /// boot the profile's kernel and initrd with the method's arguments (pointing at
+    /// the rendered file through the edge), then `cmdline`. Method `image` (and a
+    /// profile without kernel or initrd, which [`validate`](Profile::validate)
+    /// refuses) boots the prospector: [`BootIntent::Discover`].
+    pub fn boot_intent(&self, token: &BootToken) -> BootIntent {
+        let (Some(kernel), Some(initrd)) = (&self.kernel, &self.initrd) else {
+            return BootIntent::Discover;
+        };
+        let mut cmdline = match self.method {
+            Method::Image => return BootIntent::Discover,
+            Method::Kickstart => format!(
+                "inst.ks={} inst.text console=ttyS0",
+                install_url(token, "ks.cfg")
+            ),
+            Method::Preseed => format!(
+                "auto=true priority=critical interface=auto preseed/url={} console=ttyS0",
+                install_url(token, "preseed.cfg")
+            ),
+            Method::Autoinstall => format!(
+                "autoinstall ds=nocloud-net;s={} console=ttyS0",
+                install_url(token, "")
+            ),
+        };
+        if let Some(extra) = self.cmdline.as_deref().map(str::trim) {
+            if !extra.is_empty() {
+                cmdline.push(' ');
+                cmdline.push_str(extra);
+            }
+        }
+        BootIntent::Install {
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            cmdline,
+        }
+    }
+
+    /// Method `image` only: what the prospector must do. `None` for installer methods
+    /// or when `image` is not this profile's image.
+    pub fn deploy_instruction(
+        &self,
+        image: &ImageRecord,
+        token: &BootToken,
+    ) -> Option<DeployImage> {
+        if self.method != Method::Image || self.image.as_deref() != Some(image.name.as_str()) {
+            return None;
+        }
+        Some(DeployImage {
+            path: image.name.clone(),
+            sha256: image.sha256.clone(),
+            size: image.size,
+            disk: self.target_disk.clone(),
+            token: token.clone(),
+        })
+    }
+}
+
+impl Params {
+    fn validate(&self) -> Result<(), ProfileError> {
+        if let Some(p) = &self.hostname_pattern {
+            check_text("params.hostname_pattern", p, MAX_LINE_PARAM, false)?;
+        }
+        if let Some(h) = &self.root_password_hash {
+            check_text("params.root_password_hash", h, MAX_LINE_PARAM, false)?;
+            if h.chars().any(char::is_whitespace) || !h.starts_with('$') {
+                return Err(field(
+                    "params.root_password_hash",
+                    "is not a crypt(3) hash like `$6$salt$…` (never a clear password)",
+                ));
+            }
+        }
+        for key in &self.ssh_keys {
+            check_text("params.ssh_keys", key, MAX_LINE_PARAM, false)?;
+            if key.trim().is_empty() {
+                return Err(field("params.ssh_keys", "has an empty key"));
+            }
+        }
+        if let Some(d) = &self.disk_layout {
+            check_text("params.disk_layout", d, MAX_LINE_PARAM, false)?;
+        }
+        for p in &self.packages {
+            let ok = !p.is_empty()
+                && p.len() <= 128
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._+-:@*".contains(c));
+            if !ok {
+                return Err(field(
+                    "params.packages",
+                    format!("{p:?} is not a package name"),
+                ));
+            }
+        }
+        if let Some(s) = &self.post_install {
+            check_text("params.post_install", s, MAX_POST_INSTALL, true)?;
+        }
+        for (key, value) in &self.vars {
+            let ok = key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.len() <= 64
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(field(
+                    "params.vars",
+                    format!("key {key:?} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)"),
+                ));
+            }
+            check_text("params.vars", value, MAX_POST_INSTALL, true)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ProfileError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(field(
+            "name",
+            format!("{name:?} is not 1 to {MAX_NAME} characters of a-z, 0-9 and '-'"),
+        ))
+    }
+}
+
+fn check_text(
+    name: &'static str,
+    value: &str,
+    max: usize,
+    multiline: bool,
+) -> Result<(), ProfileError> {
+    if value.len() > max {
+        return Err(field(name, format!("is longer than {max} bytes")));
+    }
+    let bad = value
+        .chars()
+        .find(|&c| c.is_control() && !(multiline && (c == '\n' || c == '\t' || c == '\r')));
+    match bad {
+        Some(c) => Err(field(name, format!("contains the control character {c:?}"))),
+        None => Ok(()),
+    }
+}
+
+fn check_image(
+    name: &'static str,
+    value: &str,
+    kind: ImageKind,
+    lookup: &dyn Fn(&str) -> Option<ImageRecord>,
+) -> Result<(), ProfileError> {
+    let image_error = |reason: String| ProfileError::Image {
+        field: name,
+        name: value.to_owned(),
+        reason,
+    };
+    validate_image_name(value).map_err(|e| image_error(format!("is not valid: {e}")))?;
+    match lookup(value) {
+        None => Err(image_error("is not registered".into())),
+        Some(record) if record.kind != kind => Err(image_error(format!(
+            "is of kind {}, not {kind}",
+            record.kind
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn file(name: &str, body: String) -> InstallFile {
+    InstallFile {
+        name: name.to_owned(),
+        content_type: CONTENT_TYPE.to_owned(),
+        body,
+    }
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[derive(Serialize)]
+struct Context<'a> {
+    machine: &'a MachineContext,
+    hostname: &'a str,
+    params: &'a Params,
+    token: &'a str,
+    install_url: String,
+    callback_url: String,
+    edge: &'static str,
+}
+
+#[derive(Serialize)]
+struct HostnameContext<'a> {
+    machine: &'a MachineContext,
+    params: &'a Params,
+}
+
+/// What templates see as `machine`.
+#[derive(Debug, Serialize)]
+struct MachineContext {
+    id: String,
+    serial: String,
+    uuid: String,
+    vendor: String,
+    product: String,
+    mac: String,
+    macs: Vec<String>,
+    cpus: u32,
+    cpu_model: String,
+    memory_bytes: u64,
+    disks: Vec<DiskContext>,
+    first_disk: String,
+    site: String,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskContext {
+    name: String,
+    size_bytes: u64,
+    serial: String,
+    model: String,
+}
+
+impl MachineContext {
+    fn new(m: &MachineRecord) -> Self {
+        let f = &m.facts;
+        let text = |v: Option<&str>| clean(v.unwrap_or_default().trim());
+        let first_disk = f
+            .disks
+            .iter()
+            .find(|d| !d.removable && d.transport != DiskTransport::Usb)
+            .or_else(|| f.disks.iter().find(|d| !d.removable))
+            .map(|d| clean(&d.name))
+            .unwrap_or_default();
+        Self {
+            id: m.id.to_string(),
+            serial: text(f.usable_serial()),
+            uuid: text(f.usable_uuid()),
+            vendor: text(f.dmi.sys_vendor.as_deref()),
+            product: text(f.dmi.product_name.as_deref()),
+            mac: f
+                .nics
+                .first()
+                .map(|n| n.mac.to_string())
+                .unwrap_or_default(),
+            macs: f.nics.iter().map(|n| n.mac.to_string()).collect(),
+            cpus: f.cpu.threads,
+            cpu_model: text(f.cpu.model.as_deref()),
+            memory_bytes: f.memory.total_bytes,
+            disks: f
+                .disks
+                .iter()
+                .map(|d| DiskContext {
+                    name: clean(&d.name),
+                    size_bytes: d.size_bytes,
+                    serial: text(d.serial.as_deref()),
+                    model: text(d.model.as_deref()),
+                })
+                .collect(),
+            first_disk,
+            site: m.site.to_string(),
+        }
+    }
+}
+
+/// Facts come from the machine: no control character reaches an install file.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// A valid host name (RFC 1123 label, lowercase, at most 63 characters) from `raw`:
+/// other characters become `-`, runs of `-` collapse, ends are trimmed. Falls back to
+/// `fallback` (the machine id) when nothing is left.
+pub fn sanitize_hostname(raw: &str, fallback: &str) -> String {
+    fn label(raw: &str) -> String {
+        let mut out = String::new();
+        for c in raw.trim().chars().flat_map(char::to_lowercase) {
+            let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            };
+            if !(c == '-' && (out.is_empty() || out.ends_with('-'))) {
+                out.push(c);
+            }
+        }
+        out.truncate(63);
+        out.trim_end_matches('-').to_owned()
+    }
+    let name = label(raw);
+    if name.is_empty() {
+        let fallback = label(fallback);
+        if fallback.is_empty() {
+            "machine".to_owned()
+        } else {
+            fallback
+        }
+    } else {
+        name
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_keep_trailing_newline(true);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_fuel(Some(FUEL));
+    env
+}
+
+fn render<S: Serialize>(
+    which: &'static str,
+    source: &str,
+    context: &S,
+) -> Result<String, ProfileError> {
+    let env = environment();
+    env.render_named_str(which, source, context)
+        .map_err(|e| template_error(which, source, &e))
+}
+
+fn template_error(which: &'static str, source: &str, err: &minijinja::Error) -> ProfileError {
+    let expr = err
+        .range()
+        .and_then(|r| source.get(r))
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.contains('\n'));
+    let message = match (err.kind(), expr, err.detail()) {
+        (ErrorKind::UndefinedError, Some(expr), _) => format!("undefined value `{expr}`"),
+        (kind, Some(expr), Some(detail)) => format!("{kind}: {detail} (in `{expr}`)"),
+        (kind, None, Some(detail)) => format!("{kind}: {detail}"),
+        (kind, Some(expr), None) => format!("{kind} (in `{expr}`)"),
+        (kind, None, None) => kind.to_string(),
+    };
+    ProfileError::Template {
+        which,
+        line: err.line(),
+        message,
+    }
+}
+
+fn sample_token() -> BootToken {
+    BootToken::new("0123456789abcdef0123456789abcdef").expect("a valid constant token")
+}
+
+/// A realistic machine (a two-socket rack server, four disks, two NICs) that every
+/// profile must render for before it is saved.
+pub fn sample_machine() -> MachineRecord {
+    let mac = |s: &str| Mac::parse(s).expect("a valid constant MAC");
+    let facts = HardwareReport {
+        prospector_version: "0.1.0".into(),
+        boot_mode: BootMode::Uefi,
+        dmi: Dmi {
+            sys_vendor: Some("Dell Inc.".into()),
+            product_name: Some("PowerEdge R650".into()),
+            product_version: None,
+            product_serial: Some("7XK2J93".into()),
+            product_uuid: Some("4c4c4544-0058-4b10-8032-b7c04f4a3933".into()),
+            product_sku: Some("SKU=0A6D;ModelName=PowerEdge R650".into()),
+            product_family: Some("PowerEdge".into()),
+            board_vendor: Some("Dell Inc.".into()),
+            board_name: Some("0PJPW3".into()),
+            board_serial: Some(".7XK2J93.CNCMS0023E0078.".into()),
+            chassis_serial: Some("7XK2J93".into()),
+            chassis_asset_tag: None,
+            bios_vendor: Some("Dell Inc.".into()),
+            bios_version: Some("1.10.2".into()),
+            bios_date: Some("06/27/2023".into()),
+        },
+        cpu: Cpu {
+            model: Some("Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz".into()),
+            sockets: 2,
+            cores: 64,
+            threads: 128,
+            virtualization: Some("vmx".into()),
+            microcode: Some("0xd0003a5".into()),
+            flags: vec!["vmx".into(), "aes".into(), "avx2".into(), "avx512f".into()],
+        },
+        memory: Memory {
+            total_bytes: 256 * 1024 * 1024 * 1024,
+            dimms: Vec::new(),
+        },
+        disks: vec![
+            Disk {
+                name: "nvme0n1".into(),
+                size_bytes: 960_197_124_096,
+                model: Some("Dell Ent NVMe P5600 MU U.2 960GB".into()),
+                serial: Some("PHAB123400A1960BGN".into()),
+                wwn: Some("eui.01000000000000005cd2e4ab12340000".into()),
+                rotational: false,
+                transport: DiskTransport::Nvme,
+                removable: false,
+            },
+            Disk {
+                name: "nvme1n1".into(),
+                size_bytes: 960_197_124_096,
+                model: Some("Dell Ent NVMe P5600 MU U.2 960GB".into()),
+                serial: Some("PHAB123400B2960BGN".into()),
+                wwn: None,
+                rotational: false,
+                transport: DiskTransport::Nvme,
+                removable: false,
+            },
+            Disk {
+                name: "sda".into(),
+                size_bytes: 7_681_501_126_656,
+                model: Some("MZ7L37T6HBLA".into()),
+                serial: Some("S6EPNA0T512345".into()),
+                wwn: Some("0x5002538f4312abcd".into()),
+                rotational: false,
+                transport: DiskTransport::Sata,
+                removable: false,
+            },
+            Disk {
+                name: "sdb".into(),
+                size_bytes: 16_005_464_064,
+                model: Some("Internal Dual SD".into()),
+                serial: Some("012345678901".into()),
+                wwn: None,
+                rotational: false,
+                transport: DiskTransport::Usb,
+                removable: true,
+            },
+        ],
+        nics: vec![
+            Nic {
+                name: "eno12399np0".into(),
+                mac: mac("b4:96:91:c2:10:a0"),
+                driver: Some("ice".into()),
+                pci_address: Some("0000:31:00.0".into()),
+                speed_mbps: Some(25_000),
+                carrier: Some(true),
+            },
+            Nic {
+                name: "eno12409np1".into(),
+                mac: mac("b4:96:91:c2:10:a1"),
+                driver: Some("ice".into()),
+                pci_address: Some("0000:31:00.1".into()),
+                speed_mbps: None,
+                carrier: Some(false),
+            },
+        ],
+        pci: Vec::new(),
+    };
+    MachineRecord::new(
+        MachineId::new("4c4c4544-0058-4b10-8032-b7c04f4a3933").expect("a valid constant id"),
+        SiteId::new("sample-site").expect("a valid constant site"),
+        facts,
+        Vec::new(),
+        0,
+    )
+}
