@@ -10,7 +10,10 @@
 //! * `GET|PUT|DELETE /api/v1/profiles[/{name}]` — PUT validates (the template must
 //!   render against a sample machine, or the error names the line);
 //! * `GET|PUT|DELETE /api/v1/rules[/{name}]`, `POST /api/v1/rules/dry-run`;
-//! * `GET|POST /api/v1/images` — registered images (name, kind, sha256, size);
+//! * `GET|POST /api/v1/images` — registered images (name, kind, sha256, size), with
+//!   whether the content is stored and which sites' edges cache it;
+//! * `PUT /api/v1/images/content/{sha256}` — the content (streamed into the object
+//!   store `images`; refused when its sha256 differs);
 //! * `GET /api/v1/sites`, `PUT /api/v1/sites/{name}` — sites and their edges' state.
 //!
 //! `/api/` requires `Authorization: Bearer <token>`: GET needs role viewer, every
@@ -144,6 +147,10 @@ pub fn router(state: ApiState) -> Router {
             get(show_rule).put(put_rule).delete(delete_rule),
         )
         .route("/api/v1/images", get(list_images).post(add_image))
+        .route(
+            "/api/v1/images/content/{sha256}",
+            axum::routing::put(upload_image),
+        )
         .route("/api/v1/sites", get(list_sites))
         .route("/api/v1/sites/{name}", axum::routing::put(put_site))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -523,9 +530,104 @@ async fn dry_run(
     }))
 }
 
-async fn list_images(State(state): State<ApiState>) -> Result<Json<Vec<ImageRecord>>, ApiError> {
-    Ok(Json(
-        images_by_name(&state.store).await?.into_values().collect(),
+/// One image as `GET /api/v1/images` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImageView {
+    #[serde(flatten)]
+    pub image: ImageRecord,
+    /// The content is in the controller's object store (edges fetch it from there);
+    /// false: edges must hold the file in their image directory.
+    pub stored: bool,
+    /// Sites whose edge cache holds it, verified.
+    pub sites: Vec<String>,
+}
+
+async fn list_images(State(state): State<ApiState>) -> Result<Json<Vec<ImageView>>, ApiError> {
+    let statuses = state
+        .store
+        .doc_list::<EdgeStatus>(Docs::SiteStatus)
+        .await?;
+    let mut views = Vec::new();
+    for image in images_by_name(&state.store).await?.into_values() {
+        let stored = state
+            .store
+            .image_content_size(&image.sha256)
+            .await?
+            .is_some();
+        let sites = statuses
+            .iter()
+            .filter(|(_, s)| s.cached.contains(&image.sha256))
+            .map(|(name, _)| name.clone())
+            .collect();
+        views.push(ImageView {
+            image,
+            stored,
+            sites,
+        });
+    }
+    Ok(Json(views))
+}
+
+/// What an upload answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Uploaded {
+    pub sha256: String,
+    pub size: u64,
+    /// False when the same content was already stored.
+    pub created: bool,
+}
+
+async fn upload_image(
+    State(state): State<ApiState>,
+    Path(sha256): Path<String>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    use futures::StreamExt as _;
+    use sha2::{Digest, Sha256};
+    crate::images::validate_sha256(&sha256)
+        .map_err(|e| ApiError::Invalid(crate::error_chain(&e)))?;
+    if let Some(size) = state.store.image_content_size(&sha256).await? {
+        return Ok((
+            StatusCode::OK,
+            Json(Uploaded {
+                sha256,
+                size,
+                created: false,
+            }),
+        ));
+    }
+    let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+    let seen = hasher.clone();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(&chunk);
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let mut reader = tokio_util::io::StreamReader::new(stream);
+    let size = state.store.put_image_content(&sha256, &mut reader).await?;
+    let got = hex::encode(
+        hasher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .finalize(),
+    );
+    if got != sha256 {
+        state.store.delete_image_content(&sha256).await?;
+        return Err(ApiError::Invalid(format!(
+            "the uploaded content ({size} bytes) has sha256 {got}, not {sha256}; nothing stored"
+        )));
+    }
+    tracing::info!(%sha256, size, "image content stored");
+    Ok((
+        StatusCode::CREATED,
+        Json(Uploaded {
+            sha256,
+            size,
+            created: true,
+        }),
     ))
 }
 

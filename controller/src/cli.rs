@@ -23,7 +23,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::api::{DryRun, NewImage, SiteBody};
+use crate::api::{DryRun, ImageView, NewImage, SiteBody, Uploaded};
 use crate::images::{ImageKind, ImageRecord};
 use crate::profile::Profile;
 use crate::record::MachineRecord;
@@ -124,6 +124,10 @@ pub enum ImagesCommand {
         /// The name edges serve it under (`/images/NAME`); default: the file's name.
         #[arg(long)]
         name: Option<String>,
+        /// Register the name, kind and sha256 only: every edge already holds the file
+        /// in its image directory.
+        #[arg(long)]
+        no_upload: bool,
     },
     List {
         #[arg(long)]
@@ -431,7 +435,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             }
         },
         Command::Images { command } => match command {
-            ImagesCommand::Add { file, kind, name } => {
+            ImagesCommand::Add {
+                file,
+                kind,
+                name,
+                no_upload,
+            } => {
                 let name = match name {
                     Some(n) => n,
                     None => file
@@ -444,6 +453,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                         })?,
                 };
                 let (sha256, size) = hash_file(&file)?;
+                if !no_upload {
+                    api.upload(&file, &sha256, size).await?;
+                }
                 let body = NewImage {
                     name,
                     kind,
@@ -465,22 +477,33 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 )
             }
             ImagesCommand::List { json } => {
-                let images: Vec<ImageRecord> = api.get("/api/v1/images", None).await?;
+                let images: Vec<ImageView> = api.get("/api/v1/images", None).await?;
                 if json {
                     write_json(out, &images)
                 } else {
                     let rows = images
                         .iter()
-                        .map(|i| {
+                        .map(|v| {
+                            let i = &v.image;
                             vec![
                                 i.name.clone(),
                                 i.kind.to_string(),
                                 human_bytes(i.size),
                                 i.sha256.chars().take(16).collect(),
+                                if v.stored { "yes" } else { "no (edge files)" }.to_owned(),
+                                if v.sites.is_empty() {
+                                    "-".to_owned()
+                                } else {
+                                    v.sites.join(",")
+                                },
                             ]
                         })
                         .collect();
-                    write_rows(out, &["NAME", "KIND", "SIZE", "SHA256"], rows)
+                    write_rows(
+                        out,
+                        &["NAME", "KIND", "SIZE", "SHA256", "STORED", "CACHED AT"],
+                        rows,
+                    )
                 }
             }
         },
@@ -567,6 +590,69 @@ impl Api {
         body: Option<serde_json::Value>,
     ) -> Result<T, CliError> {
         self.request(method, path, body, None).await
+    }
+
+    /// Streams a file to `PUT /api/v1/images/content/{sha256}` with a progress bar.
+    async fn upload(&self, file: &PathBuf, sha256: &str, size: u64) -> Result<(), CliError> {
+        use futures::StreamExt as _;
+        let read_err = |source| CliError::Read {
+            path: file.clone(),
+            source,
+        };
+        let handle = tokio::fs::File::open(file).await.map_err(read_err)?;
+        let mut sent = 0u64;
+        let mut shown = 0u64;
+        let stream = tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).map(
+            move |chunk| {
+                if let Ok(c) = &chunk {
+                    sent += c.len() as u64;
+                    let pct = sent * 100 / size.max(1);
+                    if size > 8 << 20 && (pct >= shown + 5 || sent == size) {
+                        shown = pct;
+                        let bar = "#".repeat((pct / 5) as usize);
+                        eprint!("\ruploading [{bar:<20}] {pct:>3}% of {}", human_bytes(size));
+                        if sent == size {
+                            eprintln!();
+                        }
+                    }
+                }
+                chunk
+            },
+        );
+        let url = format!("{}/api/v1/images/content/{sha256}", self.base);
+        let mut request = self
+            .client
+            .put(&url)
+            .timeout(std::time::Duration::from_secs(3600))
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| CliError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            let _: Uploaded = response
+                .json()
+                .await
+                .map_err(|source| CliError::Decode { url, source })?;
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        Err(match status {
+            StatusCode::UNAUTHORIZED => CliError::Unauthorized { message },
+            _ => CliError::Status { status, message },
+        })
     }
 
     async fn delete(&self, path: &str) -> Result<(), CliError> {

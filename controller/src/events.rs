@@ -76,22 +76,61 @@ pub(crate) async fn serve_site_events(
         }
         match event.event {
             SiteEventKind::Heartbeat { version } => {
-                let status = EdgeStatus {
-                    version: version.chars().take(64).collect(),
-                    last_heartbeat_unix_ms: crate::now_unix_ms(),
-                };
-                if let Err(e) = store
-                    .doc_put(Docs::SiteStatus, event.site.as_str(), &status, None)
-                    .await
-                {
-                    tracing::warn!(error = %crate::error_chain(&e), "cannot record a heartbeat");
-                }
+                let version: String = version.chars().take(64).collect();
+                update_status(&store, &event.site, |s| {
+                    s.version = version.clone();
+                    s.last_heartbeat_unix_ms = crate::now_unix_ms();
+                })
+                .await;
+            }
+            SiteEventKind::Cache { sha256 } => {
+                let mut cached: Vec<String> = sha256
+                    .into_iter()
+                    .filter(|h| crate::images::validate_sha256(h).is_ok())
+                    .take(10_000)
+                    .collect();
+                cached.sort();
+                cached.dedup();
+                update_status(&store, &event.site, |s| s.cached = cached.clone()).await;
             }
             SiteEventKind::Lease { mac, ip } => {
                 tracing::debug!(site = %event.site, %mac, ip = ?ip, "lease");
             }
             SiteEventKind::Fetch { mac, path } => {
                 tracing::debug!(site = %event.site, mac = ?mac, path, "fetch");
+            }
+        }
+    }
+}
+
+/// Read-modify-write of one site's status (compare-and-set, a few attempts).
+async fn update_status(
+    store: &Store,
+    site: &substruct_wire::SiteId,
+    edit: impl Fn(&mut EdgeStatus),
+) {
+    for _ in 0..8 {
+        let (mut status, expected) = match store
+            .doc_get::<EdgeStatus>(Docs::SiteStatus, site.as_str())
+            .await
+        {
+            Ok(Some((s, rev))) => (s, rev),
+            Ok(None) => (EdgeStatus::default(), 0),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot read a site's status");
+                return;
+            }
+        };
+        edit(&mut status);
+        match store
+            .doc_put(Docs::SiteStatus, site.as_str(), &status, Some(expected))
+            .await
+        {
+            Ok(crate::store::Write::Done(_)) => return,
+            Ok(crate::store::Write::Lost) => continue,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot record a site's status");
+                return;
             }
         }
     }

@@ -403,7 +403,11 @@ mod tests {
                             prop_assert_eq!(before.profile(), Some(profile.as_str()));
                         }
                         if matches!(next, State::Installing { .. }) {
-                            prop_assert!(matches!(before, State::Assigned { .. }));
+                            prop_assert!(
+                                matches!(before, State::Assigned { .. }),
+                                "installing from {}",
+                                before
+                            );
                         }
                         if matches!(event, Event::Reinstall | Event::InstallStarted | Event::Fail { .. }) {
                             prop_assert_eq!(next.profile(), before.profile());

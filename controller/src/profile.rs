@@ -827,3 +827,60 @@ pub fn sample_machine() -> MachineRecord {
         0,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_sanitized() {
+        for (raw, want) in [
+            ("node-01", "node-01"),
+            ("Node_01.example.com", "node-01-example-com"),
+            ("  --x--  ", "x"),
+            ("a  b", "a-b"),
+            ("ÄÖ", "machine-id"),
+            ("", "machine-id"),
+        ] {
+            assert_eq!(sanitize_hostname(raw, "machine-id"), want, "{raw:?}");
+        }
+        assert_eq!(sanitize_hostname(&"ab".repeat(40), "x").len(), 63);
+        assert_eq!(
+            sanitize_hostname(&format!("{}-x", "a".repeat(62)), "x"),
+            "a".repeat(62)
+        );
+        assert_eq!(sanitize_hostname("", ""), "machine");
+    }
+
+    #[test]
+    fn json_round_trip_and_method_names() {
+        let p = Profile::from_toml(
+            "name = \"m\"\nmethod = \"image\"\nimage = \"marker.img\"\n[params]\nssh_keys = [\"k\"]\n",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"m","method":"image","image":"marker.img","params":{"ssh_keys":["k"],"packages":[],"vars":{}}}"#
+        );
+        assert_eq!(serde_json::from_str::<Profile>(&json).unwrap(), p);
+        for m in [
+            Method::Kickstart,
+            Method::Preseed,
+            Method::Autoinstall,
+            Method::Image,
+        ] {
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
+        }
+    }
+
+    #[test]
+    fn sample_machine_context() {
+        let ctx = MachineContext::new(&sample_machine());
+        assert_eq!(ctx.first_disk, "nvme0n1");
+        assert_eq!(ctx.mac, "b4:96:91:c2:10:a0");
+        assert_eq!(ctx.serial, "7XK2J93");
+        assert_eq!(ctx.cpus, 128);
+        assert_eq!(ctx.disks.len(), 4);
+    }
+}

@@ -475,3 +475,88 @@ fn parse_mac_prefix(text: &str) -> Result<String, String> {
     }
     Ok(digits.to_ascii_lowercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (p, v) in [
+            ("QEMU", "qemu"),
+            ("*", ""),
+            ("*", "anything"),
+            ("Dell*", "Dell Inc."),
+            ("*Xeon*Gold*", "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz"),
+            ("R6?0", "r650"),
+            ("a*b*c", "aXbYbZc"),
+            ("**x", "x"),
+        ] {
+            assert!(glob(p, v), "{p} ~ {v}");
+        }
+        for (p, v) in [
+            ("QEMU", "QEMU2"),
+            ("Dell", "Dell Inc."),
+            ("R6?0", "R60"),
+            ("a*b*c", "aXbYbZ"),
+            ("?", ""),
+        ] {
+            assert!(!glob(p, v), "{p} !~ {v}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("1048576", 1 << 20),
+            ("512MiB", 512 << 20),
+            ("8GiB", 8 << 30),
+            ("8gib", 8 << 30),
+            ("8 GiB", 8 << 30),
+            ("16GB", 16_000_000_000),
+            ("1.5TiB", 3 << 39),
+            ("2T", 2_000_000_000_000),
+            ("100B", 100),
+            ("4K", 4000),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "",
+            "GiB",
+            "8 GB RAM",
+            "1.",
+            ".5G",
+            "1.2.3G",
+            "-1G",
+            "99999999999TiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mac_prefixes_and_transports() {
+        assert_eq!(parse_mac_prefix("52:54:00").unwrap(), "525400");
+        assert_eq!(parse_mac_prefix("B4-96-91-C2").unwrap(), "b49691c2");
+        assert!(parse_mac_prefix("").is_err());
+        assert!(parse_mac_prefix("52:54:00:00:00:00:00").is_err());
+        assert_eq!(parse_transport("NVMe"), Ok(DiskTransport::Nvme));
+        assert!(parse_transport("floppy").is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let rule = Rule::from_toml(
+            "name = \"r\"\nprofile = \"p\"\n[match]\nvendor = \"QEMU\"\nmin_cpus = 2\n",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&rule).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"r","priority":0,"profile":"p","enabled":true,"match_all":false,"match":{"vendor":"QEMU","min_cpus":2}}"#
+        );
+        assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), rule);
+    }
+}

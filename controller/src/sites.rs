@@ -62,11 +62,15 @@ pub struct SiteRecord {
     pub added_unix_ms: u64,
 }
 
-/// The latest heartbeat of a site's edge (KV `site_status`, JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The latest heartbeat of a site's edge and what its image cache holds (KV
+/// `site_status`, JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeStatus {
     pub version: String,
     pub last_heartbeat_unix_ms: u64,
+    /// sha256s of the images the edge's cache holds, verified.
+    #[serde(default)]
+    pub cached: Vec<String>,
 }
 
 /// An edge is online when its last heartbeat is at most this old (3 missed beats).
@@ -122,6 +126,7 @@ mod tests {
         let status = EdgeStatus {
             version: "0.1.0".into(),
             last_heartbeat_unix_ms: 100_000,
+            cached: vec![],
         };
         let v = SiteView::new(
             site.clone(),

@@ -21,7 +21,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use substruct_runtime::jetstream::{ensure_kv, ensure_stream, BucketSpec, SetupError};
+use substruct_runtime::jetstream::{
+    ensure_kv, ensure_object_store, ensure_stream, BucketSpec, SetupError,
+};
 use substruct_wire::intent::{BootIntentRecord, InstallFilesRecord};
 use substruct_wire::{subjects, BootToken, Mac, MachineId, SiteId};
 
@@ -112,6 +114,17 @@ pub struct Store {
     site_status: kv::Store,
     boot: kv::Store,
     install: kv::Store,
+    objects: Objects,
+}
+
+/// The object store (its type has no `Debug`).
+#[derive(Clone)]
+struct Objects(async_nats::jetstream::object_store::ObjectStore);
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectStore(images)")
+    }
 }
 
 /// KV bucket: site name → the latest heartbeat of its edge (controller only).
@@ -164,6 +177,9 @@ impl Store {
         let site_status = open(KV_SITE_STATUS).await?;
         let boot = open(subjects::KV_BOOT).await?;
         let install = open(subjects::KV_INSTALL).await?;
+        let objects = ensure_object_store(&js, subjects::OBJ_IMAGES)
+            .await
+            .map_err(StoreError::Setup)?;
         ensure_stream(
             &js,
             subjects::STREAM_EVENTS,
@@ -179,6 +195,7 @@ impl Store {
             site_status,
             boot,
             install,
+            objects: Objects(objects),
             js,
             machines,
             index,
@@ -359,6 +376,44 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Stores image content under its sha256 (object store `images`), reading `data`
+    /// to the end. Returns the bytes stored. The caller checks the hash.
+    pub async fn put_image_content(
+        &self,
+        sha256: &str,
+        data: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Result<u64, StoreError> {
+        let info = self.objects.0.put(sha256, data)
+            .await
+            .map_err(|e| write_err(subjects::OBJ_IMAGES, sha256.to_owned(), e))?;
+        Ok(info.size as u64)
+    }
+
+    /// The size of stored image content, if the object exists.
+    pub async fn image_content_size(&self, sha256: &str) -> Result<Option<u64>, StoreError> {
+        match self.objects.0.info(sha256).await {
+            Ok(info) if !info.deleted => Ok(Some(info.size as u64)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::Read {
+                bucket: subjects::OBJ_IMAGES,
+                key: sha256.to_owned(),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Deletes stored image content (an upload whose hash did not match).
+    pub async fn delete_image_content(&self, sha256: &str) -> Result<(), StoreError> {
+        self.objects
+            .0
+            .delete(sha256)
+            .await
+            .map_err(|e| write_err(subjects::OBJ_IMAGES, sha256.to_owned(), e))
     }
 
     /// Deletes an index key (a token that expired); true when it existed.

@@ -6,6 +6,8 @@
 //! and bless it: `SUBSTRUCT_BLESS=1 cargo test -p substruct-controller --test
 //! provisioning_logic`, then read the diff of `tests/golden/`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use substruct_controller::images::{ImageKind, ImageRecord};
@@ -188,7 +190,11 @@ fn golden_examples() {
 #[test]
 fn examples_call_back_and_use_the_machine() {
     let token = token();
-    for name in ["debian12-preseed", "rocky9-kickstart", "ubuntu24-autoinstall"] {
+    for name in [
+        "debian12-preseed",
+        "rocky9-kickstart",
+        "ubuntu24-autoinstall",
+    ] {
         let profile = example(name);
         let files = profile.render_files(&qemu_vm(), &token).unwrap();
         let all: String = files.iter().map(|f| f.body.as_str()).collect();
@@ -233,7 +239,10 @@ fn boot_intents_per_method() {
     else {
         panic!("{ks:?}")
     };
-    assert_eq!((kernel.as_str(), initrd.as_str()), ("rocky-9/vmlinuz", "rocky-9/initrd.img"));
+    assert_eq!(
+        (kernel.as_str(), initrd.as_str()),
+        ("rocky-9/vmlinuz", "rocky-9/initrd.img")
+    );
     assert!(cmdline.starts_with(&format!(
         "inst.ks={{edge}}/install/{token}/ks.cfg inst.text console=ttyS0 "
     )));
@@ -258,7 +267,10 @@ fn boot_intents_per_method() {
     assert!(cmdline.starts_with(&format!(
         "autoinstall ds=nocloud-net;s={{edge}}/install/{token}/ console=ttyS0 ip=dhcp"
     )));
-    assert_eq!(example("marker-image").boot_intent(&token), BootIntent::Discover);
+    assert_eq!(
+        example("marker-image").boot_intent(&token),
+        BootIntent::Discover
+    );
     assert_eq!(
         install_url(&token, "ks.cfg"),
         format!("{{edge}}/install/{token}/ks.cfg")
@@ -348,29 +360,85 @@ fn a_template_must_call_back() {
 fn field_checks() {
     let ok = minimal("{{ callback_url }}\n");
     ok.validate(&images).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut Profile)>, &str)> = vec![
-        (Box::new(|p| p.name = "Bad_Name".into()), "profile field `name`"),
-        (Box::new(|p| p.name = "a".repeat(64)), "profile field `name`"),
-        (Box::new(|p| p.kernel = None), "profile field `kernel`: is required for method kickstart"),
-        (Box::new(|p| p.template = None), "profile field `template`: is required"),
-        (Box::new(|p| p.image = Some("marker.img".into())), "profile field `image`: is not used by method kickstart"),
-        (Box::new(|p| p.target_disk = Some("vda".into())), "profile field `target_disk`"),
-        (Box::new(|p| p.kernel = Some("nope/vmlinuz".into())), "profile field `kernel`: image \"nope/vmlinuz\" is not registered"),
-        (Box::new(|p| p.kernel = Some("rocky-9/initrd.img".into())), "image \"rocky-9/initrd.img\" is of kind initrd, not kernel"),
-        (Box::new(|p| p.initrd = Some("../etc/shadow".into())), "profile field `initrd`: image \"../etc/shadow\" is not valid"),
-        (Box::new(|p| p.cmdline = Some("a\nimgfetch evil".into())), "profile field `cmdline`: contains the control character"),
-        (Box::new(|p| p.template = Some(format!("{{{{ callback_url }}}}{}", " ".repeat(256 * 1024)))), "profile field `template`: is 262162 bytes; the limit is 262144"),
-        (Box::new(|p| p.params.root_password_hash = Some("hunter2".into())), "profile field `params.root_password_hash`"),
-        (Box::new(|p| p.params.ssh_keys = vec!["ssh-ed25519 AAAA\nx".into()]), "profile field `params.ssh_keys`"),
-        (Box::new(|p| p.params.packages = vec!["vim; rm -rf /".into()]), "profile field `params.packages`"),
-        (Box::new(|p| p.params.hostname_pattern = Some("{{ machine.nosuch }}".into())), "params.hostname_pattern line 1: undefined value `machine.nosuch`"),
-        (Box::new(|p| { p.params.vars.insert("1x".into(), "v".into()); }), "profile field `params.vars`"),
+    type Change = Box<dyn Fn(&mut Profile)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(|p| p.name = "Bad_Name".into()),
+            "profile field `name`",
+        ),
+        (
+            Box::new(|p| p.name = "a".repeat(64)),
+            "profile field `name`",
+        ),
+        (
+            Box::new(|p| p.kernel = None),
+            "profile field `kernel`: is required for method kickstart",
+        ),
+        (
+            Box::new(|p| p.template = None),
+            "profile field `template`: is required",
+        ),
+        (
+            Box::new(|p| p.image = Some("marker.img".into())),
+            "profile field `image`: is not used by method kickstart",
+        ),
+        (
+            Box::new(|p| p.target_disk = Some("vda".into())),
+            "profile field `target_disk`",
+        ),
+        (
+            Box::new(|p| p.kernel = Some("nope/vmlinuz".into())),
+            "profile field `kernel`: image \"nope/vmlinuz\" is not registered",
+        ),
+        (
+            Box::new(|p| p.kernel = Some("rocky-9/initrd.img".into())),
+            "image \"rocky-9/initrd.img\" is of kind initrd, not kernel",
+        ),
+        (
+            Box::new(|p| p.initrd = Some("../etc/shadow".into())),
+            "profile field `initrd`: image \"../etc/shadow\" is not valid",
+        ),
+        (
+            Box::new(|p| p.cmdline = Some("a\nimgfetch evil".into())),
+            "profile field `cmdline`: contains the control character",
+        ),
+        (
+            Box::new(|p| {
+                p.template = Some(format!("{{{{ callback_url }}}}{}", " ".repeat(256 * 1024)))
+            }),
+            "profile field `template`: is 262162 bytes; the limit is 262144",
+        ),
+        (
+            Box::new(|p| p.params.root_password_hash = Some("hunter2".into())),
+            "profile field `params.root_password_hash`",
+        ),
+        (
+            Box::new(|p| p.params.ssh_keys = vec!["ssh-ed25519 AAAA\nx".into()]),
+            "profile field `params.ssh_keys`",
+        ),
+        (
+            Box::new(|p| p.params.packages = vec!["vim; rm -rf /".into()]),
+            "profile field `params.packages`",
+        ),
+        (
+            Box::new(|p| p.params.hostname_pattern = Some("{{ machine.nosuch }}".into())),
+            "params.hostname_pattern line 1: undefined value `machine.nosuch`",
+        ),
+        (
+            Box::new(|p| {
+                p.params.vars.insert("1x".into(), "v".into());
+            }),
+            "profile field `params.vars`",
+        ),
     ];
     for (change, want) in cases {
         let mut p = ok.clone();
         change(&mut p);
         let err = p.validate(&images).unwrap_err().to_string();
-        assert!(err.starts_with(want) || err.contains(want), "{err:?} does not say {want:?}");
+        assert!(
+            err.starts_with(want) || err.contains(want),
+            "{err:?} does not say {want:?}"
+        );
     }
     // Method image: a disk image, no template, no installer.
     let mut image = example("marker-image");
@@ -386,20 +454,37 @@ fn field_checks() {
         "profile field `image`: image \"debian-12/linux\" is of kind kernel, not disk"
     );
     image.image = None;
-    assert!(image.validate(&images).unwrap_err().to_string().contains("`image`: is required"));
+    assert!(image
+        .validate(&images)
+        .unwrap_err()
+        .to_string()
+        .contains("`image`: is required"));
 }
 
 #[test]
 fn toml_errors_name_the_field_and_line() {
-    let err = Profile::from_toml("name = \"x\"\nmethod = \"kickstart\"\nkernal = \"k\"\n").unwrap_err();
+    let err =
+        Profile::from_toml("name = \"x\"\nmethod = \"kickstart\"\nkernal = \"k\"\n").unwrap_err();
     let text = err.to_string();
-    assert!(text.starts_with("profile TOML line 3: unknown field `kernal`"), "{text}");
+    assert!(
+        text.starts_with("profile TOML line 3: unknown field `kernal`"),
+        "{text}"
+    );
     let err = Profile::from_toml("name = \"x\"\nmethod = \"netinst\"\n").unwrap_err();
-    assert!(err.to_string().starts_with("profile TOML line 2: unknown variant `netinst`"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("profile TOML line 2: unknown variant `netinst`"),
+        "{err}"
+    );
     let err = Profile::from_toml("name = \"x\"\n").unwrap_err();
     assert!(err.to_string().contains("missing field `method`"), "{err}");
-    let err = Profile::from_toml("name = \"x\"\nmethod = \"image\"\n[params]\nroot_pw = \"x\"\n").unwrap_err();
-    assert!(err.to_string().starts_with("profile TOML line 4: unknown field `root_pw`"), "{err}");
+    let err = Profile::from_toml("name = \"x\"\nmethod = \"image\"\n[params]\nroot_pw = \"x\"\n")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("profile TOML line 4: unknown field `root_pw`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -409,7 +494,12 @@ fn machine_facts_cannot_inject_lines() {
     vm.facts.dmi.product_serial = Some("evil\nserial".into());
     let p = minimal("vendor={{ machine.vendor }}\nhost={{ hostname }}\n{{ callback_url }}\n");
     let body = &p.render_files(&vm, &token()).unwrap()[0].body;
-    assert!(body.starts_with("vendor=QEMU?%post?rm -rf /?%end\nhost=8d2e4f1a-6b3c-4d5e-9f70-1a2b3c4d5e6f\n"), "{body}");
+    assert!(
+        body.starts_with(
+            "vendor=QEMU?%post?rm -rf /?%end\nhost=8d2e4f1a-6b3c-4d5e-9f70-1a2b3c4d5e6f\n"
+        ),
+        "{body}"
+    );
     let mut p = p;
     p.params.hostname_pattern = Some("{{ machine.serial }}.Example.COM".into());
     assert_eq!(p.hostname_for(&vm).unwrap(), "evil-serial-example-com");
@@ -419,7 +509,10 @@ fn machine_facts_cannot_inject_lines() {
 fn hostnames_are_valid() {
     let mut p = minimal("{{ callback_url }}\n");
     let vm = qemu_vm();
-    assert_eq!(p.hostname_for(&vm).unwrap(), "8d2e4f1a-6b3c-4d5e-9f70-1a2b3c4d5e6f");
+    assert_eq!(
+        p.hostname_for(&vm).unwrap(),
+        "8d2e4f1a-6b3c-4d5e-9f70-1a2b3c4d5e6f"
+    );
     p.params.hostname_pattern = Some("node-{{ machine.serial | lower }}".into());
     assert_eq!(p.hostname_for(&vm).unwrap(), "node-substruct-vm-01");
     p.params.hostname_pattern = Some("--{{ machine.product }}--".into());
@@ -495,8 +588,16 @@ fn each_criterion() {
         ("nic_driver = \"virtio*\"", true, false),
         ("nic_driver = \"ICE\"", false, true),
         ("min_nic_speed_mbps = 10000", false, true),
-        ("nic_driver = \"ice\"\nmin_nic_speed_mbps = 25000", false, true),
-        ("nic_driver = \"ice\"\nmin_nic_speed_mbps = 40000", false, false),
+        (
+            "nic_driver = \"ice\"\nmin_nic_speed_mbps = 25000",
+            false,
+            true,
+        ),
+        (
+            "nic_driver = \"ice\"\nmin_nic_speed_mbps = 40000",
+            false,
+            false,
+        ),
         ("mac_prefix = \"52:54:00\"", true, false),
         ("mac_prefix = \"B4-96-91-C2-10-A1\"", false, true),
         ("mac_prefix = \"b49691c210a2\"", false, false),
@@ -506,8 +607,18 @@ fn each_criterion() {
         let r = rule(&format!(
             "name = \"r\"\nprofile = \"p\"\n[match]\n{criterion}\n"
         ));
-        assert_eq!(r.matches(&vm), on_vm, "{criterion} on the VM: {:?}", r.explain(&vm));
-        assert_eq!(r.matches(&dell), on_dell, "{criterion} on the Dell: {:?}", r.explain(&dell));
+        assert_eq!(
+            r.matches(&vm),
+            on_vm,
+            "{criterion} on the VM: {:?}",
+            r.explain(&vm)
+        );
+        assert_eq!(
+            r.matches(&dell),
+            on_dell,
+            "{criterion} on the Dell: {:?}",
+            r.explain(&dell)
+        );
         assert_eq!(r.explain(&vm).is_empty(), on_vm);
     }
     // A fact the machine did not report never matches, even `*`.
@@ -526,22 +637,61 @@ fn each_criterion() {
 #[test]
 fn validation() {
     let bad = [
-        ("name = \"r\"\nprofile = \"p\"\n", "rule field `match`: is empty"),
-        ("name = \"r\"\nprofile = \"p\"\nmatch_all = true\n[match]\nvendor = \"x\"\n", "rule field `match_all`"),
-        ("name = \"R\"\nprofile = \"p\"\nmatch_all = true\n", "rule field `name`"),
-        ("name = \"r\"\nprofile = \"P p\"\nmatch_all = true\n", "rule field `profile`"),
-        ("name = \"r\"\nprofile = \"p\"\n[match]\nmin_memory = \"8 GB of RAM\"\n", "rule field `match.min_memory`"),
-        ("name = \"r\"\nprofile = \"p\"\n[match]\nmin_disk_size = \"1.2.3T\"\n", "rule field `match.min_disk_size`"),
-        ("name = \"r\"\nprofile = \"p\"\n[match]\ndisk_transport = \"floppy\"\n", "rule field `match.disk_transport`"),
-        ("name = \"r\"\nprofile = \"p\"\n[match]\nmac_prefix = \"52:54:zz\"\n", "rule field `match.mac_prefix`"),
-        ("name = \"r\"\nprofile = \"p\"\n[match]\nvendor = \"\"\n", "rule field `match.vendor`"),
+        (
+            "name = \"r\"\nprofile = \"p\"\n",
+            "rule field `match`: is empty",
+        ),
+        (
+            "name = \"r\"\nprofile = \"p\"\nmatch_all = true\n[match]\nvendor = \"x\"\n",
+            "rule field `match_all`",
+        ),
+        (
+            "name = \"R\"\nprofile = \"p\"\nmatch_all = true\n",
+            "rule field `name`",
+        ),
+        (
+            "name = \"r\"\nprofile = \"P p\"\nmatch_all = true\n",
+            "rule field `profile`",
+        ),
+        (
+            "name = \"r\"\nprofile = \"p\"\n[match]\nmin_memory = \"8 GB of RAM\"\n",
+            "rule field `match.min_memory`",
+        ),
+        (
+            "name = \"r\"\nprofile = \"p\"\n[match]\nmin_disk_size = \"1.2.3T\"\n",
+            "rule field `match.min_disk_size`",
+        ),
+        (
+            "name = \"r\"\nprofile = \"p\"\n[match]\ndisk_transport = \"floppy\"\n",
+            "rule field `match.disk_transport`",
+        ),
+        (
+            "name = \"r\"\nprofile = \"p\"\n[match]\nmac_prefix = \"52:54:zz\"\n",
+            "rule field `match.mac_prefix`",
+        ),
+        (
+            "name = \"r\"\nprofile = \"p\"\n[match]\nvendor = \"\"\n",
+            "rule field `match.vendor`",
+        ),
     ];
     for (text, want) in bad {
-        let err = Rule::from_toml(text).unwrap().validate().unwrap_err().to_string();
-        assert!(err.starts_with(want), "{err:?} does not start with {want:?}");
+        let err = Rule::from_toml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(want),
+            "{err:?} does not start with {want:?}"
+        );
     }
-    let err = Rule::from_toml("name = \"r\"\nprofile = \"p\"\n[match]\nvendr = \"x\"\n").unwrap_err();
-    assert!(err.to_string().starts_with("rule TOML line 4: unknown field `vendr`"), "{err}");
+    let err =
+        Rule::from_toml("name = \"r\"\nprofile = \"p\"\n[match]\nvendr = \"x\"\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("rule TOML line 4: unknown field `vendr`"),
+        "{err}"
+    );
     // An empty match takes every machine only when it says so.
     let all = rule("name = \"all\"\nprofile = \"p\"\nmatch_all = true\n");
     assert!(all.matches(&qemu_vm()) && all.matches(&sample_machine()));
@@ -558,11 +708,18 @@ fn priority_order_and_dry_run() {
             Some(v) => format!("[match]\nvendor = \"{v}\"\n"),
             None => "match_all = true\n".to_owned(),
         };
-        rule(&format!("name = \"{name}\"\npriority = {priority}\nprofile = \"{name}-profile\"\n{matcher}"))
+        rule(&format!(
+            "name = \"{name}\"\npriority = {priority}\nprofile = \"{name}-profile\"\n{matcher}"
+        ))
     };
     let vm = qemu_vm();
     let dell = sample_machine();
-    let rules = vec![mk("catch-all", 1000, None), mk("qemu", 10, Some("QEMU")), mk("b-tie", 10, Some("*")), mk("a-tie", 10, Some("Dell*"))];
+    let rules = vec![
+        mk("catch-all", 1000, None),
+        mk("qemu", 10, Some("QEMU")),
+        mk("b-tie", 10, Some("*")),
+        mk("a-tie", 10, Some("Dell*")),
+    ];
     assert_eq!(first_match(&rules, &vm).unwrap().name, "b-tie");
     assert_eq!(first_match(&rules, &dell).unwrap().name, "a-tie");
     let mut disabled = rules.clone();
@@ -576,15 +733,27 @@ fn priority_order_and_dry_run() {
     // Dry run: only discovered machines, and only where the new rule is the first match.
     let mut assigned = qemu_vm();
     assigned.id = MachineId::new("assigned-vm").unwrap();
-    assigned.state = transition(&State::Discovered, &Event::Assign { profile: "x".into() }).unwrap();
+    assigned.state = transition(
+        &State::Discovered,
+        &Event::Assign {
+            profile: "x".into(),
+        },
+    )
+    .unwrap();
     let machines = vec![vm.clone(), dell.clone(), assigned];
     let ids = |v: Vec<MachineId>| v.into_iter().map(|m| m.to_string()).collect::<Vec<_>>();
     let qemu_first = mk("qemu-first", 1, Some("QEMU"));
-    assert_eq!(ids(dry_run(&rules, &qemu_first, &machines)), [vm.id.to_string()]);
+    assert_eq!(
+        ids(dry_run(&rules, &qemu_first, &machines)),
+        [vm.id.to_string()]
+    );
     let late_all = mk("late-all", 5000, None);
     assert!(dry_run(&rules, &late_all, &machines).is_empty());
     let early_all = mk("early-all", -1, None);
-    assert_eq!(ids(dry_run(&rules, &early_all, &machines)), [vm.id.to_string(), dell.id.to_string()]);
+    assert_eq!(
+        ids(dry_run(&rules, &early_all, &machines)),
+        [vm.id.to_string(), dell.id.to_string()]
+    );
     // Replacing a rule of the same name: "catch-all" moved first takes both machines.
     let moved = mk("catch-all", 0, None);
     assert_eq!(dry_run(&rules, &moved, &machines).len(), 2);
@@ -595,7 +764,13 @@ fn priority_order_and_dry_run() {
 
 #[test]
 fn lifecycle_is_exposed_for_the_record() {
-    let s = transition(&State::Discovered, &Event::Assign { profile: "marker-image".into() }).unwrap();
+    let s = transition(
+        &State::Discovered,
+        &Event::Assign {
+            profile: "marker-image".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(s.profile(), Some("marker-image"));
     assert!(s.token_valid());
     assert_eq!(Method::Image.to_string(), "image");
@@ -605,11 +780,16 @@ fn lifecycle_is_exposed_for_the_record() {
 /// run that line with a real shell and compare what it writes with the script.
 #[test]
 fn preseed_post_install_survives_quoting() {
-    let script = "if true; then\n  echo 'it'\"'\"'s' \"a\\\\b\" 100% $HOME\nfi\n# ends with a backslash \\";
+    let script =
+        "if true; then\n  echo 'it'\"'\"'s' \"a\\\\b\" 100% $HOME\nfi\n# ends with a backslash \\";
     let mut profile = example("debian12-preseed");
     profile.params.post_install = Some(script.to_owned());
     profile.validate(&images).unwrap();
-    let body = profile.render_files(&qemu_vm(), &token()).unwrap().remove(0).body;
+    let body = profile
+        .render_files(&qemu_vm(), &token())
+        .unwrap()
+        .remove(0)
+        .body;
     let line = body
         .lines()
         .find(|l| l.trim_start().starts_with("printf '%b'"))
@@ -621,7 +801,10 @@ fn preseed_post_install_survives_quoting() {
         .trim_end_matches('\\')
         .trim_end()
         .trim_end_matches(';')
-        .replace("/target/root/substruct-post-install.sh", out.to_str().unwrap());
+        .replace(
+            "/target/root/substruct-post-install.sh",
+            out.to_str().unwrap(),
+        );
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(&command)

@@ -1,5 +1,6 @@
 //! The whole edge agent in one call: binds DHCP, TFTP and HTTP, starts router
-//! advertisements, the boot-intent watcher and the heartbeat, each as a task in one
+//! advertisements, the boot-intent and install-file watchers, the "file fetched"
+//! callback queue and the heartbeat, each as a task in one
 //! [`TaskTracker`] under one [`CancellationToken`], and drains them (bounded) on shutdown.
 //!
 //! [`bind`] does everything that can fail at start-up, with errors naming what failed
@@ -22,6 +23,7 @@ use crate::dhcp;
 use crate::http::files::error_chain;
 use crate::http::script::render_pxelinux_default;
 use crate::http::{self, HttpSettings, HttpState};
+use crate::install::{self, CallbackClient, FetchedQueue, InstallCache, InstallTable};
 use crate::intents::{self, IntentCache, IntentTable, WatchSettings};
 use crate::ra;
 use crate::tftp::{self, TftpFiles};
@@ -89,10 +91,18 @@ pub struct Bound {
     dhcp: (Arc<dhcp::DhcpSettings>, Vec<UdpSocket>, dhcp::LeaseStore),
     intents: IntentTable,
     cache: IntentCache,
+    installs: InstallTable,
+    install_cache: InstallCache,
+    fetched_queue: FetchedQueue,
     nats: Option<async_nats::Client>,
 }
 
-/// Binds everything and loads the intent cache. Nothing is served yet.
+/// `state_dir/install.json`: the disk copy of the site's install files (mode 0600).
+pub fn install_cache_path(config: &EdgeConfig) -> std::path::PathBuf {
+    config.state_dir.join("install.json")
+}
+
+/// Binds everything and loads the intent and install caches. Nothing is served yet.
 pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
     std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
         path: config.state_dir.clone(),
@@ -108,6 +118,17 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "intent cache unusable; starting with no intents");
             IntentTable::new()
+        }
+    };
+    let install_cache = InstallCache::new(install_cache_path(&config), config.site.clone());
+    let installs = match InstallTable::load(&install_cache) {
+        Ok(t) => {
+            tracing::info!(path = %install_cache.path.display(), tokens = t.len(), "loaded the install cache");
+            t
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "install cache unusable; starting with no install files");
+            InstallTable::new()
         }
     };
 
@@ -173,6 +194,9 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
             None
         }
     };
+    let (callbacks, fetched_queue) =
+        CallbackClient::new(config.site.clone(), nats.clone(), installs.clone());
+    let http_state = http_state.with_install(installs.clone(), callbacks);
 
     Ok(Bound {
         config,
@@ -182,6 +206,9 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         dhcp: (dhcp_settings, dhcp_sockets, leases),
         intents,
         cache,
+        installs,
+        install_cache,
+        fetched_queue,
         nats,
     })
 }
@@ -200,6 +227,11 @@ impl Bound {
     /// The intent table the servers answer from.
     pub fn intents(&self) -> IntentTable {
         self.intents.clone()
+    }
+
+    /// The install-file table the HTTP server answers from.
+    pub fn installs(&self) -> InstallTable {
+        self.installs.clone()
     }
 
     /// Serves until `cancel` (or until a server fails), then drains for at most
@@ -269,12 +301,22 @@ impl Bound {
             });
         }
 
+        tracker.spawn(self.fetched_queue.run(inner.clone()));
+
         if let Some(client) = self.nats {
             let settings = WatchSettings::new(self.config.site.clone(), self.cache.clone());
             tracker.spawn(intents::watch(
                 client.clone(),
                 settings,
                 self.intents.clone(),
+                inner.clone(),
+            ));
+            let settings =
+                install::WatchSettings::new(self.config.site.clone(), self.install_cache.clone());
+            tracker.spawn(install::watch(
+                client.clone(),
+                settings,
+                self.installs.clone(),
                 inner.clone(),
             ));
             tracker.spawn(heartbeat(client, self.config.site.clone(), inner.clone()));

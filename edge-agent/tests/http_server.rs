@@ -116,7 +116,7 @@ async fn unknown_machine_gets_the_prospector_with_a_fresh_token() -> Result<()> 
         lines[1],
         "echo substruct s1: 52:54:00:77:00:0a unknown machine, booting the prospector"
     );
-    let prefix = "kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=";
+    let prefix = "kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.edge=http://10.77.0.1 substruct.token=";
     assert!(lines[2].starts_with(prefix), "{}", lines[2]);
     let token = lines[2][prefix.len()..]
         .strip_suffix(" BOOTIF=01-52-54-00-77-00-0a quiet panic=-1")

@@ -8,9 +8,18 @@
 //!   a bare `/boot.ipxe` (no `mac`) chains at once to the URL with iPXE's identity;
 //! * `GET /ipxe.lkrn`, `/ipxe.efi`, `/snponly.efi`, `/undionly.kpxe` — from the iPXE dir;
 //! * `GET|HEAD /images/{*path}` — files under the images dir (Range, Content-Length);
+//! * `GET /install/{token}/{name}` — a rendered install file of the site's install table
+//!   (see [`crate::install`]), every `{edge}` replaced by the edge's base URL; an unknown
+//!   or expired token, an unknown name or a malformed path is `403` with one fixed body;
+//!   each served file is reported to the controller (`Fetched`, in the background);
+//! * `POST /api/v1/machines/{token}/done`, `POST /api/v1/machines/{token}/failed` (body:
+//!   the reason, at most 4 KiB) — the installer's last step, forwarded to the controller
+//!   and answered with its verdict (`200` JSON `{"machine_id","state"}`, `403`, `409`,
+//!   `400`, or `503` + `Retry-After: 5` while it cannot be reached);
 //! * `GET /`, `/healthz` — liveness.
 //!
-//! Invariant: never opens a file outside its roots (see [`files`]).
+//! Invariant: never opens a file outside its roots (see [`files`]); install files come
+//! from memory only.
 
 pub mod files;
 pub mod script;
@@ -20,18 +29,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
 use rand::RngCore;
+use substruct_wire::messages::{CallbackKind, ErrorCode};
 use substruct_wire::{BootToken, Mac, SiteId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeConfig;
+use crate::install::{self, CallbackClient, CallbackError, InstallTable};
 use crate::intents::IntentTable;
 use files::FileError;
 use script::{
@@ -80,12 +92,21 @@ impl HttpSettings {
     }
 }
 
-#[derive(Debug)]
+/// Largest body of `POST /api/v1/machines/{token}/failed` (the reason text).
+pub const MAX_CALLBACK_BODY: usize = 4096;
+
+/// The body of every refused install-file or callback request: it reveals nothing.
+const FORBIDDEN_BODY: &str = "forbidden\n";
+
+#[derive(Debug, Clone)]
 struct Inner {
     settings: HttpSettings,
     /// Canonical images root: every served path must start with it.
     images_root: PathBuf,
     intents: IntentTable,
+    installs: InstallTable,
+    /// `None`: no way to reach the controller (callbacks answer 503).
+    callbacks: Option<CallbackClient>,
 }
 
 /// Shared state of the HTTP handlers (cheap to clone).
@@ -113,8 +134,21 @@ impl HttpState {
                 settings,
                 images_root,
                 intents,
+                installs: InstallTable::new(),
+                callbacks: None,
             }),
         })
+    }
+
+    /// Serves install files from `installs` and forwards callbacks through `callbacks`.
+    /// Without this, `/install/…` is always 403 and the callbacks always 503.
+    pub fn with_install(self, installs: InstallTable, callbacks: CallbackClient) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.installs = installs;
+        inner.callbacks = Some(callbacks);
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 }
 
@@ -124,7 +158,16 @@ pub fn router(state: HttpState) -> Router {
         .route("/", get(health))
         .route("/healthz", get(health))
         .route("/boot.ipxe", get(boot_ipxe))
-        .route("/images/{*path}", get(image));
+        .route("/images/{*path}", get(image))
+        .route("/install/{*path}", get(install_file))
+        .route(
+            "/api/v1/machines/{token}/done",
+            post(machine_done).layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
+        )
+        .route(
+            "/api/v1/machines/{token}/failed",
+            post(machine_failed).layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
+        );
     for name in LOADERS {
         r = r.route(
             &format!("/{name}"),
@@ -273,5 +316,184 @@ fn respond(result: Result<Response, FileError>) -> Response {
     match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        FORBIDDEN_BODY,
+    )
+        .into_response()
+}
+
+/// `/install/{token}/{name}` with a syntactically valid token and file name. The path is
+/// taken as sent, not percent-decoded: neither part has a character that needs encoding,
+/// so `%2f` can never become a separator.
+fn parse_install_path(path: &str) -> Option<(BootToken, &str)> {
+    let (token, name) = path.strip_prefix("/install/")?.split_once('/')?;
+    let token = BootToken::new(token).ok()?;
+    install::is_valid_file_name(name).then_some((token, name))
+}
+
+async fn install_file(
+    State(state): State<HttpState>,
+    method: Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let Some((token, name)) = parse_install_path(uri.path()) else {
+        tracing::warn!("install file: malformed token or name; refused");
+        return forbidden();
+    };
+    let Some(file) = state.inner.installs.file(&token, name) else {
+        tracing::warn!(token = %install::short(&token), file = name,
+            "install file: unknown or expired token, or unknown file; refused");
+        return forbidden();
+    };
+    let content_type = HeaderValue::from_str(&file.content_type).unwrap_or_else(|_| {
+        tracing::warn!(file = name, content_type = %file.content_type.escape_debug(),
+            "install file: unusable content type; sending application/octet-stream");
+        HeaderValue::from_static("application/octet-stream")
+    });
+    let body = install::substitute_edge(&file.body, &state.inner.settings.base);
+    tracing::info!(token = %install::short(&token), file = name, bytes = body.len(), "install file served");
+    if method == Method::GET {
+        if let Some(callbacks) = &state.inner.callbacks {
+            callbacks.fetched(&token, name);
+        }
+    }
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn machine_done(
+    State(state): State<HttpState>,
+    token: Result<axum::extract::Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    machine_callback(state, token, body, false).await
+}
+
+async fn machine_failed(
+    State(state): State<HttpState>,
+    token: Result<axum::extract::Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    machine_callback(state, token, body, true).await
+}
+
+/// Forwards an installer's `done` / `failed` to the controller and maps its answer.
+async fn machine_callback(
+    state: HttpState,
+    token: Result<axum::extract::Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+    failed: bool,
+) -> Response {
+    let what = if failed { "failed" } else { "done" };
+    let Some(token) = token
+        .ok()
+        .and_then(|axum::extract::Path(t)| BootToken::new(t).ok())
+    else {
+        tracing::warn!(
+            callback = what,
+            "machine callback: malformed token; refused"
+        );
+        return forbidden();
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(callback = what, error = %e, "machine callback: unreadable body");
+            return (e.status(), format!("{}\n", e.body_text())).into_response();
+        }
+    };
+    let kind = if failed {
+        let reason = String::from_utf8_lossy(&body).trim().to_owned();
+        CallbackKind::Failed {
+            reason: if reason.is_empty() {
+                "the installer reported a failure without a reason".to_owned()
+            } else {
+                reason
+            },
+        }
+    } else {
+        CallbackKind::Done
+    };
+    let result = match &state.inner.callbacks {
+        Some(c) => c.request(&token, kind, install::CALLBACK_TIMEOUT).await,
+        None => Err(CallbackError::NoNats),
+    };
+    let short = install::short(&token);
+    match result {
+        Ok(reply) => {
+            tracing::info!(callback = what, token = %short, machine = %reply.machine_id,
+                state = %reply.state, "machine callback accepted");
+            axum::Json(serde_json::json!({
+                "machine_id": reply.machine_id.as_str(),
+                "state": reply.state,
+            }))
+            .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(callback = what, token = %short, error = %files::error_chain(&e),
+                "machine callback not accepted");
+            callback_error_response(&e)
+        }
+    }
+}
+
+/// The one mapping of callback failures to HTTP answers.
+fn callback_error_response(e: &CallbackError) -> Response {
+    let text = |code: StatusCode, msg: String| {
+        (
+            code,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            msg,
+        )
+            .into_response()
+    };
+    let unavailable = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::RETRY_AFTER, "5"),
+            ],
+            "the controller cannot be reached; retry\n",
+        )
+            .into_response()
+    };
+    match e {
+        CallbackError::Refused(reply) => {
+            let message = || format!("{}\n", reply.message.escape_debug());
+            match reply.code {
+                ErrorCode::Forbidden => forbidden(),
+                ErrorCode::IllegalTransition => text(StatusCode::CONFLICT, message()),
+                ErrorCode::Malformed => text(StatusCode::BAD_REQUEST, message()),
+                ErrorCode::TooLarge => text(StatusCode::PAYLOAD_TOO_LARGE, message()),
+                ErrorCode::Unavailable => unavailable(),
+                ErrorCode::WrongSite | ErrorCode::UnsupportedVersion => text(
+                    StatusCode::BAD_GATEWAY,
+                    "the controller does not accept this edge's callbacks\n".to_owned(),
+                ),
+            }
+        }
+        CallbackError::BadReply(_) => text(
+            StatusCode::BAD_GATEWAY,
+            "the controller's answer was unreadable\n".to_owned(),
+        ),
+        CallbackError::Encode(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error\n".to_owned(),
+        ),
+        // No NATS, not connected, no responders, timed out.
+        _ => unavailable(),
     }
 }

@@ -78,7 +78,8 @@ fn base_name(path: &str) -> &str {
 }
 
 /// Renders the `#!ipxe` script for one machine. `None` (unknown machine) boots the
-/// prospector, like `Discover`.
+/// prospector, like `Discover`, with `substruct.edge={base}` so it can fetch disk images.
+/// In an install intent's command line every `{edge}` becomes `ctx.base`.
 pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> String {
     let base = &ctx.base;
     let mut s = String::from("#!ipxe\n");
@@ -100,7 +101,8 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
             let _ = write!(
                 s,
                 "kernel {base}/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 \
-                 substruct.site={} substruct.nats={} substruct.token={} BOOTIF=01-{} quiet panic=-1",
+                 substruct.site={} substruct.nats={} substruct.edge={base} substruct.token={} BOOTIF=01-{} \
+                 quiet panic=-1",
                 ctx.site,
                 ctx.nats_url,
                 ctx.token,
@@ -118,9 +120,11 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
             initrd,
             cmdline,
         }) => {
+            // `{edge}` is the controller's placeholder for this edge's base URL.
+            let cmdline = cmdline.replace("{edge}", base);
             if !is_safe_image_name(kernel)
                 || !is_safe_image_name(initrd)
-                || !is_safe_cmdline(cmdline)
+                || !is_safe_cmdline(&cmdline)
             {
                 return render_retry_script(
                     base,
@@ -212,7 +216,7 @@ mod tests {
 
     const PROSPECTOR: &str = "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a discover, booting the prospector
-kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a quiet panic=-1
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.edge=http://10.77.0.1 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a quiet panic=-1
 initrd http://10.77.0.1/images/prospector/initrd.img
 boot
 ";
@@ -233,7 +237,7 @@ boot
             render_boot_script(None, &c),
             "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a unknown machine, booting the prospector
-kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a quiet panic=-1 substruct.debug=1
+kernel http://10.77.0.1/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 substruct.site=s1 substruct.nats=nats://10.77.0.1:4222 substruct.edge=http://10.77.0.1 substruct.token=0123456789abcdef0123456789abcdef BOOTIF=01-52-54-00-77-00-0a quiet panic=-1 substruct.debug=1
 initrd http://10.77.0.1/images/prospector/initrd.img
 boot
 "
@@ -256,6 +260,49 @@ initrd http://10.77.0.1/images/debian-12/initrd.gz
 boot
 "
         );
+    }
+
+    #[test]
+    fn install_replaces_every_edge_placeholder() {
+        let intent = BootIntent::Install {
+            kernel: "debian-12/linux".into(),
+            initrd: "debian-12/initrd.gz".into(),
+            cmdline: "url={edge}/install/t1/preseed.cfg  x={edge}{edge} {edg} {EDGE}".into(),
+        };
+        let mut c = ctx(Platform::Efi);
+        c.base = "http://10.77.0.1:8080".into();
+        assert_eq!(
+            render_boot_script(Some(&intent), &c),
+            "#!ipxe
+echo substruct s1: 52:54:00:77:00:0a install
+kernel http://10.77.0.1:8080/images/debian-12/linux initrd=initrd.gz url=http://10.77.0.1:8080/install/t1/preseed.cfg  x=http://10.77.0.1:8080http://10.77.0.1:8080 {edg} {EDGE}
+initrd http://10.77.0.1:8080/images/debian-12/initrd.gz
+boot
+"
+        );
+        // The safety check still sees the whole line after the replacement.
+        let bad = BootIntent::Install {
+            kernel: "linux".into(),
+            initrd: "initrd".into(),
+            cmdline: "{edge}\nshell".into(),
+        };
+        assert!(
+            render_boot_script(Some(&bad), &c).contains("unsafe kernel, initrd or command line")
+        );
+    }
+
+    #[test]
+    fn the_prospector_learns_the_edge_base() {
+        let mut c = ctx(Platform::Pcbios);
+        c.base = "http://192.0.2.7:8080".into();
+        let script = render_boot_script(None, &c);
+        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        let edges: Vec<&str> = kernel
+            .split(' ')
+            .filter(|w| w.starts_with("substruct.edge="))
+            .collect();
+        assert_eq!(edges, ["substruct.edge=http://192.0.2.7:8080"]);
+        assert!(kernel.starts_with("kernel http://192.0.2.7:8080/images/prospector/vmlinuz "));
     }
 
     #[test]

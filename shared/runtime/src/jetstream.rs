@@ -17,6 +17,12 @@ pub enum SetupError {
         #[source]
         source: jetstream::context::CreateStreamError,
     },
+    #[error("opening object store {name}")]
+    OpenObjectStore {
+        name: String,
+        #[source]
+        source: jetstream::context::ObjectStoreError,
+    },
     #[error("opening key-value bucket {name}")]
     OpenKv {
         name: String,
@@ -79,6 +85,38 @@ pub async fn ensure_kv(
         .await
         .map_err(|source| SetupError::OpenKv {
             name: spec.name.to_owned(),
+            source,
+        })
+}
+
+/// Creates (if missing) and opens an object store. The stream is created here with
+/// only fields nats-server 2.9 knows (the client's own `create_object_store` sends
+/// 2.10 fields when the `server_2_10` feature is on).
+pub async fn ensure_object_store(
+    js: &jetstream::Context,
+    name: &'static str,
+) -> Result<async_nats::jetstream::object_store::ObjectStore, SetupError> {
+    let stream_name = format!("OBJ_{name}");
+    let config = stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("$O.{name}.C.>"), format!("$O.{name}.M.>")],
+        max_bytes: -1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|source| SetupError::CreateStream {
+            name: stream_name,
+            source,
+        })?;
+    js.get_object_store(name)
+        .await
+        .map_err(|source| SetupError::OpenObjectStore {
+            name: name.to_owned(),
             source,
         })
 }

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod nats_topology;
 pub mod netns;
 pub mod qemu;
 

@@ -174,4 +174,7 @@ pub enum SiteEventKind {
     Fetch { mac: Option<Mac>, path: String },
     /// The edge agent is alive (every few seconds).
     Heartbeat { version: String },
+    /// The images the edge's cache holds, verified (lowercase hex sha256s), sent
+    /// after every change of the cache and every minute.
+    Cache { sha256: Vec<String> },
 }

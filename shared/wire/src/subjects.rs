@@ -17,8 +17,10 @@ pub const KV_INSTALL: &str = "install";
 pub const KV_PROFILES: &str = "profiles";
 /// KV bucket: rule name → rule (controller only).
 pub const KV_RULES: &str = "rules";
-/// KV bucket: image name → image metadata.
+/// KV bucket: image name → image metadata (JSON: `name`, `kind`, `sha256`, `size`).
 pub const KV_IMAGES: &str = "images";
+/// Object store: image content, one object per image named by its lowercase hex sha256.
+pub const OBJ_IMAGES: &str = "images";
 /// KV bucket: site name → site registration.
 pub const KV_SITES: &str = "sites";
 /// Stream holding every machine state change (the audit log).

@@ -1,0 +1,939 @@
+//! The site's rendered install files (kickstart, preseed, autoinstall), keyed by install
+//! token, and the callbacks the edge sends the controller about them.
+//!
+//! [`InstallTable`] mirrors JetStream KV `install` (`{site}.{token}` → envelope-encoded
+//! [`InstallFilesRecord`]) the way [`crate::intents`] mirrors `boot`: [`watch`] takes a
+//! full snapshot of `{site}.>` on every (re)start, then applies puts, deletes and purges;
+//! after each change the table is written to `state_dir/install.json` (mode 0600: the
+//! files hold secrets) and [`InstallTable::load`] reads it at start, so a site keeps
+//! installing through a WAN cut. A deleted key is an expired token: its files are gone.
+//!
+//! [`CallbackClient`] sends [`CallbackRequest`]s on `substruct.v1.{site}.callback`:
+//! synchronously for an installer's `done`/`failed` ([`CallbackClient::request`]), and in
+//! the background for "file fetched" ([`CallbackClient::fetched`], drained by
+//! [`FetchedQueue::run`]: once per token and file per edge run, retried with backoff
+//! until the controller answers, queued while NATS is down).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use substruct_runtime::error_chain;
+use substruct_runtime::jetstream::{ensure_kv, BucketSpec};
+use substruct_wire::intent::{InstallFile, InstallFilesRecord};
+use substruct_wire::messages::{CallbackKind, CallbackReply, CallbackRequest, ErrorReply};
+use substruct_wire::subjects::{self, boot_site_filter, KV_INSTALL};
+use substruct_wire::{BootToken, MessageKind, SiteId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Shared, read-mostly table of install files for this site, by install token.
+#[derive(Debug, Clone, Default)]
+pub struct InstallTable {
+    inner: Arc<RwLock<HashMap<BootToken, InstallFilesRecord>>>,
+}
+
+impl InstallTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The files of `token`; `None` means an unknown or expired token.
+    pub fn get(&self, token: &BootToken) -> Option<InstallFilesRecord> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    /// The file `name` of `token` (the first of that name), if both exist.
+    pub fn file(&self, token: &BootToken, name: &str) -> Option<InstallFile> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .and_then(|r| r.files.iter().find(|f| f.name == name).cloned())
+    }
+
+    /// Whether `token` currently has files.
+    pub fn contains(&self, token: &BootToken) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(token)
+    }
+
+    /// Sets the files of `token`.
+    pub fn set(&self, token: BootToken, record: InstallFilesRecord) {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, record);
+    }
+
+    /// Forgets `token` (it expired).
+    pub fn remove(&self, token: &BootToken) {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    /// Replaces every entry at once (after a full snapshot).
+    pub fn replace_all(&self, entries: HashMap<BootToken, InstallFilesRecord>) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = entries;
+    }
+
+    /// Number of tokens with files.
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no token has files.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of every entry (for persisting to disk).
+    pub fn snapshot(&self) -> HashMap<BootToken, InstallFilesRecord> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the cache file written by [`InstallCache::save`]. A missing file is an empty
+    /// table; a file for another site is ignored (logged); entries whose key is not a
+    /// token or differs from the record's token are skipped (logged).
+    pub fn load(cache: &InstallCache) -> Result<Self, InstallError> {
+        let table = Self::new();
+        let text = match std::fs::read(&cache.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(table),
+            Err(source) => {
+                return Err(InstallError::ReadCache {
+                    path: cache.path.clone(),
+                    source,
+                })
+            }
+        };
+        let file: CacheFile =
+            serde_json::from_slice(&text).map_err(|source| InstallError::ParseCache {
+                path: cache.path.clone(),
+                source,
+            })?;
+        if file.site != cache.site {
+            tracing::warn!(path = %cache.path.display(), cached = %file.site, site = %cache.site,
+                "install cache belongs to another site; starting empty");
+            return Ok(table);
+        }
+        let mut map = HashMap::new();
+        for (key, record) in file.installs {
+            match BootToken::new(key) {
+                Ok(token) if token == record.token => {
+                    map.insert(token, record);
+                }
+                Ok(_) => tracing::warn!(machine = %record.machine_id,
+                    "install cache: entry's key and token differ; skipped"),
+                Err(e) => tracing::warn!(error = %e, "install cache: skipping a bad token"),
+            }
+        }
+        table.replace_all(map);
+        Ok(table)
+    }
+}
+
+/// Why the install cache, the KV watch or a callback failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("reading install cache {path}")]
+    ReadCache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing install cache {path}")]
+    ParseCache {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("writing install cache {path}")]
+    WriteCache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening KV bucket {KV_INSTALL}")]
+    OpenBucket(#[source] substruct_runtime::jetstream::SetupError),
+    #[error("starting a watch on KV bucket {KV_INSTALL}")]
+    Watch(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("watching KV bucket {KV_INSTALL}")]
+    WatchStream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the watch on KV bucket {KV_INSTALL} ended")]
+    WatchEnded,
+}
+
+/// The on-disk form: `{ "version": 1, "site": "s1", "installs": { "token": record } }`.
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    site: SiteId,
+    installs: BTreeMap<String, InstallFilesRecord>,
+}
+
+/// Where one site's install files are kept on disk.
+#[derive(Debug, Clone)]
+pub struct InstallCache {
+    /// The cache file (`state_dir/install.json` in the agent).
+    pub path: PathBuf,
+    /// The site the cache belongs to; a file of another site is not loaded.
+    pub site: SiteId,
+}
+
+impl InstallCache {
+    /// A cache at `path` for `site`.
+    pub fn new(path: impl Into<PathBuf>, site: SiteId) -> Self {
+        Self {
+            path: path.into(),
+            site,
+        }
+    }
+
+    /// Writes `table` atomically (temp file, fsync, rename, fsync dir), readable by the
+    /// owner only.
+    pub fn save(&self, table: &InstallTable) -> Result<(), InstallError> {
+        let file = CacheFile {
+            version: 1,
+            site: self.site.clone(),
+            installs: table
+                .snapshot()
+                .into_iter()
+                .map(|(token, r)| (token.to_string(), r))
+                .collect(),
+        };
+        let err = |source| InstallError::WriteCache {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| err(std::io::Error::other(e)))?;
+        write_private_atomically(&self.path, &bytes).map_err(err)
+    }
+}
+
+fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let result = (|| {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// How the watcher connects and how it backs off.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    /// The site whose keys (`{site}.>`) are mirrored.
+    pub site: SiteId,
+    /// Where the table is saved after each change.
+    pub cache: InstallCache,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl WatchSettings {
+    /// Defaults: 250 ms doubling up to 10 s.
+    pub fn new(site: SiteId, cache: InstallCache) -> Self {
+        Self {
+            site,
+            cache,
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A change the watch saw, already decoded.
+#[derive(Debug)]
+enum Change {
+    Put(BootToken, InstallFilesRecord),
+    Remove(BootToken),
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Put,
+    Delete,
+}
+
+/// The KV operation of a message in the bucket's stream (headers as the KV layer writes them).
+fn op_of(headers: Option<&async_nats::HeaderMap>) -> Op {
+    let Some(h) = headers else { return Op::Put };
+    match h.get("KV-Operation").map(|v| v.as_str()) {
+        Some("DEL") | Some("PURGE") => return Op::Delete,
+        _ => {}
+    }
+    match h.get("Nats-Marker-Reason").map(|v| v.as_str()) {
+        Some(_) => Op::Delete,
+        None => Op::Put,
+    }
+}
+
+/// Decodes one KV message (`key` without the bucket prefix). Bad keys and values are
+/// logged and skipped; tokens are never logged whole (they gate secrets).
+fn decode_change(site: &SiteId, key: &str, op: Op, value: &[u8]) -> Change {
+    let prefix = format!("{site}.");
+    let Some(token_key) = key.strip_prefix(&prefix) else {
+        tracing::warn!("install KV: key outside this site; skipped");
+        return Change::Skip;
+    };
+    let token = match BootToken::new(token_key) {
+        Ok(t) => t,
+        Err(_) => {
+            tracing::warn!("install KV: key is not {{site}}.{{token}}; skipped");
+            return Change::Skip;
+        }
+    };
+    match op {
+        Op::Delete => Change::Remove(token),
+        Op::Put => match substruct_wire::decode::<InstallFilesRecord>(value) {
+            Ok(record) if record.token == token => Change::Put(token, record),
+            Ok(record) => {
+                tracing::warn!(token = %short(&token), machine = %record.machine_id,
+                    "install KV: the record's token differs from its key; skipped");
+                Change::Skip
+            }
+            Err(e) => {
+                tracing::warn!(token = %short(&token), error = %error_chain(&e),
+                    "install KV: undecodable install files; skipped");
+                Change::Skip
+            }
+        },
+    }
+}
+
+/// The first characters of a token, enough to correlate log lines without leaking it.
+pub fn short(token: &BootToken) -> String {
+    let s = token.as_str();
+    let end = s.char_indices().nth(6).map(|(i, _)| i).unwrap_or(s.len());
+    format!("{}…", &s[..end])
+}
+
+/// Watches `install` for this site until `cancel`, reconnecting forever with backoff. The
+/// table keeps serving its current contents (from disk or the last snapshot) meanwhile.
+pub async fn watch(
+    client: async_nats::Client,
+    settings: WatchSettings,
+    table: InstallTable,
+    cancel: CancellationToken,
+) {
+    let mut backoff = settings.min_backoff;
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = watch_once(&client, &settings, &table, &cancel) => r,
+        };
+        match result {
+            Ok(()) => return, // cancelled inside
+            Err(WatchFailure { error, synced }) => {
+                if synced {
+                    backoff = settings.min_backoff;
+                }
+                tracing::warn!(error = %error_chain(&error), retry_in = ?backoff,
+                    "install files watch failed; serving from the current table");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+#[derive(Debug)]
+struct WatchFailure {
+    error: InstallError,
+    /// Whether a full snapshot was applied before the failure (resets the backoff).
+    synced: bool,
+}
+
+impl From<InstallError> for WatchFailure {
+    fn from(error: InstallError) -> Self {
+        Self {
+            error,
+            synced: false,
+        }
+    }
+}
+
+/// Saves the table off the async threads (fsync can take a while).
+async fn persist(settings: &WatchSettings, table: &InstallTable) {
+    let (cache, table) = (settings.cache.clone(), table.clone());
+    match tokio::task::spawn_blocking(move || cache.save(&table)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %error_chain(&e), "cannot save the install cache"),
+        Err(e) => tracing::error!(error = %e, "install cache save task failed"),
+    }
+}
+
+/// Most changes applied between two saves.
+const MAX_BATCH: usize = 1024;
+
+async fn watch_once(
+    client: &async_nats::Client,
+    settings: &WatchSettings,
+    table: &InstallTable,
+    cancel: &CancellationToken,
+) -> Result<(), WatchFailure> {
+    let js = jetstream::new(client.clone());
+    let kv = ensure_kv(&js, &BucketSpec::new(KV_INSTALL))
+        .await
+        .map_err(InstallError::OpenBucket)?;
+    // `{site}.>`: the same shape as the boot bucket's filter.
+    let filter = format!("{}{}", kv.prefix, boot_site_filter(&settings.site));
+    let consumer = kv
+        .stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some("substruct-edge install files watch".to_owned()),
+            filter_subject: filter,
+            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| InstallError::Watch(Box::new(e)))?;
+    let initial = consumer.cached_info().num_pending;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| InstallError::Watch(Box::new(e)))?;
+
+    // Phase 1: the snapshot of every current key, applied as one replacement.
+    let mut fresh: HashMap<BootToken, InstallFilesRecord> = HashMap::new();
+    let mut pending = initial;
+    while pending > 0 {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let msg = match msg {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(InstallError::WatchStream(Box::new(e)).into()),
+            None => return Err(InstallError::WatchEnded.into()),
+        };
+        let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
+        match decode_change(
+            &settings.site,
+            key,
+            op_of(msg.headers.as_ref()),
+            &msg.payload,
+        ) {
+            Change::Put(token, r) => {
+                fresh.insert(token, r);
+            }
+            Change::Remove(token) => {
+                fresh.remove(&token);
+            }
+            Change::Skip => {}
+        }
+        pending = match msg.info() {
+            Ok(info) => info.pending,
+            Err(_) => pending.saturating_sub(1),
+        };
+    }
+    let count = fresh.len();
+    table.replace_all(fresh);
+    persist(settings, table).await;
+    tracing::info!(site = %settings.site, tokens = count, "install files in sync with NATS");
+
+    // Phase 2: live changes, a burst applied before one save.
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let mut next = Some(first);
+        let mut changed = false;
+        let mut failure = None;
+        let mut batch = 0usize;
+        while let Some(msg) = next.take() {
+            let msg = match msg {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    failure = Some(InstallError::WatchStream(Box::new(e)));
+                    break;
+                }
+                None => {
+                    failure = Some(InstallError::WatchEnded);
+                    break;
+                }
+            };
+            let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
+            match decode_change(
+                &settings.site,
+                key,
+                op_of(msg.headers.as_ref()),
+                &msg.payload,
+            ) {
+                Change::Put(token, r) => {
+                    tracing::info!(token = %short(&token), machine = %r.machine_id,
+                        files = r.files.len(), "install files set");
+                    table.set(token, r);
+                    changed = true;
+                }
+                Change::Remove(token) => {
+                    tracing::info!(token = %short(&token), "install files removed (token expired)");
+                    table.remove(&token);
+                    changed = true;
+                }
+                Change::Skip => {}
+            }
+            batch += 1;
+            if batch < MAX_BATCH {
+                next = messages.next().now_or_never();
+            }
+        }
+        if changed {
+            persist(settings, table).await;
+        }
+        if let Some(error) = failure {
+            return Err(WatchFailure {
+                error,
+                synced: true,
+            });
+        }
+    }
+}
+
+/// Why a callback got no usable answer from the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("the edge has no NATS connection configured")]
+    NoNats,
+    #[error("NATS is not connected")]
+    NotConnected,
+    #[error("encoding the callback request")]
+    Encode(#[source] substruct_wire::WireError),
+    #[error("sending the callback request")]
+    Request(#[source] async_nats::RequestError),
+    #[error("no answer from the controller within {0:?}")]
+    TimedOut(Duration),
+    #[error("the controller refused the callback: {:?}: {}", .0.code, .0.message)]
+    Refused(ErrorReply),
+    #[error("the controller's answer does not decode")]
+    BadReply(#[source] substruct_wire::WireError),
+}
+
+impl CallbackError {
+    /// Whether the controller could not be reached or did not answer (worth retrying):
+    /// no NATS, not connected, no responders, timeout.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            CallbackError::NoNats | CallbackError::NotConnected | CallbackError::TimedOut(_) => {
+                true
+            }
+            CallbackError::Request(e) => matches!(
+                e.kind(),
+                async_nats::RequestErrorKind::TimedOut
+                    | async_nats::RequestErrorKind::NoResponders
+                    | async_nats::RequestErrorKind::Other
+            ),
+            CallbackError::Encode(_) | CallbackError::Refused(_) | CallbackError::BadReply(_) => {
+                false
+            }
+        }
+    }
+}
+
+/// How long a synchronous callback ([`CallbackClient::request`]) waits for the controller.
+pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most "fetched" callbacks waiting to be sent; beyond it new ones are dropped (logged).
+pub const FETCHED_QUEUE_LEN: usize = 1024;
+/// Above this many remembered (token, file) pairs, pairs of expired tokens are forgotten.
+const SEEN_PRUNE_AT: usize = 4096;
+
+/// One "file fetched" callback waiting to be sent.
+#[derive(Debug, Clone)]
+struct Fetched {
+    token: BootToken,
+    file: String,
+}
+
+/// Sends callbacks to the controller for this site (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct CallbackClient {
+    site: SiteId,
+    nats: Option<async_nats::Client>,
+    installs: InstallTable,
+    queue: mpsc::Sender<Fetched>,
+    /// (token, file) pairs already queued in this run.
+    seen: Arc<Mutex<HashSet<(BootToken, String)>>>,
+}
+
+/// The background half of [`CallbackClient::fetched`]: owns the queue; run it as a task.
+#[derive(Debug)]
+pub struct FetchedQueue {
+    site: SiteId,
+    nats: Option<async_nats::Client>,
+    rx: mpsc::Receiver<Fetched>,
+    /// First retry delay; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// How long one attempt waits for the controller.
+    pub timeout: Duration,
+}
+
+impl CallbackClient {
+    /// A client for `site` over `nats` (`None`: every callback is "unreachable" and
+    /// "fetched" notices are dropped), and the queue task to run beside it. `installs`
+    /// lets the client forget the pairs of expired tokens.
+    pub fn new(
+        site: SiteId,
+        nats: Option<async_nats::Client>,
+        installs: InstallTable,
+    ) -> (Self, FetchedQueue) {
+        let (tx, rx) = mpsc::channel(FETCHED_QUEUE_LEN);
+        let client = Self {
+            site: site.clone(),
+            nats: nats.clone(),
+            installs,
+            queue: tx,
+            seen: Arc::default(),
+        };
+        let queue = FetchedQueue {
+            site,
+            nats,
+            rx,
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+            timeout: CALLBACK_TIMEOUT,
+        };
+        (client, queue)
+    }
+
+    /// Queues a `Fetched { file }` callback for `token` unless one was queued already in
+    /// this run. Never waits.
+    pub fn fetched(&self, token: &BootToken, file: &str) {
+        if self.nats.is_none() {
+            tracing::debug!(token = %short(token), file, "no NATS: fetched callback not sent");
+            return;
+        }
+        let pair = (token.clone(), file.to_owned());
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(&pair) {
+                return;
+            }
+            if seen.len() >= SEEN_PRUNE_AT {
+                seen.retain(|(t, _)| self.installs.contains(t));
+            }
+            seen.insert(pair.clone());
+        }
+        let item = Fetched {
+            token: pair.0,
+            file: pair.1,
+        };
+        if let Err(e) = self.queue.try_send(item) {
+            let item = match e {
+                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
+            };
+            tracing::warn!(token = %short(&item.token), file = %item.file,
+                "fetched callback queue is full or stopped; callback dropped");
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(item.token, item.file));
+        }
+    }
+
+    /// Sends one callback and waits (at most `timeout`) for the controller's answer.
+    /// Fails fast when NATS is not connected.
+    pub async fn request(
+        &self,
+        token: &BootToken,
+        kind: CallbackKind,
+        timeout: Duration,
+    ) -> Result<CallbackReply, CallbackError> {
+        let nats = self.nats.as_ref().ok_or(CallbackError::NoNats)?;
+        send_callback(nats, &self.site, token, kind, timeout).await
+    }
+}
+
+/// One request/reply on `substruct.v1.{site}.callback`.
+async fn send_callback(
+    nats: &async_nats::Client,
+    site: &SiteId,
+    token: &BootToken,
+    kind: CallbackKind,
+    timeout: Duration,
+) -> Result<CallbackReply, CallbackError> {
+    if nats.connection_state() != async_nats::connection::State::Connected {
+        return Err(CallbackError::NotConnected);
+    }
+    let request = CallbackRequest {
+        site: site.clone(),
+        token: token.clone(),
+        kind,
+    };
+    let payload = substruct_wire::encode(&request).map_err(CallbackError::Encode)?;
+    let send = nats.send_request(
+        subjects::callback(site),
+        async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(timeout)),
+    );
+    // The outer bound also covers a client whose command queue is stuck.
+    let msg = tokio::time::timeout(timeout + Duration::from_millis(500), send)
+        .await
+        .map_err(|_| CallbackError::TimedOut(timeout))?
+        .map_err(CallbackError::Request)?;
+    decode_reply(&msg.payload)
+}
+
+/// A [`CallbackReply`], or the controller's [`ErrorReply`] as [`CallbackError::Refused`].
+fn decode_reply(bytes: &[u8]) -> Result<CallbackReply, CallbackError> {
+    let env = substruct_wire::peek(bytes).map_err(CallbackError::BadReply)?;
+    if env.kind == MessageKind::ErrorReply {
+        let e = substruct_wire::decode::<ErrorReply>(bytes).map_err(CallbackError::BadReply)?;
+        return Err(CallbackError::Refused(e));
+    }
+    substruct_wire::decode::<CallbackReply>(bytes).map_err(CallbackError::BadReply)
+}
+
+impl FetchedQueue {
+    /// Sends queued "fetched" callbacks in order until `cancel`: each is retried with
+    /// backoff until the controller answers (a [`CallbackReply`] or an [`ErrorReply`]
+    /// both end it). Without NATS it only drains the queue.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            let item = tokio::select! {
+                _ = cancel.cancelled() => return,
+                i = self.rx.recv() => i,
+            };
+            let Some(item) = item else { return };
+            let Some(nats) = self.nats.clone() else {
+                continue;
+            };
+            if !self.deliver(&nats, item, &cancel).await {
+                return;
+            }
+        }
+    }
+
+    /// Retries one callback until answered; `false` when cancelled first.
+    async fn deliver(
+        &self,
+        nats: &async_nats::Client,
+        item: Fetched,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut backoff = self.min_backoff;
+        loop {
+            let kind = CallbackKind::Fetched {
+                file: item.file.clone(),
+            };
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return false,
+                r = send_callback(nats, &self.site, &item.token, kind, self.timeout) => r,
+            };
+            match result {
+                Ok(reply) => {
+                    tracing::info!(token = %short(&item.token), file = %item.file,
+                        machine = %reply.machine_id, state = %reply.state, "fetched callback acknowledged");
+                    return true;
+                }
+                Err(CallbackError::Refused(e)) => {
+                    tracing::warn!(token = %short(&item.token), file = %item.file, code = ?e.code,
+                        message = %e.message, "the controller refused the fetched callback");
+                    return true;
+                }
+                Err(e @ CallbackError::BadReply(_)) => {
+                    tracing::warn!(token = %short(&item.token), file = %item.file,
+                        error = %error_chain(&e), "fetched callback answered with an undecodable reply");
+                    return true;
+                }
+                Err(e @ CallbackError::Encode(_)) => {
+                    tracing::error!(token = %short(&item.token), file = %item.file,
+                        error = %error_chain(&e), "fetched callback cannot be sent; dropped");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::debug!(token = %short(&item.token), file = %item.file,
+                        error = %error_chain(&e), retry_in = ?backoff, "fetched callback not answered; will retry");
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+    }
+}
+
+/// Whether `name` may name an install file: 1–255 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn is_valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Replaces every literal `{edge}` in `text` with `base` (the edge's `http://addr[:port]`).
+pub fn substitute_edge(text: &str, base: &str) -> String {
+    text.replace("{edge}", base)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use substruct_wire::messages::ErrorCode;
+    use substruct_wire::MachineId;
+
+    fn rec(token: &str, names: &[&str]) -> InstallFilesRecord {
+        InstallFilesRecord {
+            machine_id: MachineId::new("m-1").unwrap(),
+            token: BootToken::new(token).unwrap(),
+            files: names
+                .iter()
+                .map(|n| InstallFile {
+                    name: (*n).into(),
+                    content_type: "text/plain".into(),
+                    body: format!("body of {n} at {{edge}}"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn cache_round_trips_privately_and_checks_the_site() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s1 = SiteId::new("s1").unwrap();
+        let cache = InstallCache::new(dir.path().join("sub/install.json"), s1.clone());
+        assert!(InstallTable::load(&cache).unwrap().is_empty());
+        let t = InstallTable::new();
+        let r = rec("abc123", &["ks.cfg", "user-data"]);
+        t.set(r.token.clone(), r.clone());
+        cache.save(&t).unwrap();
+        let mode = std::fs::metadata(&cache.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let back = InstallTable::load(&cache).unwrap();
+        assert_eq!(back.snapshot(), t.snapshot());
+        assert_eq!(
+            back.file(&r.token, "user-data").unwrap().body,
+            "body of user-data at {edge}"
+        );
+        assert!(back.file(&r.token, "meta-data").is_none());
+        let other = InstallCache::new(cache.path.clone(), SiteId::new("s2").unwrap());
+        assert!(InstallTable::load(&other).unwrap().is_empty());
+        std::fs::write(&cache.path, b"{not json").unwrap();
+        let e = InstallTable::load(&cache).unwrap_err();
+        assert!(e.to_string().starts_with("parsing install cache "), "{e}");
+    }
+
+    #[test]
+    fn changes_decode_and_bad_ones_are_skipped() {
+        let s1 = SiteId::new("s1").unwrap();
+        let bytes = substruct_wire::encode(&rec("abc123", &["ks.cfg"])).unwrap();
+        assert!(matches!(
+            decode_change(&s1, "s1.abc123", Op::Put, &bytes),
+            Change::Put(t, _) if t.as_str() == "abc123"
+        ));
+        assert!(matches!(
+            decode_change(&s1, "s1.abc123", Op::Delete, b""),
+            Change::Remove(_)
+        ));
+        for (key, value) in [
+            ("s1.abc123", &b"garbage"[..]),
+            ("s2.abc123", &bytes[..]),
+            ("s1.ABC", &bytes[..]),
+            ("s1.other1", &bytes[..]), // the record's token differs from the key
+        ] {
+            assert!(
+                matches!(decode_change(&s1, key, Op::Put, value), Change::Skip),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn replies_decode_into_answers_and_refusals() {
+        let reply = CallbackReply {
+            machine_id: MachineId::new("m-1").unwrap(),
+            state: "deployed".into(),
+            next: None,
+        };
+        let ok = decode_reply(&substruct_wire::encode(&reply).unwrap()).unwrap();
+        assert_eq!(ok, reply);
+        let refusal = ErrorReply {
+            code: ErrorCode::Forbidden,
+            message: "no".into(),
+        };
+        match decode_reply(&substruct_wire::encode(&refusal).unwrap()) {
+            Err(CallbackError::Refused(e)) => assert_eq!(e, refusal),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode_reply(b"junk"),
+            Err(CallbackError::BadReply(_))
+        ));
+    }
+
+    #[test]
+    fn file_names_and_edge_substitution() {
+        for ok in ["ks.cfg", "user-data", "meta_data", "a", "preseed.cfg"] {
+            assert!(is_valid_file_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "x%2f", "ks.cfg\n", "é"] {
+            assert!(!is_valid_file_name(bad), "{bad:?}");
+        }
+        assert!(!is_valid_file_name(&"a".repeat(256)));
+        assert_eq!(
+            substitute_edge("url={edge}/x {edge}{edge} {edg}", "http://e:8080"),
+            "url=http://e:8080/x http://e:8080http://e:8080 {edg}"
+        );
+    }
+
+    #[test]
+    fn short_tokens_hide_the_rest() {
+        assert_eq!(
+            short(&BootToken::new("0123456789abcdef").unwrap()),
+            "012345…"
+        );
+        assert_eq!(short(&BootToken::new("ab").unwrap()), "ab…");
+    }
+}
