@@ -212,7 +212,7 @@ impl Profile {
 
     /// Checks fields, that images exist with the right kind (`image` looks one up by
     /// name), and that the template renders against [`sample_machine`]; a template
-    /// error names the line: `template line 12: undefined value `machin``. Refuses a
+    /// error names the line ("template line 12: undefined value \`machin\`"). Refuses a
     /// template whose output never contains the callback URL.
     pub fn validate(
         &self,

@@ -1,6 +1,12 @@
-//! HTTP figures for the edge (issue 6): boot.ipxe renders per second, and a 200 MB image
-//! served to 32 concurrent clients by the edge and by nginx in the same run, alternating
-//! (edge, nginx, nginx, edge, ...), each reported as MB/s and the server's CPU-seconds per GB.
+//! HTTP figures for the edge (issue 6): boot.ipxe renders per second, and a 200 MiB image
+//! served to 32 concurrent clients by the edge and by nginx in the same run, each reported
+//! as MB/s and the server's CPU-seconds per GB served, with the ratios to nginx (goal:
+//! MB/s >= 0.95x nginx, CPU per GB <= 1.2x nginx). Three servers, the order rotating each
+//! round, medians over `ROUNDS`:
+//! * `edge`: `http::serve` as `substruct-edge` runs it (image bodies read through axum);
+//! * `edge+sf`: the same router behind `files::SendfileListener`, which answers image
+//!   `GET`s with `sendfile(2)` (what `http::serve` does once the front is wired in);
+//! * `nginx`: nginx with `sendfile on`.
 //!
 //! How it is measured, so the figures can be trusted:
 //! * The edge's HTTP server runs in its own process: this bench binary re-executes itself
@@ -13,7 +19,7 @@
 //!   a temp dir with its own pid/log/temp paths, `-g 'daemon off;'`, on a loopback port.
 //! * Server CPU = utime + stime (plus reaped children's) from `/proc/<pid>/stat` of the
 //!   server process and all its descendants (nginx's master and workers), before and after.
-//! * The clients are the same for both servers: `CLIENTS` OS threads in this process, each
+//! * The clients are the same for every server: `CLIENTS` OS threads in this process, each
 //!   with one keep-alive connection, fetching the whole file `FETCHES` times with plain
 //!   `GET` requests and discarding the body into a 1 MiB buffer. Client and servers share
 //!   the machine's cores; on 2 cores the clients saturate first, so MB/s is similar and

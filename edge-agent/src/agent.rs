@@ -69,6 +69,8 @@ pub enum AgentError {
     Dhcp(#[source] dhcp::DhcpError),
     #[error("starting HTTP")]
     HttpSetup(#[source] http::HttpError),
+    #[error("opening the image cache")]
+    ImageCache(#[source] crate::image_cache::CacheError),
     #[error("connecting to NATS at {url}")]
     Nats {
         url: String,
@@ -94,6 +96,7 @@ pub struct Bound {
     installs: InstallTable,
     install_cache: InstallCache,
     fetched_queue: FetchedQueue,
+    image_cache: crate::image_cache::ImageCache,
     nats: Option<async_nats::Client>,
 }
 
@@ -196,7 +199,15 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
     };
     let (callbacks, fetched_queue) =
         CallbackClient::new(config.site.clone(), nats.clone(), installs.clone());
-    let http_state = http_state.with_install(installs.clone(), callbacks);
+    let image_cache = crate::image_cache::ImageCache::open(
+        config.image_cache_dir(),
+        config.image_cache_bytes,
+        nats.clone(),
+    )
+    .map_err(AgentError::ImageCache)?;
+    let http_state = http_state
+        .with_install(installs.clone(), callbacks)
+        .with_cache(image_cache.clone());
 
     Ok(Bound {
         config,
@@ -209,6 +220,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         installs,
         install_cache,
         fetched_queue,
+        image_cache,
         nats,
     })
 }
@@ -319,6 +331,13 @@ impl Bound {
                 self.installs.clone(),
                 inner.clone(),
             ));
+            tracker.spawn(report_cache(
+                client.clone(),
+                self.config.site.clone(),
+                self.image_cache.clone(),
+                self.intents.clone(),
+                inner.clone(),
+            ));
             tracker.spawn(heartbeat(client, self.config.site.clone(), inner.clone()));
         }
         drop(fail_tx);
@@ -403,6 +422,68 @@ async fn publish_leases(
             .await;
         }
     }
+}
+
+/// Verifies the image cache at start, prefetches the installers this site's intents
+/// name, and reports the verified cache contents (`SiteEvent::Cache`) after each
+/// change and every minute.
+async fn report_cache(
+    client: async_nats::Client,
+    site: substruct_wire::SiteId,
+    cache: crate::image_cache::ImageCache,
+    intents: IntentTable,
+    cancel: CancellationToken,
+) {
+    let bad = cache.verify_all().await;
+    if bad > 0 {
+        tracing::warn!(
+            removed = bad,
+            "image cache files did not match their sha256"
+        );
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Vec<String>> = None;
+    loop {
+        let names = install_images(&intents);
+        cache.prefetch(&names).await;
+        let now = cache.verified();
+        if last.as_ref() != Some(&now) {
+            publish_event(
+                &client,
+                &site,
+                SiteEventKind::Cache {
+                    sha256: now.clone(),
+                },
+            )
+            .await;
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = cache.changed() => {}
+            _ = tick.tick() => { last = None; }
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+        }
+    }
+}
+
+/// Kernels and initrds this site's install intents name (sorted, no duplicates).
+fn install_images(intents: &IntentTable) -> Vec<String> {
+    let mut names: Vec<String> = intents
+        .snapshot()
+        .into_values()
+        .filter_map(|r| match r.intent {
+            substruct_wire::intent::BootIntent::Install { kernel, initrd, .. } => {
+                Some([kernel, initrd])
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Publishes `SiteEvent::Heartbeat` every [`HEARTBEAT_INTERVAL`] while NATS is connected.

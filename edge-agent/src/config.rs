@@ -183,9 +183,19 @@ pub struct EdgeConfig {
     pub prospector_nats: String,
     /// Appended to every prospector kernel command line.
     pub extra_kernel_args: Option<String>,
+    /// Size cap of the image cache (`state_dir/cache`).
+    pub image_cache_bytes: u64,
 }
 
+/// Default image cache cap: 20 GiB.
+pub const DEFAULT_IMAGE_CACHE_MB: u64 = 20 * 1024;
+
 impl EdgeConfig {
+    /// `state_dir/cache`: images fetched from the controller's object store.
+    pub fn image_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("cache")
+    }
+
     /// The edge's own IPv4 address.
     pub fn server_ip(&self) -> Ipv4Addr {
         self.address.addr()
@@ -294,6 +304,8 @@ pub struct RawConfig {
     pub ipxe_dir: Option<PathBuf>,
     pub prospector_nats: Option<String>,
     pub extra_kernel_args: Option<String>,
+    /// Image cache cap in MiB (default 20480).
+    pub image_cache_mb: Option<u64>,
     #[serde(default)]
     pub dhcp: RawDhcp,
 }
@@ -391,6 +403,9 @@ pub struct Flags {
     /// NATS URL prospectors must use (default nats://{address}:4222).
     #[arg(long, value_name = "URL")]
     pub prospector_nats: Option<String>,
+    /// Image cache cap in MiB (default 20480).
+    #[arg(long, value_name = "MIB")]
+    pub image_cache_mb: Option<u64>,
 }
 
 impl Flags {
@@ -433,6 +448,7 @@ impl Flags {
         over!(self.images, raw.images);
         over!(self.state_dir, raw.state_dir);
         over!(self.prospector_nats, raw.prospector_nats);
+        over!(self.image_cache_mb, raw.image_cache_mb);
         if self.proxy_dhcp {
             raw.dhcp.mode = Some("proxy".to_owned());
         }
@@ -917,6 +933,10 @@ impl TryFrom<Sourced> for EdgeConfig {
             },
             prospector_nats,
             extra_kernel_args,
+            image_cache_bytes: raw
+                .image_cache_mb
+                .unwrap_or(DEFAULT_IMAGE_CACHE_MB)
+                .saturating_mul(1 << 20),
         })
     }
 }

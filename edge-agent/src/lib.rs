@@ -5,6 +5,7 @@ pub mod agent;
 pub mod config;
 pub mod dhcp;
 pub mod http;
+pub mod image_cache;
 pub mod install;
 pub mod intents;
 pub mod ra;

@@ -6,9 +6,17 @@
 //! * [`agent`] — sends the report over NATS until acknowledged, then follows
 //!   instructions ([`agent::run`]); it returns an [`agent::Outcome`] and never powers
 //!   anything off itself: the caller does (the live init) or just reports it (the CLI);
+//! * [`deploy`] — streams a disk image from the edge onto a local disk and verifies it,
+//!   over the small HTTP/1.1 client in [`http_get`];
+//! * [`wipe`] — quick or discard wipe of the local disks;
+//! * [`blockdev`] — the local disks as deploy/wipe targets (`/sys/block`, `/dev`);
 //! * `live` — PID 1 duties inside the live image: mounts, modules, network, power.
 
 pub mod agent;
+pub mod blockdev;
 pub mod cmdline;
+pub mod deploy;
 pub mod facts;
+pub mod http_get;
 pub mod live;
+pub mod wipe;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use substruct_prospector::agent::{self, AgentConfig, ConfigSources, Outcome};
+use substruct_prospector::blockdev::Storage;
 use substruct_prospector::{facts, live};
 
 /// Gathers this machine's hardware facts and reports them to the Substruct controller.
@@ -30,6 +31,15 @@ struct Cli {
     /// One-time boot token (default: the substruct.token= kernel argument).
     #[arg(long, value_name = "T")]
     token: Option<String>,
+    /// Edge HTTP base URL disk images are streamed from (default: the substruct.edge=
+    /// kernel argument).
+    #[arg(long, value_name = "URL")]
+    edge: Option<String>,
+    /// Directory of the disk device nodes (e.g. /dev) an image deploy or a wipe writes
+    /// to; disks are looked up in --root's sys/block. Without it this run refuses to
+    /// write any disk (the controller gets a Failed callback).
+    #[arg(long, value_name = "DIR")]
+    dev_dir: Option<PathBuf>,
     /// Exit after the controller's acknowledgement instead of waiting for commands.
     #[arg(long)]
     once: bool,
@@ -58,15 +68,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let kernel = facts::kernel_args(&cli.root);
-    let cfg = AgentConfig::resolve(
+    let mut cfg = AgentConfig::resolve(
         ConfigSources {
             nats: cli.nats,
             site: cli.site,
             token: cli.token,
+            edge: cli.edge,
             once: cli.once,
         },
         &kernel,
     )?;
+    // Disks come from the same tree as the facts (`--root`); devices from `--dev-dir`.
+    cfg.storage = cli.dev_dir.map(|dev_dir| Storage {
+        root: cli.root.clone(),
+        dev_dir,
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

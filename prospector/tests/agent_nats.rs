@@ -29,6 +29,7 @@ fn tuning() -> AgentTuning {
         request_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(10),
         backoff_cap: Duration::from_millis(100),
+        ..AgentTuning::default()
     }
 }
 
@@ -50,6 +51,8 @@ fn config(nats: &NatsServer, once: bool) -> AgentConfig {
         site: site(),
         token: Some(BootToken::new("t0k3n").unwrap()),
         once,
+        edge: None,
+        storage: None,
     }
 }
 
@@ -370,6 +373,8 @@ async fn unreachable_server_is_retried_with_progress_not_an_error() {
         site: site(),
         token: None,
         once: true,
+        edge: None,
+        storage: None,
     };
     let (tx, mut events) = unbounded_channel();
     let cancel = CancellationToken::new();

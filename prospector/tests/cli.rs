@@ -106,6 +106,26 @@ fn missing_settings_name_the_flag_and_the_kernel_argument() {
     );
 }
 
+#[test]
+fn a_bad_edge_url_is_refused_naming_the_flag_and_the_kernel_argument() {
+    let root = fixture("qemu-vm");
+    let out = prospector(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--edge",
+        "https://10.77.0.1:8080",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("invalid edge URL (from --edge or substruct.edge)")
+            && err.contains("only http:// is supported"),
+        "{err}"
+    );
+}
+
 /// Runs the binary against a real nats-server with a responder answering `instruction`.
 fn run_against_responder(instruction: Instruction, extra: &[&str]) -> (Output, DiscoverRequest) {
     let rt = tokio::runtime::Runtime::new().unwrap();

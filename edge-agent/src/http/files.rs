@@ -225,7 +225,16 @@ pub async fn serve_file(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        file_body(file.into_std().await, path.to_owned(), start, count)
+        let mut file = file;
+        if start > 0 {
+            tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(start))
+                .await
+                .map_err(io)?;
+        }
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            file.take(count),
+            64 * 1024,
+        ))
     };
     builder.body(body).map_err(|e| io(std::io::Error::other(e)))
 }
@@ -504,6 +513,15 @@ async fn plan(route: &FrontRoute, req: &FastRequest<'_>) -> Option<Planned> {
     })
 }
 
+/// The request in `head` (without its final empty line) if the front answers it: the
+/// opened file, `HEAD`?, `Connection: close`?
+async fn take(route: &FrontRoute, head: &[u8]) -> Option<(Planned, bool, bool)> {
+    let req = parse_fast(std::str::from_utf8(head).ok()?, route.prefix)?;
+    let planned = plan(route, &req).await?;
+    tracing::debug!(path = req.path, range = ?planned.range, "image request (sendfile)");
+    Some((planned, req.head, req.close))
+}
+
 /// Serves requests on one connection until it closes, fails, or is handed to axum.
 async fn front_connection(
     mut stream: TcpStream,
@@ -530,22 +548,16 @@ async fn front_connection(
                 Ok(Ok(_)) => {}
             }
         };
-        let planned = match end {
-            Some(end) => {
-                let head = std::str::from_utf8(&pending[..end]).ok();
-                match head.and_then(|h| parse_fast(h, route.prefix)) {
-                    Some(req) => plan(&route, &req).await.map(|p| (p, req.head, req.close)),
-                    None => None,
-                }
-                .map(|p| (p, end + 4))
-            }
+        let taken = match end {
+            Some(end) => take(&route, &pending[..end]).await.map(|t| (t, end + 4)),
             None => None,
         };
-        let Some(((planned, head_only, close), used)) = planned else {
+        let Some(((planned, head_only, close), used)) = taken else {
             let conn = HandedOver {
                 prefix: pending.freeze(),
                 inner: stream,
             };
+            // Fails only when axum has stopped accepting: the connection is dropped.
             let _ = tx.send((conn, peer)).await;
             return;
         };

@@ -107,6 +107,9 @@ struct Inner {
     installs: InstallTable,
     /// `None`: no way to reach the controller (callbacks answer 503).
     callbacks: Option<CallbackClient>,
+    /// Images registered at the controller, fetched on first use; `None`: only the
+    /// images directory is served.
+    cache: Option<crate::image_cache::ImageCache>,
 }
 
 /// Shared state of the HTTP handlers (cheap to clone).
@@ -136,6 +139,7 @@ impl HttpState {
                 intents,
                 installs: InstallTable::new(),
                 callbacks: None,
+                cache: None,
             }),
         })
     }
@@ -146,6 +150,18 @@ impl HttpState {
         let mut inner = (*self.inner).clone();
         inner.installs = installs;
         inner.callbacks = Some(callbacks);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl HttpState {
+    /// Serves images missing from the images directory from `cache` (fetched from
+    /// the controller's object store on first use, verified, LRU under a cap).
+    pub fn with_cache(self, cache: crate::image_cache::ImageCache) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.cache = Some(cache);
         Self {
             inner: Arc::new(inner),
         }
@@ -298,7 +314,38 @@ async fn image(
     let Ok(axum::extract::Path(path)) = path else {
         return (StatusCode::BAD_REQUEST, "bad path\n").into_response();
     };
-    respond(serve_image(&state.inner.images_root, &path, &method, &headers).await)
+    match serve_image(&state.inner.images_root, &path, &method, &headers).await {
+        Err(FileError::NotFound) => match &state.inner.cache {
+            Some(cache) => serve_cached(cache, &path, &method, &headers).await,
+            None => FileError::NotFound.into_response(),
+        },
+        other => respond(other),
+    }
+}
+
+/// An image from the cache: registered at the controller, verified before serving.
+async fn serve_cached(
+    cache: &crate::image_cache::ImageCache,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    match cache.path_for(name).await {
+        Ok(Some(path)) => {
+            respond(files::serve_file(&path, method, headers, "application/octet-stream").await)
+        }
+        Ok(None) => FileError::NotFound.into_response(),
+        Err(e) => {
+            let message = substruct_runtime::error_chain(&e);
+            tracing::warn!(image = name, error = %message, "image not available from the cache");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                format!("image {name:?} is not available at this site yet: {message}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn serve_image(

@@ -4,6 +4,7 @@
 use substruct_wire::{BootToken, SiteId};
 
 use crate::cmdline::KernelArgs;
+use crate::http_get::{BaseUrl, UrlError};
 
 /// A complete, valid set of `substruct.*` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub struct BootConfig {
     pub site: SiteId,
     pub nats_url: String,
     pub token: Option<BootToken>,
+    /// The edge's HTTP base URL (`substruct.edge=`); optional: only image deploys need it.
+    pub edge: Option<BaseUrl>,
     pub debug: bool,
 }
 
@@ -33,6 +36,11 @@ pub enum ConfigProblem {
     BadToken {
         #[source]
         source: substruct_wire::IdError,
+    },
+    #[error("bad substruct.edge=")]
+    BadEdge {
+        #[source]
+        source: UrlError,
     },
 }
 
@@ -109,11 +117,22 @@ pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
             }
         },
     };
+    let edge = match args.edge.as_deref() {
+        None | Some("") => None,
+        Some(value) => match BaseUrl::parse(value) {
+            Ok(url) => Some(url),
+            Err(source) => {
+                problems.push(ConfigProblem::BadEdge { source });
+                None
+            }
+        },
+    };
     match (site, nats_url) {
         (Some(site), Some(nats_url)) if problems.is_empty() => Ok(BootConfig {
             site,
             nats_url,
             token,
+            edge,
             debug: args.debug,
         }),
         _ => Err(problems),
@@ -129,6 +148,7 @@ mod tests {
             site: site.map(str::to_owned),
             nats: nats.map(str::to_owned),
             token: token.map(str::to_owned),
+            edge: None,
             debug: false,
         }
     }
@@ -141,6 +161,31 @@ mod tests {
         assert_eq!(cfg.token.unwrap().as_str(), "t0");
         let cfg = validate(&args(Some("s1"), Some("edge:4222,nats://b:4222"), None)).unwrap();
         assert!(cfg.token.is_none());
+        assert!(cfg.edge.is_none());
+        let with_edge = KernelArgs {
+            edge: Some("http://10.77.0.1:8080".into()),
+            ..args(Some("s1"), Some("nats://e:4222"), None)
+        };
+        let cfg = validate(&with_edge).unwrap();
+        assert_eq!(cfg.edge.unwrap().to_string(), "http://10.77.0.1:8080");
+    }
+
+    #[test]
+    fn a_bad_edge_url_is_named() {
+        let bad = KernelArgs {
+            edge: Some("https://10.77.0.1".into()),
+            ..args(Some("s1"), Some("nats://e:4222"), None)
+        };
+        let problems = validate(&bad).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            console_chain(&problems[0]),
+            "bad substruct.edge=: bad URL \"https://10.77.0.1\": only http:// is supported"
+        );
+    }
+
+    fn console_chain(e: &ConfigProblem) -> String {
+        crate::agent::error_chain(e)
     }
 
     #[test]

@@ -132,10 +132,13 @@ async fn live() -> Never {
     substruct_runtime::init_tracing();
     let cfg = boot_config().await;
     console::step(&format!(
-        "site {} nats {} token {}",
+        "site {} nats {} token {} edge {}",
         cfg.site,
         cfg.nats_url,
-        if cfg.token.is_some() { "yes" } else { "no" }
+        if cfg.token.is_some() { "yes" } else { "no" },
+        cfg.edge
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string)
     ));
     let up = net::bring_up().await;
     console::line(&format!(
@@ -197,6 +200,8 @@ async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never 
             site: cfg.site.clone(),
             token: cfg.token.clone(),
             once: false,
+            edge: cfg.edge.clone(),
+            storage: Some(crate::blockdev::Storage::default()),
         };
         // One report per boot: the agent's Acknowledged event prints the marker, and the
         // same run then waits for the controller's commands.

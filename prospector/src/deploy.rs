@@ -1,0 +1,340 @@
+//! Image deploy: streams `GET {edge}/images/{path}` straight onto a local disk in
+//! ~1 MiB chunks, hashing with SHA-256 while writing, then fsyncs and checks the size
+//! and the digest against the instruction.
+//!
+//! Refusals happen before any byte is written: a bad path or digest in the
+//! instruction, no usable disk, an image larger than the disk, an HTTP status other
+//! than 200, a `Content-Length` other than the instruction's size. The pure helpers
+//! ([`image_target`], [`ProgressTicker`], [`throughput_line`]) carry the decisions.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use substruct_wire::messages::DeployImage;
+use tokio::io::AsyncWriteExt;
+
+use crate::blockdev::{self, Storage, TargetError};
+use crate::http_get::{self, BaseUrl, HttpError};
+
+/// Bytes per write (and per hash update).
+pub const CHUNK: usize = 1 << 20;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What a finished deploy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    pub disk: String,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Why a deploy failed; the `Display` chain is the reason sent in the `Failed` callback.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no edge URL to fetch the image from (boot with substruct.edge=URL or pass --edge)")]
+    NoEdge,
+    #[error("this prospector run may not write disks (a CLI run needs --dev-dir DIR)")]
+    NoStorage,
+    #[error("invalid image path {path:?} in the instruction: {why}")]
+    BadPath { path: String, why: &'static str },
+    #[error("invalid sha256 {value:?} in the instruction (64 hex digits expected)")]
+    BadDigest { value: String },
+    #[error("cannot use the target disk")]
+    Target(#[source] TargetError),
+    #[error("disk: the image ({image} bytes) does not fit disk {disk} ({disk_size} bytes)")]
+    TooLarge {
+        disk: String,
+        image: u64,
+        disk_size: u64,
+    },
+    #[error("download failed")]
+    Http(#[source] HttpError),
+    #[error("size mismatch: the edge sends {sent} bytes, the instruction says {expected}")]
+    LengthMismatch { sent: u64, expected: u64 },
+    #[error("disk: cannot open {path} for writing")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk: writing {path} at byte {offset} failed")]
+    Write {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk: fsync of {path} failed")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("size mismatch: wrote {written} bytes, expected {expected}")]
+    SizeMismatch { written: u64, expected: u64 },
+    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+}
+
+/// Pure: the request path for an image path from the instruction (untrusted).
+/// Segments of `[A-Za-z0-9._~+-]`, no empty, `.` or `..` segment, no leading `/`.
+pub fn image_target(path: &str) -> Result<String, DeployError> {
+    let bad = |why| DeployError::BadPath {
+        path: crate::agent::printable(path),
+        why,
+    };
+    if path.is_empty() || path.len() > 1024 {
+        return Err(bad("empty or longer than 1024 bytes"));
+    }
+    if path.starts_with('/') {
+        return Err(bad("must not start with /"));
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(bad("empty, . or .. segment"));
+        }
+        if !segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '+' | '-'))
+        {
+            return Err(bad("characters outside A-Z a-z 0-9 . _ ~ + -"));
+        }
+    }
+    Ok(format!("/images/{path}"))
+}
+
+/// Pure: the lowercase digest, or `None` if it is not 64 hex digits.
+pub fn normalize_digest(value: &str) -> Option<String> {
+    (value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| value.to_ascii_lowercase())
+}
+
+/// Reports progress once per crossed tenth of the total.
+#[derive(Debug, Clone)]
+pub struct ProgressTicker {
+    total: u64,
+    reported_tenths: u64,
+}
+
+impl ProgressTicker {
+    /// A ticker for `total` bytes.
+    pub fn new(total: u64) -> Self {
+        Self {
+            total,
+            reported_tenths: 0,
+        }
+    }
+
+    /// `Some(percent)` when `done` crossed a new 10 % mark (the highest one crossed).
+    pub fn advance(&mut self, done: u64) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let tenths = (u128::from(done.min(self.total)) * 10 / u128::from(self.total)) as u64;
+        (tenths > self.reported_tenths).then(|| {
+            self.reported_tenths = tenths;
+            tenths * 10
+        })
+    }
+}
+
+/// Pure: `deployed N MiB in S s (X MiB/s)`.
+pub fn throughput_line(bytes: u64, elapsed: Duration) -> String {
+    let mib = bytes as f64 / MIB;
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { mib / secs } else { 0.0 };
+    format!("deployed {mib:.1} MiB in {secs:.1} s ({rate:.1} MiB/s)")
+}
+
+/// Streams `image` from `edge` onto its target disk and verifies it. `say` receives the
+/// console lines (progress every ~10 %, the final throughput).
+pub async fn deploy(
+    edge: Option<&BaseUrl>,
+    storage: Option<&Storage>,
+    image: &DeployImage,
+    http_timeout: Duration,
+    say: &mut (dyn FnMut(String) + Send),
+) -> Result<Deployed, DeployError> {
+    let target_path = image_target(&image.path)?;
+    let expected_digest =
+        normalize_digest(&image.sha256).ok_or_else(|| DeployError::BadDigest {
+            value: crate::agent::printable(&image.sha256),
+        })?;
+    let edge = edge.ok_or(DeployError::NoEdge)?;
+    let storage = storage.ok_or(DeployError::NoStorage)?;
+    let disks = blockdev::scan(&storage.root);
+    let disk = blockdev::choose_target(&disks, image.disk.as_deref())
+        .map_err(DeployError::Target)?
+        .clone();
+    if image.size > disk.size_bytes {
+        return Err(DeployError::TooLarge {
+            disk: disk.name,
+            image: image.size,
+            disk_size: disk.size_bytes,
+        });
+    }
+    let started = Instant::now();
+    let mut response = http_get::get(edge, &target_path, http_timeout)
+        .await
+        .map_err(DeployError::Http)?;
+    if response.content_length() != image.size {
+        return Err(DeployError::LengthMismatch {
+            sent: response.content_length(),
+            expected: image.size,
+        });
+    }
+    let path = storage.device(&disk.name);
+    say(format!(
+        "deploying {} ({:.1} MiB, sha256 {}…) to {}",
+        response.url(),
+        image.size as f64 / MIB,
+        &expected_digest[..12],
+        path.display()
+    ));
+    // Never create or truncate: the target is an existing device node.
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .await
+        .map_err(|source| DeployError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut written: u64 = 0;
+    let mut ticker = ProgressTicker::new(image.size);
+    loop {
+        let n = response
+            .read_full(&mut buf)
+            .await
+            .map_err(DeployError::Http)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        file.write_all(chunk)
+            .await
+            .map_err(|source| DeployError::Write {
+                path: path.clone(),
+                offset: written,
+                source,
+            })?;
+        written += n as u64;
+        if let Some(percent) = ticker.advance(written) {
+            say(format!(
+                "deploy {percent}% ({:.1} of {:.1} MiB)",
+                written as f64 / MIB,
+                image.size as f64 / MIB
+            ));
+        }
+    }
+    file.flush().await.map_err(|source| DeployError::Write {
+        path: path.clone(),
+        offset: written,
+        source,
+    })?;
+    file.sync_all().await.map_err(|source| DeployError::Sync {
+        path: path.clone(),
+        source,
+    })?;
+    if written != image.size {
+        return Err(DeployError::SizeMismatch {
+            written,
+            expected: image.size,
+        });
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != expected_digest {
+        return Err(DeployError::DigestMismatch {
+            expected: expected_digest,
+            actual,
+        });
+    }
+    let elapsed = started.elapsed();
+    say(throughput_line(written, elapsed));
+    Ok(Deployed {
+        disk: disk.name,
+        bytes: written,
+        elapsed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_paths_are_checked() {
+        assert_eq!(
+            image_target("debian-12/disk.img").unwrap(),
+            "/images/debian-12/disk.img"
+        );
+        assert_eq!(image_target("a+b~c_1.raw").unwrap(), "/images/a+b~c_1.raw");
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "a b",
+            "a?b",
+            "a%2e",
+            "a\r\nHost: x",
+            "é",
+        ] {
+            assert!(image_target(bad).is_err(), "{bad:?}");
+        }
+        assert!(image_target(&"a".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn digests_are_normalized() {
+        let d = "AB".repeat(32);
+        assert_eq!(normalize_digest(&d), Some("ab".repeat(32)));
+        assert_eq!(normalize_digest("abc"), None);
+        assert_eq!(normalize_digest(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn progress_ticks_once_per_tenth() {
+        let mut t = ProgressTicker::new(100);
+        let ticks: Vec<u64> = (1..=100).filter_map(|d| t.advance(d)).collect();
+        assert_eq!(ticks, [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+        let mut t = ProgressTicker::new(8 << 20);
+        assert_eq!(t.advance(1 << 20), Some(10));
+        assert_eq!(t.advance(5 << 20), Some(60));
+        assert_eq!(t.advance(5 << 20), None);
+        assert_eq!(t.advance(8 << 20), Some(100));
+        assert_eq!(ProgressTicker::new(0).advance(0), None);
+    }
+
+    #[test]
+    fn throughput_is_formatted() {
+        assert_eq!(
+            throughput_line(8 << 20, Duration::from_secs(2)),
+            "deployed 8.0 MiB in 2.0 s (4.0 MiB/s)"
+        );
+        assert_eq!(
+            throughput_line(0, Duration::ZERO),
+            "deployed 0.0 MiB in 0.0 s (0.0 MiB/s)"
+        );
+    }
+
+    #[test]
+    fn failure_reasons_name_what_failed() {
+        let e = DeployError::DigestMismatch {
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        assert_eq!(e.to_string(), "sha256 mismatch: expected aa, got bb");
+        let e = DeployError::Target(TargetError::Removable { name: "sdb".into() });
+        assert_eq!(
+            crate::agent::error_chain(&e),
+            "cannot use the target disk: disk sdb is removable, refused"
+        );
+    }
+}
