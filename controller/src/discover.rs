@@ -398,7 +398,12 @@ impl Inventory {
                         .cloned()
                         .collect();
                     match store.update_machine(&new, rev).await? {
-                        Write::Done(r) => (id.clone(), r, false, added, new),
+                        Write::Done(r) => {
+                            if old.report_count == 1 {
+                                announce_if_lost(store, old, rev).await?;
+                            }
+                            (id.clone(), r, false, added, new)
+                        }
                         Write::Lost => continue,
                     }
                 }
@@ -496,6 +501,31 @@ impl Inventory {
         }
         Err(IngestError::Contention)
     }
+}
+
+/// The second report of a machine: if the controller that created the record died
+/// before publishing its `discovered` event (the prospector's retry then lands here,
+/// as an update), publish it now. Same dedup id as the original when the record was
+/// not touched in between, so a late original publish is dropped by the stream.
+async fn announce_if_lost(
+    store: &Store,
+    old: &MachineRecord,
+    revision: u64,
+) -> Result<(), StoreError> {
+    if store.has_discovered_event(&old.id).await? {
+        return Ok(());
+    }
+    tracing::warn!(machine = %old.id, "the discovered event of this machine was lost (a controller died after creating it); publishing it now");
+    store
+        .publish_event(&MachineEvent {
+            machine_id: old.id.clone(),
+            at_unix_ms: old.first_seen_unix_ms,
+            revision,
+            kind: MachineEventKind::Discovered {
+                site: old.site.clone(),
+            },
+        })
+        .await
 }
 
 /// Points one index key at `target` unless it already does, or belongs to another

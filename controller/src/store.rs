@@ -378,6 +378,47 @@ impl Store {
         Ok(())
     }
 
+    /// True when the `EVENTS` stream holds a `discovered` event for `id` (the first
+    /// event of a machine, unless the controller that created it died before
+    /// publishing it).
+    pub async fn has_discovered_event(&self, id: &MachineId) -> Result<bool, StoreError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let subject = subjects::machine_event(id);
+        let read_err = |source: BoxError| StoreError::Read {
+            bucket: subjects::STREAM_EVENTS,
+            key: subject.clone(),
+            source,
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::STREAM_EVENTS)
+            .await
+            .map_err(|e| read_err(e.into()))?;
+        let mut seq = 0;
+        // A machine has a handful of events before its second report; look at them all.
+        for _ in 0..64 {
+            let msg = match stream.get_first_raw_message_by_subject(&subject, seq).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(false),
+                Err(e) => return Err(read_err(e.into())),
+            };
+            let event: MachineEvent =
+                serde_json::from_slice(&msg.payload).map_err(|source| StoreError::Decode {
+                    bucket: subjects::STREAM_EVENTS,
+                    key: subject.clone(),
+                    source,
+                })?;
+            if matches!(
+                event.kind,
+                crate::record::MachineEventKind::Discovered { .. }
+            ) {
+                return Ok(true);
+            }
+            seq = msg.sequence + 1;
+        }
+        Ok(false)
+    }
+
     /// Stores image content under its sha256 (object store `images`), reading `data`
     /// to the end. Returns the bytes stored. The caller checks the hash.
     pub async fn put_image_content(
@@ -385,7 +426,10 @@ impl Store {
         sha256: &str,
         data: &mut (impl tokio::io::AsyncRead + Unpin),
     ) -> Result<u64, StoreError> {
-        let info = self.objects.0.put(sha256, data)
+        let info = self
+            .objects
+            .0
+            .put(sha256, data)
             .await
             .map_err(|e| write_err(subjects::OBJ_IMAGES, sha256.to_owned(), e))?;
         Ok(info.size as u64)

@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod disk_image;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;

@@ -225,16 +225,7 @@ pub async fn serve_file(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        let mut file = file;
-        if start > 0 {
-            tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(start))
-                .await
-                .map_err(io)?;
-        }
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-            file.take(count),
-            64 * 1024,
-        ))
+        file_body(file.into_std().await, path.to_owned(), start, count)
     };
     builder.body(body).map_err(|e| io(std::io::Error::other(e)))
 }

@@ -201,9 +201,11 @@ impl Drop for ServerProcess {
 /// A site's user on the hub, as `gen-site` made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteCredentials {
+    /// The site id (as in `SiteId`), e.g. `a`.
     pub site: String,
     /// `site-{site}`.
     pub user: String,
+    /// Random, set by the harness.
     pub password: String,
 }
 
@@ -218,8 +220,11 @@ impl SiteCredentials {
 /// The CA, and a server certificate signed by it, for the hub's leaf-node listener.
 #[derive(Debug)]
 pub struct TlsFiles {
+    /// The CA certificate (PEM): what a leaf node verifies the hub with.
     pub ca: PathBuf,
+    /// The hub's certificate (PEM), signed by the CA.
     pub cert: PathBuf,
+    /// The hub's private key (PEM).
     pub key: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -358,8 +363,11 @@ impl<'a> HubOptions<'a> {
 /// One hub server (of one, or of three in the cluster variant).
 #[derive(Debug)]
 pub struct HubNode {
+    /// The server process (kill, restart, log).
     pub process: ServerProcess,
+    /// Port of its client listener.
     pub client_port: u16,
+    /// Port of its leaf-node listener.
     pub leaf_port: u16,
 }
 
@@ -627,9 +635,10 @@ pub struct LeafOptions<'a> {
     /// The hub's leaf-node URLs as seen from the site (default [`Hub::leaf_urls`]).
     pub hub_urls: Option<Vec<String>>,
     /// Verify the hub with this CA (required when the hub has TLS, unless testing a
-    /// refusal: then give another CA, or `skip_tls` to connect in plain TCP).
+    /// refusal: then give another CA, or set `skip_tls`).
     pub tls_ca: Option<PathBuf>,
-    /// Do not turn TLS on even though the hub wants it.
+    /// Leave the TLS block out although the hub wants TLS (the leaf node then starts
+    /// TLS anyway, verifies the hub with the system's CAs only, and fails).
     pub skip_tls: bool,
 }
 
@@ -668,6 +677,22 @@ impl Leaf {
         let creds = hub
             .site(site)
             .with_context(|| format!("the hub has no user for site {site:?}: add_site first"))?;
+        let hub_urls = opts.hub_urls.clone().unwrap_or_else(|| hub.leaf_urls());
+        if hub.tls() && opts.tls_ca.is_none() && !opts.skip_tls {
+            bail!("the hub wants TLS: give LeafOptions::tls_ca (or skip_tls to test a refusal)");
+        }
+        Self::start_with(creds, &hub_urls, opts)
+    }
+
+    /// Starts a leaf node for `creds.site` linked to a hub this process did not start
+    /// (e.g. `deploy/lab/run`): `hub_urls` are its leaf-node URLs; `opts.hub_urls` is
+    /// ignored.
+    pub fn start_with(
+        creds: &SiteCredentials,
+        hub_urls: &[String],
+        opts: LeafOptions<'_>,
+    ) -> Result<Self> {
+        let site = creds.site.as_str();
         let dir = tempfile::Builder::new()
             .prefix(&format!("substruct-leaf-{site}-"))
             .tempdir()
@@ -675,9 +700,8 @@ impl Leaf {
         let d = dir.path().to_owned();
         let ip = opts.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let port = free_port();
-        let hubs = opts.hub_urls.clone().unwrap_or_else(|| hub.leaf_urls());
         let listen = format!("{}:{port}", quote_host(ip));
-        let hubs = hubs.join(",");
+        let hubs = hub_urls.join(",");
         let mut args = vec![
             site,
             "--password",
@@ -692,8 +716,6 @@ impl Leaf {
         let ca = opts.tls_ca.as_ref().map(|p| path_str(p)).transpose()?;
         if let (Some(ca), false) = (ca, opts.skip_tls) {
             args.extend(["--tls-ca", ca]);
-        } else if hub.tls() && !opts.skip_tls {
-            bail!("the hub wants TLS: give LeafOptions::tls_ca (or skip_tls to test a refusal)");
         }
         gen_site(&args)?;
         let process = ServerProcess::start(

@@ -66,6 +66,8 @@ pub struct VmSpec {
     pub smbios_uuid: Option<String>,
     /// Boot from the network first (`bootindex=1` on the first NIC).
     pub netboot_first: bool,
+    /// Let a reboot restart the VM (default: QEMU exits, `-no-reboot`).
+    pub allow_reboot: bool,
 }
 
 impl VmSpec {
@@ -79,6 +81,7 @@ impl VmSpec {
             smbios_serial: None,
             smbios_uuid: None,
             netboot_first: true,
+            allow_reboot: false,
         }
     }
 }
@@ -133,12 +136,14 @@ impl Vm {
             "stdio".into(),
             "-monitor".into(),
             "none".into(),
-            "-no-reboot".into(),
             // An entropy source, as real servers have (RDRAND): without one the live
             // image's first random numbers wait for the kernel's pool under TCG.
             "-device".into(),
             "virtio-rng-pci".into(),
         ];
+        if !spec.allow_reboot {
+            args.push("-no-reboot".into());
+        }
         if spec.firmware == Firmware::Uefi {
             let vars = dir.join(format!("{}.ovmf-vars.fd", spec.name));
             std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
