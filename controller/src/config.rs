@@ -38,6 +38,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub nats_url: Option<String>,
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
     pub listen: Option<String>,
     #[serde(default)]
     pub sites: Vec<String>,
@@ -129,6 +131,9 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats_url: String,
+    /// NATS user and password (the hub's `controller` user from deploy/nats/gen-site).
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
     pub listen: SocketAddr,
     /// Known sites. Empty: every valid site name is accepted.
     pub sites: Vec<SiteId>,
@@ -142,6 +147,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: DEFAULT_NATS_URL.to_owned(),
+            nats_user: None,
+            nats_password: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             sites: Vec::new(),
             tokens: Vec::new(),
@@ -243,6 +250,8 @@ impl TryFrom<RawConfig> for Config {
             None => defaults.max_in_flight,
         };
         Ok(Config {
+            nats_user: raw.nats_user.filter(|u| !u.is_empty()),
+            nats_password: raw.nats_password,
             nats_url,
             listen,
             sites,

@@ -109,7 +109,14 @@ impl Controller {
         if config.tokens.is_empty() {
             tracing::warn!("no API token configured (config `tokens` or SUBSTRUCT_TOKEN): every /api request is refused");
         }
-        let client = substruct_runtime::nats_options("substruct-controller")
+        let mut options = substruct_runtime::nats_options("substruct-controller");
+        if let Some(user) = &config.nats_user {
+            options = options.user_and_password(
+                user.clone(),
+                config.nats_password.clone().unwrap_or_default(),
+            );
+        }
+        let client = options
             .connect(config.nats_url.as_str())
             .await
             .map_err(|source| ControllerError::NatsUrl {

@@ -16,6 +16,12 @@ struct Args {
     /// NATS URL (overrides the file).
     #[arg(long)]
     nats: Option<String>,
+    /// NATS user (the hub's `controller` user, deploy/nats/gen-site --controller).
+    #[arg(long, env = "SUBSTRUCT_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "SUBSTRUCT_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
     /// REST API address (overrides the file).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -34,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(url) = args.nats {
         config.nats_url = url;
+    }
+    if let Some(user) = args.nats_user.filter(|u| !u.is_empty()) {
+        config.nats_user = Some(user);
+    }
+    if let Some(password) = args.nats_password {
+        config.nats_password = Some(password);
     }
     if let Some(listen) = args.listen {
         config.listen = listen;

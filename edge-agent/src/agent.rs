@@ -184,6 +184,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         Some(url) => {
             let client =
                 substruct_runtime::nats_options(&format!("substruct-edge {}", config.site))
+                    .custom_inbox_prefix(substruct_runtime::site_inbox_prefix(config.site.as_str()))
                     .connect(url.as_str())
                     .await
                     .map_err(|source| AgentError::Nats {
@@ -204,7 +205,8 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         config.image_cache_bytes,
         nats.clone(),
     )
-    .map_err(AgentError::ImageCache)?;
+    .map_err(AgentError::ImageCache)?
+    .with_js_domain(config.js_domain.clone());
     let http_state = http_state
         .with_install(installs.clone(), callbacks)
         .with_cache(image_cache.clone());
@@ -316,7 +318,8 @@ impl Bound {
         tracker.spawn(self.fetched_queue.run(inner.clone()));
 
         if let Some(client) = self.nats {
-            let settings = WatchSettings::new(self.config.site.clone(), self.cache.clone());
+            let settings = WatchSettings::new(self.config.site.clone(), self.cache.clone())
+                .with_js_domain(self.config.js_domain.clone());
             tracker.spawn(intents::watch(
                 client.clone(),
                 settings,
@@ -324,7 +327,8 @@ impl Bound {
                 inner.clone(),
             ));
             let settings =
-                install::WatchSettings::new(self.config.site.clone(), self.install_cache.clone());
+                install::WatchSettings::new(self.config.site.clone(), self.install_cache.clone())
+                    .with_js_domain(self.config.js_domain.clone());
             tracker.spawn(install::watch(
                 client.clone(),
                 settings,
@@ -336,6 +340,7 @@ impl Bound {
                 self.config.site.clone(),
                 self.image_cache.clone(),
                 self.intents.clone(),
+                self.config.images_dir.clone(),
                 inner.clone(),
             ));
             tracker.spawn(heartbeat(client, self.config.site.clone(), inner.clone()));
@@ -432,6 +437,7 @@ async fn report_cache(
     site: substruct_wire::SiteId,
     cache: crate::image_cache::ImageCache,
     intents: IntentTable,
+    images_dir: std::path::PathBuf,
     cancel: CancellationToken,
 ) {
     let bad = cache.verify_all().await;
@@ -444,9 +450,15 @@ async fn report_cache(
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Vec<String>> = None;
+    // Each name is tried once per run; a miss is fetched on first use anyway.
+    let mut prefetched = std::collections::HashSet::new();
     loop {
-        let names = install_images(&intents);
+        // Files the operator put in the images directory are served from there.
+        let mut names = install_images(&intents);
+        names.retain(|n| !images_dir.join(n).is_file());
+        names.retain(|n| !prefetched.contains(n));
         cache.prefetch(&names).await;
+        prefetched.extend(names);
         let now = cache.verified();
         if last.as_ref() != Some(&now) {
             publish_event(

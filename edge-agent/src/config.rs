@@ -185,6 +185,9 @@ pub struct EdgeConfig {
     pub extra_kernel_args: Option<String>,
     /// Size cap of the image cache (`state_dir/cache`).
     pub image_cache_bytes: u64,
+    /// The hub's JetStream domain, when the edge's NATS is a leaf node (`hub` with
+    /// the configs in deploy/nats/); `None`: JetStream is on the server itself.
+    pub js_domain: Option<String>,
 }
 
 /// Default image cache cap: 20 GiB.
@@ -306,6 +309,8 @@ pub struct RawConfig {
     pub extra_kernel_args: Option<String>,
     /// Image cache cap in MiB (default 20480).
     pub image_cache_mb: Option<u64>,
+    /// The hub's JetStream domain when `nats` is a leaf node.
+    pub js_domain: Option<String>,
     #[serde(default)]
     pub dhcp: RawDhcp,
 }
@@ -406,6 +411,9 @@ pub struct Flags {
     /// Image cache cap in MiB (default 20480).
     #[arg(long, value_name = "MIB")]
     pub image_cache_mb: Option<u64>,
+    /// The hub's JetStream domain when --nats is a site leaf node (`hub` with deploy/nats/).
+    #[arg(long, value_name = "DOMAIN")]
+    pub js_domain: Option<String>,
 }
 
 impl Flags {
@@ -449,6 +457,7 @@ impl Flags {
         over!(self.state_dir, raw.state_dir);
         over!(self.prospector_nats, raw.prospector_nats);
         over!(self.image_cache_mb, raw.image_cache_mb);
+        over!(self.js_domain, raw.js_domain);
         if self.proxy_dhcp {
             raw.dhcp.mode = Some("proxy".to_owned());
         }
@@ -937,6 +946,7 @@ impl TryFrom<Sourced> for EdgeConfig {
                 .image_cache_mb
                 .unwrap_or(DEFAULT_IMAGE_CACHE_MB)
                 .saturating_mul(1 << 20),
+            js_domain: raw.js_domain.filter(|d| !d.is_empty()),
         })
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use async_nats::jetstream::{self, kv, object_store::ObjectStore};
+use async_nats::jetstream::{kv, object_store::ObjectStore};
 use sha2::{Digest, Sha256};
 use substruct_runtime::jetstream::{ensure_kv, ensure_object_store, BucketSpec};
 use substruct_wire::subjects;
@@ -109,6 +109,7 @@ pub struct ImageCache {
     stats: Arc<Mutex<CacheStats>>,
     remote: Arc<tokio::sync::OnceCell<Remote>>,
     client: Option<async_nats::Client>,
+    js_domain: Option<String>,
     /// One fetch/verify at a time per sha256.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     changed: Arc<tokio::sync::Notify>,
@@ -182,9 +183,16 @@ impl ImageCache {
             stats: Arc::default(),
             remote: Arc::new(tokio::sync::OnceCell::new()),
             client,
+            js_domain: None,
             locks: Arc::default(),
             changed: Arc::default(),
         })
+    }
+
+    /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
+    pub fn with_js_domain(mut self, domain: Option<String>) -> Self {
+        self.js_domain = domain;
+        self
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -222,7 +230,8 @@ impl ImageCache {
         }
         self.remote
             .get_or_try_init(|| async {
-                let js = jetstream::new(client.clone());
+                let js =
+                    substruct_runtime::jetstream_context(client.clone(), self.js_domain.as_deref());
                 let registry = ensure_kv(&js, &BucketSpec::new(subjects::KV_IMAGES))
                     .await
                     .map_err(|_| CacheError::Offline)?;

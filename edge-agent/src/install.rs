@@ -264,6 +264,8 @@ pub struct WatchSettings {
     pub min_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// The hub's JetStream domain when the edge sits behind a leaf node.
+    pub js_domain: Option<String>,
 }
 
 impl WatchSettings {
@@ -274,7 +276,14 @@ impl WatchSettings {
             cache,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
+            js_domain: None,
         }
+    }
+
+    /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
+    pub fn with_js_domain(mut self, domain: Option<String>) -> Self {
+        self.js_domain = domain;
+        self
     }
 }
 
@@ -412,7 +421,7 @@ async fn watch_once(
     table: &InstallTable,
     cancel: &CancellationToken,
 ) -> Result<(), WatchFailure> {
-    let js = jetstream::new(client.clone());
+    let js = substruct_runtime::jetstream_context(client.clone(), settings.js_domain.as_deref());
     let kv = ensure_kv(&js, &BucketSpec::new(KV_INSTALL))
         .await
         .map_err(InstallError::OpenBucket)?;
@@ -421,6 +430,10 @@ async fn watch_once(
     let consumer = kv
         .stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
+            name: Some(substruct_runtime::unique_consumer_name(&format!(
+                "edge-install-{}",
+                settings.site
+            ))),
             deliver_subject: client.new_inbox(),
             description: Some("substruct-edge install files watch".to_owned()),
             filter_subject: filter,

@@ -217,6 +217,8 @@ pub struct WatchSettings {
     /// First retry delay after a failure; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// The hub's JetStream domain when the edge sits behind a leaf node.
+    pub js_domain: Option<String>,
 }
 
 impl WatchSettings {
@@ -226,7 +228,14 @@ impl WatchSettings {
             cache,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
+            js_domain: None,
         }
+    }
+
+    /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
+    pub fn with_js_domain(mut self, domain: Option<String>) -> Self {
+        self.js_domain = domain;
+        self
     }
 }
 
@@ -354,7 +363,7 @@ async fn watch_once(
     table: &IntentTable,
     cancel: &CancellationToken,
 ) -> Result<(), WatchFailure> {
-    let js = jetstream::new(client.clone());
+    let js = substruct_runtime::jetstream_context(client.clone(), settings.js_domain.as_deref());
     let kv = ensure_kv(&js, &BucketSpec::new(KV_BOOT))
         .await
         .map_err(IntentError::OpenBucket)?;
@@ -362,6 +371,10 @@ async fn watch_once(
     let consumer = kv
         .stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
+            name: Some(substruct_runtime::unique_consumer_name(&format!(
+                "edge-boot-{}",
+                settings.site
+            ))),
             deliver_subject: client.new_inbox(),
             description: Some("substruct-edge boot intent watch".to_owned()),
             filter_subject: filter,

@@ -515,7 +515,9 @@ pub async fn run_with(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
-    let connect = substruct_runtime::nats_options(CLIENT_NAME).connect(servers);
+    let connect = substruct_runtime::nats_options(CLIENT_NAME)
+        .custom_inbox_prefix(substruct_runtime::site_inbox_prefix(cfg.site.as_str()))
+        .connect(servers);
     let client = tokio::select! {
         _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
         c = connect => c.map_err(|source| AgentError::Connect { url: cfg.nats_url.clone(), source })?,

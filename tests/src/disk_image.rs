@@ -10,7 +10,7 @@
 //! SUBSTRUCT-DISK-OS-IDLE
 //! ```
 //!
-//! and idles. A test that installs this image on a VM's disk and reboots it knows the
+//! and idles. With syslinux-efi installed it also boots under UEFI (OVMF). A test that installs this image on a VM's disk and reboots it knows the
 //! VM came up from its own disk (and from which image) by the marker.
 //!
 //! The cached image is shared by every test of the run: copy it before attaching it
@@ -35,6 +35,9 @@ pub const ROOT: &str = "SUBSTRUCT-DISK-ROOT";
 /// The last line: /init is done and idles.
 pub const OS_IDLE: &str = "SUBSTRUCT-DISK-OS-IDLE";
 
+/// syslinux.efi (package syslinux-efi): when installed, the image also boots under UEFI.
+pub const UEFI_LOADER: &str = "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi";
+
 /// `SUBSTRUCT-DISK-OS-UP <marker>`: what to wait for on a VM's serial console.
 pub fn os_up_line(marker: &str) -> String {
     format!("{OS_UP} {marker}")
@@ -54,9 +57,10 @@ pub fn marker_disk_image() -> Result<PathBuf> {
 }
 
 /// Builds (or reuses) a marker disk image with `marker` (1-64 characters from
-/// `[A-Za-z0-9._:-]`) as `target/disk-image/<marker>.img`. It is rebuilt when the
-/// build script, the newest kernel in /boot or busybox changed since it was made;
-/// builds are serialised across threads and test binaries.
+/// `[A-Za-z0-9._:-]`) as `target/disk-image/<marker>.img`. It boots under BIOS, and
+/// under UEFI too when syslinux-efi ([`UEFI_LOADER`]) is installed. It is rebuilt when
+/// the build script, a kernel in /boot, busybox or syslinux.efi changed since it was
+/// made; builds are serialised across threads and test binaries.
 pub fn marker_disk_image_with(marker: &str) -> Result<PathBuf> {
     let valid = !marker.is_empty()
         && marker.len() <= 64
@@ -123,7 +127,7 @@ fn inputs_fingerprint(script: &Path) -> Result<String> {
         })
         .unwrap_or_default();
     files.sort();
-    files.extend(["/bin/busybox", "/usr/bin/busybox"].map(PathBuf::from));
+    files.extend(["/bin/busybox", "/usr/bin/busybox", UEFI_LOADER].map(PathBuf::from));
     for f in files {
         if let Ok(meta) = std::fs::metadata(&f) {
             let mtime = meta

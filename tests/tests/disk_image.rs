@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use substruct_testkit::netns::Netns;
-use substruct_testkit::qemu::{acquire_vm_slot, DiskBus, DiskSpec, Firmware, Vm, VmSpec};
+use substruct_testkit::qemu::{
+    acquire_vm_slot, DiskBus, DiskSpec, Firmware, Vm, VmSpec, OVMF_CODE,
+};
 use substruct_tests::disk_image::{
     build_script, marker_disk_image, marker_disk_image_with, os_up_line, parse_report,
-    DiskOsReport, DISK_MARKER, OS_IDLE, OS_UP, ROOT,
+    DiskOsReport, DISK_MARKER, OS_IDLE, OS_UP, ROOT, UEFI_LOADER,
 };
 use substruct_tests::system_tests_possible;
 
@@ -99,16 +101,19 @@ fn build_is_reproducible_small_and_a_partitioned_syslinux_disk() -> Result<()> {
     );
     let img = dir.path().join("a.img");
     let spec = format!("{}@@1M", img.display());
-    let out = Command::new("mtype")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &spec, "::/MARKER", "::/syslinux.cfg"])
-        .output()?;
-    ensure!(out.status.success(), "mtype failed: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("repro-1\n"), "{text}");
+    let mtype = |file: &str| -> Result<String> {
+        let out = Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &spec, file])
+            .output()?;
+        ensure!(out.status.success(), "mtype {file} failed: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(mtype("::/MARKER")?, "repro-1\n");
+    let cfg = mtype("::/syslinux.cfg")?;
     assert!(
-        text.contains("APPEND console=ttyS0,115200 panic=-1 substruct.disk_marker=repro-1"),
-        "{text}"
+        cfg.contains("APPEND console=ttyS0,115200 panic=-1 substruct.disk_marker=repro-1"),
+        "{cfg}"
     );
     let out = Command::new("mdir")
         .env("MTOOLS_SKIP_CHECK", "1")
@@ -117,6 +122,16 @@ fn build_is_reproducible_small_and_a_partitioned_syslinux_disk() -> Result<()> {
     let listing = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
     for f in ["ldlinux  sys", "ldlinux  c32", "vmlinuz", "initrd   img"] {
         assert!(listing.contains(f), "{f} missing:\n{listing}");
+    }
+    if Path::new(UEFI_LOADER).exists() {
+        let out = Command::new("mdir")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-a", "-i", &spec, "::/EFI/BOOT"])
+            .output()?;
+        let listing = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        for f in ["bootx64  efi", "ldlinux  e64", "syslinux cfg"] {
+            assert!(listing.contains(f), "UEFI loader: {f} missing:\n{listing}");
+        }
     }
 
     // A bad marker is refused before anything is written.
@@ -131,10 +146,11 @@ fn build_is_reproducible_small_and_a_partitioned_syslinux_disk() -> Result<()> {
     Ok(())
 }
 
-/// Boots a copy of `image` as the only disk (no NIC, disk first) under SeaBIOS and
+/// Boots a copy of `image` as the only disk (no NIC, disk first) under `firmware` and
 /// returns what it reported and the seconds from QEMU start to the marker.
 fn boot_from_disk(
     tag: &str,
+    firmware: Firmware,
     image: &Path,
     bus: DiskBus,
     serial: &str,
@@ -146,7 +162,7 @@ fn boot_from_disk(
     let disk = dir.path().join("disk.img");
     std::fs::copy(image, &disk)?;
     let ns = Netns::create(tag)?;
-    let mut spec = VmSpec::new(tag, Firmware::Bios);
+    let mut spec = VmSpec::new(tag, firmware);
     spec.memory_mb = 256;
     // No NIC: bootindex=1 on the disk is QEMU's `-boot c`.
     spec.netboot_first = false;
@@ -167,7 +183,10 @@ fn boot_from_disk(
 }
 
 fn check_common(report: &DiskOsReport, log: &str, marker: &str, serial: &str) {
-    assert!(log.contains("SYSLINUX"), "not booted by SYSLINUX:\n{log}");
+    assert!(
+        log.contains("SYSLINUX") || log.contains("Loading /vmlinuz"),
+        "not booted by SYSLINUX:\n{log}"
+    );
     assert!(!log.contains("Kernel panic"), "kernel panic:\n{log}");
     assert_eq!(report.marker, marker);
     assert_eq!(report.fs_marker, marker, "MARKER file on the partition");
@@ -189,8 +208,14 @@ fn seabios_boots_the_marker_disk_from_a_virtio_disk() -> Result<()> {
     }
     let image = marker_disk_image()?;
     let size = std::fs::metadata(&image)?.len();
-    let (report, up, log) =
-        boot_from_disk("disk-vd", &image, DiskBus::Virtio, "MARK-VD-1", DISK_MARKER)?;
+    let (report, up, log) = boot_from_disk(
+        "disk-vd",
+        Firmware::Bios,
+        &image,
+        DiskBus::Virtio,
+        "MARK-VD-1",
+        DISK_MARKER,
+    )?;
     println!("marker disk: {size} bytes; SeaBIOS -> {OS_UP} in {up:.1} s (virtio, TCG)");
     check_common(&report, &log, DISK_MARKER, "MARK-VD-1");
     assert_eq!(report.disk, "/dev/vda");
@@ -207,7 +232,14 @@ fn seabios_boots_a_marker_disk_with_its_own_marker_from_nvme() -> Result<()> {
     let marker = "nvme-check.2";
     let image = marker_disk_image_with(marker)?;
     let size = std::fs::metadata(&image)?.len();
-    let (report, up, log) = boot_from_disk("disk-nv", &image, DiskBus::Nvme, "MARK-NV-1", marker)?;
+    let (report, up, log) = boot_from_disk(
+        "disk-nv",
+        Firmware::Bios,
+        &image,
+        DiskBus::Nvme,
+        "MARK-NV-1",
+        marker,
+    )?;
     println!("marker disk: SeaBIOS -> {OS_UP} in {up:.1} s (nvme, TCG)");
     check_common(&report, &log, marker, "MARK-NV-1");
     assert!(
@@ -217,5 +249,38 @@ fn seabios_boots_a_marker_disk_with_its_own_marker_from_nvme() -> Result<()> {
     assert_eq!(report.disk, "/dev/nvme0n1");
     assert_eq!(report.part, "/dev/nvme0n1p1");
     assert_eq!(report.bytes, size);
+    Ok(())
+}
+
+#[test]
+fn ovmf_boots_the_marker_disk_through_its_uefi_loader() -> Result<()> {
+    if !system_tests_possible(&["qemu-system-x86_64", "mkfs.vfat", "mcopy", "syslinux"]) {
+        return Ok(());
+    }
+    if !Path::new(UEFI_LOADER).exists() || !Path::new(OVMF_CODE).exists() {
+        let why = format!("{UEFI_LOADER} or {OVMF_CODE} missing (packages syslinux-efi, ovmf)");
+        assert!(
+            std::env::var_os("SUBSTRUCT_REQUIRE_SYSTEM_TESTS").is_none(),
+            "system test cannot run: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return Ok(());
+    }
+    let image = marker_disk_image()?;
+    let (report, up, log) = boot_from_disk(
+        "disk-efi",
+        Firmware::Uefi,
+        &image,
+        DiskBus::Virtio,
+        "MARK-EFI-1",
+        DISK_MARKER,
+    )?;
+    println!("marker disk: OVMF -> {OS_UP} in {up:.1} s (virtio, TCG)");
+    assert!(
+        log.contains("UEFI Misc Device") || log.contains("BdsDxe"),
+        "not started by OVMF:\n{log}"
+    );
+    check_common(&report, &log, DISK_MARKER, "MARK-EFI-1");
+    assert_eq!(report.disk, "/dev/vda");
     Ok(())
 }

@@ -65,6 +65,38 @@ pub fn shutdown_token() -> CancellationToken {
 
 /// Connect options shared by every component: unlimited reconnects with a capped
 /// backoff, so a NATS outage is survived rather than fatal.
+/// The reply-inbox prefix of a site's clients (`_INBOX_{site}`): the site's NATS
+/// permissions allow only this one, so no site can read another's replies.
+pub fn site_inbox_prefix(site: &str) -> String {
+    format!("_INBOX_{site}")
+}
+
+/// A JetStream context, through `domain` when the client sits behind a leaf node
+/// (the hub's JetStream domain, `hub` in deploy/nats/), else the local one.
+pub fn jetstream_context(
+    client: async_nats::Client,
+    domain: Option<&str>,
+) -> async_nats::jetstream::Context {
+    match domain {
+        Some(d) => async_nats::jetstream::with_domain(client, d),
+        None => async_nats::jetstream::new(client),
+    }
+}
+
+/// A consumer name no other watcher uses (sites may only create named consumers
+/// on their own keys, deploy/nats/gen-site).
+pub fn unique_consumer_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{:x}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    )
+}
+
 pub fn nats_options(name: &str) -> async_nats::ConnectOptions {
     async_nats::ConnectOptions::new()
         .name(name)

@@ -1,0 +1,177 @@
+//! Discovered to deployed through the Debian installer: a BIOS QEMU machine boots the
+//! prospector and reports; the operator assigns the shipped `debian12-preseed` profile
+//! by MAC; the controller tells the waiting prospector to reboot; the machine PXE
+//! boots d-i (Debian's netboot kernel and initrd, package
+//! debian-installer-12-netboot-amd64) with the edge's token-gated preseed URL; d-i
+//! configures its network by DHCP and fetches the preseed (state `installing`). With
+//! no package mirror the install cannot finish here, so the test then sends the
+//! callback the preseed's late command sends, through the edge, and checks `deployed`
+//! and that the edge now answers the machine with local boot — and that the token is
+//! dead: the preseed is 403 and a second callback is refused.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use substruct_testkit::netns::run;
+use substruct_testkit::qemu::{acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec};
+use substruct_tests::{system_tests_possible, workspace_root, Site, SiteOptions, EDGE_IP};
+
+const DI: &str = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
+const MAC: &str = "52:54:00:77:40:0a";
+
+fn machine(site: &Site) -> Result<Option<Value>> {
+    Ok(site.machines()?.into_iter().find(|m| {
+        m.pointer("/facts/nics")
+            .and_then(Value::as_array)
+            .is_some_and(|nics| nics.iter().any(|n| n["mac"] == MAC))
+    }))
+}
+
+fn wait_state(site: &Site, state: &str, timeout: Duration) -> Result<(Value, f64)> {
+    let started = Instant::now();
+    loop {
+        let m = machine(site)?;
+        if let Some(m) = &m {
+            if m["state"] == state {
+                return Ok((m.clone(), started.elapsed().as_secs_f64()));
+            }
+        }
+        if started.elapsed() > timeout {
+            bail!("machine {MAC} not {state} after {timeout:?}: {m:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `curl` inside the site namespace: (HTTP status, body).
+fn curl(site: &Site, args: &[&str]) -> Result<(u16, String)> {
+    let out = run(site
+        .ns
+        .command("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+#[test]
+fn debian_installer_fetches_its_preseed_then_the_callback_deploys() -> Result<()> {
+    if !system_tests_possible(&["qemu-system-x86_64", "curl"]) {
+        return Ok(());
+    }
+    if !std::path::Path::new(DI).join("initrd.gz").exists() {
+        assert!(
+            std::env::var_os("SUBSTRUCT_REQUIRE_SYSTEM_TESTS").is_none(),
+            "{DI}/initrd.gz missing: deploy/test installs debian-installer-12-netboot-amd64"
+        );
+        eprintln!("SKIP: {DI} missing");
+        return Ok(());
+    }
+    let _slot = acquire_vm_slot()?;
+    let mut site = Site::start("prov-preseed", SiteOptions::default())?;
+    let result = flow(&mut site);
+    if result.is_err() {
+        site.dump_logs();
+    }
+    result
+}
+
+fn flow(site: &mut Site) -> Result<()> {
+    // The installer's kernel and initrd sit in the edge's image directory; the
+    // controller only registers their names and hashes (`--no-upload`).
+    let dir = site.images.join("debian-12");
+    std::fs::create_dir_all(&dir)?;
+    for (file, kind) in [("linux", "kernel"), ("initrd.gz", "initrd")] {
+        let src = std::path::Path::new(DI).join(file);
+        let dst = dir.join(file);
+        std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        let name = format!("debian-12/{file}");
+        let path = dst.display().to_string();
+        site.cli(&["images", "add", &path, "--kind", kind, "--name", &name, "--no-upload"])?;
+    }
+    let profile = workspace_root().join("deploy/profiles/debian12-preseed.toml");
+    site.cli(&["profiles", "add", profile.to_str().context("path")?])?;
+
+    let tap = site.new_tap()?;
+    let mut spec = VmSpec::new("prov-preseed", Firmware::Bios);
+    spec.memory_mb = 1024;
+    spec.allow_reboot = true;
+    spec.nics.push(NicSpec {
+        link: NicLink::Tap(tap),
+        mac: MAC.into(),
+        model: "virtio-net-pci".into(),
+    });
+    spec.disks.push(DiskSpec {
+        bus: DiskBus::Virtio,
+        size_bytes: 4 << 30,
+        serial: "PRESEED-DISK".into(),
+        image: None,
+    });
+    let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
+    let t = vm.wait_for_serial("SUBSTRUCT-REPORTED", Duration::from_secs(300))?;
+    println!("{:<44} {:>7.1} s", "prospector reported", t.as_secs_f64());
+    let (m, _) = wait_state(site, "discovered", Duration::from_secs(30))?;
+    let id = m["id"].as_str().context("id")?.to_owned();
+
+    // The operator's step: assign by MAC. The waiting prospector is told to reboot.
+    let out = site.cli(&["machines", "assign", MAC, "debian12-preseed"])?;
+    println!("$ substruct machines assign {MAC} debian12-preseed\n{}", out.trim_end());
+    let m = site
+        .cli(&["machines", "show", &id, "--json"])
+        .and_then(|t| Ok(serde_json::from_str::<Value>(&t)?))?;
+    assert_eq!(m["state"], "assigned");
+    let token = m["ticket"]["token"].as_str().context("no token")?.to_owned();
+
+    // A wrong token gets nothing; the right one is what d-i will use.
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let (status, body) = curl(site, &[&format!("http://{EDGE_IP}/install/{wrong}/preseed.cfg")])?;
+    assert_eq!(status, 403);
+    assert!(!body.contains("d-i"), "the 403 body leaks nothing: {body}");
+
+    let t = vm.wait_for_serial("debian-12/linux", Duration::from_secs(120))?;
+    println!("{:<44} {:>7.1} s", "installer kernel requested (after reboot)", t.as_secs_f64());
+    let (_, waited) = wait_state(site, "installing", Duration::from_secs(600))?;
+    println!("{:<44} {:>7.1} s after the kernel", "d-i fetched its preseed: installing", waited);
+
+    // The callback the preseed's late_command sends, through the edge.
+    let done = format!("http://{EDGE_IP}/api/v1/machines/{token}/done");
+    let (status, body) = curl(site, &["-X", "POST", "--data", "", &done])?;
+    assert_eq!(status, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body)?;
+    assert_eq!(reply["state"], "deployed");
+    let (m, _) = wait_state(site, "deployed", Duration::from_secs(10))?;
+    assert_eq!(m["profile"], "debian12-preseed");
+
+    // The token is dead: no preseed, no second callback.
+    let (status, _) = curl(site, &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = status;
+    while status != 403 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        status = curl(site, &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")])?.0;
+    }
+    assert_eq!(status, 403, "the preseed is gone once the machine left installing");
+    let (status, _) = curl(site, &["-X", "POST", "--data", "", &done])?;
+    assert_eq!(status, 403, "a second callback with the expired token is refused");
+
+    // The next PXE boot of this machine boots its disk.
+    let script_url =
+        format!("http://{EDGE_IP}/boot.ipxe?mac={MAC}&uuid=&buildarch=i386&platform=pcbios");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, script) = curl(site, &[&script_url])?;
+        assert_eq!(status, 200);
+        if script.contains("sanboot --no-describe --drive 0x80") {
+            println!("edge answers the machine with:\n{script}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the edge does not answer local boot: {script}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(vm);
+    Ok(())
+}
