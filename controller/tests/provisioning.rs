@@ -133,10 +133,9 @@ fn token_of(machine: &Value) -> BootToken {
     BootToken::new(machine["ticket"]["token"].as_str().unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn preseed_assignment_install_files_callbacks_and_local_boot() {
-    // Boxed: the whole flow's future is too big for a test thread's stack in debug builds.
-    Box::pin(preseed_assignment_install_files_callbacks_and_local_boot_flow()).await;
+#[test]
+fn preseed_assignment_install_files_callbacks_and_local_boot() {
+    common::run_on_big_stack(preseed_assignment_install_files_callbacks_and_local_boot_flow);
 }
 
 async fn preseed_assignment_install_files_callbacks_and_local_boot_flow() {
@@ -372,10 +371,11 @@ async fn preseed_assignment_install_files_callbacks_and_local_boot_flow() {
     c.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy() {
-    // Boxed: the whole flow's future is too big for a test thread's stack in debug builds.
-    Box::pin(a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow()).await;
+#[test]
+fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy() {
+    common::run_on_big_stack(
+        a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow,
+    );
 }
 
 async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow() {
@@ -497,10 +497,9 @@ async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow
     c.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_profiles_images_rules_and_assignments_are_refused_by_name() {
-    // Boxed: the whole flow's future is too big for a test thread's stack in debug builds.
-    Box::pin(bad_profiles_images_rules_and_assignments_are_refused_by_name_flow()).await;
+#[test]
+fn bad_profiles_images_rules_and_assignments_are_refused_by_name() {
+    common::run_on_big_stack(bad_profiles_images_rules_and_assignments_are_refused_by_name_flow);
 }
 
 async fn bad_profiles_images_rules_and_assignments_are_refused_by_name_flow() {

@@ -132,7 +132,17 @@ fn flow(site: &mut Site) -> Result<()> {
 
     let t = vm.wait_for_serial("debian-12/linux", Duration::from_secs(120))?;
     println!("{:<44} {:>7.1} s", "installer kernel requested (after reboot)", t.as_secs_f64());
-    let (_, waited) = wait_state(site, "installing", Duration::from_secs(600))?;
+    let (_, waited) = match wait_state(site, "installing", Duration::from_secs(400)) {
+        Ok(r) => r,
+        Err(e) => {
+            let serial = std::fs::read_to_string(&vm.log).unwrap_or_default();
+            eprintln!(
+                "----- VM serial -----\n{}",
+                substruct_testkit::qemu::tail(&serial, 80)
+            );
+            return Err(e);
+        }
+    };
     println!("{:<44} {:>7.1} s after the kernel", "d-i fetched its preseed: installing", waited);
 
     // The callback the preseed's late_command sends, through the edge.

@@ -177,3 +177,26 @@ pub async fn event_count(client: &async_nats::Client) -> u64 {
     let mut stream = js.get_stream(subjects::STREAM_EVENTS).await.unwrap();
     stream.info().await.unwrap().state.messages
 }
+
+/// Runs a test's async body on a runtime whose threads have 16 MiB stacks: the
+/// provisioning flows' futures outgrow the default 2 MiB in debug builds.
+pub fn run_on_big_stack<F>(body: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    std::thread::Builder::new()
+        .name("big-stack-test".into())
+        .stack_size(16 << 20)
+        .spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_stack_size(16 << 20)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body())
+        })
+        .unwrap()
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
