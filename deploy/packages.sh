@@ -12,7 +12,9 @@ SUBSTRUCT_PACKAGES=(
   tftp-hpa tftpd-hpa atftp         # TFTP clients, and the TFTP peer
   dnsmasq isc-dhcp-relay isc-dhcp-client udhcpc  # DHCP clients, relay, reference lab
   nginx                            # HTTP peer (benchmarks)
-  iproute2 curl procps psmisc socat
+  iproute2 curl procps psmisc socat openssl   # openssl: TLS certificates for the leaf-node tests
+  syslinux syslinux-efi mtools dosfstools  # the marker disk image (deploy/disk-image/build)
+  debian-installer-12-netboot-amd64        # d-i kernel + initrd (the preseed system test)
 )
 
 ensure_packages() {
