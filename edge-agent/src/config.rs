@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
-use substruct_wire::intent::LocalBootWay;
 use substruct_wire::{Mac, SiteId};
 
 use crate::dhcp;
@@ -159,8 +158,6 @@ pub struct DhcpConfig {
     pub reservations: Vec<Reservation>,
     pub bios_chain: BiosChain,
     pub uefi_loader: UefiLoader,
-    /// How `local` intents without an explicit way, and the site default, boot the disk.
-    pub local_boot: LocalBootWay,
 }
 
 /// The validated configuration the agent runs on.
@@ -282,7 +279,6 @@ impl EdgeConfig {
                 UefiLoader::Snponly => dhcp::UefiLoader::SnpOnly,
             },
             http_base: self.http_base(),
-            local_boot_way: d.local_boot,
         }
     }
 
@@ -321,7 +317,6 @@ pub struct RawDhcp {
     pub mode: Option<String>,
     pub bios_chain: Option<String>,
     pub uefi_loader: Option<String>,
-    pub local_boot: Option<String>,
     #[serde(default)]
     pub subnets: Vec<RawSubnet>,
     #[serde(default)]
@@ -795,15 +790,6 @@ impl TryFrom<Sourced> for EdgeConfig {
             UefiLoader::Ipxe,
             &[("ipxe", UefiLoader::Ipxe), ("snponly", UefiLoader::Snponly)],
         )?;
-        let local_boot = ctx.choice(
-            "dhcp.local_boot",
-            d.local_boot.as_deref(),
-            LocalBootWay::IpxeExit,
-            &[
-                ("ipxe-exit", LocalBootWay::IpxeExit),
-                ("no-boot-file", LocalBootWay::NoBootFile),
-            ],
-        )?;
 
         let mut subnets: Vec<Subnet> = Vec::new();
         for (i, rs) in d.subnets.iter().enumerate() {
@@ -938,7 +924,6 @@ impl TryFrom<Sourced> for EdgeConfig {
                 reservations,
                 bios_chain,
                 uefi_loader,
-                local_boot,
             },
             prospector_nats,
             extra_kernel_args,
@@ -977,7 +962,6 @@ images = "/srv/images"
 mode = "server"
 bios_chain = "undionly"
 uefi_loader = "snponly"
-local_boot = "no-boot-file"
 
 [[dhcp.subnets]]
 network = "10.77.0.0/24"
@@ -1013,7 +997,6 @@ loader = "undionly"
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.dhcp.bios_chain, BiosChain::Undionly);
         assert_eq!(c.dhcp.uefi_loader, UefiLoader::Snponly);
-        assert_eq!(c.dhcp.local_boot, LocalBootWay::NoBootFile);
         assert_eq!(c.dhcp.subnets.len(), 2);
         assert_eq!(c.dhcp.subnets[0].lease_time, Duration::from_secs(3600));
         assert_eq!(c.dhcp.subnets[1].lease_time, Duration::from_secs(600));
@@ -1130,7 +1113,6 @@ loader = "undionly"
             vec![(Ipv4Addr::new(10, 77, 0, 100), Ipv4Addr::new(10, 77, 0, 199))]
         );
         assert_eq!(d.reservations[0].loader, Some(dhcp::Loader::Undionly));
-        assert_eq!(d.local_boot_way, LocalBootWay::NoBootFile);
 
         // Proxy mode from a file with no subnet: the edge's own network is added.
         let proxy = "interface = \"br0\"\naddress = \"10.77.0.1/24\"\nimages = \"/i\"\n[dhcp]\nmode = \"proxy\"\n";

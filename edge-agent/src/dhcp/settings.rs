@@ -8,7 +8,6 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use substruct_wire::intent::LocalBootWay;
 use substruct_wire::Mac;
 
 /// Full DHCP server, or ProxyDHCP beside the site's own DHCP server.
@@ -82,9 +81,6 @@ pub struct DhcpConfig {
     /// e.g. `http://10.77.0.1`: iPXE gets `{http_base}/boot.ipxe`, HTTP-boot
     /// firmware `{http_base}/ipxe.efi`.
     pub http_base: String,
-    /// How machines whose intent is `Local` leave the network boot, when the intent
-    /// itself does not say (informational for the HTTP side; DHCP obeys the intent).
-    pub local_boot_way: LocalBootWay,
 }
 
 impl DhcpConfig {
@@ -98,7 +94,6 @@ impl DhcpConfig {
             bios_chain: BiosChain::default(),
             uefi_loader: UefiLoader::default(),
             http_base: http_base.into(),
-            local_boot_way: LocalBootWay::IpxeExit,
         }
     }
 }
