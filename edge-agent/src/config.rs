@@ -379,6 +379,12 @@ pub struct Flags {
     /// Address pool of the edge's own subnet, e.g. 10.77.0.100-10.77.0.199 (repeatable).
     #[arg(long, value_name = "START-END")]
     pub pool: Vec<String>,
+    /// Default gateway handed out on the edge's own subnet (DHCP option 3).
+    #[arg(long, value_name = "IP")]
+    pub router: Option<String>,
+    /// Name server handed out on the edge's own subnet (DHCP option 6; repeatable).
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
     /// Directory served under /images/ (kernels, initrds, disk images).
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
@@ -465,7 +471,7 @@ impl Flags {
                 .to_owned(),
             );
         }
-        if !self.pool.is_empty() {
+        if !self.pool.is_empty() || self.router.is_some() || !self.dns.is_empty() {
             let own = raw
                 .address
                 .as_deref()
@@ -477,13 +483,25 @@ impl Flags {
                     _ => false,
                 }
             });
-            match existing {
-                Some(subnet) => subnet.pools = self.pool,
-                None => raw.dhcp.subnets.push(RawSubnet {
-                    network: own.map(|n| n.to_string()).unwrap_or_default(),
-                    pools: self.pool,
-                    ..RawSubnet::default()
-                }),
+            let subnet = match existing {
+                Some(subnet) => subnet,
+                None => {
+                    raw.dhcp.subnets.push(RawSubnet {
+                        network: own.map(|n| n.to_string()).unwrap_or_default(),
+                        ..RawSubnet::default()
+                    });
+                    let last = raw.dhcp.subnets.len() - 1;
+                    &mut raw.dhcp.subnets[last]
+                }
+            };
+            if !self.pool.is_empty() {
+                subnet.pools = self.pool;
+            }
+            if let Some(router) = self.router {
+                subnet.router = Some(router);
+            }
+            if !self.dns.is_empty() {
+                subnet.dns = self.dns;
             }
         }
         src

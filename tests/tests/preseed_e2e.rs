@@ -70,7 +70,17 @@ fn debian_installer_fetches_its_preseed_then_the_callback_deploys() -> Result<()
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
-    let mut site = Site::start("prov-preseed", SiteOptions::default())?;
+    // A site network as d-i expects one: DHCP names a gateway and a name server
+    // (without them netcfg stops at critical questions before it fetches the preseed).
+    let mut site = Site::start(
+        "prov-preseed",
+        SiteOptions {
+            edge_args: ["--router", EDGE_IP, "--dns", EDGE_IP]
+                .map(String::from)
+                .to_vec(),
+            ..SiteOptions::default()
+        },
+    )?;
     let result = flow(&mut site);
     if result.is_err() {
         site.dump_logs();
