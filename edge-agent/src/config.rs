@@ -1188,6 +1188,62 @@ loader = "undionly"
         assert_eq!(c.nats_url, None);
         assert_eq!(c.http_port, 80);
         assert_eq!(c.dhcp.bios_chain, BiosChain::Pxelinux);
+        assert_eq!(c.dhcp.subnets[0].router, None);
+        assert!(c.dhcp.subnets[0].dns.is_empty());
+        assert_eq!(c.js_domain, None);
+
+        // Gateway, name servers and the hub's JetStream domain from flags.
+        let c = Flags::try_parse_from([
+            "substruct-edge",
+            "--interface",
+            "br0",
+            "--address",
+            "10.77.0.1/24",
+            "--pool",
+            "10.77.0.100-10.77.0.199",
+            "--images",
+            "/srv/images",
+            "--router",
+            "10.77.0.254",
+            "--dns",
+            "10.77.0.53",
+            "--dns",
+            "10.77.0.54",
+            "--js-domain",
+            "hub",
+            "--image-cache-mb",
+            "64",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(c.dhcp.subnets.len(), 1);
+        assert_eq!(
+            c.dhcp.subnets[0].router,
+            Some(Ipv4Addr::new(10, 77, 0, 254))
+        );
+        assert_eq!(
+            c.dhcp.subnets[0].dns,
+            vec![Ipv4Addr::new(10, 77, 0, 53), Ipv4Addr::new(10, 77, 0, 54)]
+        );
+        assert_eq!(c.js_domain.as_deref(), Some("hub"));
+        assert_eq!(c.image_cache_bytes, 64 << 20);
+        let bad = Flags::try_parse_from([
+            "substruct-edge",
+            "--interface",
+            "br0",
+            "--address",
+            "10.77.0.1/24",
+            "--images",
+            "/srv/images",
+            "--router",
+            "not-an-ip",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("router"), "{bad}");
 
         let all = Flags::try_parse_from([
             "substruct-edge",
