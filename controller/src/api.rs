@@ -543,10 +543,7 @@ pub struct ImageView {
 }
 
 async fn list_images(State(state): State<ApiState>) -> Result<Json<Vec<ImageView>>, ApiError> {
-    let statuses = state
-        .store
-        .doc_list::<EdgeStatus>(Docs::SiteStatus)
-        .await?;
+    let statuses = state.store.doc_list::<EdgeStatus>(Docs::SiteStatus).await?;
     let mut views = Vec::new();
     for image in images_by_name(&state.store).await?.into_values() {
         let stored = state

@@ -602,8 +602,8 @@ impl Api {
         let handle = tokio::fs::File::open(file).await.map_err(read_err)?;
         let mut sent = 0u64;
         let mut shown = 0u64;
-        let stream = tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).map(
-            move |chunk| {
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(handle, 1 << 20).map(move |chunk| {
                 if let Ok(c) = &chunk {
                     sent += c.len() as u64;
                     let pct = sent * 100 / size.max(1);
@@ -617,8 +617,7 @@ impl Api {
                     }
                 }
                 chunk
-            },
-        );
+            });
         let url = format!("{}/api/v1/images/content/{sha256}", self.base);
         let mut request = self
             .client

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use substruct_testkit::netns::run;
-use substruct_testkit::qemu::{acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec};
+use substruct_testkit::qemu::{
+    acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec,
+};
 use substruct_tests::{system_tests_possible, workspace_root, Site, SiteOptions, EDGE_IP};
 
 const DI: &str = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
@@ -99,7 +101,16 @@ fn flow(site: &mut Site) -> Result<()> {
         std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
         let name = format!("debian-12/{file}");
         let path = dst.display().to_string();
-        site.cli(&["images", "add", &path, "--kind", kind, "--name", &name, "--no-upload"])?;
+        site.cli(&[
+            "images",
+            "add",
+            &path,
+            "--kind",
+            kind,
+            "--name",
+            &name,
+            "--no-upload",
+        ])?;
     }
     let profile = workspace_root().join("deploy/profiles/debian12-preseed.toml");
     site.cli(&["profiles", "add", profile.to_str().context("path")?])?;
@@ -127,21 +138,34 @@ fn flow(site: &mut Site) -> Result<()> {
 
     // The operator's step: assign by MAC. The waiting prospector is told to reboot.
     let out = site.cli(&["machines", "assign", MAC, "debian12-preseed"])?;
-    println!("$ substruct machines assign {MAC} debian12-preseed\n{}", out.trim_end());
+    println!(
+        "$ substruct machines assign {MAC} debian12-preseed\n{}",
+        out.trim_end()
+    );
     let m = site
         .cli(&["machines", "show", &id, "--json"])
         .and_then(|t| Ok(serde_json::from_str::<Value>(&t)?))?;
     assert_eq!(m["state"], "assigned");
-    let token = m["ticket"]["token"].as_str().context("no token")?.to_owned();
+    let token = m["ticket"]["token"]
+        .as_str()
+        .context("no token")?
+        .to_owned();
 
     // A wrong token gets nothing; the right one is what d-i will use.
     let wrong = "0123456789abcdef0123456789abcdef";
-    let (status, body) = curl(site, &[&format!("http://{EDGE_IP}/install/{wrong}/preseed.cfg")])?;
+    let (status, body) = curl(
+        site,
+        &[&format!("http://{EDGE_IP}/install/{wrong}/preseed.cfg")],
+    )?;
     assert_eq!(status, 403);
     assert!(!body.contains("d-i"), "the 403 body leaks nothing: {body}");
 
     let t = vm.wait_for_serial("debian-12/linux", Duration::from_secs(120))?;
-    println!("{:<44} {:>7.1} s", "installer kernel requested (after reboot)", t.as_secs_f64());
+    println!(
+        "{:<44} {:>7.1} s",
+        "installer kernel requested (after reboot)",
+        t.as_secs_f64()
+    );
     let (_, waited) = match wait_state(site, "installing", Duration::from_secs(400)) {
         Ok(r) => r,
         Err(e) => {
@@ -153,7 +177,10 @@ fn flow(site: &mut Site) -> Result<()> {
             return Err(e);
         }
     };
-    println!("{:<44} {:>7.1} s after the kernel", "d-i fetched its preseed: installing", waited);
+    println!(
+        "{:<44} {:>7.1} s after the kernel",
+        "d-i fetched its preseed: installing", waited
+    );
 
     // The callback the preseed's late_command sends, through the edge.
     let done = format!("http://{EDGE_IP}/api/v1/machines/{token}/done");
@@ -165,16 +192,29 @@ fn flow(site: &mut Site) -> Result<()> {
     assert_eq!(m["profile"], "debian12-preseed");
 
     // The token is dead: no preseed, no second callback.
-    let (status, _) = curl(site, &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")])?;
+    let (status, _) = curl(
+        site,
+        &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")],
+    )?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut status = status;
     while status != 403 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        status = curl(site, &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")])?.0;
+        status = curl(
+            site,
+            &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")],
+        )?
+        .0;
     }
-    assert_eq!(status, 403, "the preseed is gone once the machine left installing");
+    assert_eq!(
+        status, 403,
+        "the preseed is gone once the machine left installing"
+    );
     let (status, _) = curl(site, &["-X", "POST", "--data", "", &done])?;
-    assert_eq!(status, 403, "a second callback with the expired token is refused");
+    assert_eq!(
+        status, 403,
+        "a second callback with the expired token is refused"
+    );
 
     // The next PXE boot of this machine boots its disk.
     let script_url =
