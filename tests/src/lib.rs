@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod disk_image;
+pub mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
