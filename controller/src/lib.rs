@@ -89,7 +89,7 @@ impl Controller {
                 addr: config.listen,
                 source,
             })?;
-        Self::start_with_listener(config, listener, cancel).await
+        Box::pin(Self::start_with_listener(config, listener, cancel)).await
     }
 
     /// Connects to NATS (retrying until it answers or `cancel`), makes the buckets
@@ -123,7 +123,9 @@ impl Controller {
                 url: config.nats_url.clone(),
                 source,
             })?;
-        let store = open_store(client.clone(), &cancel).await?;
+        // Boxed: the set-up futures are large in debug builds, and callers (tests)
+        // often poll this one on a thread with a small stack.
+        let store = Box::pin(open_store(client.clone(), &cancel)).await?;
         let subscriber = client
             .queue_subscribe(subjects::discover_all(), subjects::CONTROLLER_QUEUE.into())
             .await
