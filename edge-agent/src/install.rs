@@ -15,95 +15,31 @@
 //! until the controller answers, queued while NATS is down).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
-use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use substruct_runtime::error_chain;
-use substruct_runtime::jetstream::{ensure_kv, BucketSpec};
 use substruct_wire::intent::{InstallFile, InstallFilesRecord};
 use substruct_wire::messages::{CallbackKind, CallbackReply, CallbackRequest, ErrorReply};
-use substruct_wire::subjects::{self, boot_site_filter, KV_INSTALL};
+use substruct_wire::subjects::{self, KV_INSTALL};
 use substruct_wire::{BootToken, MessageKind, SiteId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Shared, read-mostly table of install files for this site, by install token.
-#[derive(Debug, Clone, Default)]
-pub struct InstallTable {
-    inner: Arc<RwLock<HashMap<BootToken, InstallFilesRecord>>>,
-}
+use crate::kv_mirror::{self, Change, Mirror, Op, Table, WatchError};
+
+/// Shared, read-mostly table of install files for this site, by install token:
+/// [`InstallTable::get`] gives the files of a token (`None` means an unknown or expired
+/// token).
+pub type InstallTable = Table<BootToken, InstallFilesRecord>;
 
 impl InstallTable {
-    /// An empty table.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The files of `token`; `None` means an unknown or expired token.
-    pub fn get(&self, token: &BootToken) -> Option<InstallFilesRecord> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .cloned()
-    }
-
     /// The file `name` of `token` (the first of that name), if both exist.
     pub fn file(&self, token: &BootToken, name: &str) -> Option<InstallFile> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .and_then(|r| r.files.iter().find(|f| f.name == name).cloned())
-    }
-
-    /// Whether `token` currently has files.
-    pub fn contains(&self, token: &BootToken) -> bool {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(token)
-    }
-
-    /// Sets the files of `token`.
-    pub fn set(&self, token: BootToken, record: InstallFilesRecord) {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token, record);
-    }
-
-    /// Forgets `token` (it expired).
-    pub fn remove(&self, token: &BootToken) {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(token);
-    }
-
-    /// Replaces every entry at once (after a full snapshot).
-    pub fn replace_all(&self, entries: HashMap<BootToken, InstallFilesRecord>) {
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = entries;
-    }
-
-    /// Number of tokens with files.
-    pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no token has files.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A copy of every entry (for persisting to disk).
-    pub fn snapshot(&self) -> HashMap<BootToken, InstallFilesRecord> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.with(token, |r| r.files.iter().find(|f| f.name == name).cloned())
+            .flatten()
     }
 
     /// Reads the cache file written by [`InstallCache::save`]. A missing file is an empty
@@ -221,102 +157,21 @@ impl InstallCache {
             source,
         };
         let bytes = serde_json::to_vec(&file).map_err(|e| err(std::io::Error::other(e)))?;
-        write_private_atomically(&self.path, &bytes).map_err(err)
+        kv_mirror::write_atomically(&self.path, &bytes, 0o600).map_err(err)
     }
-}
-
-fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    let result = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// How the watcher connects and how it backs off.
-#[derive(Debug, Clone)]
-pub struct WatchSettings {
-    /// The site whose keys (`{site}.>`) are mirrored.
-    pub site: SiteId,
-    /// Where the table is saved after each change.
-    pub cache: InstallCache,
-    /// First retry delay after a failure; doubles up to `max_backoff`.
-    pub min_backoff: Duration,
-    /// Longest retry delay.
-    pub max_backoff: Duration,
-    /// The hub's JetStream domain when the edge sits behind a leaf node.
-    pub js_domain: Option<String>,
-}
-
-impl WatchSettings {
-    /// Defaults: 250 ms doubling up to 10 s.
-    pub fn new(site: SiteId, cache: InstallCache) -> Self {
-        Self {
-            site,
-            cache,
-            min_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(10),
-            js_domain: None,
-        }
-    }
-
-    /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
-    pub fn with_js_domain(mut self, domain: Option<String>) -> Self {
-        self.js_domain = domain;
-        self
-    }
-}
-
-/// A change the watch saw, already decoded.
-#[derive(Debug)]
-enum Change {
-    Put(BootToken, InstallFilesRecord),
-    Remove(BootToken),
-    Skip,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Put,
-    Delete,
-}
-
-/// The KV operation of a message in the bucket's stream (headers as the KV layer writes them).
-fn op_of(headers: Option<&async_nats::HeaderMap>) -> Op {
-    let Some(h) = headers else { return Op::Put };
-    match h.get("KV-Operation").map(|v| v.as_str()) {
-        Some("DEL") | Some("PURGE") => return Op::Delete,
-        _ => {}
-    }
-    match h.get("Nats-Marker-Reason").map(|v| v.as_str()) {
-        Some(_) => Op::Delete,
-        None => Op::Put,
-    }
-}
+pub type WatchSettings = kv_mirror::WatchSettings<InstallCache>;
 
 /// Decodes one KV message (`key` without the bucket prefix). Bad keys and values are
 /// logged and skipped; tokens are never logged whole (they gate secrets).
-fn decode_change(site: &SiteId, key: &str, op: Op, value: &[u8]) -> Change {
+fn decode_change(
+    site: &SiteId,
+    key: &str,
+    op: Op,
+    value: &[u8],
+) -> Change<BootToken, InstallFilesRecord> {
     let prefix = format!("{site}.");
     let Some(token_key) = key.strip_prefix(&prefix) else {
         tracing::warn!("install KV: key outside this site; skipped");
@@ -354,6 +209,53 @@ pub fn short(token: &BootToken) -> String {
     format!("{}…", &s[..end])
 }
 
+impl Mirror for InstallCache {
+    type Key = BootToken;
+    type Value = InstallFilesRecord;
+    type Error = InstallError;
+    const BUCKET: &'static str = KV_INSTALL;
+    const CONSUMER_PREFIX: &'static str = "edge-install";
+    const DESCRIPTION: &'static str = "substruct-edge install files watch";
+    const MAX_BATCH: usize = 1024;
+    const WATCH_NAME: &'static str = "install files watch";
+    const CACHE_NAME: &'static str = "install cache";
+
+    fn decode(
+        site: &SiteId,
+        key: &str,
+        op: Op,
+        value: &[u8],
+    ) -> Change<BootToken, InstallFilesRecord> {
+        decode_change(site, key, op, value)
+    }
+
+    fn save_table(&self, table: &InstallTable) -> Result<(), InstallError> {
+        self.save(table)
+    }
+
+    fn watch_error(error: WatchError) -> InstallError {
+        match error {
+            WatchError::OpenBucket(e) => InstallError::OpenBucket(e),
+            WatchError::Watch(e) => InstallError::Watch(e),
+            WatchError::WatchStream(e) => InstallError::WatchStream(e),
+            WatchError::WatchEnded => InstallError::WatchEnded,
+        }
+    }
+
+    fn log_synced(site: &SiteId, count: usize) {
+        tracing::info!(site = %site, tokens = count, "install files in sync with NATS");
+    }
+
+    fn log_put(token: &BootToken, r: &InstallFilesRecord) {
+        tracing::info!(token = %short(token), machine = %r.machine_id,
+            files = r.files.len(), "install files set");
+    }
+
+    fn log_remove(token: &BootToken) {
+        tracing::info!(token = %short(token), "install files removed (token expired)");
+    }
+}
+
 /// Watches `install` for this site until `cancel`, reconnecting forever with backoff. The
 /// table keeps serving its current contents (from disk or the last snapshot) meanwhile.
 pub async fn watch(
@@ -362,188 +264,7 @@ pub async fn watch(
     table: InstallTable,
     cancel: CancellationToken,
 ) {
-    let mut backoff = settings.min_backoff;
-    loop {
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = watch_once(&client, &settings, &table, &cancel) => r,
-        };
-        match result {
-            Ok(()) => return, // cancelled inside
-            Err(WatchFailure { error, synced }) => {
-                if synced {
-                    backoff = settings.min_backoff;
-                }
-                tracing::warn!(error = %error_chain(&error), retry_in = ?backoff,
-                    "install files watch failed; serving from the current table");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(settings.max_backoff);
-    }
-}
-
-#[derive(Debug)]
-struct WatchFailure {
-    error: InstallError,
-    /// Whether a full snapshot was applied before the failure (resets the backoff).
-    synced: bool,
-}
-
-impl From<InstallError> for WatchFailure {
-    fn from(error: InstallError) -> Self {
-        Self {
-            error,
-            synced: false,
-        }
-    }
-}
-
-/// Saves the table off the async threads (fsync can take a while).
-async fn persist(settings: &WatchSettings, table: &InstallTable) {
-    let (cache, table) = (settings.cache.clone(), table.clone());
-    match tokio::task::spawn_blocking(move || cache.save(&table)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %error_chain(&e), "cannot save the install cache"),
-        Err(e) => tracing::error!(error = %e, "install cache save task failed"),
-    }
-}
-
-/// Most changes applied between two saves.
-const MAX_BATCH: usize = 1024;
-
-async fn watch_once(
-    client: &async_nats::Client,
-    settings: &WatchSettings,
-    table: &InstallTable,
-    cancel: &CancellationToken,
-) -> Result<(), WatchFailure> {
-    let js = substruct_runtime::jetstream_context(client.clone(), settings.js_domain.as_deref());
-    let kv = ensure_kv(&js, &BucketSpec::new(KV_INSTALL))
-        .await
-        .map_err(InstallError::OpenBucket)?;
-    // `{site}.>`: the same shape as the boot bucket's filter.
-    let filter = format!("{}{}", kv.prefix, boot_site_filter(&settings.site));
-    let consumer = kv
-        .stream
-        .create_consumer(jetstream::consumer::push::OrderedConfig {
-            name: Some(substruct_runtime::unique_consumer_name(&format!(
-                "edge-install-{}",
-                settings.site
-            ))),
-            deliver_subject: client.new_inbox(),
-            description: Some("substruct-edge install files watch".to_owned()),
-            filter_subject: filter,
-            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| InstallError::Watch(Box::new(e)))?;
-    let initial = consumer.cached_info().num_pending;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| InstallError::Watch(Box::new(e)))?;
-
-    // Phase 1: the snapshot of every current key, applied as one replacement.
-    let mut fresh: HashMap<BootToken, InstallFilesRecord> = HashMap::new();
-    let mut pending = initial;
-    while pending > 0 {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let msg = match msg {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(InstallError::WatchStream(Box::new(e)).into()),
-            None => return Err(InstallError::WatchEnded.into()),
-        };
-        let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
-        match decode_change(
-            &settings.site,
-            key,
-            op_of(msg.headers.as_ref()),
-            &msg.payload,
-        ) {
-            Change::Put(token, r) => {
-                fresh.insert(token, r);
-            }
-            Change::Remove(token) => {
-                fresh.remove(&token);
-            }
-            Change::Skip => {}
-        }
-        pending = match msg.info() {
-            Ok(info) => info.pending,
-            Err(_) => pending.saturating_sub(1),
-        };
-    }
-    let count = fresh.len();
-    table.replace_all(fresh);
-    persist(settings, table).await;
-    tracing::info!(site = %settings.site, tokens = count, "install files in sync with NATS");
-
-    // Phase 2: live changes, a burst applied before one save.
-    loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let mut next = Some(first);
-        let mut changed = false;
-        let mut failure = None;
-        let mut batch = 0usize;
-        while let Some(msg) = next.take() {
-            let msg = match msg {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    failure = Some(InstallError::WatchStream(Box::new(e)));
-                    break;
-                }
-                None => {
-                    failure = Some(InstallError::WatchEnded);
-                    break;
-                }
-            };
-            let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
-            match decode_change(
-                &settings.site,
-                key,
-                op_of(msg.headers.as_ref()),
-                &msg.payload,
-            ) {
-                Change::Put(token, r) => {
-                    tracing::info!(token = %short(&token), machine = %r.machine_id,
-                        files = r.files.len(), "install files set");
-                    table.set(token, r);
-                    changed = true;
-                }
-                Change::Remove(token) => {
-                    tracing::info!(token = %short(&token), "install files removed (token expired)");
-                    table.remove(&token);
-                    changed = true;
-                }
-                Change::Skip => {}
-            }
-            batch += 1;
-            if batch < MAX_BATCH {
-                next = messages.next().now_or_never();
-            }
-        }
-        if changed {
-            persist(settings, table).await;
-        }
-        if let Some(error) = failure {
-            return Err(WatchFailure {
-                error,
-                synced: true,
-            });
-        }
-    }
+    kv_mirror::watch(client, settings, table, cancel).await
 }
 
 /// Why a callback got no usable answer from the controller.

@@ -8,73 +8,21 @@
 //! start, so the edge answers correctly while NATS is unreachable.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use async_nats::jetstream;
-use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use substruct_runtime::jetstream::{ensure_kv, BucketSpec};
 use substruct_wire::intent::BootIntentRecord;
-use substruct_wire::subjects::{boot_site_filter, KV_BOOT};
+use substruct_wire::subjects::KV_BOOT;
 use substruct_wire::{Mac, SiteId};
 use tokio_util::sync::CancellationToken;
 
-/// Shared, read-mostly table of boot intents for this site.
-#[derive(Debug, Clone, Default)]
-pub struct IntentTable {
-    inner: Arc<RwLock<HashMap<Mac, BootIntentRecord>>>,
-}
+use crate::kv_mirror::{self, Change, Mirror, Op, Table, WatchError};
+
+/// Shared, read-mostly table of boot intents for this site, by MAC: [`IntentTable::get`]
+/// gives the intent for a MAC (`None` means unknown machine).
+pub type IntentTable = Table<Mac, BootIntentRecord>;
 
 impl IntentTable {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The intent for `mac`, if the controller gave one. `None` means unknown machine.
-    pub fn get(&self, mac: &Mac) -> Option<BootIntentRecord> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(mac)
-            .cloned()
-    }
-
-    pub fn set(&self, mac: Mac, record: BootIntentRecord) {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(mac, record);
-    }
-
-    pub fn remove(&self, mac: &Mac) {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(mac);
-    }
-
-    /// Replaces every entry at once (after a full snapshot).
-    pub fn replace_all(&self, entries: HashMap<Mac, BootIntentRecord>) {
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = entries;
-    }
-
-    /// Number of machines with an intent.
-    pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A copy of every entry (for persisting to disk).
-    pub fn snapshot(&self) -> HashMap<Mac, BootIntentRecord> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// Reads the cache file written by [`IntentCache::save`]. A missing file is an empty
     /// table; a file for another site is ignored (logged).
     pub fn load(cache: &IntentCache) -> Result<Self, IntentError> {
@@ -183,73 +131,16 @@ impl IntentCache {
             source,
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| err(std::io::Error::other(e)))?;
-        write_atomically(&self.path, &bytes).map_err(err)
+        kv_mirror::write_atomically(&self.path, &bytes, 0o666).map_err(err)
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// How the watcher connects and how it backs off.
-#[derive(Debug, Clone)]
-pub struct WatchSettings {
-    pub site: SiteId,
-    pub cache: IntentCache,
-    /// First retry delay after a failure; doubles up to `max_backoff`.
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    /// The hub's JetStream domain when the edge sits behind a leaf node.
-    pub js_domain: Option<String>,
-}
-
-impl WatchSettings {
-    pub fn new(site: SiteId, cache: IntentCache) -> Self {
-        Self {
-            site,
-            cache,
-            min_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(10),
-            js_domain: None,
-        }
-    }
-
-    /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
-    pub fn with_js_domain(mut self, domain: Option<String>) -> Self {
-        self.js_domain = domain;
-        self
-    }
-}
-
-/// A change the watch saw, already decoded.
-#[derive(Debug)]
-enum Change {
-    Put(Mac, BootIntentRecord),
-    Remove(Mac),
-    Skip,
-}
+pub type WatchSettings = kv_mirror::WatchSettings<IntentCache>;
 
 /// Decodes one KV message (`key` without the bucket prefix). Bad keys and values are
 /// logged and skipped.
-fn decode_change(site: &SiteId, key: &str, op: Op, value: &[u8]) -> Change {
+fn decode_change(site: &SiteId, key: &str, op: Op, value: &[u8]) -> Change<Mac, BootIntentRecord> {
     let prefix = format!("{site}.");
     let Some(mac_key) = key.strip_prefix(&prefix) else {
         tracing::warn!(key, "boot KV: key outside this site; skipped");
@@ -274,22 +165,44 @@ fn decode_change(site: &SiteId, key: &str, op: Op, value: &[u8]) -> Change {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Put,
-    Delete,
-}
+impl Mirror for IntentCache {
+    type Key = Mac;
+    type Value = BootIntentRecord;
+    type Error = IntentError;
+    const BUCKET: &'static str = KV_BOOT;
+    const CONSUMER_PREFIX: &'static str = "edge-boot";
+    const DESCRIPTION: &'static str = "substruct-edge boot intent watch";
+    const MAX_BATCH: usize = 4096;
+    const WATCH_NAME: &'static str = "boot intent watch";
+    const CACHE_NAME: &'static str = "intent cache";
 
-/// The KV operation of a message in the bucket's stream (headers as the KV layer writes them).
-fn op_of(headers: Option<&async_nats::HeaderMap>) -> Op {
-    let Some(h) = headers else { return Op::Put };
-    match h.get("KV-Operation").map(|v| v.as_str()) {
-        Some("DEL") | Some("PURGE") => return Op::Delete,
-        _ => {}
+    fn decode(site: &SiteId, key: &str, op: Op, value: &[u8]) -> Change<Mac, BootIntentRecord> {
+        decode_change(site, key, op, value)
     }
-    match h.get("Nats-Marker-Reason").map(|v| v.as_str()) {
-        Some(_) => Op::Delete,
-        None => Op::Put,
+
+    fn save_table(&self, table: &IntentTable) -> Result<(), IntentError> {
+        self.save(table)
+    }
+
+    fn watch_error(error: WatchError) -> IntentError {
+        match error {
+            WatchError::OpenBucket(e) => IntentError::OpenBucket(e),
+            WatchError::Watch(e) => IntentError::Watch(e),
+            WatchError::WatchStream(e) => IntentError::WatchStream(e),
+            WatchError::WatchEnded => IntentError::WatchEnded,
+        }
+    }
+
+    fn log_synced(site: &SiteId, count: usize) {
+        tracing::info!(site = %site, intents = count, "boot intents in sync with NATS");
+    }
+
+    fn log_put(mac: &Mac, r: &BootIntentRecord) {
+        tracing::info!(%mac, intent = ?r.intent, "boot intent set");
+    }
+
+    fn log_remove(mac: &Mac) {
+        tracing::info!(%mac, "boot intent removed");
     }
 }
 
@@ -301,190 +214,7 @@ pub async fn watch(
     table: IntentTable,
     cancel: CancellationToken,
 ) {
-    let mut backoff = settings.min_backoff;
-    loop {
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = watch_once(&client, &settings, &table, &cancel) => r,
-        };
-        match result {
-            Ok(()) => return, // cancelled inside
-            Err(WatchFailure { error, synced }) => {
-                if synced {
-                    backoff = settings.min_backoff;
-                }
-                tracing::warn!(error = %crate::http::files::error_chain(&error), retry_in = ?backoff,
-                    "boot intent watch failed; serving from the current table");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(settings.max_backoff);
-    }
-}
-
-#[derive(Debug)]
-struct WatchFailure {
-    error: IntentError,
-    /// Whether a full snapshot was applied before the failure (resets the backoff).
-    synced: bool,
-}
-
-impl From<IntentError> for WatchFailure {
-    fn from(error: IntentError) -> Self {
-        Self {
-            error,
-            synced: false,
-        }
-    }
-}
-
-/// Saves the table off the async threads (fsync can take a while).
-async fn persist(settings: &WatchSettings, table: &IntentTable) {
-    let (cache, table) = (settings.cache.clone(), table.clone());
-    let result = tokio::task::spawn_blocking(move || cache.save(&table)).await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %crate::http::files::error_chain(&e), "cannot save the intent cache")
-        }
-        Err(e) => tracing::error!(error = %e, "intent cache save task failed"),
-    }
-}
-
-/// Most changes applied between two saves.
-const MAX_BATCH: usize = 4096;
-
-async fn watch_once(
-    client: &async_nats::Client,
-    settings: &WatchSettings,
-    table: &IntentTable,
-    cancel: &CancellationToken,
-) -> Result<(), WatchFailure> {
-    let js = substruct_runtime::jetstream_context(client.clone(), settings.js_domain.as_deref());
-    let kv = ensure_kv(&js, &BucketSpec::new(KV_BOOT))
-        .await
-        .map_err(IntentError::OpenBucket)?;
-    let filter = format!("{}{}", kv.prefix, boot_site_filter(&settings.site));
-    let consumer = kv
-        .stream
-        .create_consumer(jetstream::consumer::push::OrderedConfig {
-            name: Some(substruct_runtime::unique_consumer_name(&format!(
-                "edge-boot-{}",
-                settings.site
-            ))),
-            deliver_subject: client.new_inbox(),
-            description: Some("substruct-edge boot intent watch".to_owned()),
-            filter_subject: filter,
-            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| IntentError::Watch(Box::new(e)))?;
-    let initial = consumer.cached_info().num_pending;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| IntentError::Watch(Box::new(e)))?;
-
-    // Phase 1: the snapshot of every current key, applied as one replacement.
-    let mut fresh: HashMap<Mac, BootIntentRecord> = HashMap::new();
-    let mut pending = initial;
-    while pending > 0 {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let msg = match msg {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(IntentError::WatchStream(Box::new(e)).into()),
-            None => return Err(IntentError::WatchEnded.into()),
-        };
-        let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
-        match decode_change(
-            &settings.site,
-            key,
-            op_of(msg.headers.as_ref()),
-            &msg.payload,
-        ) {
-            Change::Put(mac, r) => {
-                fresh.insert(mac, r);
-            }
-            Change::Remove(mac) => {
-                fresh.remove(&mac);
-            }
-            Change::Skip => {}
-        }
-        pending = match msg.info() {
-            Ok(info) => info.pending,
-            Err(_) => pending.saturating_sub(1),
-        };
-    }
-    let count = fresh.len();
-    table.replace_all(fresh);
-    persist(settings, table).await;
-    tracing::info!(site = %settings.site, intents = count, "boot intents in sync with NATS");
-
-    // Phase 2: live changes. Whatever is already waiting is applied before one save, so
-    // a burst of updates costs one fsync, not one per key.
-    loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let mut next = Some(first);
-        let mut changed = false;
-        let mut failure = None;
-        let mut batch = 0usize;
-        while let Some(msg) = next.take() {
-            let msg = match msg {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    failure = Some(IntentError::WatchStream(Box::new(e)));
-                    break;
-                }
-                None => {
-                    failure = Some(IntentError::WatchEnded);
-                    break;
-                }
-            };
-            let key = msg.subject.as_str().strip_prefix(&kv.prefix).unwrap_or("");
-            match decode_change(
-                &settings.site,
-                key,
-                op_of(msg.headers.as_ref()),
-                &msg.payload,
-            ) {
-                Change::Put(mac, r) => {
-                    tracing::info!(%mac, intent = ?r.intent, "boot intent set");
-                    table.set(mac, r);
-                    changed = true;
-                }
-                Change::Remove(mac) => {
-                    tracing::info!(%mac, "boot intent removed");
-                    table.remove(&mac);
-                    changed = true;
-                }
-                Change::Skip => {}
-            }
-            batch += 1;
-            if batch < MAX_BATCH {
-                next = messages.next().now_or_never();
-            }
-        }
-        if changed {
-            persist(settings, table).await;
-        }
-        if let Some(error) = failure {
-            return Err(WatchFailure {
-                error,
-                synced: true,
-            });
-        }
-    }
+    kv_mirror::watch(client, settings, table, cancel).await
 }
 
 #[cfg(test)]

@@ -8,5 +8,6 @@ pub mod http;
 pub mod image_cache;
 pub mod install;
 pub mod intents;
+pub mod kv_mirror;
 pub mod ra;
 pub mod tftp;
