@@ -66,7 +66,7 @@ pub enum CacheError {
 }
 
 /// What the registry says about an image name.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct ImageMeta {
     pub sha256: String,
     pub size: u64,
@@ -112,6 +112,9 @@ pub struct ImageCache {
     js_domain: Option<String>,
     /// One fetch/verify at a time per sha256.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Names resolved while the registry was reachable (`names.json`): what lets a
+    /// site serve its cached images by name while its WAN link is down.
+    names: Arc<Mutex<HashMap<String, ImageMeta>>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
@@ -123,6 +126,11 @@ impl std::fmt::Debug for ImageCache {
             .finish()
     }
 }
+
+/// The name → sha256 index in the cache directory.
+const NAMES_FILE: &str = "names.json";
+/// How long a known name waits for the registry before using its last known sha256.
+const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn is_sha256(name: &str) -> bool {
     name.len() == 64
@@ -154,6 +162,9 @@ impl ImageCache {
             let entry = entry.map_err(dir_err)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let meta = entry.metadata().map_err(dir_err)?;
+            if name == NAMES_FILE && meta.is_file() {
+                continue;
+            }
             if is_sha256(&name) && meta.is_file() {
                 index.clock += 1;
                 index.entries.insert(
@@ -176,7 +187,17 @@ impl ImageCache {
                 }
             }
         }
+        let names = std::fs::read(dir.join(NAMES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<HashMap<String, ImageMeta>>(&b).ok())
+            .map(|m| {
+                m.into_iter()
+                    .filter(|(_, v)| is_sha256(&v.sha256))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
+            names: Arc::new(Mutex::new(names)),
             dir,
             cap_bytes,
             index: Arc::new(Mutex::new(index)),
@@ -270,11 +291,66 @@ impl ImageCache {
 
     /// The verified cache file for image `name`, fetching it if needed; `None` when
     /// no image has that name.
+    ///
+    /// When the registry cannot be reached (NATS or the WAN link down), a name this
+    /// edge resolved before is served from its last known sha256 if the file is cached.
     pub async fn path_for(&self, name: &str) -> Result<Option<PathBuf>, CacheError> {
-        let Some(meta) = self.lookup(name).await? else {
-            return Ok(None);
+        let known = lock(&self.names).get(name).cloned();
+        let looked_up = match &known {
+            // Do not make a booting machine wait out a dead link for a name we know.
+            Some(_) => tokio::time::timeout(REGISTRY_WAIT, self.lookup(name))
+                .await
+                .unwrap_or(Err(CacheError::Offline)),
+            None => self.lookup(name).await,
+        };
+        let meta = match looked_up {
+            Ok(Some(meta)) => {
+                if known.as_ref() != Some(&meta) {
+                    self.remember(name, Some(meta.clone()));
+                }
+                meta
+            }
+            Ok(None) => {
+                if known.is_some() {
+                    self.remember(name, None);
+                }
+                return Ok(None);
+            }
+            Err(e @ (CacheError::Offline | CacheError::Registry { .. })) => match known {
+                Some(meta) => {
+                    tracing::debug!(image = name, error = %e, "registry unreachable; using the last known sha256");
+                    meta
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
         };
         self.ensure(&meta).await.map(Some)
+    }
+
+    /// Records (or forgets) a name's sha256 and saves `names.json` (best effort).
+    fn remember(&self, name: &str, meta: Option<ImageMeta>) {
+        let snapshot = {
+            let mut names = lock(&self.names);
+            match meta {
+                Some(m) => {
+                    names.insert(name.to_owned(), m);
+                }
+                None => {
+                    names.remove(name);
+                }
+            }
+            names.clone()
+        };
+        let path = self.dir.join(NAMES_FILE);
+        let tmp = self.dir.join(format!("{NAMES_FILE}.tmp"));
+        let written = serde_json::to_vec(&snapshot)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot save the image cache's name index");
+        }
     }
 
     /// Fetches the named images now (the site's profiles use them), logging failures.

@@ -143,10 +143,19 @@ async fn flow() {
     assert!(!cdir.join(&md.sha256).exists());
     assert!(!cdir.join(format!("{}.part", md.sha256)).exists());
 
-    // NATS gone: cached files are still served, misses fail clearly.
+    // NATS gone (a WAN cut), even across a restart: cached images are still served by
+    // name from the last known sha256; a name never resolved, or a miss, fails clearly.
     drop(client);
+    drop(cache);
     let offline = ImageCache::open(&cdir, 3_200_000, None).unwrap();
-    let err = offline.path_for("c.img").await.unwrap_err();
+    assert_eq!(
+        offline.path_for("c.img").await.unwrap(),
+        Some(cdir.join(&mc.sha256))
+    );
+    assert_eq!(std::fs::read(cdir.join(&mc.sha256)).unwrap(), c);
+    let err = offline.path_for("never-seen.img").await.unwrap_err();
     assert!(matches!(err, CacheError::Offline), "{err}");
-    assert_eq!(offline.ensure(&mc).await.unwrap(), cdir.join(&mc.sha256));
+    // a.img was resolved before but evicted: known name, no file, no way to fetch.
+    let err = offline.path_for("a.img").await.unwrap_err();
+    assert!(matches!(err, CacheError::Offline), "{err}");
 }
