@@ -103,6 +103,7 @@ impl IntoResponse for ApiError {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
                 ProvisionError::Illegal { .. } => StatusCode::CONFLICT,
+                ProvisionError::TokenExpired => StatusCode::FORBIDDEN,
                 ProvisionError::Contention(_) | ProvisionError::Store(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -200,6 +201,8 @@ async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let role = role_of(&state.tokens, request.headers())?;
+    let mut request = request;
+    request.extensions_mut().insert(role);
     let needed = if matches!(*request.method(), HttpMethod::GET | HttpMethod::HEAD) {
         Role::Viewer
     } else {
@@ -228,18 +231,40 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// A machine record as the API shows it: a viewer never sees the install token
+/// (with it one could fetch the install files, which hold secrets, or call back).
+fn machine_view(record: &MachineRecord, role: Role) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if role < Role::Admin {
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("ticket");
+        }
+    }
+    value
+}
+
 async fn list_machines(
     State(state): State<ApiState>,
-) -> Result<Json<Vec<MachineRecord>>, ApiError> {
-    Ok(Json(state.store.list_machines().await?))
+    axum::Extension(role): axum::Extension<Role>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .list_machines()
+            .await?
+            .iter()
+            .map(|m| machine_view(m, role))
+            .collect(),
+    ))
 }
 
 async fn show_machine(
     State(state): State<ApiState>,
+    axum::Extension(role): axum::Extension<Role>,
     Path(id): Path<String>,
-) -> Result<Json<MachineRecord>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     match state.provisioner.find(&id).await {
-        Ok((record, _)) => Ok(Json(record)),
+        Ok((record, _)) => Ok(Json(machine_view(&record, role))),
         Err(ProvisionError::UnknownMachine(_)) => Err(ApiError::NotFound(id)),
         Err(e) => Err(e.into()),
     }

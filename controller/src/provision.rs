@@ -57,6 +57,9 @@ pub enum ProvisionError {
     },
     #[error("gave up after {MAX_ATTEMPTS} compare-and-set races on machine {0}")]
     Contention(MachineId),
+    /// The machine's token changed under a callback (a reinstall or reassignment).
+    #[error("unknown or expired token")]
+    TokenExpired,
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
 }
@@ -71,6 +74,7 @@ impl ProvisionError {
                 ErrorCode::Malformed
             }
             Self::Contention(_) | Self::Store(_) => ErrorCode::Unavailable,
+            Self::TokenExpired => ErrorCode::Forbidden,
         }
     }
 }
@@ -140,6 +144,16 @@ pub fn desired_intent(
 struct Change {
     event: Event,
     by: String,
+}
+
+/// A callback's change: applied only if the record still holds `token` — checked
+/// inside the compare-and-set, so a callback that raced a reinstall (new token)
+/// cannot touch the new install.
+fn by_token(event: Event, by: &str) -> Change {
+    Change {
+        event,
+        by: by.to_owned(),
+    }
 }
 
 /// Provisioning over the [`Store`]. Cheap to clone.
@@ -273,6 +287,7 @@ impl Provisioner {
                 by: by.to_owned(),
             },
             false,
+            None,
             |r| r.pending_wipe = wipe,
         )
         .await
@@ -339,7 +354,18 @@ impl Provisioner {
         change: Change,
         new_ticket: bool,
     ) -> Result<MachineRecord, ProvisionError> {
-        self.change_with(id, change, new_ticket, |_| {}).await
+        self.change_with(id, change, new_ticket, None, |_| {}).await
+    }
+
+    /// [`Self::change`] for a callback: only while the record still holds `token`.
+    async fn change_for_token(
+        &self,
+        id: &MachineId,
+        change: Change,
+        token: &BootToken,
+        edit: impl Fn(&mut MachineRecord),
+    ) -> Result<MachineRecord, ProvisionError> {
+        self.change_with(id, change, false, Some(token), edit).await
     }
 
     /// Applies one lifecycle event to a machine: compare-and-set of the record, the
@@ -352,12 +378,18 @@ impl Provisioner {
         id: &MachineId,
         change: Change,
         new_ticket: bool,
+        require_token: Option<&BootToken>,
         edit: impl Fn(&mut MachineRecord),
     ) -> Result<MachineRecord, ProvisionError> {
         for _ in 0..MAX_ATTEMPTS {
             let Some((old, revision)) = self.store.machine(id).await? else {
                 return Err(ProvisionError::UnknownMachine(id.to_string()));
             };
+            if let Some(token) = require_token {
+                if old.ticket.as_ref().map(|t| &t.token) != Some(token) {
+                    return Err(ProvisionError::TokenExpired);
+                }
+            }
             let state = lifecycle::transition(&old.state, &change.event).map_err(|source| {
                 ProvisionError::Illegal {
                     machine: id.clone(),
@@ -446,6 +478,22 @@ impl Provisioner {
             by = %change.by,
             "lifecycle transition"
         );
+        // The old token dies first: if anything below fails, no expired token keeps
+        // working at an edge.
+        if let Some(t) = &old.ticket {
+            if new.ticket.as_ref() != Some(t) {
+                self.store.index_delete(&token_key(&t.token)).await?;
+                self.store
+                    .set_install_files(&t.site, &t.token, None)
+                    .await?;
+            }
+        }
+        if let (Some(files), Some(t)) = (&files, &new.ticket) {
+            self.store
+                .set_install_files(&t.site, &t.token, Some(files))
+                .await?;
+        }
+        self.sync(new).await?;
         self.store
             .publish_event(&MachineEvent {
                 machine_id: new.id.clone(),
@@ -464,25 +512,18 @@ impl Provisioner {
                 },
             })
             .await?;
-        if let Some(t) = &old.ticket {
-            if new.ticket.as_ref() != Some(t) {
-                self.store.index_delete(&token_key(&t.token)).await?;
-                self.store
-                    .set_install_files(&t.site, &t.token, None)
-                    .await?;
-            }
-        }
-        if let (Some(files), Some(t)) = (&files, &new.ticket) {
-            self.store
-                .set_install_files(&t.site, &t.token, Some(files))
-                .await?;
-        }
-        self.sync(new).await
+        Ok(())
     }
 
     /// Writes the boot intents the record asks for, for every MAC of the machine at
     /// its site. Idempotent.
     pub async fn sync(&self, record: &MachineRecord) -> Result<(), ProvisionError> {
+        // Always from the latest record: a caller's copy may be older than a change
+        // another request (or controller) made meanwhile.
+        let Some((fresh, _)) = self.store.machine(&record.id).await? else {
+            return Ok(());
+        };
+        let record = &fresh;
         let profile = match record.state.profile() {
             Some(name) => self.profile(name).await.ok(),
             None => None,
@@ -737,17 +778,27 @@ impl Provisioner {
             (CallbackKind::Fetched { file }, TicketPurpose::Install) => {
                 tracing::info!(machine = %id, file, "install file fetched");
                 let record = match record.state {
-                    State::Assigned { .. } => {
-                        self.change(
+                    State::Assigned { .. } => match self
+                        .change_for_token(
                             &id,
-                            Change {
-                                event: Event::InstallStarted,
-                                by,
-                            },
-                            false,
+                            by_token(Event::InstallStarted, &by),
+                            &request.token,
+                            |_| {},
                         )
-                        .await?
-                    }
+                        .await
+                    {
+                        Ok(r) => r,
+                        // Another fetch (or controller) moved it first: that is the
+                        // state this callback asked for.
+                        Err(ProvisionError::Illegal { .. }) => self
+                            .store
+                            .machine(&id)
+                            .await
+                            .map_err(ProvisionError::from)?
+                            .map(|(r, _)| r)
+                            .ok_or(CallbackError::Forbidden)?,
+                        Err(e) => return Err(e.into()),
+                    },
                     State::Installing { .. } => record,
                     _ => return Err(CallbackError::Forbidden),
                 };
@@ -755,38 +806,53 @@ impl Provisioner {
             }
             (CallbackKind::Done, TicketPurpose::Install) => {
                 if matches!(record.state, State::Assigned { .. }) {
-                    self.change(
-                        &id,
-                        Change {
-                            event: Event::InstallStarted,
-                            by: by.clone(),
-                        },
-                        false,
-                    )
-                    .await?;
+                    match self
+                        .change_for_token(
+                            &id,
+                            by_token(Event::InstallStarted, &by),
+                            &request.token,
+                            |_| {},
+                        )
+                        .await
+                    {
+                        // Illegal: a concurrent `fetched` got there first; go on to done.
+                        Ok(_) | Err(ProvisionError::Illegal { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 let record = self
-                    .change(
-                        &id,
-                        Change {
-                            event: Event::Done,
-                            by,
-                        },
-                        false,
-                    )
+                    .change_for_token(&id, by_token(Event::Done, &by), &request.token, |_| {})
                     .await?;
                 Ok(reply(&record, Some(Instruction::Reboot)))
             }
             (CallbackKind::Failed { reason }, TicketPurpose::Install) => {
                 let reason: String = reason.chars().take(1024).collect();
                 let record = self
-                    .change(
+                    .change_for_token(
                         &id,
-                        Change {
-                            event: Event::Fail { reason },
-                            by,
+                        by_token(Event::Fail { reason }, &by),
+                        &request.token,
+                        |_| {},
+                    )
+                    .await?;
+                Ok(reply(&record, Some(Instruction::Wait)))
+            }
+            // The wipe the release asked for failed: recorded as a failure with its
+            // reason, the wipe dropped (the operator decides what next).
+            (CallbackKind::Failed { reason }, TicketPurpose::Wipe) => {
+                let reason: String = format!(
+                    "wipe failed: {}",
+                    reason.chars().take(1000).collect::<String>()
+                );
+                let record = self
+                    .change_for_token(
+                        &id,
+                        by_token(Event::Fail { reason }, &by),
+                        &request.token,
+                        |r| {
+                            r.pending_wipe = None;
+                            r.ticket = None;
                         },
-                        false,
                     )
                     .await?;
                 Ok(reply(&record, Some(Instruction::Wait)))

@@ -21,6 +21,7 @@ use substruct_wire::messages::{
 use substruct_wire::{subjects, BootToken, Mac, SiteId};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x21];
+const VIEWER: &str = "test-viewer-token";
 const SHA: &str = "a3f1c0ffee00000000000000000000000000000000000000000000000000beef";
 
 struct Api {
@@ -140,7 +141,12 @@ fn preseed_assignment_install_files_callbacks_and_local_boot() {
 
 async fn preseed_assignment_install_files_callbacks_and_local_boot_flow() {
     let nats = NatsServer::start().unwrap();
-    let c = Running::start(config(&nats.url())).await;
+    let mut cfg = config(&nats.url());
+    cfg.tokens.push(substruct_controller::config::ApiToken {
+        token: VIEWER.into(),
+        role: substruct_controller::config::Role::Viewer,
+    });
+    let c = Running::start(cfg).await;
     let api = Api {
         base: c.url(),
         http: reqwest::Client::new(),
@@ -178,6 +184,36 @@ async fn preseed_assignment_install_files_callbacks_and_local_boot_flow() {
     assert_eq!(m["state"], "assigned");
     assert_eq!(m["profile"], "debian12-preseed");
     let token = token_of(&m);
+
+    // A viewer sees the state but never the token (it opens the install files and
+    // the callbacks), and may not assign.
+    let as_viewer = |req: reqwest::RequestBuilder| req.bearer_auth(VIEWER);
+    let resp = as_viewer(api.http.get(format!("{}/api/v1/machines/{id}", api.base)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["state"], "assigned");
+    assert!(seen.get("ticket").is_none(), "{seen}");
+    assert!(!seen.to_string().contains(token.as_str()));
+    let listed = as_viewer(api.http.get(format!("{}/api/v1/machines", api.base)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains(token.as_str()));
+    let resp = as_viewer(
+        api.http
+            .post(format!("{}/api/v1/machines/{id}/release", api.base)),
+    )
+    .json(&json!({}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 403);
 
     // The edge's view: an installer intent naming the token, and the rendered preseed.
     match intent(&client, "dc1", MAC).await.unwrap() {
@@ -494,6 +530,57 @@ async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow
     assert_eq!(r.state, "failed");
     let m = api.get(&format!("/api/v1/machines/{id}")).await.1;
     assert_eq!(m["reason"], "sha256 mismatch");
+
+    // Release with a full wipe, and the wipe fails: recorded as a failure with the
+    // reason, the wipe dropped (no endless wipe instructions).
+    let (status, m) = api
+        .post(
+            &format!("/api/v1/machines/{id}/release"),
+            json!({"wipe": "discard"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{m}");
+    let reply = discover(
+        &client,
+        "dc1",
+        report(None, Some("SN-IMG-1"), &[MAC], &["D9"]),
+    )
+    .await
+    .unwrap();
+    let Instruction::Wipe { mode, token } = reply.instruction else {
+        panic!("expected a wipe, got {:?}", reply.instruction);
+    };
+    assert_eq!(mode, WipeMode::Discard);
+    let r = callback(
+        &client,
+        "dc1",
+        &token,
+        CallbackKind::Failed {
+            reason: "vda: I/O error".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.state, "failed");
+    let m = api.get(&format!("/api/v1/machines/{id}")).await.1;
+    assert_eq!(m["reason"], "wipe failed: vda: I/O error");
+    assert!(m.get("pending_wipe").is_none(), "{m}");
+    let reply = discover(
+        &client,
+        "dc1",
+        report(None, Some("SN-IMG-1"), &[MAC], &["D9"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.instruction, Instruction::Wait);
+    let e = callback(&client, "dc1", &token, CallbackKind::Wiped)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code,
+        ErrorCode::Forbidden,
+        "the wipe token died with the failure"
+    );
     c.stop().await;
 }
 
