@@ -7,7 +7,7 @@
 //! * stream `EVENTS`: [`MachineEvent`]s as JSON on `substruct.v1.events.{id}`.
 //!
 //! * KV `profiles`, `rules`, `images`, `sites`, `site_status`: JSON documents by name;
-//! * KV `boot` (`{site}.{mac}` → boot intent) and `install` (`{site}.{token}` → the
+//! * KV `boot` (`{site}.{mac}` → boot intent) and `install` (`{site}.{sha256(token)[..32]}` → the
 //!   rendered install files), envelope-encoded for the edges.
 //!
 //! Every write is a compare-and-set on the key's revision: `create` for a new key,

@@ -1,8 +1,8 @@
 //! The site's rendered install files (kickstart, preseed, autoinstall), keyed by install
 //! token, and the callbacks the edge sends the controller about them.
 //!
-//! [`InstallTable`] mirrors JetStream KV `install` (`{site}.{token}` → envelope-encoded
-//! [`InstallFilesRecord`]) the way [`crate::intents`] mirrors `boot`: [`watch`] takes a
+//! [`InstallTable`] mirrors JetStream KV `install` (`{site}.{h}` → envelope-encoded
+//! [`InstallFilesRecord`], `h` a digest of the token: [`subjects::install_key`]) the way [`crate::intents`] mirrors `boot`: [`watch`] takes a
 //! full snapshot of `{site}.>` on every (re)start, then applies puts, deletes and purges;
 //! after each change the table is written to `state_dir/install.json` (mode 0600: the
 //! files hold secrets) and [`InstallTable::load`] reads it at start, so a site keeps
@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -164,37 +164,56 @@ impl InstallCache {
 /// How the watcher connects and how it backs off.
 pub type WatchSettings = kv_mirror::WatchSettings<InstallCache>;
 
-/// Decodes one KV message (`key` without the bucket prefix). Bad keys and values are
-/// logged and skipped; tokens are never logged whole (they gate secrets).
+/// `install` KV key (`{site}.{h}`) → the token of the entry it holds, for every put this
+/// process applied. A delete carries no value, and its key only a digest of the token
+/// ([`subjects::install_key`]), so this is how a delete finds the table entry to remove.
+/// Process-wide because [`Mirror::decode`] has no state: with two install watchers of the
+/// same site in one process (the agent runs one), only the first would see a delete.
+static KEY_TOKENS: LazyLock<Mutex<HashMap<String, BootToken>>> = LazyLock::new(Default::default);
+
+fn key_tokens() -> std::sync::MutexGuard<'static, HashMap<String, BootToken>> {
+    KEY_TOKENS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Decodes one KV message (`key` without the bucket prefix). The key names no token (it is
+/// `{site}.{h}`, see [`subjects::install_key`]): a put is accepted only if
+/// `install_key(site, record.token)` is its key, and a delete removes the token an earlier
+/// put of that key brought. Bad keys and values are logged and skipped; tokens are never
+/// logged whole (they gate secrets).
 fn decode_change(
     site: &SiteId,
     key: &str,
     op: Op,
     value: &[u8],
 ) -> Change<BootToken, InstallFilesRecord> {
-    let prefix = format!("{site}.");
-    let Some(token_key) = key.strip_prefix(&prefix) else {
+    let in_site = key
+        .strip_prefix(site.as_str())
+        .is_some_and(|rest| rest.starts_with('.'));
+    if !in_site {
         tracing::warn!("install KV: key outside this site; skipped");
         return Change::Skip;
-    };
-    let token = match BootToken::new(token_key) {
-        Ok(t) => t,
-        Err(_) => {
-            tracing::warn!("install KV: key is not {{site}}.{{token}}; skipped");
-            return Change::Skip;
-        }
-    };
+    }
     match op {
-        Op::Delete => Change::Remove(token),
+        Op::Delete => match key_tokens().remove(key) {
+            Some(token) => Change::Remove(token),
+            None => {
+                // Never put while this process watched: not in the table either.
+                tracing::debug!("install KV: delete of an unknown key; nothing to remove");
+                Change::Skip
+            }
+        },
         Op::Put => match substruct_wire::decode::<InstallFilesRecord>(value) {
-            Ok(record) if record.token == token => Change::Put(token, record),
+            Ok(record) if subjects::install_key(site, &record.token) == key => {
+                key_tokens().insert(key.to_owned(), record.token.clone());
+                Change::Put(record.token.clone(), record)
+            }
             Ok(record) => {
-                tracing::warn!(token = %short(&token), machine = %record.machine_id,
-                    "install KV: the record's token differs from its key; skipped");
+                tracing::warn!(token = %short(&record.token), machine = %record.machine_id,
+                    "install KV: the record's token does not belong to its key; skipped");
                 Change::Skip
             }
             Err(e) => {
-                tracing::warn!(token = %short(&token), error = %error_chain(&e),
+                tracing::warn!(error = %error_chain(&e),
                     "install KV: undecodable install files; skipped");
                 Change::Skip
             }
@@ -308,7 +327,10 @@ impl CallbackError {
 }
 
 /// How long a synchronous callback ([`CallbackClient::request`]) waits for the controller.
-pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+///
+/// Above the controller's worst case (~10 s, it waits for the event's ack): a `done` the
+/// controller applies must not be answered 503 here, then 403 on the installer's retry.
+pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most "fetched" callbacks waiting to be sent; beyond it new ones are dropped (logged).
 pub const FETCHED_QUEUE_LEN: usize = 1024;
 /// Above this many remembered (token, file) pairs, pairs of expired tokens are forgotten.
@@ -602,23 +624,35 @@ mod tests {
     #[test]
     fn changes_decode_and_bad_ones_are_skipped() {
         let s1 = SiteId::new("s1").unwrap();
-        let bytes = substruct_wire::encode(&rec("abc123", &["ks.cfg"])).unwrap();
+        let token = BootToken::new("unit-abc123").unwrap();
+        let key = subjects::install_key(&s1, &token);
+        assert!(!key.contains("abc123"), "{key}");
+        let bytes = substruct_wire::encode(&rec("unit-abc123", &["ks.cfg"])).unwrap();
+        // A delete of a key never put here has nothing to remove.
         assert!(matches!(
-            decode_change(&s1, "s1.abc123", Op::Put, &bytes),
-            Change::Put(t, _) if t.as_str() == "abc123"
+            decode_change(&s1, &key, Op::Delete, b""),
+            Change::Skip
         ));
         assert!(matches!(
-            decode_change(&s1, "s1.abc123", Op::Delete, b""),
-            Change::Remove(_)
+            decode_change(&s1, &key, Op::Put, &bytes),
+            Change::Put(t, _) if t == token
         ));
+        assert!(matches!(
+            decode_change(&s1, &key, Op::Delete, b""),
+            Change::Remove(t) if t == token
+        ));
+        let s2 = SiteId::new("s2").unwrap();
+        let other = subjects::install_key(&s1, &BootToken::new("unit-other1").unwrap());
         for (key, value) in [
-            ("s1.abc123", &b"garbage"[..]),
-            ("s2.abc123", &bytes[..]),
-            ("s1.ABC", &bytes[..]),
-            ("s1.other1", &bytes[..]), // the record's token differs from the key
+            (key.clone(), &b"garbage"[..]),
+            (subjects::install_key(&s2, &token), &bytes[..]),
+            ("s1".to_owned(), &bytes[..]),
+            ("s10.x".to_owned(), &bytes[..]),
+            ("s1.unit-abc123".to_owned(), &bytes[..]), // the old `{site}.{token}` shape
+            (other, &bytes[..]),                       // the record's token is another's
         ] {
             assert!(
-                matches!(decode_change(&s1, key, Op::Put, value), Change::Skip),
+                matches!(decode_change(&s1, &key, Op::Put, value), Change::Skip),
                 "{key}"
             );
         }

@@ -73,6 +73,9 @@ pub enum TargetError {
     Empty { name: String },
     #[error("no usable disk (non-removable, non-zero size) in /sys/block")]
     NoDisk,
+    /// No disk was named and more than one is usable: guessing could overwrite a data disk.
+    #[error("several disks could take the image ({names}); name one in the profile's target_disk")]
+    Several { names: String },
 }
 
 /// Reads every entry of `<root>/sys/block`, sorted by name. Unreadable entries are
@@ -149,14 +152,30 @@ fn usable(d: &BlockDisk) -> bool {
     !d.virtual_device && !d.removable && d.size_bytes > 0
 }
 
-/// Pure: the disk to deploy to — `requested` by name, or the first usable one
-/// (non-removable, non-virtual, non-zero size) in name order.
+/// Pure: the disk to deploy to — `requested` by name, or else the only usable one
+/// (non-removable, non-virtual, non-zero size). With several usable disks and none named
+/// it refuses ([`TargetError::Several`]) rather than guess: the wrong guess overwrites a
+/// data disk.
 pub fn choose_target<'a>(
     disks: &'a [BlockDisk],
     requested: Option<&str>,
 ) -> Result<&'a BlockDisk, TargetError> {
     let Some(name) = requested else {
-        return disks.iter().find(|d| usable(d)).ok_or(TargetError::NoDisk);
+        let candidates: Vec<&BlockDisk> = disks
+            .iter()
+            .filter(|d| usable(d) && valid_disk_name(&d.name))
+            .collect();
+        return match candidates.as_slice() {
+            [] => Err(TargetError::NoDisk),
+            [only] => Ok(only),
+            several => Err(TargetError::Several {
+                names: several
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        };
     };
     if !valid_disk_name(name) {
         return Err(TargetError::BadName {
@@ -221,8 +240,16 @@ mod tests {
             disk("sdb", 1 << 30, false, false),
             disk("vda", 1 << 30, false, false),
         ];
-        assert_eq!(choose_target(&disks, None).unwrap().name, "sdb");
+        // Two usable disks (sdb, vda) and none named: refused, both named.
+        assert_eq!(
+            choose_target(&disks, None).unwrap_err().to_string(),
+            "several disks could take the image (sdb, vda); name one in the profile's target_disk"
+        );
+        // One usable disk among unusable ones: taken.
+        assert_eq!(choose_target(&disks[..4], None).unwrap().name, "sdb");
+        assert_eq!(choose_target(&disks[4..], None).unwrap().name, "vda");
         assert_eq!(choose_target(&disks, Some("vda")).unwrap().name, "vda");
+        assert_eq!(choose_target(&disks, Some("sdb")).unwrap().name, "sdb");
         let err = |n: &str| choose_target(&disks, Some(n)).unwrap_err().to_string();
         assert_eq!(err("sda"), "disk sda is removable, refused");
         assert!(err("loop0").contains("virtual device"));

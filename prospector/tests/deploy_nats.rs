@@ -553,6 +553,21 @@ async fn a_removable_or_unknown_target_disk_is_refused() {
     let reason = failing_deploy(&lab, &edge, deploy_instruction(&image, None)).await;
     assert!(reason.contains("no usable disk"), "{reason}");
     assert!(lab.read("sdb").iter().all(|b| *b == FILL));
+    // Two usable disks and none named: no guess (one may hold data), both are named.
+    lab.disk("vda", 16 * MIB, false, &[]);
+    lab.disk("nvme0n1", 16 * MIB, false, &[]);
+    let reason = failing_deploy(&lab, &edge, deploy_instruction(&image, None)).await;
+    assert_eq!(
+        reason,
+        "cannot use the target disk: several disks could take the image (nvme0n1, vda); \
+         name one in the profile's target_disk"
+    );
+    for name in ["sdb", "vda", "nvme0n1"] {
+        assert!(
+            lab.read(name).iter().all(|b| *b == FILL),
+            "{name} untouched"
+        );
+    }
 }
 
 #[tokio::test]

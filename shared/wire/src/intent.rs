@@ -41,7 +41,7 @@ pub enum LocalBootWay {
 }
 
 /// The rendered install files of one machine, in KV bucket `install` under
-/// `{site}.{token}`. The controller deletes the key when the machine leaves
+/// `{site}.{h}` (h: a hash of the token). The controller deletes the key when the machine leaves
 /// `installing`; the edge serves them at `/install/{token}/{name}` while the key exists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallFilesRecord {

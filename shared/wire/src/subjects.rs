@@ -11,7 +11,8 @@ pub const KV_MACHINES: &str = "machines";
 pub const KV_MACHINE_INDEX: &str = "machine_index";
 /// KV bucket: `{site}.{mac}` → boot intent.
 pub const KV_BOOT: &str = "boot";
-/// KV bucket: `{site}.{token}` → rendered install files.
+/// KV bucket: `{site}.{h}` → rendered install files, `h` derived from the install token
+/// (see [`install_key`]).
 pub const KV_INSTALL: &str = "install";
 /// KV bucket: profile name → profile (controller only).
 pub const KV_PROFILES: &str = "profiles";
@@ -58,9 +59,18 @@ pub fn callback_all() -> String {
     format!("{PREFIX}.*.callback")
 }
 
-/// KV key in [`KV_INSTALL`]: `{site}.{token}`.
+/// KV key in [`KV_INSTALL`]: `{site}.{h}`, where `h` is the first 32 lowercase hex digits
+/// (128 bits) of sha256(token).
+///
+/// The token itself must not appear in the key: a site's NATS user may list the key names
+/// of the whole bucket (STREAM.INFO with a subjects filter), so tokens in keys would let
+/// site A learn site B's live install tokens, which gate B's install files (secrets). Only
+/// the values (which carry the token) are readable by the own site alone. The hash is
+/// one-way, and 128 bits keep keys of distinct tokens apart.
 pub fn install_key(site: &SiteId, token: &BootToken) -> String {
-    format!("{site}.{token}")
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(token.as_str().as_bytes());
+    format!("{site}.{}", hex::encode(&digest[..16]))
 }
 
 /// `substruct.v1.{site}.machine.{id}.cmd` — controller → prospector.
@@ -117,6 +127,29 @@ mod tests {
         assert_eq!(boot_key(&site, &mac), "dc1.52540000000a");
         assert_eq!(callback(&site), "substruct.v1.dc1.callback");
         let token = BootToken::new("t-1").unwrap();
-        assert_eq!(install_key(&site, &token), "dc1.t-1");
+        assert_eq!(
+            install_key(&site, &token),
+            "dc1.46e9bc3476c92ea24fb17adac6cd9cda"
+        );
+    }
+
+    #[test]
+    fn install_keys_hide_the_token() {
+        let site = SiteId::new("dc1").unwrap();
+        let token = BootToken::new("secret-token-1").unwrap();
+        let key = install_key(&site, &token);
+        let h = key.strip_prefix("dc1.").unwrap();
+        assert_eq!(h.len(), 32, "{key}");
+        assert!(
+            h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{key}"
+        );
+        assert!(!key.contains("secret"), "{key}");
+        // Stable per token, distinct across tokens and sites.
+        assert_eq!(install_key(&site, &token), key);
+        let other = BootToken::new("secret-token-2").unwrap();
+        assert_ne!(install_key(&site, &other), key);
+        let s2 = SiteId::new("dc2").unwrap();
+        assert_eq!(install_key(&s2, &token), format!("dc2.{h}"));
     }
 }
