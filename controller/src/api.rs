@@ -381,32 +381,41 @@ async fn put_profile(
     body: Result<Json<Profile>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Profile>), ApiError> {
     let Json(profile) = body?;
-    if profile.name != name {
-        return Err(ApiError::BadRequest(format!(
-            "the URL names profile {name:?}, the body {:?}",
-            profile.name
-        )));
-    }
+    same_name("profile", &name, &profile.name)?;
     let images = images_by_name(&state.store).await?;
     profile
         .validate(&|n: &str| images.get(n).cloned())
         .map_err(|e| ApiError::Invalid(format!("profile {name:?}: {}", crate::error_chain(&e))))?;
-    let existed = state
-        .store
-        .doc_get::<Profile>(Docs::Profiles, &name)
-        .await?
-        .is_some();
-    state
-        .store
-        .doc_put(Docs::Profiles, &name, &profile, None)
-        .await?;
+    let status = save(&state.store, Docs::Profiles, &name, &profile).await?;
     tracing::info!(profile = %name, "profile saved");
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
     Ok((status, Json(profile)))
+}
+
+/// The name in the URL and the one in the body must agree.
+fn same_name(what: &str, url: &str, body: &str) -> Result<(), ApiError> {
+    if url == body {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "the URL names {what} {url:?}, the body {body:?}"
+        )))
+    }
+}
+
+/// Creates or replaces a named document: 201 when it is new, 200 when replaced.
+async fn save<T: Serialize>(
+    store: &Store,
+    docs: Docs,
+    name: &str,
+    doc: &T,
+) -> Result<StatusCode, ApiError> {
+    match store.doc_put(docs, name, doc, Some(0)).await? {
+        Write::Done(_) => Ok(StatusCode::CREATED),
+        Write::Lost => {
+            store.doc_put(docs, name, doc, None).await?;
+            Ok(StatusCode::OK)
+        }
+    }
 }
 
 async fn delete_profile(
@@ -486,28 +495,13 @@ async fn put_rule(
     body: Result<Json<Rule>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Rule>), ApiError> {
     let Json(rule) = body?;
-    if rule.name != name {
-        return Err(ApiError::BadRequest(format!(
-            "the URL names rule {name:?}, the body {:?}",
-            rule.name
-        )));
-    }
+    same_name("rule", &name, &rule.name)?;
     check_rule(&state, &rule).await?;
-    let existed = state
-        .store
-        .doc_get::<Rule>(Docs::Rules, &name)
-        .await?
-        .is_some();
-    state.store.doc_put(Docs::Rules, &name, &rule, None).await?;
+    let status = save(&state.store, Docs::Rules, &name, &rule).await?;
     if let Err(e) = state.provisioner.reload_rules().await {
         tracing::warn!(error = %crate::error_chain(&e), "cannot reload the rules");
     }
     tracing::info!(rule = %name, profile = %rule.profile, "rule saved");
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
     Ok((status, Json(rule)))
 }
 

@@ -335,10 +335,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                     message: crate::error_chain(&e),
                 })?;
                 let path = format!("/api/v1/profiles/{}", profile.name);
-                let body = serde_json::to_value(&profile).map_err(|e| CliError::Invalid {
-                    path: file.clone(),
-                    message: e.to_string(),
-                })?;
+                let body = json_body(&file, &profile)?;
                 let saved: Profile = api.send(Method::PUT, &path, Some(body)).await?;
                 writeln!(out, "profile {} saved ({})", saved.name, saved.method.as_str())
             }
@@ -379,10 +376,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             RulesCommand::Add { file } => {
                 let rule = read_rule(&file)?;
                 let path = format!("/api/v1/rules/{}", rule.name);
-                let body = serde_json::to_value(&rule).map_err(|e| CliError::Invalid {
-                    path: file.clone(),
-                    message: e.to_string(),
-                })?;
+                let body = json_body(&file, &rule)?;
                 let saved: Rule = api.send(Method::PUT, &path, Some(body)).await?;
                 writeln!(
                     out,
@@ -411,10 +405,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             }
             RulesCommand::DryRun { file } => {
                 let rule = read_rule(&file)?;
-                let body = serde_json::to_value(&rule).map_err(|e| CliError::Invalid {
-                    path: file.clone(),
-                    message: e.to_string(),
-                })?;
+                let body = json_body(&file, &rule)?;
                 let dry: DryRun = api
                     .send(Method::POST, "/api/v1/rules/dry-run", Some(body))
                     .await?;
@@ -462,10 +453,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                     sha256,
                     size,
                 };
-                let body = serde_json::to_value(&body).map_err(|e| CliError::Invalid {
-                    path: file.clone(),
-                    message: e.to_string(),
-                })?;
+                let body = json_body(&file, &body)?;
                 let image: ImageRecord = api.send(Method::POST, "/api/v1/images", Some(body)).await?;
                 writeln!(
                     out,
@@ -562,6 +550,17 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         },
     }
     .map_err(CliError::Output)
+}
+
+/// A request body; `path` names what it came from in the error.
+fn json_body(
+    path: &std::path::Path,
+    value: &impl serde::Serialize,
+) -> Result<serde_json::Value, CliError> {
+    serde_json::to_value(value).map_err(|e| CliError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 fn read_rule(file: &PathBuf) -> Result<Rule, CliError> {
