@@ -99,8 +99,16 @@ async fn flow() {
     // A byte flipped on disk (size kept, mtime moves): detected, fetched again.
     let mut damaged = a.clone();
     damaged[700_000] ^= 0xff;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = std::fs::metadata(&pa).unwrap().modified().unwrap();
     std::fs::write(&pa, &damaged).unwrap();
+    // Set the mtime explicitly: a rewrite within the filesystem's timestamp
+    // granularity would otherwise keep it.
+    std::fs::File::options()
+        .write(true)
+        .open(&pa)
+        .unwrap()
+        .set_modified(before + Duration::from_secs(2))
+        .unwrap();
     let again = cache.path_for("a.img").await.unwrap().unwrap();
     assert_eq!(std::fs::read(&again).unwrap(), a);
     assert_eq!(cache.stats().corrupt, 1);
