@@ -360,10 +360,20 @@ async fn list_profiles(State(state): State<ApiState>) -> Result<Json<Vec<Profile
     ))
 }
 
+/// A profile or rule name from a URL: one that no document can have is simply not
+/// found (and never reaches the store as a key).
+fn stored_name(what: &'static str, name: String) -> Result<String, ApiError> {
+    match substruct_wire::ResourceName::parse(&name) {
+        Ok(_) => Ok(name),
+        Err(_) => Err(ApiError::Missing { what, name }),
+    }
+}
+
 async fn show_profile(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<Profile>, ApiError> {
+    let name = stored_name("profile", name)?;
     state
         .store
         .doc_get::<Profile>(Docs::Profiles, &name)
@@ -422,6 +432,7 @@ async fn delete_profile(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let name = stored_name("profile", name)?;
     let users: Vec<String> = state
         .store
         .list_machines()
@@ -463,6 +474,7 @@ async fn show_rule(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<Rule>, ApiError> {
+    let name = stored_name("rule", name)?;
     state
         .store
         .doc_get::<Rule>(Docs::Rules, &name)
@@ -498,8 +510,8 @@ async fn put_rule(
     same_name("rule", &name, &rule.name)?;
     check_rule(&state, &rule).await?;
     let status = save(&state.store, Docs::Rules, &name, &rule).await?;
-    if let Err(e) = state.provisioner.reload_rules().await {
-        tracing::warn!(error = %crate::error_chain(&e), "cannot reload the rules");
+    if let Err(e) = state.provisioner.catch_up_rules().await {
+        tracing::warn!(error = %crate::error_chain(&e), "the rules watch has not seen the change yet");
     }
     tracing::info!(rule = %name, profile = %rule.profile, "rule saved");
     Ok((status, Json(rule)))
@@ -509,9 +521,10 @@ async fn delete_rule(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let name = stored_name("rule", name)?;
     if state.store.doc_delete(Docs::Rules, &name).await? {
-        if let Err(e) = state.provisioner.reload_rules().await {
-            tracing::warn!(error = %crate::error_chain(&e), "cannot reload the rules");
+        if let Err(e) = state.provisioner.catch_up_rules().await {
+            tracing::warn!(error = %crate::error_chain(&e), "the rules watch has not seen the change yet");
         }
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -26,10 +26,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use substruct_wire::SiteId;
+use substruct_wire::{NatsUrl, NatsUrlProblem, SiteId};
 
-/// Default NATS URL.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Default NATS URL ([`NatsUrl::LOCAL`]).
+pub const DEFAULT_NATS_URL: &str = NatsUrl::LOCAL;
 /// Default REST API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -130,7 +130,8 @@ impl Default for Limits {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats_url: String,
+    /// The NATS server(s), comma-separated.
+    pub nats_url: NatsUrl,
     /// NATS user and password (the hub's `controller` user from deploy/nats/gen-site).
     pub nats_user: Option<String>,
     pub nats_password: Option<String>,
@@ -146,7 +147,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            nats_url: DEFAULT_NATS_URL.to_owned(),
+            nats_url: NatsUrl::default(),
             nats_user: None,
             nats_password: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -202,10 +203,10 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Self, FieldError> {
         let defaults = Config::default();
         let nats_url = match raw.nats_url {
-            Some(url) if url.trim().is_empty() => {
-                return Err(field_err("nats_url", "must not be empty"))
-            }
-            Some(url) => url,
+            Some(url) => NatsUrl::new(url).map_err(|e| match e.reason {
+                NatsUrlProblem::Empty => field_err("nats_url", "must not be empty"),
+                _ => field_err("nats_url", e.to_string()),
+            })?,
             None => defaults.nats_url,
         };
         let listen = match raw.listen {
@@ -362,6 +363,31 @@ mod tests {
         assert_eq!(c.tokens[0].role, Role::Viewer);
         assert_eq!(c.limits.max_disks, 8);
         assert_eq!(c.limits.max_nics, 256);
+    }
+
+    #[test]
+    fn nats_urls_are_checked() {
+        let c = Config::from_toml(
+            "nats_url = \"nats://127.0.0.1:1, nats://127.0.0.1:2\"",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.nats_url.servers().collect::<Vec<_>>(),
+            ["nats://127.0.0.1:1", "nats://127.0.0.1:2"]
+        );
+        for (bad, why) in [
+            ("", "must not be empty"),
+            (" ", "must not be empty"),
+            ("http://x", "scheme must be"),
+            ("nats://:4222", "has no host"),
+        ] {
+            let text = format!("nats_url = {bad:?}");
+            let err = Config::from_toml(&text, Path::new("c.toml")).unwrap_err();
+            let source = std::error::Error::source(&err).unwrap().to_string();
+            assert!(source.contains("nats_url"), "{source}");
+            assert!(source.contains(why), "{bad:?}: {source}");
+        }
     }
 
     #[test]

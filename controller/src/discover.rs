@@ -11,13 +11,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use futures::future::try_join_all;
-use futures::StreamExt;
+use substruct_runtime::serve::{serve_requests, Requests, ServeOptions};
 use substruct_wire::messages::{
     DiscoverReply, DiscoverRequest, ErrorCode, ErrorReply, Instruction,
 };
 use substruct_wire::report::HardwareReport;
 use substruct_wire::{subjects, MachineId, SiteId, WireError};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -699,56 +698,36 @@ pub(crate) async fn answer(
 }
 
 /// Serves discover requests until `cancel`; one task per request, at most
-/// `config.max_in_flight` at once, spawned on `tracker`.
+/// `config.max_in_flight` at once, spawned on `tracker` (the shared loop,
+/// [`serve_requests`]).
 pub(crate) async fn serve(
     client: async_nats::Client,
-    mut subscriber: async_nats::Subscriber,
+    requests: Requests,
     inventory: Inventory,
     provisioner: Provisioner,
     config: Arc<Config>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_in_flight));
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = subscriber.next() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-        };
-        let Some(reply_to) = msg.reply.clone() else {
-            tracing::warn!(subject = %msg.subject, "discover request without a reply subject; ignored");
-            continue;
-        };
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (client, inventory, config) = (client.clone(), inventory.clone(), config.clone());
-        let provisioner = provisioner.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let bytes = answer(
+    let options = ServeOptions {
+        name: "discover",
+        max_in_flight: config.max_in_flight,
+    };
+    serve_requests(client, requests, options, cancel, tracker, move |msg| {
+        let (inventory, provisioner, config) =
+            (inventory.clone(), provisioner.clone(), config.clone());
+        async move {
+            answer(
                 &inventory,
                 &provisioner,
                 &config,
                 msg.subject.as_str(),
                 &msg.payload,
             )
-            .await;
-            if let Err(e) = client.publish(reply_to, bytes.into()).await {
-                tracing::error!(error = %crate::error_chain(&e), "cannot send a discover reply");
-            }
-        });
-    }
-    if let Err(e) = subscriber.unsubscribe().await {
-        tracing::debug!(error = %e, "unsubscribing from discover requests");
-    }
+            .await
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -4,47 +4,39 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use substruct_runtime::serve::{serve_requests, Requests, ServeOptions};
 use substruct_wire::messages::{SiteEvent, SiteEventKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::provision::{answer_callback, Provisioner, RULES_REFRESH};
+use crate::provision::{answer_callback, Provisioner};
 use crate::sites::EdgeStatus;
 use crate::store::{Docs, Store};
 
-/// Answers callback requests (queue group: one controller answers each).
+/// Answers callback requests (queue group: one controller answers each), at most
+/// [`MAX_CALLBACKS_IN_FLIGHT`] at once (the shared loop, [`serve_requests`]).
 pub(crate) async fn serve_callbacks(
     client: async_nats::Client,
-    mut subscriber: async_nats::Subscriber,
+    requests: Requests,
     provisioner: Provisioner,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = subscriber.next() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-        };
-        let Some(reply_to) = msg.reply.clone() else {
-            tracing::warn!(subject = %msg.subject, "callback without a reply subject; ignored");
-            continue;
-        };
-        let (client, provisioner) = (client.clone(), provisioner.clone());
-        tracker.spawn(async move {
-            let bytes = answer_callback(&provisioner, msg.subject.as_str(), &msg.payload).await;
-            if let Err(e) = client.publish(reply_to, bytes.into()).await {
-                tracing::error!(error = %crate::error_chain(&e), "cannot send a callback reply");
-            }
-        });
-    }
-    if let Err(e) = subscriber.unsubscribe().await {
-        tracing::debug!(error = %e, "unsubscribing from callbacks");
-    }
+    let options = ServeOptions {
+        name: "callback",
+        max_in_flight: MAX_CALLBACKS_IN_FLIGHT,
+    };
+    serve_requests(client, requests, options, cancel, tracker, move |msg| {
+        let provisioner = provisioner.clone();
+        async move { answer_callback(&provisioner, msg.subject.as_str(), &msg.payload).await }
+    })
+    .await;
 }
+
+/// Callbacks handled at once by one controller. A callback is a few KV reads and one
+/// compare-and-set write; beyond this many, new ones wait in the subscription.
+pub const MAX_CALLBACKS_IN_FLIGHT: usize = 64;
 
 /// Records edge heartbeats in KV `site_status`; other site events are logged.
 pub(crate) async fn serve_site_events(
@@ -136,21 +128,14 @@ async fn update_status(
     }
 }
 
-/// Reloads the rules every [`RULES_REFRESH`] and syncs every machine once at start.
+/// Syncs every machine once at start (the rules need no upkeep: a KV watch feeds them,
+/// [`crate::provision::RulesCache::follow`]).
 pub(crate) async fn maintain(provisioner: Provisioner, cancel: CancellationToken) {
-    match provisioner.sync_all().await {
-        Ok(n) => tracing::info!(machines = n, "boot intents synced"),
-        Err(e) => tracing::warn!(error = %crate::error_chain(&e), "start-up sync failed"),
-    }
-    let mut tick = tokio::time::interval(RULES_REFRESH);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = provisioner.reload_rules().await {
-            tracing::debug!(error = %crate::error_chain(&e), "cannot reload the rules");
-        }
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        synced = provisioner.sync_all() => match synced {
+            Ok(n) => tracing::info!(machines = n, "boot intents synced"),
+            Err(e) => tracing::warn!(error = %crate::error_chain(&e), "start-up sync failed"),
+        },
     }
 }

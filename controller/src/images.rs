@@ -8,9 +8,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use substruct_wire::{
+    DigestError, DigestProblem, ImageName, ImageNameError, ImageNameProblem, Sha256Digest,
+};
 
-/// The longest image name accepted.
-pub const MAX_IMAGE_NAME: usize = 128;
+/// The longest image name accepted ([`ImageName::MAX_LEN`]).
+pub const MAX_IMAGE_NAME: usize = ImageName::MAX_LEN;
 
 /// What an image is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,10 +65,10 @@ impl FromStr for ImageKind {
 /// One registered image, as stored (JSON) in KV bucket `images` under its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
-    /// The image's path under the edge's `/images/` (see [`validate_image_name`]).
+    /// The image's path under the edge's `/images/` (an [`ImageName`]).
     pub name: String,
     pub kind: ImageKind,
-    /// Lowercase hex SHA-256 of the whole file (64 characters).
+    /// Lowercase hex SHA-256 of the whole file (a [`Sha256Digest`]).
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
@@ -77,7 +80,8 @@ impl ImageRecord {
     /// Checks the name and the checksum.
     pub fn validate(&self) -> Result<(), ImageError> {
         validate_image_name(&self.name)?;
-        validate_sha256(&self.sha256)
+        validate_sha256(&self.sha256)?;
+        Ok(())
     }
 }
 
@@ -85,68 +89,49 @@ impl ImageRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageError {
     #[error("image name {name:?}: {reason}")]
-    Name { name: String, reason: String },
+    Name {
+        name: String,
+        reason: ImageNameProblem,
+    },
     #[error("image kind {value:?} is not one of kernel, initrd, disk, loader")]
     Kind { value: String },
     #[error("image sha256 {value:?}: {reason}")]
-    Sha256 { value: String, reason: String },
+    Sha256 {
+        value: String,
+        reason: DigestProblem,
+    },
 }
 
-/// Checks an image name: 1 to 128 characters of `[A-Za-z0-9._/-]`, no leading `/`, no
-/// empty, `.` or `..` path segment. The name is also the image's path under the edge's
-/// `/images/` directory, so this is what keeps it inside that directory.
-pub fn validate_image_name(name: &str) -> Result<(), ImageError> {
-    let fail = |reason: String| {
-        Err(ImageError::Name {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return fail("is empty".into());
-    }
-    if name.len() > MAX_IMAGE_NAME {
-        return fail(format!("is longer than {MAX_IMAGE_NAME} characters"));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
-    {
-        return fail(format!(
-            "contains {bad:?}; allowed are A-Z, a-z, 0-9, '.', '_', '/' and '-'"
-        ));
-    }
-    if name.starts_with('/') {
-        return fail("starts with '/'; it is a path relative to the image directory".into());
-    }
-    for segment in name.split('/') {
-        match segment {
-            "" => return fail("has an empty path segment (\"//\" or a trailing '/')".into()),
-            "." | ".." => return fail(format!("has a {segment:?} path segment")),
-            _ => {}
+impl From<ImageNameError> for ImageError {
+    fn from(e: ImageNameError) -> Self {
+        Self::Name {
+            name: e.name,
+            reason: e.reason,
         }
     }
-    Ok(())
 }
 
-/// Checks a SHA-256 digest: exactly 64 lowercase hex digits.
-pub fn validate_sha256(value: &str) -> Result<(), ImageError> {
-    let fail = |reason: &str| {
-        Err(ImageError::Sha256 {
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        })
-    };
-    if value.len() != 64 {
-        return fail("is not 64 hex digits long");
+impl From<DigestError> for ImageError {
+    fn from(e: DigestError) -> Self {
+        Self::Sha256 {
+            value: e.value,
+            reason: e.reason,
+        }
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return fail("is not lowercase hex");
-    }
-    Ok(())
+}
+
+/// Checks an image name by the one rule, [`ImageName`]: 1 to 255 characters, path
+/// segments of `[A-Za-z0-9._~+-]`, no leading `/`, no empty, `.` or `..` segment. The
+/// name is also the image's path under the edge's `/images/` directory, so this is what
+/// keeps it inside that directory.
+pub fn validate_image_name(name: &str) -> Result<ImageName, ImageError> {
+    Ok(ImageName::new(name)?)
+}
+
+/// Checks a SHA-256 digest by the one rule, [`Sha256Digest`]: exactly 64 lowercase hex
+/// digits.
+pub fn validate_sha256(value: &str) -> Result<Sha256Digest, ImageError> {
+    Ok(Sha256Digest::new(value)?)
 }
 
 #[cfg(test)]
@@ -176,6 +161,7 @@ mod tests {
             "a",
             "Rocky_9.4/vmlinuz",
             "x..y",
+            "a+b~c_1.raw",
         ] {
             validate_image_name(good).unwrap();
         }
@@ -195,8 +181,8 @@ mod tests {
             assert!(err.starts_with("image name "), "{err}");
             assert!(err.contains(why), "{bad:?}: {err}");
         }
-        validate_image_name(&"a".repeat(128)).unwrap();
-        assert!(validate_image_name(&"a".repeat(129)).is_err());
+        validate_image_name(&"a".repeat(255)).unwrap();
+        assert!(validate_image_name(&"a".repeat(256)).is_err());
     }
 
     #[test]

@@ -37,6 +37,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use substruct_runtime::backoff::Backoff;
+use substruct_runtime::serve::Requests;
 use substruct_wire::subjects;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,8 +64,10 @@ pub enum ControllerError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("cannot subscribe to discover requests")]
-    Subscribe(#[source] async_nats::SubscribeError),
+    #[error("cannot subscribe to requests")]
+    Subscribe(#[from] substruct_runtime::serve::SubscribeError),
+    #[error("cannot subscribe to site events")]
+    SubscribeEvents(#[source] async_nats::SubscribeError),
     #[error("REST API server failed")]
     Serve(#[source] std::io::Error),
     #[error("cancelled before the controller was ready")]
@@ -116,37 +120,46 @@ impl Controller {
                 config.nats_password.clone().unwrap_or_default(),
             );
         }
-        let client = options
-            .connect(config.nats_url.as_str())
+        let client = substruct_runtime::connect(options, &config.nats_url)
             .await
             .map_err(|source| ControllerError::NatsUrl {
-                url: config.nats_url.clone(),
+                url: config.nats_url.to_string(),
                 source,
             })?;
         // Boxed: the set-up futures are large in debug builds, and callers (tests)
         // often poll this one on a thread with a small stack.
         let store = Box::pin(open_store(client.clone(), &cancel)).await?;
-        let subscriber = client
-            .queue_subscribe(subjects::discover_all(), subjects::CONTROLLER_QUEUE.into())
-            .await
-            .map_err(ControllerError::Subscribe)?;
-        let callbacks = client
-            .queue_subscribe(subjects::callback_all(), subjects::CONTROLLER_QUEUE.into())
-            .await
-            .map_err(ControllerError::Subscribe)?;
+        let discover_requests = Requests::subscribe(
+            &client,
+            subjects::discover_all(),
+            subjects::CONTROLLER_QUEUE,
+        )
+        .await?;
+        let callbacks = Requests::subscribe(
+            &client,
+            subjects::callback_all(),
+            subjects::CONTROLLER_QUEUE,
+        )
+        .await?;
         let site_events = client
             .queue_subscribe(subjects::event_all(), subjects::CONTROLLER_QUEUE.into())
             .await
-            .map_err(ControllerError::Subscribe)?;
+            .map_err(ControllerError::SubscribeEvents)?;
         let provisioner = provision::Provisioner::new(store.clone(), client.clone());
-        if let Err(e) = provisioner.reload_rules().await {
+        let tracker = TaskTracker::new();
+        tracker.spawn(
+            provisioner
+                .rules_cache()
+                .clone()
+                .follow(store.clone(), cancel.clone()),
+        );
+        if let Err(e) = provisioner.catch_up_rules().await {
             tracing::warn!(error = %error_chain(&e), "cannot load the rules yet");
         }
-        let tracker = TaskTracker::new();
         let config = Arc::new(config);
         tracker.spawn(discover::serve(
             client.clone(),
-            subscriber,
+            discover_requests,
             discover::Inventory::new(store.clone()),
             provisioner.clone(),
             config.clone(),
@@ -221,19 +234,20 @@ async fn open_store(
     client: async_nats::Client,
     cancel: &CancellationToken,
 ) -> Result<Store, ControllerError> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match Store::open(client.clone()).await {
+        let delay = match Store::open(client.clone()).await {
             Ok(store) => return Ok(store),
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "JetStream not ready");
+                delay
             }
-        }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return Err(ControllerError::Cancelled),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

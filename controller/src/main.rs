@@ -15,7 +15,7 @@ struct Args {
     config: Option<PathBuf>,
     /// NATS URL (overrides the file).
     #[arg(long)]
-    nats: Option<String>,
+    nats: Option<substruct_wire::NatsUrl>,
     /// NATS user (the hub's `controller` user, deploy/nats/gen-site --controller).
     #[arg(long, env = "SUBSTRUCT_NATS_USER")]
     nats_user: Option<String>,

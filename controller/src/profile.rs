@@ -30,7 +30,7 @@ use substruct_wire::messages::DeployImage;
 use substruct_wire::report::{
     BootMode, Cpu, Disk, DiskTransport, Dmi, HardwareReport, Memory, Nic,
 };
-use substruct_wire::{BootToken, Mac, MachineId, SiteId};
+use substruct_wire::{BootToken, Mac, MachineId, ResourceName, SiteId};
 
 use crate::images::{validate_image_name, ImageKind, ImageRecord};
 use crate::record::MachineRecord;
@@ -38,7 +38,7 @@ use crate::record::MachineRecord;
 /// The largest template accepted (256 KiB).
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 /// The longest profile name.
-pub const MAX_NAME: usize = 63;
+pub const MAX_NAME: usize = ResourceName::MAX_LEN;
 /// The default `params.hostname_pattern`.
 pub const DEFAULT_HOSTNAME_PATTERN: &str = "{{ machine.id }}";
 /// Template fuel (minijinja instructions) per render: stops runaway loops.
@@ -478,19 +478,9 @@ impl Params {
 }
 
 fn validate_name(name: &str) -> Result<(), ProfileError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(field(
-            "name",
-            format!("{name:?} is not 1 to {MAX_NAME} characters of a-z, 0-9 and '-'"),
-        ))
-    }
+    ResourceName::new(name)
+        .map(drop)
+        .map_err(|e| field("name", e.to_string()))
 }
 
 fn check_text(

@@ -8,7 +8,6 @@
 //! the sync is repaired by the next sync of that machine (the next report, callback
 //! or admin action, or the sweep at start-up), never by guessing.
 
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rand::RngCore;
@@ -24,14 +23,16 @@ use crate::lifecycle::{self, Event, IllegalTransition, State};
 use crate::matching::Fact;
 use crate::profile::{Method, Profile, ProfileError};
 use crate::record::{MachineEvent, MachineEventKind, MachineRecord, Ticket, TicketPurpose};
-use crate::rules::Rule;
 use crate::sites::{LocalBoot, SiteRecord};
 use crate::store::{Docs, Store, StoreError, Write};
 
+mod rules_cache;
+pub use rules_cache::{CatchUpError, RulesCache};
+
 /// Compare-and-set attempts before giving up on a busy record.
 const MAX_ATTEMPTS: usize = 16;
-/// How often each controller reloads the rules.
-pub const RULES_REFRESH: Duration = Duration::from_secs(2);
+/// How long [`Provisioner::catch_up_rules`] waits for the rules watch.
+const RULES_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// Why a provisioning request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +162,7 @@ fn by_token(event: Event, by: &str) -> Change {
 pub struct Provisioner {
     store: Store,
     client: async_nats::Client,
-    rules: Arc<RwLock<Vec<Rule>>>,
+    rules: RulesCache,
 }
 
 impl Provisioner {
@@ -169,7 +170,7 @@ impl Provisioner {
         Self {
             store,
             client,
-            rules: Arc::default(),
+            rules: RulesCache::new(),
         }
     }
 
@@ -177,22 +178,15 @@ impl Provisioner {
         &self.store
     }
 
-    /// Reloads the rules cache from KV `rules`.
-    pub async fn reload_rules(&self) -> Result<usize, StoreError> {
-        let rules: Vec<Rule> = self
-            .store
-            .doc_list::<Rule>(Docs::Rules)
-            .await?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect();
-        let n = rules.len();
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
-        Ok(n)
+    /// This controller's copy of the rules; [`RulesCache::follow`] keeps it current.
+    pub fn rules_cache(&self) -> &RulesCache {
+        &self.rules
     }
 
-    fn cached_rules(&self) -> Vec<Rule> {
-        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Waits (a few seconds at most) until the rules copy holds every rule written so
+    /// far: after a rule is saved, the very next report is matched against it.
+    pub async fn catch_up_rules(&self) -> Result<usize, CatchUpError> {
+        self.rules.catch_up(&self.store, RULES_CATCH_UP).await
     }
 
     /// Finds a machine by id, SMBIOS UUID, serial or MAC.
@@ -625,7 +619,7 @@ impl Provisioner {
                 if !record.conflicts.is_empty() {
                     return Ok(Instruction::Wait);
                 }
-                let rules = self.cached_rules();
+                let rules = self.rules.rules();
                 if rules.is_empty() {
                     return Ok(Instruction::Wait);
                 }

@@ -19,12 +19,11 @@
 
 use serde::{Deserialize, Serialize};
 use substruct_wire::report::{DiskTransport, Nic};
-use substruct_wire::MachineId;
+use substruct_wire::{MachineId, ResourceName};
 
 use crate::lifecycle::State;
 use crate::record::MachineRecord;
 
-const MAX_NAME: usize = 63;
 const MAX_PATTERN: usize = 256;
 
 /// One rule.
@@ -370,19 +369,9 @@ pub fn dry_run(rules: &[Rule], rule: &Rule, machines: &[MachineRecord]) -> Vec<M
 }
 
 fn check_name(name: &'static str, value: &str) -> Result<(), RuleError> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_NAME
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(field(
-            name,
-            format!("{value:?} is not 1 to {MAX_NAME} characters of a-z, 0-9 and '-'"),
-        ))
-    }
+    ResourceName::new(value)
+        .map(drop)
+        .map_err(|e| field(name, e.to_string()))
 }
 
 /// Case-insensitive glob: `*` is any run of characters, `?` one character.

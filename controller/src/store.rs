@@ -682,3 +682,140 @@ async fn update(
         Err(e) => Err(write_err(bucket, key, e)),
     }
 }
+
+// --- Watching a document bucket (the controller's rules cache) -----------------------
+
+/// A watch on a document bucket, from [`Store::doc_watch`]: first the current document
+/// of every key (the snapshot, ended by [`DocEvent::Current`]), then every change as it
+/// is written.
+pub struct DocWatch<T> {
+    bucket: &'static str,
+    watch: kv::Watch,
+    /// `Some` while [`DocEvent::Current`] is due: the revision it reports.
+    current: Option<u64>,
+    snapshot_done: bool,
+    /// The bucket's last revision when the watch began.
+    start_revision: u64,
+    _doc: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for DocWatch<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocWatch")
+            .field("bucket", &self.bucket)
+            .field("snapshot_done", &self.snapshot_done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`DocWatch`] saw.
+#[derive(Debug)]
+pub enum DocEvent<T> {
+    /// A key's document: written (`Some`), or deleted, purged or not decodable (`None`,
+    /// logged).
+    Change {
+        key: String,
+        /// The change's revision in the bucket.
+        revision: u64,
+        doc: Option<T>,
+    },
+    /// Every change up to `revision` has been delivered: the snapshot is complete.
+    /// Comes once per watch, after the snapshot's changes.
+    Current { revision: u64 },
+}
+
+impl Store {
+    /// Watches a document bucket: its current documents, then every change.
+    pub async fn doc_watch<T: DeserializeOwned>(
+        &self,
+        docs: Docs,
+    ) -> Result<DocWatch<T>, StoreError> {
+        /// Every key of the bucket (the NATS full wildcard).
+        const EVERY_KEY: &str = ">";
+        let bucket = docs.bucket();
+        let kv = self.docs(docs);
+        let err = |source: BoxError| StoreError::List { bucket, source };
+        // Read before the watch starts: everything up to here is in its snapshot.
+        let state = kv.stream.get_info().await.map_err(|e| err(e.into()))?.state;
+        let watch = kv
+            .watch_with_history(EVERY_KEY)
+            .await
+            .map_err(|e| err(e.into()))?;
+        let empty = state.messages == 0;
+        Ok(DocWatch {
+            bucket,
+            watch,
+            current: empty.then_some(state.last_sequence),
+            snapshot_done: empty,
+            start_revision: state.last_sequence,
+            _doc: std::marker::PhantomData,
+        })
+    }
+
+    /// The bucket's latest revision now: a [`DocWatch`] that reported a revision at or
+    /// past it has seen every write made before this call.
+    pub async fn doc_revision(&self, docs: Docs) -> Result<u64, StoreError> {
+        let bucket = docs.bucket();
+        let info = self
+            .docs(docs)
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| StoreError::List {
+                bucket,
+                source: e.into(),
+            })?;
+        Ok(info.state.last_sequence)
+    }
+}
+
+impl<T: DeserializeOwned> DocWatch<T> {
+    /// The next change, or the end of the snapshot. An error ends the watch (start a
+    /// new one: its snapshot replaces everything this one delivered).
+    pub async fn next(&mut self) -> Result<DocEvent<T>, StoreError> {
+        let bucket = self.bucket;
+        if let Some(revision) = self.current.take() {
+            return Ok(DocEvent::Current { revision });
+        }
+        let entry = match self.watch.next().await {
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => {
+                return Err(StoreError::List {
+                    bucket,
+                    source: e.into(),
+                })
+            }
+            None => {
+                return Err(StoreError::List {
+                    bucket,
+                    source: "the watch ended".into(),
+                })
+            }
+        };
+        if !self.snapshot_done && entry.delta == 0 {
+            // The last message of the snapshot: report it after this change.
+            self.snapshot_done = true;
+            self.current = Some(self.start_revision.max(entry.revision));
+        }
+        let doc = match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice(&entry.value) {
+                Ok(doc) => Some(doc),
+                Err(source) => {
+                    let e = StoreError::Decode {
+                        bucket,
+                        key: entry.key.clone(),
+                        source,
+                    };
+                    tracing::warn!(error = %substruct_runtime::error_chain(&e), "ignoring a document");
+                    None
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        Ok(DocEvent::Change {
+            key: entry.key,
+            revision: entry.revision,
+            doc,
+        })
+    }
+}

@@ -297,3 +297,173 @@ async fn healthz_reports_a_lost_nats_connection_and_its_return() {
     .unwrap();
     c.stop().await;
 }
+
+/// Runs the CLI in-process: its stdout, or the message `substruct` prints on failure.
+async fn cli(base: &str, args: &[&str]) -> Result<String, String> {
+    use clap::Parser as _;
+    let argv = ["substruct", "--controller", base, "--token", TOKEN]
+        .into_iter()
+        .chain(args.iter().copied());
+    let parsed = substruct_controller::cli::Cli::try_parse_from(argv).unwrap();
+    let mut out = Vec::new();
+    match substruct_controller::cli::run(parsed, &mut out).await {
+        Ok(()) => Ok(String::from_utf8(out).unwrap()),
+        Err(e) => Err(substruct_controller::error_chain(&e)),
+    }
+}
+
+fn shipped(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/profiles")
+        .join(name);
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn substruct_cli_manages_images_profiles_rules_sites_and_machines() {
+    let nats = NatsServer::start().unwrap();
+    let c = Running::start(config(&nats.url())).await;
+    let base = c.url();
+    let client = connect(&nats.url()).await;
+    discover(&client, "dc1", report(None, Some("SN-A"), &[M1], &["DA"]))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("marker.img");
+    std::fs::write(&image, vec![7u8; 5000]).unwrap();
+    let image = image.to_str().unwrap();
+
+    let out = cli(&base, &["images", "add", image, "--kind", "disk"])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        "image marker.img registered: disk 4.9K sha256 \
+         f302a3f85503eeb1a105c81a5fbea0aa461417fb3893919572949cadbfee86a7\n"
+    );
+    let out = cli(&base, &["images", "list"]).await.unwrap();
+    assert_eq!(
+        out,
+        "NAME        KIND  SIZE  SHA256            STORED  CACHED AT\n\
+         marker.img  disk  4.9K  f302a3f85503eeb1  yes     -\n"
+    );
+
+    let out = cli(&base, &["profiles", "add", &shipped("marker-image.toml")])
+        .await
+        .unwrap();
+    assert_eq!(out, "profile marker-image saved (image)\n");
+    let out = cli(&base, &["profiles", "list"]).await.unwrap();
+    assert_eq!(
+        out,
+        "NAME          METHOD  IMAGE/KERNEL  DESCRIPTION\n\
+         marker-image  image   marker.img    Writes the lab's marker disk image to vda\n"
+    );
+    let err = cli(&base, &["profiles", "show", "nope"]).await.unwrap_err();
+    assert_eq!(
+        err,
+        "the controller answered 404 Not Found: profile \"nope\" not found"
+    );
+
+    let rule = shipped("rules/qemu-marker.toml");
+    let out = cli(&base, &["rules", "dry-run", &rule]).await.unwrap();
+    assert_eq!(
+        out,
+        "rule qemu-marker would assign profile marker-image to 1 machine(s):\n  sn-sn-a\n"
+    );
+    let out = cli(&base, &["rules", "add", &rule]).await.unwrap();
+    assert_eq!(
+        out,
+        "rule qemu-marker saved (priority 100, profile marker-image)\n"
+    );
+    let out = cli(&base, &["rules", "list", "--json"]).await.unwrap();
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[0]["name"], "qemu-marker");
+    let out = cli(&base, &["rules", "delete", "qemu-marker"])
+        .await
+        .unwrap();
+    assert_eq!(out, "rule qemu-marker deleted\n");
+    let err = cli(&base, &["rules", "delete", "qemu-marker"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        "the controller answered 404 Not Found: rule \"qemu-marker\" not found"
+    );
+
+    let out = cli(&base, &["machines", "assign", "SN-A", "marker-image"])
+        .await
+        .unwrap();
+    assert_eq!(out, "machine sn-sn-a is assigned (marker-image)\n");
+    let out = cli(
+        &base,
+        &["machines", "release", "sn-sn-a", "--wipe", "quick"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        "machine sn-sn-a is discovered; its disks are wiped (Quick) when it next boots the prospector\n"
+    );
+    let out = cli(&base, &["machines", "retire", "sn-sn-a"])
+        .await
+        .unwrap();
+    assert_eq!(out, "machine sn-sn-a is retired\n");
+
+    let out = cli(
+        &base,
+        &["sites", "add", "dc1", "--local-boot", "no-boot-file"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "site dc1 registered (local boot: no-boot-file)\n");
+    let out = cli(&base, &["sites", "list"]).await.unwrap();
+    assert_eq!(
+        out,
+        "SITE  EDGE     VERSION  HEARTBEAT  LOCAL BOOT    REGISTERED\n\
+         dc1   offline  -        never      no-boot-file  yes\n"
+    );
+
+    // Names travel as one escaped path segment: all of "a?b/c" reaches the
+    // controller (unescaped, "?b/c" would have become a query string).
+    let err = cli(&base, &["machines", "assign", "a?b/c", "marker-image"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        "the controller answered 404 Not Found: no machine with id, serial, SMBIOS UUID or MAC \"a?b/c\""
+    );
+    for odd in ["a b", "a/b", "..", ""] {
+        let err = cli(&base, &["machines", "show", odd]).await.unwrap_err();
+        assert_eq!(err, format!("machine {odd:?} not found"));
+    }
+    let err = cli(&base, &["rules", "delete", ".."]).await.unwrap_err();
+    assert!(err.contains("\"..\" is not a usable name"), "{err}");
+    c.stop().await;
+}
+
+/// A profile or rule name no document can have (a KV key could not hold it) is a plain
+/// 404, never a store error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_names_in_urls_are_not_found() {
+    let nats = NatsServer::start().unwrap();
+    let c = Running::start(config(&nats.url())).await;
+    let base = c.url();
+    for noun in ["profiles", "rules"] {
+        for name in ["a%23b", "..%2Fmachines", "UPPER", "a%20b"] {
+            let url = format!("{base}/api/v1/{noun}/{name}");
+            let (status, body) = get(&url, Some(TOKEN)).await;
+            assert_eq!(status, 404, "GET {url}: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("not found"),
+                "{body}"
+            );
+            let resp = reqwest::Client::new()
+                .delete(&url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 404, "DELETE {url}");
+        }
+    }
+}

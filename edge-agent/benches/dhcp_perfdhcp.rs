@@ -16,9 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use netns::{have, veth, ChildGuard, Netns};
+use netns::dhcp_socket;
 use substruct_edge::dhcp::{serve, DhcpConfig, DhcpSettings, LeaseStore, Subnet};
 use substruct_edge::intents::IntentTable;
+use substruct_testkit::gate::find_tool;
+use substruct_testkit::netns::Netns;
+use substruct_testkit::ChildGuard;
 use tokio_util::sync::CancellationToken;
 
 const SRV_IF: &str = "vb-srv";
@@ -167,9 +170,9 @@ fn run_ours(
     let db = dir.join("ours-leases.redb");
     let _ = std::fs::remove_file(&db);
     let store = LeaseStore::open(&db)?;
-    let sock = srv.dhcp_socket(SRV_IF, 67)?;
+    let sock = dhcp_socket(srv, SRV_IF, 67)?;
     let settings = settings()?;
-    let cli_name = cli.name.clone();
+    let cli_name = cli.name().to_owned();
     let figures = rt.block_on(async {
         let cancel = CancellationToken::new();
         let sock = tokio::net::UdpSocket::from_std(sock)?;
@@ -248,7 +251,7 @@ fn run_kea(srv: &Netns, cli: &Netns, dir: &Path, secs: u64) -> Result<Figures> {
     }
     std::thread::sleep(Duration::from_millis(300));
     let cpu0 = cpu_secs(kea_pid);
-    let mut f = perfdhcp(&cli.name, secs)?;
+    let mut f = perfdhcp(cli.name(), secs)?;
     f.server_cpu = cpu_secs(kea_pid) - cpu0;
     Ok(f)
 }
@@ -285,7 +288,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     for tool in ["perfdhcp", "kea-dhcp4", "ss"] {
-        if !have(tool) {
+        if find_tool(tool).is_none() {
             println!("dhcp_perfdhcp: skipped ({tool} missing: apt-get install kea-admin kea-dhcp4-server)");
             return Ok(());
         }
@@ -294,9 +297,9 @@ fn main() -> Result<()> {
     let rounds = env_or("ROUNDS", 3);
     let secs = env_or("DURATION", 10);
     let dir = tempfile::tempdir()?;
-    let srv = Netns::new("bs")?;
-    let cli = Netns::new("bc")?;
-    veth(&srv, SRV_IF, &cli, CLI_IF)?;
+    let srv = Netns::create("bs")?;
+    let cli = Netns::create("bc")?;
+    srv.veth_pair(SRV_IF, &cli, CLI_IF)?;
     srv.ip(&["addr", "add", &format!("{SRV_IP}/16"), "dev", SRV_IF])?;
     cli.ip(&["addr", "add", "10.78.0.2/16", "dev", CLI_IF])?;
     // Default: tokio's multi-thread runtime (2 workers), as the agent runs it;

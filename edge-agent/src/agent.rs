@@ -1,6 +1,6 @@
 //! The whole edge agent in one call: binds DHCP, TFTP and HTTP, starts router
 //! advertisements, the boot-intent and install-file watchers, the "file fetched"
-//! callback queue and the heartbeat, each as a task in one
+//! callback queue, the image cache and the heartbeat, each as a task in one
 //! [`TaskTracker`] under one [`CancellationToken`], and drains them (bounded) on shutdown.
 //!
 //! [`bind`] does everything that can fail at start-up, with errors naming what failed
@@ -12,17 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use substruct_wire::messages::{SiteEvent, SiteEventKind};
-use substruct_wire::subjects;
+use substruct_wire::{subjects, ImageName, Sha256Digest};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{DhcpMode, EdgeConfig};
+use crate::config::EdgeConfig;
 use crate::dhcp;
 use crate::http::files::error_chain;
 use crate::http::script::render_pxelinux_default;
 use crate::http::{self, HttpSettings, HttpState};
+use crate::image_cache::{CacheSettings, CacheTask, ImageCache};
 use crate::install::{self, CallbackClient, FetchedQueue, InstallCache, InstallTable};
 use crate::intents::{self, IntentCache, IntentTable, WatchSettings};
 use crate::ra;
@@ -61,8 +62,6 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("DHCP settings")]
-    DhcpSettings(#[source] dhcp::SettingsError),
     #[error("opening the DHCP lease database")]
     Leases(#[source] dhcp::LeaseStoreError),
     #[error("the DHCP server stopped")]
@@ -96,7 +95,8 @@ pub struct Bound {
     installs: InstallTable,
     install_cache: InstallCache,
     fetched_queue: FetchedQueue,
-    image_cache: crate::image_cache::ImageCache,
+    image_cache: ImageCache,
+    cache_task: CacheTask,
     nats: Option<async_nats::Client>,
 }
 
@@ -113,7 +113,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
     })?;
 
     let cache = IntentCache::new(config.intent_cache_path(), config.site.clone());
-    let intents = match IntentTable::load(&cache) {
+    let intents = match cache.load() {
         Ok(t) => {
             tracing::info!(path = %cache.path.display(), intents = t.len(), "loaded the intent cache");
             t
@@ -124,7 +124,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         }
     };
     let install_cache = InstallCache::new(install_cache_path(&config), config.site.clone());
-    let installs = match InstallTable::load(&install_cache) {
+    let installs = match install_cache.load() {
         Ok(t) => {
             tracing::info!(path = %install_cache.path.display(), tokens = t.len(), "loaded the install cache");
             t
@@ -162,10 +162,10 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         None
     };
 
-    let dhcp_settings = Arc::new(config.dhcp_settings().map_err(AgentError::DhcpSettings)?);
+    let dhcp_settings = Arc::new(config.dhcp.clone());
     let leases = dhcp::LeaseStore::open(config.lease_db_path()).map_err(AgentError::Leases)?;
     let mut ports = vec![67];
-    if config.dhcp.mode == DhcpMode::Proxy {
+    if config.dhcp.mode == dhcp::DhcpMode::Proxy {
         ports.push(4011);
     }
     let mut dhcp_sockets = Vec::new();
@@ -182,15 +182,17 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
 
     let nats = match &config.nats_url {
         Some(url) => {
-            let client =
+            let options =
                 substruct_runtime::nats_options(&format!("substruct-edge {}", config.site))
-                    .custom_inbox_prefix(substruct_runtime::site_inbox_prefix(config.site.as_str()))
-                    .connect(url.as_str())
-                    .await
-                    .map_err(|source| AgentError::Nats {
-                        url: url.clone(),
-                        source,
-                    })?;
+                    .custom_inbox_prefix(substruct_runtime::site_inbox_prefix(
+                        config.site.as_str(),
+                    ));
+            let client = substruct_runtime::connect(options, url)
+                .await
+                .map_err(|source| AgentError::Nats {
+                    url: url.to_string(),
+                    source,
+                })?;
             Some(client)
         }
         None => {
@@ -200,13 +202,15 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
     };
     let (callbacks, fetched_queue) =
         CallbackClient::new(config.site.clone(), nats.clone(), installs.clone());
-    let image_cache = crate::image_cache::ImageCache::open(
-        config.image_cache_dir(),
-        config.image_cache_bytes,
-        nats.clone(),
+    let (image_cache, cache_task) = ImageCache::open(
+        CacheSettings::new(
+            config.image_cache_dir(),
+            config.image_cache_bytes,
+            nats.clone(),
+        )
+        .with_js_domain(config.js_domain.clone()),
     )
-    .map_err(AgentError::ImageCache)?
-    .with_js_domain(config.js_domain.clone());
+    .map_err(AgentError::ImageCache)?;
     let http_state = http_state
         .with_install(installs.clone(), callbacks)
         .with_cache(image_cache.clone());
@@ -223,6 +227,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         install_cache,
         fetched_queue,
         image_cache,
+        cache_task,
         nats,
     })
 }
@@ -316,6 +321,7 @@ impl Bound {
         }
 
         tracker.spawn(self.fetched_queue.run(inner.clone()));
+        tracker.spawn(self.cache_task.run(inner.clone()));
 
         if let Some(client) = self.nats {
             let settings = WatchSettings::new(self.config.site.clone(), self.cache.clone())
@@ -435,7 +441,7 @@ async fn publish_leases(
 async fn report_cache(
     client: async_nats::Client,
     site: substruct_wire::SiteId,
-    cache: crate::image_cache::ImageCache,
+    cache: ImageCache,
     intents: IntentTable,
     images_dir: std::path::PathBuf,
     cancel: CancellationToken,
@@ -449,23 +455,24 @@ async fn report_cache(
     }
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<Vec<String>> = None;
+    let mut contents = cache.subscribe();
+    let mut last: Option<Vec<Sha256Digest>> = None;
     // Each name is tried once per run; a miss is fetched on first use anyway.
     let mut prefetched = std::collections::HashSet::new();
     loop {
         // Files the operator put in the images directory are served from there.
         let mut names = install_images(&intents);
-        names.retain(|n| !images_dir.join(n).is_file());
+        names.retain(|n| !images_dir.join(n.as_str()).is_file());
         names.retain(|n| !prefetched.contains(n));
         cache.prefetch(&names).await;
         prefetched.extend(names);
-        let now = cache.verified();
+        let now = contents.borrow_and_update().verified.clone();
         if last.as_ref() != Some(&now) {
             publish_event(
                 &client,
                 &site,
                 SiteEventKind::Cache {
-                    sha256: now.clone(),
+                    sha256: now.iter().map(|d| d.to_string()).collect(),
                 },
             )
             .await;
@@ -473,16 +480,19 @@ async fn report_cache(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = cache.changed() => {}
+            changed = contents.changed() => if changed.is_err() {
+                return; // the cache has stopped
+            },
             _ = tick.tick() => { last = None; }
             _ = tokio::time::sleep(Duration::from_secs(15)) => {}
         }
     }
 }
 
-/// Kernels and initrds this site's install intents name (sorted, no duplicates).
-fn install_images(intents: &IntentTable) -> Vec<String> {
-    let mut names: Vec<String> = intents
+/// Kernels and initrds this site's install intents name (sorted, no duplicates; a name
+/// that is not a valid image name is never served from the cache).
+fn install_images(intents: &IntentTable) -> Vec<ImageName> {
+    let mut names: Vec<ImageName> = intents
         .snapshot()
         .into_values()
         .filter_map(|r| match r.intent {
@@ -492,6 +502,7 @@ fn install_images(intents: &IntentTable) -> Vec<String> {
             _ => None,
         })
         .flatten()
+        .filter_map(|name| ImageName::new(name).ok())
         .collect();
     names.sort();
     names.dedup();

@@ -431,56 +431,50 @@ mod netns_tests {
     use socket2::SockAddr;
     use std::io::Read;
     use std::time::Instant as StdInstant;
-    use substruct_testkit::netns::Netns;
-
-    /// Moves the calling thread into `ns` (sockets it opens afterwards live there).
-    fn enter(ns: &Netns) {
-        enter_named(ns.name());
-    }
-
-    fn enter_named(name: &str) {
-        let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    }
+    use substruct_testkit::gate::{system_test, Need};
+    use substruct_testkit::netns::{Netns, NsProcess};
+    use substruct_testkit::{poll_blocking, try_poll_blocking};
 
     /// Waits (bounded) until `dev` in `ns` has a usable (non-tentative) link-local address.
     fn wait_link_local(ns: &Netns, dev: &str) {
-        let deadline = StdInstant::now() + Duration::from_secs(10);
-        loop {
-            let out = ns
-                .exec("ip", &["-6", "addr", "show", "dev", dev, "scope", "link"])
-                .unwrap();
-            if out.contains("fe80::") && !out.contains("tentative") {
-                return;
-            }
-            assert!(
-                StdInstant::now() < deadline,
-                "no link-local on {dev}: {out}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let mut out = String::new();
+        let usable = poll_blocking(
+            &format!("a link-local address on {dev}"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                out = ns
+                    .exec("ip", &["-6", "addr", "show", "dev", dev, "scope", "link"])
+                    .unwrap();
+                (out.contains("fe80::") && !out.contains("tentative")).then_some(())
+            },
+        );
+        if let Err(e) = usable {
+            panic!("{e}: {out}");
         }
     }
 
-    /// Reads ICMPv6 messages until a router advertisement or the deadline.
-    fn next_ra(socket: &Socket, deadline: StdInstant) -> Vec<u8> {
+    /// Reads ICMPv6 messages until a router advertisement (`None` at the deadline).
+    fn next_ra(socket: &Socket, deadline: StdInstant) -> Option<Vec<u8>> {
         let mut buf = [0u8; 1500];
         loop {
             let left = deadline.saturating_duration_since(StdInstant::now());
-            assert!(!left.is_zero(), "no router advertisement in time");
+            if left.is_zero() {
+                return None;
+            }
             socket.set_read_timeout(Some(left)).unwrap();
             let Ok(len) = (&*socket).read(&mut buf) else {
                 continue;
             };
             if buf.first() == Some(&ICMPV6_ROUTER_ADVERTISEMENT) {
-                return buf[..len].to_vec();
+                return Some(buf[..len].to_vec());
             }
         }
     }
 
     #[test]
     fn answers_router_solicitation_on_a_veth() {
-        if !substruct_testkit::can_use_netns() {
-            eprintln!("skipped: needs root and ip netns");
+        if !system_test(&[Need::Netns]) {
             return;
         }
         let srv = Netns::create("ra-srv").unwrap();
@@ -496,27 +490,20 @@ mod netns_tests {
             .to_owned();
 
         // The client socket exists before the server starts, so it sees the first RA.
-        let (sock_tx, sock_rx) = std::sync::mpsc::channel();
-        std::thread::scope(|scope| {
-            let cli = &cli;
-            scope.spawn(move || {
-                enter(cli);
-                let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
-                socket.bind_device(Some(b"ra1")).unwrap();
-                socket.set_multicast_hops_v6(255).unwrap();
-                sock_tx.send(socket).unwrap();
-            });
-        });
-        let client: Socket = sock_rx.recv().unwrap();
+        let client = cli
+            .run_inside(|| {
+                let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+                socket.bind_device(Some(b"ra1"))?;
+                socket.set_multicast_hops_v6(255)?;
+                Ok(socket)
+            })
+            .unwrap();
 
-        let mut server = Advertiser::spawn(&srv, "ra0");
-        // The advertiser must be running (a set-up error ends it early).
-        std::thread::sleep(Duration::from_millis(300));
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("advertiser exited: {status}");
-        }
-        // 1. The unsolicited advertisement at start.
-        let ra = next_ra(&client, StdInstant::now() + Duration::from_secs(10));
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Advertiser::spawn(&srv, "ra0", dir.path());
+        // 1. The unsolicited advertisement at start (a set-up error ends the advertiser
+        // early: then its log says why).
+        let ra = server.next_ra(&client);
         assert_eq!(ra.len(), 24);
         // 2. A solicitation is answered (the next unsolicited one is an hour away).
         let ifindex: u32 = cli
@@ -532,7 +519,7 @@ mod netns_tests {
                 &SockAddr::from(SocketAddrV6::new(ALL_ROUTERS, 0, 0, ifindex)),
             )
             .unwrap();
-        let ra = next_ra(&client, StdInstant::now() + Duration::from_secs(10));
+        let ra = server.next_ra(&client);
         assert_eq!(&ra[4..16], &[64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&ra[16..18], &[1, 1]);
         assert_eq!(parse_mac(&server_mac), Some(ra[18..24].try_into().unwrap()));
@@ -549,8 +536,8 @@ mod netns_tests {
                 &SockAddr::from(SocketAddrV6::new(ALL_ROUTERS, 0, 0, ifindex)),
             )
             .unwrap();
-        next_ra(&client, StdInstant::now() + Duration::from_secs(10));
-        assert!(server.0.try_wait().unwrap().is_none(), "advertiser died");
+        server.next_ra(&client);
+        server.0.check_alive().unwrap();
     }
 
     /// The proof that matters: QEMU's iPXE ROM, on a link with IPv6 but no DHCP server and no
@@ -560,8 +547,7 @@ mod netns_tests {
     #[test]
     fn ipxe_finishes_ipv6_configuration_on_a_prefixless_ra() {
         use substruct_testkit::qemu::{acquire_vm_slot, Firmware, NicLink, NicSpec, Vm, VmSpec};
-        if !substruct_testkit::can_use_netns() {
-            eprintln!("skipped: needs root and ip netns");
+        if !system_test(&[Need::Netns, Need::Tun, Need::Tool("qemu-system-x86_64")]) {
             return;
         }
         let ns = Netns::create("ra-ipxe").unwrap();
@@ -570,8 +556,8 @@ mod netns_tests {
             .unwrap();
         ns.add_bridge("br0", "10.232.0.1/24").unwrap();
         ns.add_tap("tap0", "br0").unwrap();
-        let mut advertiser = Advertiser::spawn(&ns, "br0");
         let dir = tempfile::tempdir().unwrap();
+        let mut advertiser = Advertiser::spawn(&ns, "br0", dir.path());
         let mut spec = VmSpec::new("ra-ipxe", Firmware::Bios);
         spec.memory_mb = 256;
         spec.nics.push(NicSpec {
@@ -583,23 +569,20 @@ mod netns_tests {
         let mut vm = Vm::start(&ns, &spec, dir.path()).unwrap();
         vm.wait_for_serial("Configuring (net0", Duration::from_secs(120))
             .unwrap();
-        let deadline = StdInstant::now() + Duration::from_secs(120);
-        let line = loop {
-            let serial = vm.serial();
-            let done = serial
-                .lines()
-                .find(|l| l.contains("Configuring (net0"))
-                .filter(|l| l.trim_end().ends_with("ok") || l.contains("No configuration"))
-                .map(str::to_owned);
-            if let Some(line) = done {
-                break line;
-            }
-            assert!(
-                StdInstant::now() < deadline,
-                "iPXE did not finish configuring; serial:\n{serial}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let line = try_poll_blocking(
+            "iPXE to finish configuring",
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || {
+                Ok(vm
+                    .serial()
+                    .lines()
+                    .find(|l| l.contains("Configuring (net0"))
+                    .filter(|l| l.trim_end().ends_with("ok") || l.contains("No configuration"))
+                    .map(str::to_owned))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}; serial:\n{}", vm.serial()));
         eprintln!("iPXE after {:?}: {line}", vm.started.elapsed());
         assert!(
             line.trim_end().ends_with("ok"),
@@ -610,39 +593,40 @@ mod netns_tests {
             serial.contains("net0: fe80::"),
             "no IPv6 on net0:\n{serial}"
         );
-        assert!(
-            advertiser.0.try_wait().unwrap().is_none(),
-            "advertiser died"
-        );
+        advertiser.0.check_alive().unwrap();
     }
 
     /// The advertiser in its own process inside a namespace (`ip netns exec` also gives it the
-    /// namespace's /sys, which `serve` reads). Killed on drop.
-    struct Advertiser(std::process::Child);
+    /// namespace's /sys, which `serve` reads), its output in `dir/advertiser.log`. Stopped on
+    /// drop.
+    struct Advertiser(NsProcess);
 
     impl Advertiser {
-        fn spawn(ns: &Netns, interface: &str) -> Advertiser {
+        fn spawn(ns: &Netns, interface: &str, dir: &std::path::Path) -> Advertiser {
             let exe = std::env::current_exe().unwrap();
-            let child = ns
-                .command(exe.to_str().unwrap())
-                .args([
-                    "--exact",
-                    "ra::netns_tests::advertiser_child",
-                    "--ignored",
-                    "--nocapture",
-                ])
-                .env(CHILD_ENV, interface)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            Advertiser(child)
+            let mut cmd = ns.command(exe.to_str().unwrap());
+            cmd.args([
+                "--exact",
+                "ra::netns_tests::advertiser_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, interface);
+            Advertiser(
+                NsProcess::spawn_command("advertiser", cmd, dir.join("advertiser.log")).unwrap(),
+            )
         }
-    }
 
-    impl Drop for Advertiser {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        /// The next router advertisement `client` receives, within 10 s; fails with the
+        /// advertiser's log if it exited.
+        fn next_ra(&mut self, client: &Socket) -> Vec<u8> {
+            next_ra(client, StdInstant::now() + Duration::from_secs(10)).unwrap_or_else(|| {
+                self.0.check_alive().unwrap();
+                panic!(
+                    "no router advertisement within 10 s; advertiser log:\n{}",
+                    self.0.log_text()
+                )
+            })
         }
     }
 

@@ -1,6 +1,10 @@
-//! Real DHCP clients against the in-process server, in namespaces this test creates
-//! (root only; skipped otherwise): busybox udhcpc on the same link, restart of the
-//! server (same client → same address), and isc-dhcp-relay relaying a second subnet.
+//! Real DHCP clients against the in-process server, in namespaces this test creates:
+//! busybox udhcpc on the same link, restart of the server (same client → same
+//! address), and isc-dhcp-relay relaying a second subnet.
+//!
+//! Needs root, `ip netns`, busybox and dhcrelay (Debian: busybox-static,
+//! isc-dhcp-relay); skipped otherwise, or failed under
+//! `SUBSTRUCT_REQUIRE_SYSTEM_TESTS=1` (see `substruct_testkit::gate`).
 
 #[path = "dhcp_netns.rs"]
 mod netns;
@@ -10,25 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use netns::{have, veth, ChildGuard, Netns};
+use netns::dhcp_socket;
 use substruct_edge::dhcp::{serve_with_events, DhcpConfig, DhcpSettings, LeaseStore, Subnet};
 use substruct_edge::intents::IntentTable;
+use substruct_testkit::gate::{system_test, Need};
+use substruct_testkit::netns::{Netns, NsProcess};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-fn skip() -> bool {
-    if !substruct_testkit::can_use_netns() {
-        eprintln!("skipped: needs root and `ip netns`");
-        return true;
-    }
-    for tool in ["busybox", "dhcrelay"] {
-        if !have(tool) {
-            eprintln!("skipped: {tool} missing (apt-get install busybox-static isc-dhcp-relay)");
-            return true;
-        }
-    }
-    false
-}
+/// What these tests need from the host.
+const NEEDS: &[Need<'static>] = &[Need::Netns, Need::Tool("busybox"), Need::Tool("dhcrelay")];
 
 struct Server {
     cancel: CancellationToken,
@@ -42,7 +37,7 @@ impl Server {
         settings: Arc<DhcpSettings>,
         store: LeaseStore,
     ) -> Result<Self> {
-        let sock = UdpSocket::from_std(ns.dhcp_socket(iface, 67)?)?;
+        let sock = UdpSocket::from_std(dhcp_socket(ns, iface, 67)?)?;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(serve_with_events(
             settings,
@@ -105,13 +100,13 @@ fn in_range(ip: Ipv4Addr, lo: [u8; 4], hi: [u8; 4]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udhcpc_gets_a_pool_address_and_keeps_it_across_a_restart() -> Result<()> {
-    if skip() {
+    if !system_test(NEEDS) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let srv = Netns::new("a")?;
-    let cli = Netns::new("b")?;
-    veth(&srv, "dsrv0", &cli, "dcli0")?;
+    let srv = Netns::create("a")?;
+    let cli = Netns::create("b")?;
+    srv.veth_pair("dsrv0", &cli, "dcli0")?;
     srv.ip(&["addr", "add", "10.77.0.1/24", "dev", "dsrv0"])?;
     let settings = Arc::new(DhcpSettings::new(DhcpConfig::new(
         "10.77.0.1".parse()?,
@@ -146,15 +141,15 @@ async fn udhcpc_gets_a_pool_address_and_keeps_it_across_a_restart() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_behind_dhcrelay_gets_an_address_of_the_relayed_subnet() -> Result<()> {
-    if skip() {
+    if !system_test(NEEDS) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let srv = Netns::new("rs")?;
-    let relay = Netns::new("rr")?;
-    let cli = Netns::new("rc")?;
-    veth(&srv, "dsrv1", &relay, "drelup")?;
-    veth(&relay, "dreldn", &cli, "dcli1")?;
+    let srv = Netns::create("rs")?;
+    let relay = Netns::create("rr")?;
+    let cli = Netns::create("rc")?;
+    srv.veth_pair("dsrv1", &relay, "drelup")?;
+    relay.veth_pair("dreldn", &cli, "dcli1")?;
     srv.ip(&["addr", "add", "10.77.1.1/24", "dev", "dsrv1"])?;
     srv.ip(&["route", "add", "10.88.1.0/24", "via", "10.77.1.2"])?;
     relay.ip(&["addr", "add", "10.77.1.2/24", "dev", "drelup"])?;
@@ -188,17 +183,31 @@ async fn client_behind_dhcrelay_gets_an_address_of_the_relayed_subnet() -> Resul
 
     // -a adds option 82 (circuit id), -D drops replies whose 82 does not match
     let pid = dir.path().join("dhcrelay.pid");
-    let _relay = ChildGuard(
-        relay
-            .command("dhcrelay")
-            .args(["-d", "-q", "-4", "-a", "-D", "-pf"])
-            .arg(&pid)
-            .args(["-id", "dreldn", "-iu", "drelup", "10.77.1.1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let ip = udhcpc(&cli, "dcli1", dir.path()).await?;
+    let pid = pid.to_str().context("temp path is not UTF-8")?;
+    let mut dhcrelay = NsProcess::spawn(
+        &relay,
+        "dhcrelay",
+        "dhcrelay",
+        &[
+            "-d",
+            "-q",
+            "-4",
+            "-a",
+            "-D",
+            "-pf",
+            pid,
+            "-id",
+            "dreldn",
+            "-iu",
+            "drelup",
+            "10.77.1.1",
+        ],
+        dir.path().join("dhcrelay.log"),
+    )?;
+    let ip = udhcpc(&cli, "dcli1", dir.path())
+        .await
+        .with_context(|| format!("dhcrelay log:\n{}", dhcrelay.log_text()))?;
+    dhcrelay.check_alive()?;
     assert!(in_range(ip, [10, 88, 1, 100], [10, 88, 1, 150]), "{ip}");
     server.stop().await?;
     Ok(())

@@ -87,7 +87,7 @@ impl Edge {
         let table = if watch {
             InstallTable::new()
         } else {
-            InstallTable::load(cache)?
+            cache.load()?
         };
         let images = tempfile::tempdir()?;
         let cancel = CancellationToken::new();
@@ -549,11 +549,7 @@ async fn a_restarted_edge_serves_from_disk_while_nats_is_down() -> Result<()> {
         let edge = Edge::start(client.clone(), &cache, true).await?;
         wait_for("synced to disk", WAIT, || {
             let cache = cache.clone();
-            async move {
-                InstallTable::load(&cache)
-                    .map(|t| t.len() == 1)
-                    .unwrap_or(false)
-            }
+            async move { cache.load().map(|t| t.len() == 1).unwrap_or(false) }
         })
         .await?;
         edge.stop().await?;
@@ -594,4 +590,53 @@ async fn a_restarted_edge_serves_from_disk_while_nats_is_down() -> Result<()> {
         vec![("aa11".to_owned(), "preseed.cfg".to_owned())]
     );
     edge.stop().await
+}
+
+/// Each watch keeps its own KV key → token index: two install watchers of one site in
+/// one process both see a delete (a process-wide index let only the first one see it).
+#[tokio::test]
+async fn two_watchers_in_one_process_both_see_deletes() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let client = connect(&nats.url()).await?;
+    let kv = bucket(&client).await?;
+    let dir = tempfile::tempdir()?;
+    let t = token("two-watchers-1");
+    let tables = [InstallTable::new(), InstallTable::new()];
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        let cache = InstallCache::new(dir.path().join(format!("install-{i}.json")), site());
+        let mut settings = WatchSettings::new(site(), cache);
+        settings.max_backoff = Duration::from_millis(500);
+        tasks.push(tokio::spawn(install::watch(
+            client.clone(),
+            settings,
+            table.clone(),
+            cancel.clone(),
+        )));
+    }
+    let key = install_key(&site(), &t);
+    kv.put(
+        key.as_str(),
+        substruct_wire::encode(&record(&t, "m-1"))?.into(),
+    )
+    .await?;
+    for table in &tables {
+        wait_for("both see the put", WAIT, || async {
+            table.get(&t).is_some()
+        })
+        .await?;
+    }
+    kv.delete(key.as_str()).await?;
+    for table in &tables {
+        wait_for("both see the delete", WAIT, || async {
+            table.get(&t).is_none()
+        })
+        .await?;
+    }
+    cancel.cancel();
+    for task in tasks {
+        tokio::time::timeout(WAIT, task).await??;
+    }
+    Ok(())
 }

@@ -117,7 +117,8 @@ async fn puts_and_deletes_reach_the_table_and_the_disk() -> Result<()> {
     wait_for("disk copy", WAIT, || {
         let cache = cache.clone();
         async move {
-            IntentTable::load(&cache)
+            cache
+                .load()
                 .map(|t| t.get(&m2) == Some(local()) && t.len() == 1)
                 .unwrap_or(false)
         }
@@ -160,7 +161,7 @@ async fn serves_from_disk_while_nats_is_down_and_resyncs_after() -> Result<()> {
 
     // NATS goes down; a new edge starts from its disk copy.
     nats.kill();
-    let table = IntentTable::load(&cache)?;
+    let table = cache.load()?;
     assert_eq!(table.len(), 2);
     assert_eq!(table.get(&m1), Some(local()));
     let offline = connect(&nats.url()).await?;

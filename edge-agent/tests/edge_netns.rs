@@ -3,7 +3,8 @@
 //! `lpxelinux.0` and `pxelinux.cfg/default`, `curl` fetches `boot.ipxe`. Then the
 //! `substruct-edge` binary is started with exactly the documented flags.
 //!
-//! Needs root and `ip netns`; skips (passes, with a message) otherwise. Namespaces are
+//! Needs root, `ip netns`, the clients and pxelinux; skipped otherwise, or failed under
+//! `SUBSTRUCT_REQUIRE_SYSTEM_TESTS=1` (see `substruct_testkit::gate`). Namespaces are
 //! unique per process and deleted on drop, also on failure.
 
 use std::path::Path;
@@ -13,101 +14,51 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use substruct_edge::config::Flags;
-use substruct_testkit::{can_use_netns, wait_for_blocking};
+use substruct_testkit::gate::{system_test, Need};
+use substruct_testkit::netns::{run, Netns, NsProcess};
+use substruct_testkit::{poll, wait_for_blocking};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Two namespaces joined by a veth: `srv` (vsrv 10.77.0.1/24) and `cli` (vcli).
+/// What these tests need from the host.
+const NEEDS: &[Need<'static>] = &[
+    Need::Netns,
+    Need::Tool("udhcpc"),
+    Need::Tool("tftp"),
+    Need::Tool("curl"),
+    Need::File(PXELINUX),
+];
+
+/// The Debian loader the agent serves over TFTP (package pxelinux).
+const PXELINUX: &str = "/usr/lib/PXELINUX/lpxelinux.0";
+
+/// Two namespaces joined by a veth: `srv` (vsrv 10.77.0.1/24) and `cli` (vcli
+/// 10.77.0.50/24, outside the pool).
 struct Lab {
-    srv: String,
-    cli: String,
+    srv: Netns,
+    cli: Netns,
 }
 
 impl Lab {
     fn new(tag: &str) -> Result<Self> {
-        let pid = std::process::id();
         let lab = Lab {
-            srv: format!("sse-{tag}-s-{pid}"),
-            cli: format!("sse-{tag}-c-{pid}"),
+            srv: Netns::create(&format!("{tag}-s"))?,
+            cli: Netns::create(&format!("{tag}-c"))?,
         };
-        sh(&["ip", "netns", "add", &lab.srv])?;
-        sh(&["ip", "netns", "add", &lab.cli])?;
-        lab.srv_cmd(&["ip", "link", "set", "lo", "up"])?;
-        lab.cli_cmd(&["ip", "link", "set", "lo", "up"])?;
-        lab.srv_cmd(&[
-            "ip", "link", "add", "vsrv", "type", "veth", "peer", "name", "vcli", "netns", &lab.cli,
-        ])?;
-        lab.srv_cmd(&["ip", "addr", "add", "10.77.0.1/24", "dev", "vsrv"])?;
-        lab.srv_cmd(&["ip", "link", "set", "vsrv", "up"])?;
-        lab.cli_cmd(&["ip", "link", "set", "vcli", "up"])?;
+        lab.srv.veth_pair("vsrv", &lab.cli, "vcli")?;
+        lab.srv
+            .ip(&["addr", "add", "10.77.0.1/24", "dev", "vsrv"])?;
         // A static address for the TFTP/HTTP clients, outside the pool.
-        lab.cli_cmd(&["ip", "addr", "add", "10.77.0.50/24", "dev", "vcli"])?;
+        lab.cli
+            .ip(&["addr", "add", "10.77.0.50/24", "dev", "vcli"])?;
         Ok(lab)
     }
 
-    fn srv_cmd(&self, args: &[&str]) -> Result<Output> {
-        ns_sh(&self.srv, args)
-    }
-
+    /// Runs `args` in the client namespace; fails with its stderr on a non-zero exit.
     fn cli_cmd(&self, args: &[&str]) -> Result<Output> {
-        ns_sh(&self.cli, args)
+        run(self.cli.command(args[0]).args(&args[1..]))
     }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.cli, &self.srv] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> Result<Output> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-fn ns_sh(ns: &str, args: &[&str]) -> Result<Output> {
-    let mut full = vec!["ip", "netns", "exec", ns];
-    full.extend_from_slice(args);
-    sh(&full)
-}
-
-fn tools_missing() -> Option<&'static str> {
-    for tool in ["udhcpc", "tftp", "curl"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(tool);
-        }
-    }
-    if !Path::new("/usr/lib/PXELINUX/lpxelinux.0").exists() {
-        return Some("pxelinux (/usr/lib/PXELINUX/lpxelinux.0)");
-    }
-    None
-}
-
-fn skip_reason() -> Option<String> {
-    if !can_use_netns() {
-        return Some("needs root and `ip netns`".into());
-    }
-    tools_missing().map(|t| format!("{t} is not installed"))
 }
 
 fn flags(images: &Path, state: &Path) -> Vec<String> {
@@ -186,10 +137,7 @@ fn check_clients(lab: &Lab, scratch: &Path) -> Result<()> {
         "lpxelinux.0",
         &got.display().to_string(),
     ])?;
-    assert_eq!(
-        std::fs::read(&got)?,
-        std::fs::read("/usr/lib/PXELINUX/lpxelinux.0")?
-    );
+    assert_eq!(std::fs::read(&got)?, std::fs::read(PXELINUX)?);
     let cfg = scratch.join("default");
     lab.cli_cmd(&[
         "tftp",
@@ -210,8 +158,7 @@ fn check_clients(lab: &Lab, scratch: &Path) -> Result<()> {
 
 #[test]
 fn agent_serves_dhcp_tftp_and_http_in_a_namespace() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping: {why}");
+    if !system_test(NEEDS) {
         return Ok(());
     }
     let lab = Lab::new("run")?;
@@ -224,11 +171,8 @@ fn agent_serves_dhcp_tftp_and_http_in_a_namespace() -> Result<()> {
     // The agent runs on its own thread, moved into the server namespace first, so
     // every socket it binds lives there.
     let cancel = CancellationToken::new();
-    let ns_path = format!("/var/run/netns/{}", lab.srv);
     let agent_cancel = cancel.clone();
-    let agent = std::thread::spawn(move || -> Result<()> {
-        let ns = std::fs::File::open(&ns_path).context("opening the namespace")?;
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    let agent = lab.srv.spawn_inside(move || -> Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -251,8 +195,7 @@ fn agent_serves_dhcp_tftp_and_http_in_a_namespace() -> Result<()> {
 
 #[test]
 fn the_binary_starts_with_the_documented_flags() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping: {why}");
+    if !system_test(NEEDS) {
         return Ok(());
     }
     let lab = Lab::new("bin")?;
@@ -261,14 +204,7 @@ fn the_binary_starts_with_the_documented_flags() -> Result<()> {
     std::fs::create_dir_all(&images)?;
     std::fs::write(images.join("hello.txt"), b"hello")?;
     let state = dir.path().join("state");
-    let mut args = vec![
-        "ip".to_string(),
-        "netns".into(),
-        "exec".into(),
-        lab.srv.clone(),
-        env!("CARGO_BIN_EXE_substruct-edge").into(),
-    ];
-    args.extend(flags(&images, &state).into_iter().skip(1));
+    let mut args: Vec<String> = flags(&images, &state).into_iter().skip(1).collect();
     args.extend(
         [
             "--bios-chain",
@@ -281,8 +217,10 @@ fn the_binary_starts_with_the_documented_flags() -> Result<()> {
         .map(String::from),
     );
     let log = std::fs::File::create(dir.path().join("edge.log"))?;
-    let mut child = Command::new(&args[0])
-        .args(&args[1..])
+    let mut child = lab
+        .srv
+        .command(env!("CARGO_BIN_EXE_substruct-edge"))
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -328,8 +266,7 @@ fn the_binary_starts_with_the_documented_flags() -> Result<()> {
 
 #[test]
 fn start_up_errors_name_what_failed() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping: {why}");
+    if !system_test(NEEDS) {
         return Ok(());
     }
     let lab = Lab::new("err")?;
@@ -344,16 +281,10 @@ fn start_up_errors_name_what_failed() -> Result<()> {
         .position(|a| a == "10.77.0.1/24")
         .context("address flag")?;
     args[at] = "10.77.0.9/24".into();
-    let mut full = vec![
-        "ip".to_string(),
-        "netns".into(),
-        "exec".into(),
-        lab.srv.clone(),
-        env!("CARGO_BIN_EXE_substruct-edge").into(),
-    ];
-    full.extend(args);
-    let out = Command::new(&full[0])
-        .args(&full[1..])
+    let out = lab
+        .srv
+        .command(env!("CARGO_BIN_EXE_substruct-edge"))
+        .args(&args)
         .stdin(Stdio::null())
         .output()?;
     assert!(!out.status.success());
@@ -365,20 +296,9 @@ fn start_up_errors_name_what_failed() -> Result<()> {
     Ok(())
 }
 
-/// Kills a child process on drop.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn agent_follows_nats_intents_and_sends_heartbeats() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping: {why}");
+    if !system_test(NEEDS) {
         return Ok(());
     }
     let lab = Lab::new("nats")?;
@@ -386,28 +306,33 @@ fn agent_follows_nats_intents_and_sends_heartbeats() -> Result<()> {
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images)?;
     let state = dir.path().join("state");
-    // nats-server inside the server namespace, on the edge's address.
-    let _nats = ChildGuard(
-        Command::new("ip")
-            .args(["netns", "exec", &lab.srv])
-            .arg(substruct_testkit::nats_server_bin())
-            .args(["-a", "10.77.0.1", "-p", "4222", "-js", "-sd"])
-            .arg(dir.path().join("js"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nats-server")?,
-    );
+    // nats-server inside the server namespace, on the edge's address (a fixed port:
+    // the namespace is this test's own).
+    let nats_bin = substruct_testkit::nats_server_bin();
+    let js_dir = dir.path().join("js");
+    let mut nats = NsProcess::spawn(
+        &lab.srv,
+        "nats-server",
+        nats_bin.to_str().context("nats-server path is not UTF-8")?,
+        &[
+            "-a",
+            "10.77.0.1",
+            "-p",
+            "4222",
+            "-js",
+            "-sd",
+            js_dir.to_str().context("temp path is not UTF-8")?,
+        ],
+        dir.path().join("nats.log"),
+    )?;
+    lab.srv
+        .wait_listening("10.77.0.1", 4222, WAIT, &mut [&mut nats])?;
     let mut args = flags(&images, &state);
     args.extend(["--nats".to_string(), "nats://10.77.0.1:4222".to_string()]);
     let config = Flags::try_parse_from(args)?.into_config()?;
-    let ns_path = format!("/var/run/netns/{}", lab.srv);
-    let cli = lab.cli.clone();
+    let cli = &lab.cli;
 
-    let worker = std::thread::spawn(move || -> Result<()> {
-        let ns = std::fs::File::open(&ns_path).context("opening the namespace")?;
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    lab.srv.run_inside(move || -> Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -459,20 +384,24 @@ fn agent_follows_nats_intents_and_sends_heartbeats() -> Result<()> {
                 .await?;
                 let url = "http://10.77.0.1/boot.ipxe?mac=52:54:00:77:00:0e&platform=efi";
                 let want = "#!ipxe\necho substruct lab: 52:54:00:77:00:0e local, booting the local disk\nexit\n";
-                let deadline = tokio::time::Instant::now() + WAIT;
-                loop {
-                    let out = tokio::process::Command::new("ip")
-                        .args(["netns", "exec", &cli, "curl", "-fsS", "-m", "2", url])
-                        .output()
-                        .await?;
-                    if out.stdout == want.as_bytes() {
-                        break;
+                let last = std::cell::RefCell::new(Vec::new());
+                poll("boot.ipxe to show the intent", WAIT, Duration::from_millis(50), || {
+                    let curl = cli
+                        .tokio_command("curl")
+                        .args(["-fsS", "-m", "2", url])
+                        .output();
+                    let last = &last;
+                    async move {
+                        let stdout = curl.await.map(|o| o.stdout).unwrap_or_default();
+                        let shown = stdout == want.as_bytes();
+                        *last.borrow_mut() = stdout;
+                        shown.then_some(())
                     }
-                    if tokio::time::Instant::now() > deadline {
-                        bail!("boot.ipxe never showed the intent: {}", String::from_utf8_lossy(&out.stdout));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                })
+                .await
+                .with_context(|| {
+                    format!("last boot.ipxe: {}", String::from_utf8_lossy(&last.borrow()))
+                })?;
                 anyhow::Ok(())
             }
             .await;
@@ -482,11 +411,7 @@ fn agent_follows_nats_intents_and_sends_heartbeats() -> Result<()> {
             stopped.context("agent did not stop")??.context("agent failed")?;
             anyhow::Ok(())
         })
-    });
-    match worker.join() {
-        Ok(r) => r?,
-        Err(_) => bail!("worker thread panicked"),
-    }
+    })?;
     // The intent reached the on-disk cache too.
     let cached = std::fs::read_to_string(state.join("intents.json"))?;
     assert!(cached.contains("52:54:00:77:00:0e"), "{cached}");

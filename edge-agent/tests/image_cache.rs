@@ -1,16 +1,17 @@
-//! The edge's image cache against a real nats-server: first fetch, hit, a corrupt
-//! file detected and fetched again, half-written files at start, eviction under the
-//! cap, and content that does not match its registry entry refused.
+//! The edge's image cache against a real nats-server: first fetch, hit, concurrent
+//! requests sharing one fetch, a corrupt file detected and fetched again, half-written
+//! files at start, eviction under the cap, and content that does not match its registry
+//! entry refused. (Its decisions are unit-tested in `image_cache::index`.)
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use substruct_edge::image_cache::{CacheError, ImageCache, ImageMeta};
+use substruct_edge::image_cache::{CacheError, CacheSettings, ImageCache, ImageMeta};
 use substruct_runtime::jetstream::{ensure_kv, ensure_object_store, BucketSpec};
-use substruct_testkit::NatsServer;
-use substruct_wire::subjects;
+use substruct_testkit::{wait_for, NatsServer};
+use substruct_wire::{subjects, ImageName, Sha256Digest};
 
 fn content(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -18,8 +19,19 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn sha(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+fn sha(bytes: &[u8]) -> Sha256Digest {
+    Sha256Digest::new(hex::encode(Sha256::digest(bytes))).unwrap()
+}
+
+fn n(name: &str) -> ImageName {
+    ImageName::new(name).unwrap()
+}
+
+/// Opens the cache and runs its task until the test ends.
+fn open(dir: &std::path::Path, cap: u64, client: Option<async_nats::Client>) -> ImageCache {
+    let (cache, task) = ImageCache::open(CacheSettings::new(dir, cap, client)).unwrap();
+    tokio::spawn(task.run(tokio_util::sync::CancellationToken::new()));
+    cache
 }
 
 /// Registers `name` → `bytes` the way the controller does: object by sha256, KV entry.
@@ -80,18 +92,21 @@ async fn flow() {
     let mb = register(&client, "dir/b.img", &b, &b).await;
     let mc = register(&client, "c.img", &c, &c).await;
     // Cap: two images fit, three do not.
-    let cache =
-        ImageCache::open(dir.path().join("cache"), 3_200_000, Some(client.clone())).unwrap();
+    let cache = open(&dir.path().join("cache"), 3_200_000, Some(client.clone()));
 
     // Unknown name: None, nothing fetched.
-    assert_eq!(cache.path_for("nope.img").await.unwrap(), None);
+    assert_eq!(cache.path_for(&n("nope.img")).await.unwrap(), None);
 
-    // First use fetches; the file is exactly the content.
-    let pa = cache.path_for("a.img").await.unwrap().unwrap();
+    // First use fetches, once for requests that come together; the file is exactly
+    // the content.
+    let a_img = n("a.img");
+    let (pa, pa2) = tokio::join!(cache.path_for(&a_img), cache.path_for(&a_img));
+    let pa = pa.unwrap().unwrap();
+    assert_eq!(pa2.unwrap().unwrap(), pa);
     assert_eq!(std::fs::read(&pa).unwrap(), a);
     assert_eq!(cache.stats().fetches, 1);
     // Second use is a hit.
-    assert_eq!(cache.path_for("a.img").await.unwrap().unwrap(), pa);
+    assert_eq!(cache.path_for(&n("a.img")).await.unwrap().unwrap(), pa);
     assert_eq!(cache.stats().fetches, 1);
     assert_eq!(cache.stats().hits, 1);
     assert_eq!(cache.verified(), vec![ma.sha256.clone()]);
@@ -109,36 +124,43 @@ async fn flow() {
         .unwrap()
         .set_modified(before + Duration::from_secs(2))
         .unwrap();
-    let again = cache.path_for("a.img").await.unwrap().unwrap();
+    let again = cache.path_for(&n("a.img")).await.unwrap().unwrap();
     assert_eq!(std::fs::read(&again).unwrap(), a);
     assert_eq!(cache.stats().corrupt, 1);
     assert_eq!(cache.stats().fetches, 2);
 
     // b fits beside a; c does not: a, the least recently used, is evicted.
-    cache.path_for("dir/b.img").await.unwrap().unwrap();
-    cache.path_for("c.img").await.unwrap().unwrap();
+    cache.path_for(&n("dir/b.img")).await.unwrap().unwrap();
+    cache.path_for(&n("c.img")).await.unwrap().unwrap();
     assert_eq!(cache.stats().evictions, 1);
     let mut held = cache.verified();
     held.sort();
     let mut want = vec![mb.sha256.clone(), mc.sha256.clone()];
     want.sort();
     assert_eq!(held, want);
-    assert!(!dir.path().join("cache").join(&ma.sha256).exists());
     assert!(cache.size() <= 3_200_000);
+    // The file goes too, a moment later (deleted outside the cache's state).
+    let evicted = dir.path().join("cache").join(ma.sha256.as_str());
+    wait_for("the evicted file deleted", Duration::from_secs(10), || {
+        let gone = !evicted.exists();
+        async move { gone }
+    })
+    .await
+    .unwrap();
 
     // Restart: a half-written .part and a truncated file are dealt with.
     drop(cache);
     let cdir = dir.path().join("cache");
     std::fs::write(cdir.join(format!("{}.part", ma.sha256)), &a[..1000]).unwrap();
-    std::fs::write(cdir.join(&mb.sha256), &b[..1000]).unwrap();
-    let cache = ImageCache::open(&cdir, 3_200_000, Some(client.clone())).unwrap();
+    std::fs::write(cdir.join(mb.sha256.as_str()), &b[..1000]).unwrap();
+    let cache = open(&cdir, 3_200_000, Some(client.clone()));
     assert!(
         !cdir.join(format!("{}.part", ma.sha256)).exists(),
         "half-written file removed"
     );
     assert_eq!(cache.verify_all().await, 1, "the truncated file is found");
     assert_eq!(cache.verified(), vec![mc.sha256.clone()]);
-    let pb = cache.path_for("dir/b.img").await.unwrap().unwrap();
+    let pb = cache.path_for(&n("dir/b.img")).await.unwrap().unwrap();
     assert_eq!(std::fs::read(&pb).unwrap(), b);
 
     // Content in the store that does not match its registry entry: refused, not cached.
@@ -146,24 +168,24 @@ async fn flow() {
     let mut wrong = d.clone();
     wrong[0] ^= 1;
     let md = register(&client, "d.img", &d, &wrong).await;
-    let err = cache.path_for("d.img").await.unwrap_err();
+    let err = cache.path_for(&n("d.img")).await.unwrap_err();
     assert!(matches!(err, CacheError::Mismatch { .. }), "{err}");
-    assert!(!cdir.join(&md.sha256).exists());
+    assert!(!cdir.join(md.sha256.as_str()).exists());
     assert!(!cdir.join(format!("{}.part", md.sha256)).exists());
 
     // NATS gone (a WAN cut), even across a restart: cached images are still served by
     // name from the last known sha256; a name never resolved, or a miss, fails clearly.
     drop(client);
     drop(cache);
-    let offline = ImageCache::open(&cdir, 3_200_000, None).unwrap();
+    let offline = open(&cdir, 3_200_000, None);
     assert_eq!(
-        offline.path_for("c.img").await.unwrap(),
-        Some(cdir.join(&mc.sha256))
+        offline.path_for(&n("c.img")).await.unwrap(),
+        Some(cdir.join(mc.sha256.as_str()))
     );
-    assert_eq!(std::fs::read(cdir.join(&mc.sha256)).unwrap(), c);
-    let err = offline.path_for("never-seen.img").await.unwrap_err();
+    assert_eq!(std::fs::read(cdir.join(mc.sha256.as_str())).unwrap(), c);
+    let err = offline.path_for(&n("never-seen.img")).await.unwrap_err();
     assert!(matches!(err, CacheError::Offline), "{err}");
     // a.img was resolved before but evicted: known name, no file, no way to fetch.
-    let err = offline.path_for("a.img").await.unwrap_err();
+    let err = offline.path_for(&n("a.img")).await.unwrap_err();
     assert!(matches!(err, CacheError::Offline), "{err}");
 }

@@ -1,5 +1,8 @@
 //! The TFTP server against real clients (tftp-hpa's `tftp`, `atftp`) and a hand-written client
 //! that behaves like a PXE ROM. Everything on 127.0.0.1, port 0.
+//!
+//! The real-client tests need their client installed (Debian: tftp-hpa, atftp); without it
+//! they skip, or fail under `SUBSTRUCT_REQUIRE_SYSTEM_TESTS=1` (see `substruct_testkit::gate`).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
@@ -10,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use substruct_edge::tftp::packet::{self, Packet, OP_RRQ, OP_WRQ};
 use substruct_edge::tftp::{self, TftpFiles, TftpSettings};
+use substruct_testkit::gate::{system_test, Need};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -160,6 +164,9 @@ fn oack_value(pairs: &[(String, String)], name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn tftp_hpa_client_fetches_files_byte_identical() {
+    if !system_test(&[Need::Tool("tftp")]) {
+        return;
+    }
     let small = pattern(1000, 1);
     let mib = pattern(1024 * 1024, 2);
     let exact = pattern(512 * 8, 3);
@@ -204,6 +211,9 @@ async fn tftp_hpa_client_fetches_files_byte_identical() {
 
 #[tokio::test]
 async fn atftp_fetches_with_blksize_tsize_and_windowsize() {
+    if !system_test(&[Need::Tool("atftp")]) {
+        return;
+    }
     let small = pattern(3000, 4);
     let mib = pattern(1024 * 1024 + 17, 5);
     let root = root_with(&[("small.bin", &small), ("mib.bin", &mib)]);

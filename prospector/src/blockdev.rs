@@ -179,7 +179,7 @@ pub fn choose_target<'a>(
     };
     if !valid_disk_name(name) {
         return Err(TargetError::BadName {
-            name: crate::agent::printable(name),
+            name: crate::text::printable(name),
         });
     }
     let Some(disk) = disks.iter().find(|d| d.name == name) else {

@@ -3,15 +3,19 @@
 //! and the digest against the instruction.
 //!
 //! Refusals happen before any byte is written: a bad path or digest in the
-//! instruction, no usable disk, an image larger than the disk, an HTTP status other
-//! than 200, a `Content-Length` other than the instruction's size. The pure helpers
-//! ([`image_target`], [`ProgressTicker`], [`throughput_line`]) carry the decisions.
+//! instruction (checked by `substruct_wire`'s [`ImageName`] and [`Sha256Digest`], the
+//! rules every part uses), no usable disk, an image larger than the disk, an HTTP
+//! status other than 200, a `Content-Length` other than the instruction's size. The
+//! pure helpers ([`image_target`], [`expected_digest`], [`ProgressTicker`],
+//! [`throughput_line`]) carry the decisions.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use substruct_wire::messages::DeployImage;
+use substruct_wire::names::{DigestError, ImageNameError};
+use substruct_wire::{ImageName, Sha256Digest};
 use tokio::io::AsyncWriteExt;
 
 use crate::blockdev::{self, Storage, TargetError};
@@ -36,10 +40,10 @@ pub enum DeployError {
     NoEdge,
     #[error("this prospector run may not write disks (a CLI run needs --dev-dir DIR)")]
     NoStorage,
-    #[error("invalid image path {path:?} in the instruction: {why}")]
-    BadPath { path: String, why: &'static str },
-    #[error("invalid sha256 {value:?} in the instruction (64 hex digits expected)")]
-    BadDigest { value: String },
+    #[error("invalid image path in the instruction")]
+    BadPath(#[source] ImageNameError),
+    #[error("invalid sha256 in the instruction")]
+    BadDigest(#[source] DigestError),
     #[error("cannot use the target disk")]
     Target(#[source] TargetError),
     #[error("disk: the image ({image} bytes) does not fit disk {disk} ({disk_size} bytes)")]
@@ -77,37 +81,17 @@ pub enum DeployError {
     DigestMismatch { expected: String, actual: String },
 }
 
-/// Pure: the request path for an image path from the instruction (untrusted).
-/// Segments of `[A-Za-z0-9._~+-]`, no empty, `.` or `..` segment, no leading `/`.
+/// Pure: the request path for an image path from the instruction (untrusted), which
+/// must be a valid [`ImageName`].
 pub fn image_target(path: &str) -> Result<String, DeployError> {
-    let bad = |why| DeployError::BadPath {
-        path: crate::agent::printable(path),
-        why,
-    };
-    if path.is_empty() || path.len() > 1024 {
-        return Err(bad("empty or longer than 1024 bytes"));
-    }
-    if path.starts_with('/') {
-        return Err(bad("must not start with /"));
-    }
-    for segment in path.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return Err(bad("empty, . or .. segment"));
-        }
-        if !segment
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '+' | '-'))
-        {
-            return Err(bad("characters outside A-Z a-z 0-9 . _ ~ + -"));
-        }
-    }
-    Ok(format!("/images/{path}"))
+    let name = ImageName::new(path).map_err(DeployError::BadPath)?;
+    Ok(format!("/images/{name}"))
 }
 
-/// Pure: the lowercase digest, or `None` if it is not 64 hex digits.
-pub fn normalize_digest(value: &str) -> Option<String> {
-    (value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| value.to_ascii_lowercase())
+/// Pure: the digest the instruction expects; upper-case hex digits are accepted and
+/// folded to lower case.
+pub fn expected_digest(value: &str) -> Result<Sha256Digest, DeployError> {
+    Sha256Digest::new(value.to_ascii_lowercase()).map_err(DeployError::BadDigest)
 }
 
 /// Reports progress once per crossed tenth of the total.
@@ -157,10 +141,7 @@ pub async fn deploy(
     say: &mut (dyn FnMut(String) + Send),
 ) -> Result<Deployed, DeployError> {
     let target_path = image_target(&image.path)?;
-    let expected_digest =
-        normalize_digest(&image.sha256).ok_or_else(|| DeployError::BadDigest {
-            value: crate::agent::printable(&image.sha256),
-        })?;
+    let expected_digest = expected_digest(&image.sha256)?;
     let edge = edge.ok_or(DeployError::NoEdge)?;
     let storage = storage.ok_or(DeployError::NoStorage)?;
     let disks = blockdev::scan(&storage.root);
@@ -189,7 +170,7 @@ pub async fn deploy(
         "deploying {} ({:.1} MiB, sha256 {}…) to {}",
         response.url(),
         image.size as f64 / MIB,
-        &expected_digest[..12],
+        expected_digest.as_str().get(..12).unwrap_or_default(),
         path.display()
     ));
     // Never create or truncate: the target is an existing device node.
@@ -246,11 +227,11 @@ pub async fn deploy(
             expected: image.size,
         });
     }
-    let actual = hex::encode(hasher.finalize());
+    let actual = Sha256Digest::finish(hasher);
     if actual != expected_digest {
         return Err(DeployError::DigestMismatch {
-            expected: expected_digest,
-            actual,
+            expected: expected_digest.into_string(),
+            actual: actual.into_string(),
         });
     }
     let elapsed = started.elapsed();
@@ -289,14 +270,22 @@ mod tests {
             assert!(image_target(bad).is_err(), "{bad:?}");
         }
         assert!(image_target(&"a".repeat(1025)).is_err());
+        let e = image_target("a/../b").unwrap_err();
+        assert_eq!(
+            substruct_runtime::error_chain(&e),
+            "invalid image path in the instruction: image name \"a/../b\": has a \"..\" path segment"
+        );
     }
 
     #[test]
     fn digests_are_normalized() {
         let d = "AB".repeat(32);
-        assert_eq!(normalize_digest(&d), Some("ab".repeat(32)));
-        assert_eq!(normalize_digest("abc"), None);
-        assert_eq!(normalize_digest(&"g".repeat(64)), None);
+        assert_eq!(expected_digest(&d).unwrap().as_str(), "ab".repeat(32));
+        assert!(matches!(
+            expected_digest("abc"),
+            Err(DeployError::BadDigest(_))
+        ));
+        assert!(expected_digest(&"g".repeat(64)).is_err());
     }
 
     #[test]
@@ -333,7 +322,7 @@ mod tests {
         assert_eq!(e.to_string(), "sha256 mismatch: expected aa, got bb");
         let e = DeployError::Target(TargetError::Removable { name: "sdb".into() });
         assert_eq!(
-            crate::agent::error_chain(&e),
+            substruct_runtime::error_chain(&e),
             "cannot use the target disk: disk sdb is removable, refused"
         );
     }

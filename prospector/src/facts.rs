@@ -28,7 +28,7 @@ pub const PROSPECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Gathers every fact readable under `root` (`/` on a live machine).
 pub fn gather(root: &Path) -> HardwareReport {
-    let mut report = HardwareReport {
+    HardwareReport {
         prospector_version: PROSPECTOR_VERSION.to_owned(),
         boot_mode: boot_mode(root),
         dmi: dmi::gather(root),
@@ -37,11 +37,7 @@ pub fn gather(root: &Path) -> HardwareReport {
         disks: disks::gather(root),
         nics: nics::gather(root),
         pci: pci::gather(root),
-    };
-    if root == Path::new("/") {
-        complement_from_live_system(&mut report);
     }
-    report
 }
 
 /// The `substruct.*` arguments of `<root>/proc/cmdline` (empty when unreadable).
@@ -57,32 +53,5 @@ pub fn boot_mode(root: &Path) -> BootMode {
         BootMode::Uefi
     } else {
         BootMode::Bios
-    }
-}
-
-/// On the live root only: fills CPU model / memory total from `sysinfo` when the
-/// files above could not say (e.g. a kernel without `/proc/cpuinfo` model names).
-fn complement_from_live_system(report: &mut HardwareReport) {
-    use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
-    if report.cpu.model.is_some() && report.cpu.threads > 0 && report.memory.total_bytes > 0 {
-        return;
-    }
-    let sys = System::new_with_specifics(
-        RefreshKind::nothing()
-            .with_cpu(CpuRefreshKind::nothing())
-            .with_memory(MemoryRefreshKind::nothing().with_ram()),
-    );
-    if report.cpu.threads == 0 {
-        report.cpu.threads = u32::try_from(sys.cpus().len()).unwrap_or(u32::MAX);
-    }
-    if report.cpu.model.is_none() {
-        report.cpu.model = sys
-            .cpus()
-            .first()
-            .map(|c| c.brand().trim().to_owned())
-            .filter(|b| !b.is_empty());
-    }
-    if report.memory.total_bytes == 0 {
-        report.memory.total_bytes = sys.total_memory();
     }
 }

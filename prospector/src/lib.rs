@@ -10,6 +10,7 @@
 //!   over the small HTTP/1.1 client in [`http_get`];
 //! * [`wipe`] — quick or discard wipe of the local disks;
 //! * [`blockdev`] — the local disks as deploy/wipe targets (`/sys/block`, `/dev`);
+//! * [`text`] — bounding and escaping untrusted text (a leaf: uses nothing of the crate);
 //! * `live` — PID 1 duties inside the live image: mounts, modules, network, power.
 
 pub mod agent;
@@ -19,4 +20,5 @@ pub mod deploy;
 pub mod facts;
 pub mod http_get;
 pub mod live;
+pub mod text;
 pub mod wipe;

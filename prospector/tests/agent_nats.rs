@@ -16,7 +16,7 @@ use substruct_wire::messages::{
     Command, DiscoverReply, DiscoverRequest, ErrorCode, ErrorReply, Instruction,
 };
 use substruct_wire::report::HardwareReport;
-use substruct_wire::{subjects, BootToken, MachineId, SiteId};
+use substruct_wire::{subjects, BootToken, MachineId, NatsUrl, SiteId};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ fn report() -> HardwareReport {
 
 fn config(nats: &NatsServer, once: bool) -> AgentConfig {
     AgentConfig {
-        nats_url: nats.url(),
+        nats_url: NatsUrl::new(nats.url()).unwrap(),
         site: site(),
         token: Some(BootToken::new("t0k3n").unwrap()),
         once,
@@ -325,7 +325,7 @@ async fn power_off_in_the_reply_is_returned_at_once() {
     // A comma-separated server list, one of them dead: the client fails over.
     let dead = substruct_testkit::free_port();
     let cfg = AgentConfig {
-        nats_url: format!("nats://127.0.0.1:{dead}, {}", nats.url()),
+        nats_url: NatsUrl::new(format!("nats://127.0.0.1:{dead}, {}", nats.url())).unwrap(),
         ..config(&nats, false)
     };
     let (_events, task) = start_agent(cfg, CancellationToken::new());
@@ -369,7 +369,7 @@ async fn unreachable_server_is_retried_with_progress_not_an_error() {
     // A port nobody listens on: the client keeps reconnecting, each request times out.
     let port = substruct_testkit::free_port();
     let cfg = AgentConfig {
-        nats_url: format!("nats://127.0.0.1:{port}"),
+        nats_url: NatsUrl::new(format!("nats://127.0.0.1:{port}")).unwrap(),
         site: site(),
         token: None,
         once: true,

@@ -22,7 +22,7 @@ use substruct_wire::messages::{
     ErrorReply, Instruction, WipeMode,
 };
 use substruct_wire::report::HardwareReport;
-use substruct_wire::{subjects, BootToken, MachineId, SiteId};
+use substruct_wire::{subjects, BootToken, MachineId, NatsUrl, SiteId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -262,7 +262,7 @@ fn start_agent(
     cancel: CancellationToken,
 ) -> (UnboundedReceiver<AgentEvent>, AgentTask) {
     let cfg = AgentConfig {
-        nats_url: nats.url(),
+        nats_url: NatsUrl::new(nats.url()).unwrap(),
         site: site(),
         token: Some(BootToken::new("b00t").unwrap()),
         once: false,
@@ -762,7 +762,7 @@ async fn a_run_without_storage_refuses_to_write_disks() {
     .await;
     // A CLI run without --dev-dir: no storage.
     let cfg = AgentConfig {
-        nats_url: nats.url(),
+        nats_url: NatsUrl::new(nats.url()).unwrap(),
         site: site(),
         token: None,
         once: true,

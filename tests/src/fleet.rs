@@ -22,8 +22,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use substruct_testkit::nats_topology::{Hub, HubOptions, Leaf, LeafOptions, HUB_JS_DOMAIN};
@@ -139,31 +138,19 @@ impl Fleet {
         let controller = {
             let bin = binary("substruct-controller")?;
             let log = dir.path().join("controller.log");
-            let file = std::fs::File::create(&log)
-                .with_context(|| format!("creating {}", log.display()))?;
-            let err = file.try_clone()?;
             let (user, password) = hub.controller_credentials();
-            let child = core
-                .command(path_str(&bin)?)
-                .args([
-                    "--nats",
-                    &hub.url(),
-                    "--listen",
-                    &format!("{CORE_IP}:{API_PORT}"),
-                ])
-                .env("SUBSTRUCT_TOKEN", API_TOKEN)
-                .env("SUBSTRUCT_NATS_USER", user)
-                .env("SUBSTRUCT_NATS_PASSWORD", password)
-                .stdin(Stdio::null())
-                .stdout(file)
-                .stderr(err)
-                .spawn()
-                .context("spawning substruct-controller in the core namespace")?;
-            NsProcess {
-                child,
-                log,
-                name: "substruct-controller".into(),
-            }
+            let mut cmd = core.command(path_str(&bin)?);
+            cmd.args([
+                "--nats",
+                &hub.url(),
+                "--listen",
+                &format!("{CORE_IP}:{API_PORT}"),
+            ])
+            .env("SUBSTRUCT_TOKEN", API_TOKEN)
+            .env("SUBSTRUCT_NATS_USER", user)
+            .env("SUBSTRUCT_NATS_PASSWORD", password);
+            NsProcess::spawn_command("substruct-controller", cmd, log)
+                .context("in the core namespace")?
         };
 
         let mut fleet = Self {
@@ -184,13 +171,8 @@ impl Fleet {
     fn start_sites(&mut self, nets: Vec<(String, usize, Netns, String)>) -> Result<()> {
         {
             let mut procs: Vec<&mut NsProcess> = self.controller.iter_mut().collect();
-            wait_tcp(
-                &self.core,
-                CORE_IP,
-                API_PORT,
-                Duration::from_secs(30),
-                &mut procs,
-            )?;
+            self.core
+                .wait_listening(CORE_IP, API_PORT, Duration::from_secs(30), &mut procs)?;
         }
         let image = prospector_image()?;
         let leaf_ip: IpAddr = EDGE_IP.parse().context("EDGE_IP")?;
@@ -243,7 +225,7 @@ impl Fleet {
                 &args,
                 site_dir.join("edge.log"),
             )?;
-            wait_tcp(&ns, EDGE_IP, 80, Duration::from_secs(30), &mut [&mut edge])?;
+            ns.wait_listening(EDGE_IP, 80, Duration::from_secs(30), &mut [&mut edge])?;
             self.sites.push(FleetSite {
                 edge: Some(edge),
                 leaf,
@@ -467,56 +449,15 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>>,
 {
-    let path = format!("/run/netns/{}", ns.name());
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    let name = ns.name().to_owned();
-    let handle = std::thread::Builder::new()
-        .name(format!("in-{name}"))
-        .spawn(move || -> Result<T> {
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("joining namespace {name}"))?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("building a tokio runtime")?;
-            rt.block_on(f())
-        })
-        .context("spawning a thread")?;
-    handle
-        .join()
-        .map_err(|_| anyhow!("the thread inside {} panicked", ns.name()))?
-}
-
-/// Waits until something listens on `ip:port` inside `ns`, failing early when one of
-/// `procs` exits.
-fn wait_tcp(
-    ns: &Netns,
-    ip: &str,
-    port: u16,
-    timeout: Duration,
-    procs: &mut [&mut NsProcess],
-) -> Result<()> {
-    let needle = format!("{ip}:{port}");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let listening = ns
-            .exec("ss", &["-ltnH"])
-            .map(|s| s.lines().any(|l| l.contains(&needle)))
-            .unwrap_or(false);
-        if listening {
-            return Ok(());
-        }
-        for p in procs.iter_mut() {
-            p.check_alive()?;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "nothing listens on {needle} in {} after {timeout:?}",
-                ns.name()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ns.spawn_inside(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building a tokio runtime")?;
+        rt.block_on(f())
+    })
+    .join()
+    .map_err(|_| anyhow!("the thread inside {} panicked", ns.name()))?
 }
 
 fn path_str(p: &std::path::Path) -> Result<&str> {

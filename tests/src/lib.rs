@@ -60,32 +60,6 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// True when this process may create namespaces and run QEMU; prints why not
-/// otherwise. Under `deploy/test` (which sets `SUBSTRUCT_REQUIRE_SYSTEM_TESTS=1`)
-/// a missing prerequisite is a failure, not a skip.
-pub fn system_tests_possible(needs: &[&str]) -> bool {
-    let required = std::env::var_os("SUBSTRUCT_REQUIRE_SYSTEM_TESTS").is_some();
-    let skip = |why: String| {
-        assert!(!required, "system test cannot run: {why}");
-        eprintln!("SKIP: {why}");
-        false
-    };
-    if !substruct_testkit::can_use_netns() {
-        return skip("needs root and `ip netns` (run deploy/test as root)".into());
-    }
-    for tool in needs {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return skip(format!("{tool} is not installed (deploy/test installs it)"));
-        }
-    }
-    true
-}
-
 static IMAGE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Builds (or reuses) the prospector live image with `deploy/prospector-image/build`,
@@ -214,24 +188,12 @@ impl Site {
                 "--listen".into(),
                 format!("{EDGE_IP}:8080"),
             ];
-            let p = {
-                let file = std::fs::File::create(&log)?;
-                let err = file.try_clone()?;
-                let child = site
-                    .ns
-                    .command(bin.to_str().unwrap_or("substruct-controller"))
-                    .args(cmd_args.drain(..))
-                    .env("SUBSTRUCT_TOKEN", API_TOKEN)
-                    .stdin(std::process::Stdio::null())
-                    .stdout(file)
-                    .stderr(err)
-                    .spawn()?;
-                NsProcess {
-                    child,
-                    log,
-                    name: "substruct-controller".into(),
-                }
-            };
+            let mut cmd = site
+                .ns
+                .command(bin.to_str().unwrap_or("substruct-controller"));
+            cmd.args(cmd_args.drain(..))
+                .env("SUBSTRUCT_TOKEN", API_TOKEN);
+            let p = NsProcess::spawn_command("substruct-controller", cmd, log)?;
             site.controller = Some(p);
             site.wait_tcp(EDGE_IP, 8080, Duration::from_secs(20))?;
         }
@@ -269,30 +231,14 @@ impl Site {
         Ok(site)
     }
 
-    /// Waits until something listens on `ip:port` inside the namespace.
+    /// Waits until something listens on `ip:port` inside the namespace, failing early
+    /// when one of the site's servers exits.
     pub fn wait_tcp(&mut self, ip: &str, port: u16, timeout: Duration) -> Result<()> {
-        let needle = format!("{ip}:{port}");
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let listening = self
-                .ns
-                .exec("ss", &["-ltnH"])
-                .map(|s| s.lines().any(|l| l.contains(&needle)))
-                .unwrap_or(false);
-            if listening {
-                return Ok(());
-            }
-            for p in [&mut self.nats, &mut self.controller, &mut self.edge]
-                .into_iter()
-                .flatten()
-            {
-                p.check_alive()?;
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("nothing listens on {needle} after {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut procs: Vec<&mut NsProcess> = [&mut self.nats, &mut self.controller, &mut self.edge]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.ns.wait_listening(ip, port, timeout, &mut procs)
     }
 
     /// A new tap on the site bridge for a VM NIC.

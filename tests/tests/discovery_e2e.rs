@@ -7,10 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::qemu::{
     acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec,
 };
-use substruct_tests::{system_tests_possible, Site, SiteOptions};
+use substruct_testkit::try_poll_blocking;
+use substruct_tests::{Site, SiteOptions};
+
+/// How long two TCG VMs booting at once on 2 cores may take to reach the inventory.
+const INVENTORY_TIMEOUT: Duration = Duration::from_secs(420);
 
 struct Expect {
     serial: &'static str,
@@ -88,7 +93,12 @@ fn check(machine: &Value, e: &Expect) -> Result<()> {
 
 #[test]
 fn bios_and_uefi_machines_appear_in_the_inventory_with_their_exact_facts() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "nats-server"]) {
+    if !system_test(&[
+        Need::Netns,
+        Need::Tun,
+        Need::Tool("qemu-system-x86_64"),
+        Need::Tool("nats-server"),
+    ]) {
         return Ok(());
     }
     let bios = Expect {
@@ -120,26 +130,24 @@ fn bios_and_uefi_machines_appear_in_the_inventory_with_their_exact_facts() -> Re
         )?,
     ];
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(420);
     let mut seen: [Option<Duration>; 2] = [None, None];
-    loop {
-        let machines = site.machines().unwrap_or_default();
-        for (i, e) in [&bios, &uefi].iter().enumerate() {
-            if seen[i].is_none() && find(&machines, e.serial).is_some() {
-                seen[i] = Some(start.elapsed());
+    let machines = try_poll_blocking(
+        "both machines in the inventory",
+        INVENTORY_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            let machines = site.machines().unwrap_or_default();
+            for (i, e) in [&bios, &uefi].iter().enumerate() {
+                if seen[i].is_none() && find(&machines, e.serial).is_some() {
+                    seen[i] = Some(start.elapsed());
+                }
             }
-        }
-        if seen.iter().all(Option::is_some) {
-            for (e, label) in [(&bios, "BIOS"), (&uefi, "UEFI")] {
-                let m = find(&machines, e.serial).context("machine vanished")?;
-                check(m, e).with_context(|| format!("{label} machine {m}"))?;
-            }
-            if machines.len() != 2 {
-                bail!("expected exactly 2 machines, got {}", machines.len());
-            }
-            break;
-        }
-        if Instant::now() > deadline {
+            Ok(seen.iter().all(Option::is_some).then_some(machines))
+        },
+    );
+    let machines = match machines {
+        Ok(m) => m,
+        Err(e) => {
             site.dump_logs();
             for vm in &vms {
                 eprintln!(
@@ -148,9 +156,15 @@ fn bios_and_uefi_machines_appear_in_the_inventory_with_their_exact_facts() -> Re
                     substruct_testkit::qemu::tail(&vm.serial(), 40)
                 );
             }
-            bail!("machines not in inventory after 420 s: seen {seen:?}");
+            bail!("{e}: seen {seen:?}");
         }
-        std::thread::sleep(Duration::from_millis(500));
+    };
+    for (e, label) in [(&bios, "BIOS"), (&uefi, "UEFI")] {
+        let m = find(&machines, e.serial).context("machine vanished")?;
+        check(m, e).with_context(|| format!("{label} machine {m}"))?;
+    }
+    if machines.len() != 2 {
+        bail!("expected exactly 2 machines, got {}", machines.len());
     }
     println!(
         "power-on -> inventory: BIOS {:.1} s, UEFI {:.1} s (both VMs booting at once on 2 cores)",

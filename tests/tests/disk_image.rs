@@ -1,12 +1,14 @@
 //! The marker disk image (`deploy/disk-image/build`): its layout, and real boots from
 //! the disk under SeaBIOS (QEMU, TCG, no network) that must print the marker.
-//! Skips (printing why) when not root or a tool is missing.
+//! Skips (printing why) when not root or a tool is missing, or fails under
+//! `SUBSTRUCT_REQUIRE_SYSTEM_TESTS=1` (the gate in `substruct_testkit::gate`).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::netns::Netns;
 use substruct_testkit::qemu::{
     acquire_vm_slot, DiskBus, DiskSpec, Firmware, Vm, VmSpec, OVMF_CODE,
@@ -15,8 +17,15 @@ use substruct_tests::disk_image::{
     build_script, marker_disk_image, marker_disk_image_with, os_up_line, parse_report,
     DiskOsReport, DISK_MARKER, OS_IDLE, OS_UP, ROOT, UEFI_LOADER,
 };
-use substruct_tests::system_tests_possible;
 
+/// What booting a marker disk needs (QEMU on an isolated NIC: no tap).
+const DISK_BOOT_NEEDS: [Need<'static>; 5] = [
+    Need::Netns,
+    Need::Tool("qemu-system-x86_64"),
+    Need::Tool("mkfs.vfat"),
+    Need::Tool("mcopy"),
+    Need::Tool("syslinux"),
+];
 const BUILD_TOOLS: &[&str] = &[
     "mkfs.vfat",
     "mcopy",
@@ -46,9 +55,9 @@ fn le32(b: &[u8]) -> u64 {
 
 #[test]
 fn build_is_reproducible_small_and_a_partitioned_syslinux_disk() -> Result<()> {
-    let mut tools = BUILD_TOOLS.to_vec();
-    tools.push("qemu-system-x86_64");
-    if !system_tests_possible(&tools) {
+    let mut needs = vec![Need::Netns, Need::Tool("qemu-system-x86_64")];
+    needs.extend(BUILD_TOOLS.iter().map(|t| Need::Tool(t)));
+    if !system_test(&needs) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -203,7 +212,7 @@ fn check_common(report: &DiskOsReport, log: &str, marker: &str, serial: &str) {
 
 #[test]
 fn seabios_boots_the_marker_disk_from_a_virtio_disk() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "mkfs.vfat", "mcopy", "syslinux"]) {
+    if !system_test(&DISK_BOOT_NEEDS) {
         return Ok(());
     }
     let image = marker_disk_image()?;
@@ -226,7 +235,7 @@ fn seabios_boots_the_marker_disk_from_a_virtio_disk() -> Result<()> {
 
 #[test]
 fn seabios_boots_a_marker_disk_with_its_own_marker_from_nvme() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "mkfs.vfat", "mcopy", "syslinux"]) {
+    if !system_test(&DISK_BOOT_NEEDS) {
         return Ok(());
     }
     let marker = "nvme-check.2";
@@ -254,16 +263,11 @@ fn seabios_boots_a_marker_disk_with_its_own_marker_from_nvme() -> Result<()> {
 
 #[test]
 fn ovmf_boots_the_marker_disk_through_its_uefi_loader() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "mkfs.vfat", "mcopy", "syslinux"]) {
+    if !system_test(&DISK_BOOT_NEEDS) {
         return Ok(());
     }
-    if !Path::new(UEFI_LOADER).exists() || !Path::new(OVMF_CODE).exists() {
-        let why = format!("{UEFI_LOADER} or {OVMF_CODE} missing (packages syslinux-efi, ovmf)");
-        assert!(
-            std::env::var_os("SUBSTRUCT_REQUIRE_SYSTEM_TESTS").is_none(),
-            "system test cannot run: {why}"
-        );
-        eprintln!("SKIP: {why}");
+    // Packages syslinux-efi and ovmf.
+    if !system_test(&[Need::File(UEFI_LOADER), Need::File(OVMF_CODE)]) {
         return Ok(());
     }
     let image = marker_disk_image()?;

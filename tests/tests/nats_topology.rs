@@ -25,12 +25,15 @@ use substruct_runtime::jetstream::{ensure_kv, BucketSpec};
 use substruct_testkit::nats_topology::{
     Hub, HubOptions, Leaf, LeafOptions, TlsFiles, HUB_JS_DOMAIN,
 };
-use substruct_testkit::wait_for;
+use substruct_testkit::{poll, wait_for};
 use substruct_wire::subjects::{self, KV_BOOT, KV_INSTALL};
 use substruct_wire::{MachineId, SiteId};
 use tokio::sync::mpsc;
 
 const LINK: Duration = Duration::from_secs(20);
+/// Bound for a request, a KV read or a bucket to work across the topology once the
+/// servers run (interest propagation, the leaf link, the JetStream meta leader).
+const PROPAGATION: Duration = Duration::from_secs(40);
 /// Bound for one JetStream API call; a refused call ends in an error, never a hang.
 const JS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -148,18 +151,36 @@ async fn controller_answering(hub: &Hub) -> Client {
 /// Requests until the controller's answer crosses (interest takes a moment to propagate).
 async fn discover_until_answered(client: &Client, s: &SiteId) -> Vec<u8> {
     let subject = subjects::discover(s);
-    for _ in 0..100 {
-        let r = tokio::time::timeout(
-            Duration::from_millis(500),
-            client.request(subject.clone(), "hello".into()),
-        )
-        .await;
-        if let Ok(Ok(msg)) = r {
-            return msg.payload.to_vec();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no discover reply from the hub on {subject}");
+    poll(
+        &format!("a discover reply from the hub on {subject}"),
+        PROPAGATION,
+        Duration::from_millis(50),
+        || {
+            let request = client.request(subject.clone(), "hello".into());
+            async move {
+                let reply = tokio::time::timeout(Duration::from_millis(500), request).await;
+                Some(reply.ok()?.ok()?.payload.to_vec())
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// `key` of bucket `bucket` as `js` sees it, once it can (interest, the leaf link and
+/// JetStream take a moment).
+async fn kv_value_once_readable(js: &jetstream::Context, bucket: &str, key: &str) -> Vec<u8> {
+    poll(
+        &format!("{bucket}/{key} to be readable"),
+        PROPAGATION,
+        Duration::from_millis(100),
+        || async {
+            let kv = js.get_key_value(bucket).await.ok()?;
+            Some(kv.get(key).await.ok()??.to_vec())
+        },
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,17 +521,8 @@ async fn site_reads_and_watches_only_its_own_kv_keys() {
     let b_creds = hub.site("b").unwrap().clone();
     let b = Conn::open(&leaf_b.url(), Some(b_creds.inbox_prefix()), None).await;
     let js = js_with_prefix(&b.client, &prefix);
-    let mut got = None;
-    for _ in 0..100 {
-        if let Ok(kv) = js.get_key_value(KV_BOOT).await {
-            got = kv.get("b.y").await.ok().flatten();
-            if got.is_some() {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(got.unwrap(), "boot-b");
+    let got = kv_value_once_readable(&js, KV_BOOT, "b.y").await;
+    assert_eq!(got, b"boot-b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,29 +609,19 @@ async fn cluster_hub_serves_a_leaf_on_any_node() {
     let js = jetstream::new(controller.clone());
     let mut spec = BucketSpec::new(KV_BOOT);
     spec.replicas = 3;
-    let mut boot = None;
-    for _ in 0..100 {
-        if let Ok(kv) = ensure_kv(&js, &spec).await {
-            boot = Some(kv);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let boot = boot.expect("the clustered bucket was never created");
+    let boot = poll(
+        "the clustered bucket to be created",
+        PROPAGATION,
+        Duration::from_millis(200),
+        || async { ensure_kv(&js, &spec).await.ok() },
+    )
+    .await
+    .unwrap();
     boot.put("a.x", "boot-a".into()).await.unwrap();
     assert_eq!(boot.stream.get_info().await.unwrap().config.num_replicas, 3);
     let site_js = js_with_prefix(&client.client, &format!("$JS.{HUB_JS_DOMAIN}.API"));
-    let mut got = None;
-    for _ in 0..100 {
-        if let Ok(kv) = site_js.get_key_value(KV_BOOT).await {
-            got = kv.get("a.x").await.ok().flatten();
-            if got.is_some() {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(got.unwrap(), "boot-a");
+    let got = kv_value_once_readable(&site_js, KV_BOOT, "a.x").await;
+    assert_eq!(got, b"boot-a");
 }
 
 /// The helpers in network namespaces, as the WAN-cut tests use them: the hub in a
@@ -627,9 +629,9 @@ async fn cluster_hub_serves_a_leaf_on_any_node() {
 /// comes up, and comes back after the leaf node, then the hub, are killed and restarted.
 #[test]
 fn hub_and_leaf_in_namespaces_relink_after_restarts() {
+    use substruct_testkit::gate::{system_test, Need};
     use substruct_testkit::netns::Netns;
-    if !substruct_testkit::can_use_netns() {
-        eprintln!("skipping: needs root and `ip netns`");
+    if !system_test(&[Need::Netns]) {
         return;
     }
     let core = Netns::create("core").unwrap();
@@ -697,15 +699,14 @@ async fn site_reads_the_shared_image_registry_and_objects_but_cannot_write() {
     let creds = hub.site("a").unwrap();
     let a = Conn::open(&leaf_a.url(), Some(creds.inbox_prefix()), None).await;
     let site_js = js_with_prefix(&a.client, &format!("$JS.{HUB_JS_DOMAIN}.API"));
-    let mut registry_a = None;
-    for _ in 0..100 {
-        if let Ok(kv) = site_js.get_key_value(KV_IMAGES).await {
-            registry_a = Some(kv);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let registry_a = registry_a.expect("site a never opened the image registry");
+    let registry_a = poll(
+        "site a to open the image registry",
+        PROPAGATION,
+        Duration::from_millis(100),
+        || async { site_js.get_key_value(KV_IMAGES).await.ok() },
+    )
+    .await
+    .unwrap();
     assert_eq!(registry_a.get("debian").await.unwrap().unwrap(), "meta");
     let objects_a = site_js.get_object_store(OBJ_IMAGES).await.unwrap();
     let mut object = objects_a.get("sha-of-debian").await.unwrap();

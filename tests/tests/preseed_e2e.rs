@@ -11,13 +11,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
+use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::netns::run;
 use substruct_testkit::qemu::{
     acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec,
 };
-use substruct_tests::{system_tests_possible, workspace_root, Site, SiteOptions, EDGE_IP};
+use substruct_testkit::try_poll_blocking;
+use substruct_tests::{workspace_root, Site, SiteOptions, EDGE_IP};
 
 const DI: &str = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
 const MAC: &str = "52:54:00:77:40:0a";
@@ -32,18 +34,20 @@ fn machine(site: &Site) -> Result<Option<Value>> {
 
 fn wait_state(site: &Site, state: &str, timeout: Duration) -> Result<(Value, f64)> {
     let started = Instant::now();
-    loop {
-        let m = machine(site)?;
-        if let Some(m) = &m {
-            if m["state"] == state {
-                return Ok((m.clone(), started.elapsed().as_secs_f64()));
-            }
-        }
-        if started.elapsed() > timeout {
-            bail!("machine {MAC} not {state} after {timeout:?}: {m:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let mut last = None;
+    try_poll_blocking(
+        &format!("machine {MAC} to be {state}"),
+        timeout,
+        Duration::from_millis(500),
+        || {
+            last = machine(site)?;
+            Ok(last
+                .as_ref()
+                .filter(|m| m["state"] == state)
+                .map(|m| (m.clone(), started.elapsed().as_secs_f64())))
+        },
+    )
+    .with_context(|| format!("last seen: {last:?}"))
 }
 
 /// `curl` inside the site namespace: (HTTP status, body).
@@ -60,15 +64,15 @@ fn curl(site: &Site, args: &[&str]) -> Result<(u16, String)> {
 
 #[test]
 fn debian_installer_fetches_its_preseed_then_the_callback_deploys() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "curl"]) {
-        return Ok(());
-    }
-    if !std::path::Path::new(DI).join("initrd.gz").exists() {
-        assert!(
-            std::env::var_os("SUBSTRUCT_REQUIRE_SYSTEM_TESTS").is_none(),
-            "{DI}/initrd.gz missing: deploy/test installs debian-installer-12-netboot-amd64"
-        );
-        eprintln!("SKIP: {DI} missing");
+    // deploy/test installs debian-installer-12-netboot-amd64 for the initrd.
+    let di_initrd = format!("{DI}/initrd.gz");
+    if !system_test(&[
+        Need::Netns,
+        Need::Tun,
+        Need::Tool("qemu-system-x86_64"),
+        Need::Tool("curl"),
+        Need::File(&di_initrd),
+    ]) {
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
@@ -192,24 +196,18 @@ fn flow(site: &mut Site) -> Result<()> {
     assert_eq!(m["profile"], "debian12-preseed");
 
     // The token is dead: no preseed, no second callback.
-    let (status, _) = curl(
-        site,
-        &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")],
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut status = status;
-    while status != 403 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        status = curl(
-            site,
-            &[&format!("http://{EDGE_IP}/install/{token}/preseed.cfg")],
-        )?
-        .0;
-    }
-    assert_eq!(
-        status, 403,
-        "the preseed is gone once the machine left installing"
-    );
+    let preseed_url = format!("http://{EDGE_IP}/install/{token}/preseed.cfg");
+    let mut status = 0;
+    try_poll_blocking(
+        "the preseed to be gone once the machine left installing",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            status = curl(site, &[&preseed_url])?.0;
+            Ok((status == 403).then_some(()))
+        },
+    )
+    .with_context(|| format!("last status {status}"))?;
     let (status, _) = curl(site, &["-X", "POST", "--data", "", &done])?;
     assert_eq!(
         status, 403,
@@ -219,19 +217,22 @@ fn flow(site: &mut Site) -> Result<()> {
     // The next PXE boot of this machine boots its disk.
     let script_url =
         format!("http://{EDGE_IP}/boot.ipxe?mac={MAC}&uuid=&buildarch=i386&platform=pcbios");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, script) = curl(site, &[&script_url])?;
-        assert_eq!(status, 200);
-        if script.contains("sanboot --no-describe --drive 0x80") {
-            println!("edge answers the machine with:\n{script}");
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the edge does not answer local boot: {script}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut last = String::new();
+    let script = try_poll_blocking(
+        "the edge to answer with a local boot",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let (status, script) = curl(site, &[&script_url])?;
+            ensure!(status == 200, "boot.ipxe answered {status}: {script}");
+            last.clone_from(&script);
+            Ok(script
+                .contains("sanboot --no-describe --drive 0x80")
+                .then_some(script))
+        },
+    )
+    .with_context(|| format!("last script: {last}"))?;
+    println!("edge answers the machine with:\n{script}");
     drop(vm);
     Ok(())
 }

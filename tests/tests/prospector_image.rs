@@ -1,7 +1,8 @@
 //! The prospector live image: built by `deploy/prospector-image/build`, inspected, and
 //! booted in QEMU (TCG) on a tap + bridge inside a network namespace this test creates,
 //! with dnsmasq for DHCP, a real nats-server and a test-side responder on the discover
-//! subject. Skips (printing why) when not root or a tool is missing.
+//! subject. Skips (printing why) when not root or a tool is missing, or fails under
+//! `SUBSTRUCT_REQUIRE_SYSTEM_TESTS=1` (the gate in `substruct_testkit::gate`).
 //!
 //! QEMU runs are serialized host-wide with an flock on /tmp/substruct-qemu.lock.
 
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::StreamExt;
-use substruct_testkit::{can_use_netns, wait_for_blocking};
+use substruct_testkit::gate::{gate, unmet, Need};
+use substruct_testkit::netns::{Netns, NsProcess};
+use substruct_testkit::wait_for_blocking;
 use substruct_wire::messages::{DiscoverReply, DiscoverRequest, Instruction};
 use substruct_wire::{subjects, MachineId, SiteId};
 
@@ -54,15 +57,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 // --- skipping -------------------------------------------------------------------------
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 fn newest_kernel() -> Option<String> {
     let mut versions: Vec<String> = std::fs::read_dir("/boot")
         .ok()?
@@ -80,44 +74,43 @@ fn version_key(v: &str) -> Vec<u64> {
         .collect()
 }
 
+/// What building the image needs.
+const IMAGE_NEEDS: &[Need<'static>] = &[
+    Need::Netns,
+    Need::Tool("cargo"),
+    Need::Tool("cpio"),
+    Need::Tool("modprobe"),
+    Need::Tool("modinfo"),
+    Need::Tool("gzip"),
+    Need::Tool("file"),
+    Need::Tool("mknod"),
+];
+
+/// What booting it needs on top.
+const BOOT_NEEDS: &[Need<'static>] = &[
+    Need::Tool("qemu-system-x86_64"),
+    Need::Tool("dnsmasq"),
+    Need::Tool("nats-server"),
+];
+
 /// Why the image tests cannot run here, if they cannot.
 fn image_skip_reason() -> Option<String> {
-    if !can_use_netns() {
-        return Some("needs root (and ip netns)".into());
-    }
-    for tool in [
-        "cargo", "cpio", "modprobe", "modinfo", "gzip", "file", "mknod",
-    ] {
-        if !have(tool) {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if newest_kernel().is_none() {
-        return Some("no /boot/vmlinuz-*-amd64 (apt-get install -y linux-image-amd64)".into());
-    }
-    None
+    unmet(IMAGE_NEEDS).or_else(|| {
+        newest_kernel()
+            .is_none()
+            .then(|| "no /boot/vmlinuz-*-amd64 (apt-get install -y linux-image-amd64)".into())
+    })
 }
 
 fn boot_skip_reason() -> Option<String> {
-    if let Some(why) = image_skip_reason() {
-        return Some(why);
-    }
-    for tool in ["qemu-system-x86_64", "dnsmasq", "nats-server"] {
-        if !have(tool) {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    None
+    image_skip_reason().or_else(|| unmet(BOOT_NEEDS))
 }
 
+/// Returns early (the test passes) when `gate` says the test cannot run here; under
+/// `SUBSTRUCT_REQUIRE_SYSTEM_TESTS` the gate fails the test instead.
 macro_rules! skip_unless {
     ($reason:expr) => {
-        if let Some(why) = $reason {
-            // Under deploy/test a missing prerequisite is a failure, not a skip.
-            if std::env::var_os("SUBSTRUCT_REQUIRE_SYSTEM_TESTS").is_some() {
-                bail!("system test cannot run: {why}");
-            }
-            eprintln!("SKIPPED: {why}");
+        if !gate($reason) {
             return Ok(());
         }
     };
@@ -373,69 +366,48 @@ fn qemu_lock() -> Result<QemuLock> {
     Ok(QemuLock(lock))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// A network namespace with a bridge and a tap for QEMU, plus the processes started in
-/// it; everything is killed and the namespace deleted on drop, also when a test fails.
+/// it; everything is killed and the namespace deleted on drop, also when a test fails
+/// (the logs are kept then).
 struct Lab {
-    ns: String,
+    // Declared first so the processes stop before the namespace goes.
+    procs: Vec<NsProcess>,
+    ns: Netns,
     dir: tempfile::TempDir,
-    children: Vec<Child>,
 }
 
 const BRIDGE_IP: &str = "10.213.7.1";
 
 impl Lab {
     fn new(tag: &str) -> Result<Self> {
-        let ns = format!("sbf-{tag}-{}", std::process::id());
         let dir = tempfile::Builder::new()
             .prefix(&format!("substruct-{tag}-"))
             .tempdir()?;
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        run(Command::new("ip").args(["netns", "add", &ns]))?;
-        let lab = Self {
+        let ns = Netns::create(tag)?;
+        ns.add_bridge("br0", &format!("{BRIDGE_IP}/24"))?;
+        ns.add_tap("tap0", "br0")?;
+        Ok(Self {
+            procs: Vec::new(),
             ns,
             dir,
-            children: Vec::new(),
-        };
-        for args in [
-            "ip link set lo up",
-            "ip link add br0 type bridge stp_state 0 forward_delay 0",
-            "ip addr add 10.213.7.1/24 dev br0",
-            "ip tuntap add dev tap0 mode tap",
-            "ip link set tap0 master br0",
-            "ip link set tap0 up",
-            "ip link set br0 up",
-        ] {
-            run(&mut lab.exec(&args.split(' ').collect::<Vec<_>>()))?;
-        }
-        Ok(lab)
+        })
     }
 
     fn exec(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns]).args(argv);
+        let mut cmd = self.ns.command(argv[0]);
+        cmd.args(&argv[1..]);
         cmd
     }
 
     fn spawn(&mut self, argv: &[&str], log: &str) -> Result<()> {
-        let log = File::create(self.dir.path().join(log))?;
-        let child = self
-            .exec(argv)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawning {argv:?}"))?;
-        self.children.push(child);
+        let p = NsProcess::spawn(
+            &self.ns,
+            argv[0],
+            argv[0],
+            &argv[1..],
+            self.dir.path().join(log),
+        )?;
+        self.procs.push(p);
         Ok(())
     }
 
@@ -464,34 +436,14 @@ impl Lab {
 
     fn start_nats(&mut self) -> Result<()> {
         self.spawn(&["nats-server", "-a", BRIDGE_IP, "-p", "4222"], "nats.log")?;
-        // Ready when its TCP port answers inside the namespace.
-        let probe = format!("exec 3<>/dev/tcp/{BRIDGE_IP}/4222");
-        wait_for_blocking(
-            "nats-server in the namespace",
-            Duration::from_secs(10),
-            || {
-                self.exec(&["bash", "-c", &probe])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false)
-            },
-        )
-    }
-
-    fn netns_path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.ns)
+        let mut procs: Vec<&mut NsProcess> = self.procs.iter_mut().collect();
+        self.ns
+            .wait_listening(BRIDGE_IP, 4222, Duration::from_secs(10), &mut procs)
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
         if std::thread::panicking() {
             let kept = std::mem::replace(
                 &mut self.dir,
@@ -639,18 +591,12 @@ fn start_responder(
 )> {
     let (tx, rx) = mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let ns = File::open(lab.netns_path())?;
     let subject = subjects::discover(site);
     let url = format!("nats://{BRIDGE_IP}:4222");
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let machine_id = MachineId::new(MACHINE_ID)?;
-    std::thread::spawn(move || {
-        let joined = nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("setns: {e}"));
-        if let Err(e) = joined {
-            let _ = ready_tx.send(Err(e));
-            return;
-        }
+    // The thread joins the namespace first (an error there ends it: see below).
+    let thread = lab.ns.spawn_inside(move || {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -658,7 +604,7 @@ fn start_responder(
             Ok(rt) => rt,
             Err(e) => {
                 let _ = ready_tx.send(Err(e.to_string()));
-                return;
+                return Ok(());
             }
         };
         rt.block_on(async move {
@@ -700,10 +646,16 @@ fn start_responder(
                 let _ = tx.send(req);
             }
         });
+        Ok(())
     });
     match ready_rx.recv_timeout(Duration::from_secs(20)) {
         Ok(Ok(())) => Ok((rx, stop_tx)),
         Ok(Err(e)) => bail!("responder: {e}"),
+        // The thread ended without a word: it could not join the namespace.
+        Err(mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Ok(Err(e)) => Err(e.context("responder")),
+            _ => bail!("responder thread ended before it was ready"),
+        },
         Err(e) => bail!("responder did not start: {e}"),
     }
 }

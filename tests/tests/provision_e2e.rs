@@ -7,43 +7,48 @@
 //! machine comes up from its own disk and prints the image's marker. Once with each
 //! way of local boot.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::qemu::{
     acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec,
 };
+use substruct_testkit::try_poll_blocking;
 use substruct_tests::disk_image::{marker_disk_image, os_up_line, DISK_MARKER};
-use substruct_tests::{system_tests_possible, workspace_root, Site, SiteOptions};
+use substruct_tests::{workspace_root, Site, SiteOptions};
 
 const LIVE_MARKER: &str = "SUBSTRUCT-PROSPECTOR-READY";
 const DEPLOYED: &str = "image deployed to vda";
 const LOCAL_SCRIPT: &str = "booting the local disk";
 
 fn wait_state(site: &Site, mac: &str, state: &str, timeout: Duration) -> Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let machines = site.machines()?;
-        let found = machines.into_iter().find(|m| {
-            m.pointer("/facts/nics")
-                .and_then(Value::as_array)
-                .is_some_and(|nics| nics.iter().any(|n| n["mac"] == mac))
-        });
-        if let Some(m) = &found {
-            if m["state"] == state {
-                return Ok(m.clone());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("machine {mac} not {state} after {timeout:?}: {found:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let mut found = None;
+    try_poll_blocking(
+        &format!("machine {mac} to be {state}"),
+        timeout,
+        Duration::from_millis(500),
+        || {
+            found = site.machines()?.into_iter().find(|m| {
+                m.pointer("/facts/nics")
+                    .and_then(Value::as_array)
+                    .is_some_and(|nics| nics.iter().any(|n| n["mac"] == mac))
+            });
+            Ok(found.clone().filter(|m| m["state"] == state))
+        },
+    )
+    .with_context(|| format!("last seen: {found:?}"))
 }
 
 fn image_deploy(tag: &str, local_boot: &str, mac: &str) -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "mkfs.vfat", "syslinux"]) {
+    if !system_test(&[
+        Need::Netns,
+        Need::Tun,
+        Need::Tool("qemu-system-x86_64"),
+        Need::Tool("mkfs.vfat"),
+        Need::Tool("syslinux"),
+    ]) {
         return Ok(());
     }
     let disk = marker_disk_image()?;
@@ -131,21 +136,21 @@ fn image_deploy(tag: &str, local_boot: &str, mac: &str) -> Result<()> {
         assert_eq!(m["profile"], "marker-image");
         assert!(m.get("ticket").is_none(), "the token expired: {m}");
         // The controller knows the site's edge caches the image.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let images: Value = serde_json::from_str(&site.cli(&["images", "list", "--json"])?)?;
-            let cached = images
-                .as_array()
-                .and_then(|a| a.iter().find(|i| i["name"] == "marker.img"))
-                .map(|i| i["sites"].clone());
-            if cached == Some(serde_json::json!(["s1"])) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the controller never learnt that s1 caches marker.img: {images}");
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        let mut images = Value::Null;
+        try_poll_blocking(
+            "the controller to learn that s1 caches marker.img",
+            Duration::from_secs(90),
+            Duration::from_secs(1),
+            || {
+                images = serde_json::from_str(&site.cli(&["images", "list", "--json"])?)?;
+                let cached = images
+                    .as_array()
+                    .and_then(|a| a.iter().find(|i| i["name"] == "marker.img"))
+                    .map(|i| i["sites"].clone());
+                Ok((cached == Some(serde_json::json!(["s1"]))).then_some(()))
+            },
+        )
+        .with_context(|| format!("images: {images}"))?;
         println!("{}", site.cli(&["machines", "list"])?);
         Ok(())
     })();

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::netns::{Netns, NsProcess};
 use substruct_testkit::qemu::{acquire_vm_slot, Firmware, NicLink, NicSpec, Vm, VmSpec};
-use substruct_tests::{system_tests_possible, Site, SiteOptions, BRIDGE};
+use substruct_tests::{Site, SiteOptions, BRIDGE};
 
 const LIVE_MARKER: &str = "SUBSTRUCT-PROSPECTOR-READY";
 
@@ -57,7 +58,7 @@ fn report(vm: &mut Vm, site: &Site, steps: &[(&str, &str)]) -> Result<()> {
 
 #[test]
 fn bios_rom_pxelinux_ipxe_lkrn_reaches_the_live_image() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64"]) {
+    if !system_test(&[Need::Netns, Need::Tun, Need::Tool("qemu-system-x86_64")]) {
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
@@ -75,7 +76,7 @@ fn bios_rom_pxelinux_ipxe_lkrn_reaches_the_live_image() -> Result<()> {
 
 #[test]
 fn uefi_ovmf_pxe_ipxe_efi_reaches_the_live_image() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64"]) {
+    if !system_test(&[Need::Netns, Need::Tun, Need::Tool("qemu-system-x86_64")]) {
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
@@ -92,7 +93,7 @@ fn uefi_ovmf_pxe_ipxe_efi_reaches_the_live_image() -> Result<()> {
 
 #[test]
 fn bios_ipxe_rom_on_an_undionly_site_goes_straight_to_the_script() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64"]) {
+    if !system_test(&[Need::Netns, Need::Tun, Need::Tool("qemu-system-x86_64")]) {
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
@@ -135,29 +136,21 @@ fn uefi_boots_through_proxy_dhcp_beside_the_sites_own_dhcp_server() -> Result<()
 }
 
 fn proxy_boot(tag: &str, firmware: Firmware, mac: &str, first_stage: &str) -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "dnsmasq"]) {
+    if !system_test(&[
+        Need::Netns,
+        Need::Tun,
+        Need::Tool("qemu-system-x86_64"),
+        Need::Tool("dnsmasq"),
+    ]) {
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
     let mut site = edge_site(tag, &["--proxy-dhcp"])?;
     // The site's own DHCP server lives in a second namespace, cabled to the bridge.
     let other = Netns::create("pxe-dhcpd")?;
-    site.ns.ip(&[
-        "link",
-        "add",
-        "vdhcp",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "vdhcp0",
-        "netns",
-        other.name(),
-    ])?;
+    site.ns.veth_pair("vdhcp", &other, "vdhcp0")?;
     site.ns.ip(&["link", "set", "vdhcp", "master", BRIDGE])?;
-    site.ns.ip(&["link", "set", "vdhcp", "up"])?;
     other.ip(&["addr", "add", "10.77.0.2/24", "dev", "vdhcp0"])?;
-    other.ip(&["link", "set", "vdhcp0", "up"])?;
     let conf = site.dir.path().join("site-dhcpd.conf");
     let leases = site.dir.path().join("site-dhcpd.leases");
     std::fs::write(

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::qemu::{
     acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec,
 };
+use substruct_testkit::{poll, try_poll_blocking, TimedOut};
 use substruct_tests::fleet::Fleet;
-use substruct_tests::{system_tests_possible, workspace_root, EDGE_IP};
+use substruct_tests::{workspace_root, EDGE_IP};
 use substruct_wire::messages::{
     CallbackKind, CallbackReply, CallbackRequest, DiscoverReply, DiscoverRequest, ErrorReply,
     Instruction,
@@ -32,6 +34,10 @@ use substruct_wire::messages::{
 use substruct_wire::report::{Cpu, Disk, DiskTransport, Dmi, HardwareReport, Memory, Nic};
 use substruct_wire::{subjects, BootToken, Mac, SiteId};
 
+/// How often the test looks at the fleet's state (each look runs the CLI or curl).
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How long U's reports are watched not getting through during the cut.
+const CUT_WATCH: Duration = Duration::from_secs(10);
 const K_MAC: &str = "52:54:00:77:60:0a";
 const U_MAC: &str = "52:54:00:77:60:0b";
 const LIVE_MARKER: &str = "SUBSTRUCT-PROSPECTOR-READY";
@@ -99,23 +105,27 @@ async fn request_until(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.request(subject.to_owned(), body.clone().into()),
-        )
-        .await
-        {
-            Ok(Ok(msg)) => return Ok(msg.payload.to_vec()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_owned(),
-        };
-        if tokio::time::Instant::now() > deadline {
-            bail!("no answer on {subject} within {timeout:?} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let last = std::cell::RefCell::new(String::new());
+    let answer = poll(
+        &format!("an answer on {subject}"),
+        timeout,
+        Duration::from_millis(300),
+        || {
+            let request = client.request(subject.to_owned(), body.clone().into());
+            let last = &last;
+            async move {
+                let failed = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+                    Ok(Ok(msg)) => return Some(msg.payload.to_vec()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+                *last.borrow_mut() = failed;
+                None
+            }
+        },
+    )
+    .await;
+    answer.with_context(|| format!("last: {}", last.borrow()))
 }
 
 /// Plays the prospector: one discover request through the site's leaf node.
@@ -242,7 +252,7 @@ fn wait_edges(
     pred: impl Fn(&str, &str) -> bool,
 ) -> Result<Duration> {
     let start = Instant::now();
-    loop {
+    let waited = try_poll_blocking(what, timeout, POLL_EVERY, || {
         let a = fleet.edge_status("a")?;
         let b = fleet.edge_status("b")?;
         if b_must_stay_online && b != "online" {
@@ -251,14 +261,9 @@ fn wait_edges(
                 fleet.sites()?
             );
         }
-        if pred(&a, &b) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!("{what}: not after {timeout:?}; sites: {:?}", fleet.sites()?);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        Ok(pred(&a, &b).then(|| start.elapsed()))
+    });
+    waited.with_context(|| format!("sites: {:?}", fleet.sites()))
 }
 
 /// The edge at `site` answers `mac`'s boot script request with a local boot.
@@ -287,7 +292,12 @@ fn bios_vm(name: &str, tap: String, mac: &str) -> VmSpec {
 
 #[test]
 fn site_survives_a_wan_cut_and_reports_exactly_once_after_the_heal() -> Result<()> {
-    if !system_tests_possible(&["qemu-system-x86_64", "curl"]) {
+    if !system_test(&[
+        Need::Netns,
+        Need::Tun,
+        Need::Tool("qemu-system-x86_64"),
+        Need::Tool("curl"),
+    ]) {
         return Ok(());
     }
     let begin = Instant::now();
@@ -381,18 +391,20 @@ fn wan_cut(fleet: &mut Fleet) -> Result<()> {
     let k = find_mac(fleet, K_MAC)?.context("K is not in the inventory")?;
     assert_eq!(k["state"], "deployed", "{k}");
     // The edge at a got K's local-boot intent (through leaf a, from the hub's KV).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let script = local_boot_script(fleet, "a", K_MAC)?;
-        if script.contains("sanboot") && script.contains(LOCAL_SCRIPT) {
-            println!("edge a answers K before the cut:\n{}", script.trim_end());
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the edge at a never answered K with a local boot; last script:\n{script}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let mut last_script = String::new();
+    let script = try_poll_blocking(
+        "the edge at a to answer K with a local boot",
+        Duration::from_secs(30),
+        POLL_EVERY,
+        || {
+            let script = local_boot_script(fleet, "a", K_MAC)?;
+            let local = script.contains("sanboot") && script.contains(LOCAL_SCRIPT);
+            last_script.clone_from(&script);
+            Ok(local.then_some(script))
+        },
+    )
+    .with_context(|| format!("last script:\n{last_script}"))?;
+    println!("edge a answers K before the cut:\n{}", script.trim_end());
 
     // c. Cut a's WAN: a goes offline, b stays online.
     fleet.cut_wan("a")?;
@@ -441,14 +453,26 @@ fn wan_cut(fleet: &mut Fleet) -> Result<()> {
     println!("U: prospector running after {:.1} s", t.as_secs_f64());
     let t = u.wait_for_serial(NET_UP, Duration::from_secs(120))?;
     println!("U: network up after {:.1} s", t.as_secs_f64());
-    for _ in 0..5 {
-        if let Some(m) = find_mac(fleet, U_MAC)? {
-            bail!("the controller knows U during the cut: {m}");
-        }
-        if u.serial().contains(REPORTED) {
-            bail!("U's prospector says it reported during the cut");
-        }
-        std::thread::sleep(Duration::from_secs(2));
+    // The one deliberate wait: for CUT_WATCH with the network up, U's reports must not
+    // get through. Watched by polling, so a report that does fails the test at once.
+    let got_through = try_poll_blocking(
+        "U's report to get through the cut",
+        CUT_WATCH,
+        POLL_EVERY,
+        || {
+            if let Some(m) = find_mac(fleet, U_MAC)? {
+                bail!("the controller knows U during the cut: {m}");
+            }
+            if u.serial().contains(REPORTED) {
+                bail!("U's prospector says it reported during the cut");
+            }
+            Ok(None::<()>)
+        },
+    );
+    match got_through {
+        // Time ran out with nothing getting through: what the test wants.
+        Err(e) if e.downcast_ref::<TimedOut>().is_some() => {}
+        other => other?,
     }
     assert_eq!(fleet.machines()?.len(), 1, "only K is known during the cut");
     let a_still = fleet.edge_status("a")?;
@@ -463,20 +487,24 @@ fn wan_cut(fleet: &mut Fleet) -> Result<()> {
     // e. Heal: U's report arrives; a comes back online.
     fleet.heal_wan("a")?;
     let healed_at = Instant::now();
-    let deadline = healed_at + Duration::from_secs(180);
-    let u_record = loop {
-        if let Some(m) = find_mac(fleet, U_MAC)? {
-            break m;
-        }
-        fleet.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "U never reached the controller after the heal; U's serial:\n{}",
-                substruct_testkit::qemu::tail(&u.serial(), 30)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let u_record = try_poll_blocking(
+        "U to reach the controller after the heal",
+        Duration::from_secs(180),
+        POLL_EVERY,
+        || {
+            let found = find_mac(fleet, U_MAC)?;
+            if found.is_none() {
+                fleet.check_alive()?;
+            }
+            Ok(found)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "U's serial:\n{}",
+            substruct_testkit::qemu::tail(&u.serial(), 30)
+        )
+    })?;
     println!(
         "heal → U in inventory: {:.1} s",
         healed_at.elapsed().as_secs_f64()

@@ -90,7 +90,7 @@ fn random_mac(rng: &mut impl rand::Rng) -> [u8; 6] {
 
 pub fn config(nats_url: &str) -> Config {
     Config {
-        nats_url: nats_url.to_owned(),
+        nats_url: nats_url.parse().unwrap(),
         listen: "127.0.0.1:0".parse().unwrap(),
         tokens: vec![ApiToken {
             token: TOKEN.into(),

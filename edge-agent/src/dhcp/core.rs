@@ -149,8 +149,7 @@ pub fn boot_choice(
     match arch {
         0 => {
             let chain = match loader {
-                Some(Loader::Pxelinux) => BiosChain::Pxelinux,
-                Some(Loader::Undionly) => BiosChain::Undionly,
+                Some(Loader::Bios(chain)) => chain,
                 _ => settings.bios_chain,
             };
             match chain {
@@ -163,8 +162,7 @@ pub fn boot_choice(
         _ if ipxe => Some(script()),
         7 | 9 => {
             let l = match loader {
-                Some(Loader::IpxeEfi) => UefiLoader::IpxeEfi,
-                Some(Loader::SnpOnly) => UefiLoader::SnpOnly,
+                Some(Loader::Uefi(l)) => l,
                 _ => settings.uefi_loader,
             };
             Some(tftp(match l {

@@ -780,13 +780,13 @@ fn reservations_fix_address_name_and_loader() {
         mac: mac(0x0c),
         ip: Some(ip("10.77.0.10")),
         hostname: Some("node-1".into()),
-        loader: Some(Loader::Undionly),
+        loader: Some(Loader::Bios(BiosChain::Undionly)),
     });
     c.reservations.push(Reservation {
         mac: mac(0x0e),
         ip: None,
         hostname: None,
-        loader: Some(Loader::SnpOnly),
+        loader: Some(Loader::Uefi(UefiLoader::SnpOnly)),
     });
     let mut site = Site::with(DhcpSettings::new(c).unwrap());
     let p = Pkt::new(mac(0x0c), MessageType::Discover)

@@ -38,7 +38,7 @@ use axum::Router;
 use bytes::Bytes;
 use rand::RngCore;
 use substruct_wire::messages::{CallbackKind, ErrorCode};
-use substruct_wire::{BootToken, Mac, SiteId};
+use substruct_wire::{BootToken, ImageName, Mac, SiteId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +84,7 @@ impl HttpSettings {
         Self {
             base: config.http_base(),
             site: config.site.clone(),
-            nats_url: config.prospector_nats.clone(),
+            nats_url: config.prospector_nats.to_string(),
             extra_args: config.extra_kernel_args.clone(),
             images_dir: config.images_dir.clone(),
             ipxe_dir: config.ipxe_dir.clone(),
@@ -341,18 +341,25 @@ async fn serve_cached(
     method: &Method,
     headers: &HeaderMap,
 ) -> Response {
-    match cache.path_for(name).await {
+    // No registered image can have a name outside the rule.
+    let Ok(name) = ImageName::parse(name) else {
+        return FileError::NotFound.into_response();
+    };
+    match cache.path_for(&name).await {
         Ok(Some(path)) => {
             respond(files::serve_file(&path, method, headers, "application/octet-stream").await)
         }
         Ok(None) => FileError::NotFound.into_response(),
         Err(e) => {
             let message = substruct_runtime::error_chain(&e);
-            tracing::warn!(image = name, error = %message, "image not available from the cache");
+            tracing::warn!(image = %name, error = %message, "image not available from the cache");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "5")],
-                format!("image {name:?} is not available at this site yet: {message}\n"),
+                format!(
+                    "image {:?} is not available at this site yet: {message}\n",
+                    name.as_str()
+                ),
             )
                 .into_response()
         }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use substruct_wire::intent::{BootIntent, LocalBootWay};
-use substruct_wire::{BootToken, Mac, SiteId};
+use substruct_wire::{BootToken, ImageName, Mac, SiteId};
 
 /// The firmware iPXE runs on (iPXE's `${platform}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,27 +54,9 @@ pub fn boot_script_url(base: &str) -> String {
     format!("{base}/boot.ipxe?{IPXE_QUERY}")
 }
 
-/// A file name in the image directory that may go into an iPXE line: relative, no `..`,
-/// no spaces, quotes, `$` or control characters.
-pub fn is_safe_image_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('/')
-        && name
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+' | '~'))
-}
-
 /// Kernel command-line text from the controller: one line, no control characters.
 fn is_safe_cmdline(cmdline: &str) -> bool {
     !cmdline.chars().any(char::is_control)
-}
-
-fn base_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Renders the `#!ipxe` script for one machine. `None` (unknown machine) boots the
@@ -122,23 +104,19 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
         }) => {
             // `{edge}` is the controller's placeholder for this edge's base URL.
             let cmdline = cmdline.replace("{edge}", base);
-            if !is_safe_image_name(kernel)
-                || !is_safe_image_name(initrd)
-                || !is_safe_cmdline(&cmdline)
-            {
-                return render_retry_script(
-                    base,
-                    &format!(
-                        "substruct {}: {}: the install intent names an unsafe kernel, initrd or command line; retrying",
-                        ctx.site, ctx.mac
-                    ),
-                );
+            // An image name is safe in an iPXE line and a URL path ([`ImageName`]'s rule).
+            let (Ok(kernel), Ok(initrd)) = (ImageName::parse(kernel), ImageName::parse(initrd))
+            else {
+                return unsafe_install(ctx);
+            };
+            if !is_safe_cmdline(&cmdline) {
+                return unsafe_install(ctx);
             }
             let _ = writeln!(s, "echo substruct {}: {} install", ctx.site, ctx.mac);
             let _ = write!(
                 s,
                 "kernel {base}/images/{kernel} initrd={}",
-                base_name(initrd)
+                initrd.file_name()
             );
             let cmdline = cmdline.trim();
             if !cmdline.is_empty() {
@@ -167,6 +145,17 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
         }
     }
     s
+}
+
+/// The retry script for an install intent naming an unsafe kernel, initrd or command line.
+fn unsafe_install(ctx: &ScriptContext) -> String {
+    render_retry_script(
+        &ctx.base,
+        &format!(
+            "substruct {}: {}: the install intent names an unsafe kernel, initrd or command line; retrying",
+            ctx.site, ctx.mac
+        ),
+    )
 }
 
 /// A script that explains what went wrong and asks again after 5 s. iPXE stops on an

@@ -1,7 +1,7 @@
 //! What the live image needs from the kernel command line, validated. Pure: the caller
 //! reads `/proc/cmdline` and parses it with [`crate::cmdline::parse`].
 
-use substruct_wire::{BootToken, SiteId};
+use substruct_wire::{BootToken, NatsUrl, SiteId};
 
 use crate::cmdline::KernelArgs;
 use crate::http_get::{BaseUrl, UrlError};
@@ -10,7 +10,8 @@ use crate::http_get::{BaseUrl, UrlError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
     pub site: SiteId,
-    pub nats_url: String,
+    /// The NATS server(s) from `substruct.nats=`.
+    pub nats_url: NatsUrl,
     pub token: Option<BootToken>,
     /// The edge's HTTP base URL (`substruct.edge=`); optional: only image deploys need it.
     pub edge: Option<BaseUrl>,
@@ -44,31 +45,6 @@ pub enum ConfigProblem {
     },
 }
 
-/// URL schemes async-nats connects with.
-const NATS_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
-
-/// Checks one NATS server URL (`nats://host:port`, or a bare `host:port`).
-fn check_nats_url(url: &str) -> Result<(), &'static str> {
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("contains whitespace");
-    }
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            if !NATS_SCHEMES.contains(&scheme) {
-                return Err("scheme must be nats://, tls://, ws:// or wss://");
-            }
-            rest
-        }
-        None => url,
-    };
-    let host_port = rest.rsplit('@').next().unwrap_or(rest);
-    let host = host_port.split('/').next().unwrap_or(host_port);
-    if host.is_empty() || host.starts_with(':') {
-        return Err("no host");
-    }
-    Ok(())
-}
-
 /// Validates every `substruct.*` argument; all problems are reported at once.
 pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
     let mut problems = Vec::new();
@@ -93,19 +69,16 @@ pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
             problems.push(ConfigProblem::MissingNats);
             None
         }
-        Some(value) => {
-            let bad = value.split(',').find_map(|u| check_nats_url(u).err());
-            match bad {
-                Some(why) => {
-                    problems.push(ConfigProblem::BadNats {
-                        value: value.to_owned(),
-                        why,
-                    });
-                    None
-                }
-                None => Some(value.to_owned()),
+        Some(value) => match NatsUrl::new(value) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                problems.push(ConfigProblem::BadNats {
+                    value: value.to_owned(),
+                    why: e.why(),
+                });
+                None
             }
-        }
+        },
     };
     let token = match args.token.as_deref() {
         None | Some("") => None,
@@ -157,7 +130,7 @@ mod tests {
     fn complete_arguments_validate() {
         let cfg = validate(&args(Some("s1"), Some("nats://10.0.2.2:4222"), Some("t0"))).unwrap();
         assert_eq!(cfg.site.as_str(), "s1");
-        assert_eq!(cfg.nats_url, "nats://10.0.2.2:4222");
+        assert_eq!(cfg.nats_url.as_str(), "nats://10.0.2.2:4222");
         assert_eq!(cfg.token.unwrap().as_str(), "t0");
         let cfg = validate(&args(Some("s1"), Some("edge:4222,nats://b:4222"), None)).unwrap();
         assert!(cfg.token.is_none());
@@ -185,7 +158,7 @@ mod tests {
     }
 
     fn console_chain(e: &ConfigProblem) -> String {
-        crate::agent::error_chain(e)
+        substruct_runtime::error_chain(e)
     }
 
     #[test]

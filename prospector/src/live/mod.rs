@@ -23,6 +23,7 @@ pub mod system;
 use std::path::Path;
 use std::time::Duration;
 
+use substruct_runtime::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentConfig, Outcome};
@@ -30,7 +31,9 @@ use config::BootConfig;
 
 /// How often a configuration problem is printed again while PID 1 waits.
 const CONFIG_REPEAT: Duration = Duration::from_secs(10);
-/// Pause between agent runs that ended in an error.
+/// Pause between agent runs that ended in an error (jittered): 1–2 s, 2–4 s, 4–8 s,
+/// then 7.5–15 s.
+const AGENT_RETRY_BASE: Duration = Duration::from_secs(2);
 const AGENT_RETRY_MAX: Duration = Duration::from_secs(15);
 
 /// True when this process is the init of the live image.
@@ -181,7 +184,7 @@ fn next_step(outcome: &Outcome) -> Next {
 /// Reports, prints the acknowledgement marker, then follows instructions; forever.
 async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never {
     let mut reported = false;
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(AGENT_RETRY_BASE, AGENT_RETRY_MAX);
     loop {
         console::step("gathering hardware facts");
         let report = tokio::task::spawn_blocking(|| crate::facts::gather(Path::new("/")))
@@ -240,28 +243,15 @@ async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never 
         let outcome = match run {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
-                failures = failures.saturating_add(1);
-                let wait = retry_wait(failures);
-                console::error(&format!(
-                    "agent: {}; retrying in {} s",
-                    console::chain(&e),
-                    wait.as_secs()
-                ));
-                tokio::time::sleep(wait).await;
+                retry_after(&mut backoff, &format!("agent: {}", console::chain(&e))).await;
                 continue;
             }
             Err(join) => {
-                failures = failures.saturating_add(1);
-                let wait = retry_wait(failures);
-                console::error(&format!(
-                    "agent task ended: {join}; retrying in {} s",
-                    wait.as_secs()
-                ));
-                tokio::time::sleep(wait).await;
+                retry_after(&mut backoff, &format!("agent task ended: {join}")).await;
                 continue;
             }
         };
-        failures = 0;
+        backoff.reset();
         match next_step(&outcome) {
             Next::PowerOff => {
                 console::step("controller says: power off");
@@ -292,10 +282,11 @@ fn vm_hwm_kb(status: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// 1, 2, 4, 8, 15, 15 … seconds.
-fn retry_wait(failures: u32) -> Duration {
-    let secs = 1u64 << failures.saturating_sub(1).min(4);
-    Duration::from_secs(secs).min(AGENT_RETRY_MAX)
+/// Prints why the agent stopped (a `SUBSTRUCT-ERROR` line) and waits the next delay.
+async fn retry_after(backoff: &mut Backoff, what: &str) {
+    let wait = backoff.next_delay();
+    console::error(&format!("{what}; retrying in {:.1} s", wait.as_secs_f64()));
+    tokio::time::sleep(wait).await;
 }
 
 #[cfg(test)]
@@ -328,8 +319,13 @@ mod tests {
 
     #[test]
     fn retries_back_off_and_cap() {
-        let waits: Vec<u64> = (1..=7).map(|n| retry_wait(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 15, 15, 15]);
+        let mut backoff = Backoff::new(AGENT_RETRY_BASE, AGENT_RETRY_MAX);
+        let ceilings: Vec<u64> = (0..7)
+            .map(|_| backoff.next_delay_with(0.999_999).as_secs_f64().round() as u64)
+            .collect();
+        assert_eq!(ceilings, [2, 4, 8, 15, 15, 15, 15]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay_with(0.0), Duration::from_secs(1));
     }
 
     #[test]

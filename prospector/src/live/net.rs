@@ -1,8 +1,6 @@
 //! The network I/O shell: finds NICs in sysfs, sets links up and configures addresses
 //! over rtnetlink, and runs the [`super::dhcp`] core over a UDP socket bound to one NIC.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -132,19 +130,6 @@ async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError>
         })
 }
 
-/// A random transaction id without a random-number crate: std's hasher keys are random.
-fn random_xid(mac: &Mac) -> u32 {
-    let mut h = RandomState::new().build_hasher();
-    h.write(&mac.0);
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (h.finish() & 0xffff_ffff) as u32
-}
-
 /// UDP socket on 0.0.0.0:68, bound to `nic`, allowed to broadcast.
 fn dhcp_socket(nic: &str) -> Result<UdpSocket, NetError> {
     let err = |source| NetError::Socket {
@@ -208,7 +193,7 @@ async fn exchange<T>(
 /// One DISCOVER/OFFER/REQUEST/ACK exchange on `nic`.
 pub async fn dhcp_lease(nic: &Nic) -> Result<Lease, NetError> {
     let sock = dhcp_socket(&nic.name)?;
-    let client = DhcpClient::new(nic.mac.0, random_xid(&nic.mac));
+    let client = DhcpClient::new(nic.mac.0, rand::random::<u32>());
     let started = Instant::now();
     let secs = || u16::try_from(started.elapsed().as_secs()).unwrap_or(u16::MAX);
 

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
+use substruct_wire::subjects;
 
 /// Why a bucket or stream could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +59,10 @@ pub async fn ensure_kv(
     js: &jetstream::Context,
     spec: &BucketSpec,
 ) -> Result<kv::Store, SetupError> {
-    let stream_name = format!("KV_{}", spec.name);
+    let stream_name = subjects::kv_stream(spec.name);
     let config = stream::Config {
         name: stream_name.clone(),
-        subjects: vec![format!("$KV.{}.>", spec.name)],
+        subjects: vec![subjects::kv_stream_subjects(spec.name)],
         max_messages_per_subject: spec.history,
         max_bytes: -1,
         max_age: spec.max_age,
@@ -96,10 +97,10 @@ pub async fn ensure_object_store(
     js: &jetstream::Context,
     name: &'static str,
 ) -> Result<async_nats::jetstream::object_store::ObjectStore, SetupError> {
-    let stream_name = format!("OBJ_{name}");
+    let stream_name = subjects::object_stream(name);
     let config = stream::Config {
         name: stream_name.clone(),
-        subjects: vec![format!("$O.{name}.C.>"), format!("$O.{name}.M.>")],
+        subjects: subjects::object_stream_subjects(name).into(),
         max_bytes: -1,
         storage: stream::StorageType::File,
         allow_rollup: true,

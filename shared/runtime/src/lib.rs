@@ -1,9 +1,14 @@
 //! Runtime helpers every Substruct binary shares: logging set-up, the root shutdown
-//! token, and JetStream bucket/stream creation that works on nats-server 2.9 too.
+//! token, NATS connect options, the one retry [`backoff`], the one request-serving
+//! loop ([`serve`]), and JetStream bucket/stream creation that works on nats-server
+//! 2.9 too ([`jetstream`]).
 //!
-//! Invariant: no wire types and no protocol logic here; only plumbing.
+//! Invariant: no protocol logic here, only plumbing; subjects and stream names come
+//! from `substruct_wire::subjects`.
 
+pub mod backoff;
 pub mod jetstream;
+pub mod serve;
 
 use std::time::Duration;
 
@@ -63,12 +68,17 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
-/// Connect options shared by every component: unlimited reconnects with a capped
-/// backoff, so a NATS outage is survived rather than fatal.
 /// The reply-inbox prefix of a site's clients (`_INBOX_{site}`): the site's NATS
 /// permissions allow only this one, so no site can read another's replies.
+///
+/// For callers holding a plain string; with a [`substruct_wire::SiteId`] call
+/// [`substruct_wire::subjects::site_inbox_prefix`], which builds the same subject.
 pub fn site_inbox_prefix(site: &str) -> String {
-    format!("_INBOX_{site}")
+    match substruct_wire::SiteId::new(site) {
+        Ok(site) => substruct_wire::subjects::site_inbox_prefix(&site),
+        // Not a site name: the server's permissions refuse it anyway.
+        Err(_) => format!("_INBOX_{site}"),
+    }
 }
 
 /// A JetStream context, through `domain` when the client sits behind a leaf node
@@ -97,12 +107,31 @@ pub fn unique_consumer_name(prefix: &str) -> String {
     )
 }
 
+/// Connect options shared by every component: unlimited reconnects with a capped,
+/// jittered [`backoff::Backoff`] (100 ms doubling up to 3 s), so a NATS outage is
+/// survived rather than fatal and clients do not reconnect in lockstep.
 pub fn nats_options(name: &str) -> async_nats::ConnectOptions {
+    let backoff = backoff::Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((100u64 << attempt.min(5) as u64).min(3_000))
+        .reconnect_delay_callback(move |attempt| {
+            let failures = u32::try_from(attempt).unwrap_or(u32::MAX);
+            backoff.delay_after(failures, rand::random::<f64>())
         })
+}
+
+/// First reconnect delay of [`nats_options`].
+const RECONNECT_BASE: Duration = Duration::from_millis(100);
+/// Longest reconnect delay of [`nats_options`].
+const RECONNECT_CAP: Duration = Duration::from_secs(3);
+
+/// Connects with `options` to every server of `url` (a [`substruct_wire::NatsUrl`] may
+/// name several, separated by commas; the client's own `connect(&str)` takes one).
+pub async fn connect(
+    options: async_nats::ConnectOptions,
+    url: &substruct_wire::NatsUrl,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    options.connect(url.servers().collect::<Vec<_>>()).await
 }

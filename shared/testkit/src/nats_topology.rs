@@ -1,6 +1,12 @@
 //! The shipped NATS topology, run for real: a hub (one server, or the 3-node cluster) and
-//! one leaf node per site, each a `nats-server` process, on free loopback ports or inside
-//! network namespaces the test made.
+//! one leaf node per site, each a `nats-server` process, on loopback or inside network
+//! namespaces the test made.
+//!
+//! Client and leaf-node listeners start on port `-1` (the server picks a free one) and
+//! the chosen ports are read back from the server's log; the settings files are then
+//! rewritten with them, so a reload or restart keeps them. Only the cluster's route
+//! ports must be known before the nodes start (each node lists the others): those are
+//! picked free beforehand, and a start that loses one to another process is retried.
 //!
 //! The configs are the ones in `deploy/nats/`, not copies: the hub runs `hub.conf` (or
 //! `cluster/nN.conf`) verbatim from a temp directory, next to settings files rendered
@@ -31,6 +37,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
 use crate::{free_port, nats_server_bin, wait_for_blocking};
+
+/// How often a cluster start is tried when a route port was taken meanwhile.
+const CLUSTER_START_ATTEMPTS: usize = 3;
 
 /// The hub's JetStream domain (`deploy/nats/hub-settings.conf`). Clients behind a leaf
 /// node reach the hub's buckets with `async_nats::jetstream::with_domain(c, HUB_JS_DOMAIN)`.
@@ -134,6 +143,27 @@ impl ServerProcess {
             .unwrap_or(usize::MAX)
             .min(bytes.len());
         String::from_utf8_lossy(&bytes[from..]).into_owned()
+    }
+
+    /// The port the running server listens on for `kind` connections (`client`,
+    /// `leafnode`, `route`), from its log.
+    pub fn listening_port(&self, kind: &str) -> Option<u16> {
+        let needle = format!("Listening for {kind} connections on ");
+        self.log_text().lines().rev().find_map(|line| {
+            let (_, addr) = line.split_once(&needle)?;
+            addr.trim().rsplit_once(':')?.1.parse().ok()
+        })
+    }
+
+    /// Like [`ServerProcess::listening_port`], failing with the log.
+    fn require_port(&self, kind: &str) -> Result<u16> {
+        self.listening_port(kind).with_context(|| {
+            format!(
+                "{} logged no {kind} listener; log:\n{}",
+                self.name,
+                self.log_text()
+            )
+        })
     }
 
     /// The whole log file, every start included.
@@ -387,6 +417,25 @@ pub struct Hub {
 impl Hub {
     /// Renders the configs into a temp directory and starts the server(s).
     pub fn start(opts: HubOptions<'_>) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&opts) {
+                // Only the cluster's route ports are picked before the start: another
+                // process may have taken one meanwhile. Try again with new ones.
+                Err(e)
+                    if opts.cluster
+                        && attempt < CLUSTER_START_ATTEMPTS
+                        && format!("{e:#}").contains("address already in use") =>
+                {
+                    eprintln!("hub cluster start lost a port (attempt {attempt}), retrying: {e:#}");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(opts: &HubOptions<'_>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("substruct-hub-")
             .tempdir()
@@ -430,19 +479,25 @@ impl Hub {
         }
 
         if !opts.cluster {
-            let (client_port, leaf_port) = (free_port(), free_port());
-            std::fs::write(
-                d.join("hub-settings.conf"),
-                format!(
-                    "HUB_NAME: \"substruct-hub\"\nHUB_LISTEN: \"{ipq}:{client_port}\"\n\
-                     HUB_LEAF_LISTEN: \"{ipq}:{leaf_port}\"\nHUB_JS_DOMAIN: \"{HUB_JS_DOMAIN}\"\n\
-                     HUB_STORE_DIR: \"{}\"\n",
-                    d.join("js").display()
-                ),
-            )
-            .context("hub-settings.conf")?;
+            let settings = |client: &str, leaf: &str| {
+                std::fs::write(
+                    d.join("hub-settings.conf"),
+                    format!(
+                        "HUB_NAME: \"substruct-hub\"\nHUB_LISTEN: \"{ipq}:{client}\"\n\
+                         HUB_LEAF_LISTEN: \"{ipq}:{leaf}\"\nHUB_JS_DOMAIN: \"{HUB_JS_DOMAIN}\"\n\
+                         HUB_STORE_DIR: \"{}\"\n",
+                        d.join("js").display()
+                    ),
+                )
+                .context("hub-settings.conf")
+            };
+            settings("-1", "-1")?;
             let process =
                 ServerProcess::start("hub", &d.join("hub.conf"), opts.netns, &d.join("hub.log"))?;
+            let client_port = process.require_port("client")?;
+            let leaf_port = process.require_port("leafnode")?;
+            // The chosen ports from now on: a reload or restart keeps them.
+            settings(&client_port.to_string(), &leaf_port.to_string())?;
             hub.nodes.push(HubNode {
                 process,
                 client_port,
@@ -453,27 +508,21 @@ impl Hub {
 
         let c = d.join("cluster");
         std::fs::create_dir_all(&c).context("cluster dir")?;
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
-        let routes: Vec<String> = ports
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_urls: Vec<String> = routes
             .iter()
-            .map(|(_, route, _)| format!("  \"nats-route://{ipq}:{route}\""))
+            .map(|route| format!("  \"nats-route://{ipq}:{route}\""))
             .collect();
         std::fs::write(
             c.join("cluster-settings.conf"),
             format!(
                 "CLUSTER_NAME: \"substruct-hub\"\nJS_DOMAIN: \"{HUB_JS_DOMAIN}\"\n\
                  CLUSTER_ROUTES: [\n{}\n]\n",
-                routes.join("\n")
+                route_urls.join("\n")
             ),
         )
         .context("cluster-settings.conf")?;
-        for (i, (client, route, leaf)) in ports.iter().enumerate() {
-            let n = i + 1;
-            let conf = format!("n{n}.conf");
-            std::fs::copy(src.join("cluster").join(&conf), c.join(&conf))
-                .with_context(|| format!("copying cluster/{conf}"))?;
+        let node_settings = |n: usize, client: &str, route: u16, leaf: &str| {
             std::fs::write(
                 c.join(format!("n{n}-settings.conf")),
                 format!(
@@ -483,11 +532,18 @@ impl Hub {
                     d.join(format!("js-n{n}")).display()
                 ),
             )
-            .with_context(|| format!("n{n}-settings.conf"))?;
+            .with_context(|| format!("n{n}-settings.conf"))
+        };
+        for (i, route) in routes.iter().enumerate() {
+            let n = i + 1;
+            let conf = format!("n{n}.conf");
+            std::fs::copy(src.join("cluster").join(&conf), c.join(&conf))
+                .with_context(|| format!("copying cluster/{conf}"))?;
+            node_settings(n, "-1", *route, "-1")?;
         }
         // All three first: the JetStream meta group needs a quorum before any is "ready"
         // to serve JetStream (the server logs "Server is ready" before that).
-        for (i, (client, _, leaf)) in ports.iter().enumerate() {
+        for (i, route) in routes.iter().enumerate() {
             let n = i + 1;
             let process = ServerProcess::start(
                 &format!("hub-n{n}"),
@@ -495,10 +551,13 @@ impl Hub {
                 opts.netns,
                 &d.join(format!("hub-n{n}.log")),
             )?;
+            let client_port = process.require_port("client")?;
+            let leaf_port = process.require_port("leafnode")?;
+            node_settings(n, &client_port.to_string(), *route, &leaf_port.to_string())?;
             hub.nodes.push(HubNode {
                 process,
-                client_port: *client,
-                leaf_port: *leaf,
+                client_port,
+                leaf_port,
             });
         }
         Ok(hub)
@@ -699,31 +758,37 @@ impl Leaf {
             .context("temp dir for a leaf node")?;
         let d = dir.path().to_owned();
         let ip = opts.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let port = free_port();
-        let listen = format!("{}:{port}", quote_host(ip));
         let hubs = hub_urls.join(",");
-        let mut args = vec![
-            site,
-            "--password",
-            &creds.password,
-            "--hub",
-            &hubs,
-            "--listen",
-            &listen,
-            "--out",
-            path_str(&d)?,
-        ];
         let ca = opts.tls_ca.as_ref().map(|p| path_str(p)).transpose()?;
-        if let (Some(ca), false) = (ca, opts.skip_tls) {
-            args.extend(["--tls-ca", ca]);
-        }
-        gen_site(&args)?;
+        let render = |port: &str| -> Result<()> {
+            let listen = format!("{}:{port}", quote_host(ip));
+            let mut args = vec![
+                site,
+                "--password",
+                &creds.password,
+                "--hub",
+                &hubs,
+                "--listen",
+                &listen,
+                "--out",
+                path_str(&d)?,
+            ];
+            if let (Some(ca), false) = (ca, opts.skip_tls) {
+                args.extend(["--tls-ca", ca]);
+            }
+            gen_site(&args)?;
+            Ok(())
+        };
+        render("-1")?;
         let process = ServerProcess::start(
             &format!("leaf-{site}"),
             &d.join(format!("leaf-{site}.conf")),
             opts.netns,
             &d.join("leaf.log"),
         )?;
+        let port = process.require_port("client")?;
+        // The chosen port from now on: a restart keeps it.
+        render(&port.to_string())?;
         Ok(Self {
             site: site.to_owned(),
             process,

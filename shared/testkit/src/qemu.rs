@@ -237,49 +237,46 @@ impl Vm {
     }
 
     /// Waits until the serial console contains `needle`; returns the time since start.
+    /// Fails at once, with the console's tail, if the VM exits without printing it.
     pub fn wait_for_serial(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.serial().contains(needle) {
-                return Ok(self.started.elapsed());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
+        let outcome = crate::try_poll_blocking(
+            &format!("VM {} to print {needle:?}", self.name),
+            timeout,
+            Duration::from_millis(100),
+            || {
                 if self.serial().contains(needle) {
-                    return Ok(self.started.elapsed());
+                    return Ok(Some(()));
                 }
-                bail!(
-                    "VM {} exited ({status}) before printing {needle:?}; serial log {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&self.serial(), 40)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "VM {} did not print {needle:?} within {timeout:?}; serial log {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&self.serial(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+                match self.child.try_wait() {
+                    // It may have printed the needle just before it exited.
+                    Ok(Some(_)) if self.serial().contains(needle) => Ok(Some(())),
+                    Ok(Some(status)) => bail!(
+                        "VM {} exited ({status}) before printing {needle:?}",
+                        self.name
+                    ),
+                    _ => Ok(None),
+                }
+            },
+        );
+        match outcome {
+            Ok(()) => Ok(self.started.elapsed()),
+            Err(e) => bail!(
+                "{e:#}; serial log {}:\n{}",
+                self.log.display(),
+                tail(&self.serial(), 40)
+            ),
         }
     }
 
     /// Waits for the VM to power off (QEMU exits under `-no-reboot`).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("VM {} still running after {timeout:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = &mut self.child;
+        crate::wait_for_blocking(&format!("VM {} to power off", self.name), timeout, || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        })
     }
 
+    /// Kills QEMU (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,6 +1,8 @@
 //! The Substruct wire crate: everything that crosses a process boundary.
 //!
 //! * [`ids`] — validated newtypes for machines, sites, MAC addresses and tokens;
+//! * [`names`] — validated image names, SHA-256 digests and profile/rule names;
+//! * [`nats_url`] — the NATS server list every binary takes;
 //! * [`report`] — the hardware report a prospector sends;
 //! * [`messages`] — request/reply/command/event bodies;
 //! * [`intent`] — the boot intent the controller writes and every edge reads;
@@ -15,8 +17,15 @@ pub mod envelope;
 pub mod ids;
 pub mod intent;
 pub mod messages;
+pub mod names;
+pub mod nats_url;
 pub mod report;
 pub mod subjects;
 
 pub use envelope::{decode, encode, peek, Envelope, MessageKind, WireError, WireMessage};
 pub use ids::{BootToken, IdError, Mac, MachineId, SiteId};
+pub use names::{
+    DigestError, DigestProblem, ImageName, ImageNameError, ImageNameProblem, ResourceName,
+    ResourceNameError, Sha256Digest,
+};
+pub use nats_url::{NatsUrl, NatsUrlError, NatsUrlProblem};

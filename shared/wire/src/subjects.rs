@@ -104,14 +104,113 @@ pub fn boot_site_filter(site: &SiteId) -> String {
     format!("{site}.>")
 }
 
+/// Watch filter for every key of one site in a per-site bucket ([`KV_BOOT`],
+/// [`KV_INSTALL`]): `{site}.>`.
+pub fn site_keys_filter(site: &SiteId) -> String {
+    format!("{site}.>")
+}
+
+/// The part of a per-site KV key ([`KV_BOOT`], [`KV_INSTALL`]) after `{site}.`, if `key`
+/// is one of `site`'s keys (`s1.x` is, `s10.x` and `s1` are not).
+pub fn site_key_rest<'a>(site: &SiteId, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(site.as_str())?.strip_prefix('.')
+}
+
+/// Why a KV key is not one of a site's keys of the expected shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key belongs to another site (or to none).
+    #[error("KV key {0:?} is not one of this site's keys")]
+    OtherSite(String),
+    /// The key is the site's, but the rest is not a MAC address.
+    #[error("KV key {key:?} is not {{site}}.{{mac}}")]
+    NotMac {
+        /// The refused key.
+        key: String,
+        /// Why the rest is not a MAC.
+        #[source]
+        source: crate::ids::IdError,
+    },
+}
+
+/// The MAC a [`KV_BOOT`] key of `site` names: the inverse of [`boot_key`].
+pub fn parse_boot_key(site: &SiteId, key: &str) -> Result<Mac, KeyError> {
+    let rest = site_key_rest(site, key).ok_or_else(|| KeyError::OtherSite(key.to_owned()))?;
+    Mac::parse(rest).map_err(|source| KeyError::NotMac {
+        key: key.to_owned(),
+        source,
+    })
+}
+
 /// KV key in [`KV_MACHINES`].
 pub fn machine_key(id: &MachineId) -> String {
     id.as_str().to_owned()
 }
 
+/// The reply-inbox prefix of a site's clients, `_INBOX_{site}`: the site's NATS
+/// permissions (deploy/nats/gen-site) allow only this one, so no site reads another's
+/// replies.
+pub fn site_inbox_prefix(site: &SiteId) -> String {
+    format!("_INBOX_{site}")
+}
+
+/// True when `subject` may be published to as a reply: non-empty `.`-separated tokens,
+/// no wildcard (`*`, `>`), no whitespace or control character, at most 1024 bytes. A
+/// request whose reply subject fails this is dropped, not answered.
+pub fn is_reply_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.len() <= 1024
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && !token
+                    .chars()
+                    .any(|c| c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+        })
+}
+
+/// The stream backing KV bucket `bucket`: `KV_{bucket}`.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The subjects of KV bucket `bucket`'s stream: `$KV.{bucket}.>`.
+pub fn kv_stream_subjects(bucket: &str) -> String {
+    format!("$KV.{bucket}.>")
+}
+
+/// The stream backing object store `store`: `OBJ_{store}`.
+pub fn object_stream(store: &str) -> String {
+    format!("OBJ_{store}")
+}
+
+/// The subjects of object store `store`'s stream: chunks `$O.{store}.C.>` and
+/// metadata `$O.{store}.M.>`.
+pub fn object_stream_subjects(store: &str) -> [String; 2] {
+    [format!("$O.{store}.C.>"), format!("$O.{store}.M.>")]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_subjects_and_stream_names() {
+        for good in ["_INBOX.abc.def", "_INBOX_s1.x", "a", "$JS.ACK.x"] {
+            assert!(is_reply_subject(good), "{good}");
+        }
+        for bad in ["", "a..b", ".a", "a.", "a.*", "a.>", "a b", "a\tb", "*"] {
+            assert!(!is_reply_subject(bad), "{bad:?}");
+        }
+        assert!(!is_reply_subject(&"a".repeat(1025)));
+        assert_eq!(site_inbox_prefix(&SiteId::new("s1").unwrap()), "_INBOX_s1");
+        assert_eq!(kv_stream("boot"), "KV_boot");
+        assert_eq!(kv_stream_subjects("boot"), "$KV.boot.>");
+        assert_eq!(object_stream("images"), "OBJ_images");
+        assert_eq!(
+            object_stream_subjects("images"),
+            ["$O.images.C.>", "$O.images.M.>"]
+        );
+    }
 
     #[test]
     fn subjects_are_built_in_one_place() {
@@ -131,6 +230,31 @@ mod tests {
             install_key(&site, &token),
             "dc1.46e9bc3476c92ea24fb17adac6cd9cda"
         );
+    }
+
+    #[test]
+    fn site_keys_parse_back() {
+        let site = SiteId::new("s1").unwrap();
+        let mac = Mac::parse("52:54:00:00:00:0a").unwrap();
+        assert_eq!(site_keys_filter(&site), "s1.>");
+        assert_eq!(parse_boot_key(&site, &boot_key(&site, &mac)), Ok(mac));
+        assert_eq!(site_key_rest(&site, "s1.abc"), Some("abc"));
+        for other in [
+            "s10.52540000000a",
+            "s2.52540000000a",
+            "s1",
+            "s152540000000a",
+        ] {
+            assert_eq!(site_key_rest(&site, other), None, "{other}");
+            assert!(
+                matches!(parse_boot_key(&site, other), Err(KeyError::OtherSite(_))),
+                "{other}"
+            );
+        }
+        assert!(matches!(
+            parse_boot_key(&site, "s1.nonsense"),
+            Err(KeyError::NotMac { .. })
+        ));
     }
 
     #[test]

@@ -1,35 +1,23 @@
-//! Static files under a root directory, with HEAD and single-range requests.
-//! Nothing outside the root is ever opened: `..`, absolute paths, NUL bytes and
-//! symlinks that resolve outside the (canonical) root are refused.
-//!
-//! Two ways to send a file:
-//! * [`serve_file`] builds an axum response whose body is read on a blocking thread in
-//!   1 MiB pieces (one copy into user space, one into the socket);
-//! * [`SendfileListener`] sits in front of `axum::serve` and answers plain `GET`/`HEAD`
-//!   requests under one URL prefix itself with `sendfile(2)` (no copy through user
-//!   space: nginx's way), handing every other connection, and every request it does not
-//!   fully understand or that fails, to axum unchanged.
+//! The sendfile front of [`super`]: a listener in front of `axum::serve` that answers
+//! plain `GET`/`HEAD` of files under one URL prefix itself with `sendfile(2)` and hands
+//! every other connection, bytes already read included, to axum. Request heads are
+//! parsed with `httparse`; dates are written with `httpdate`.
 
-use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
+use substruct_wire::ImageName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Read size for bodies streamed through axum: large pieces mean few syscalls and
-/// wake-ups per GB (measured: 64 KiB through `tokio::fs` cost 0.55 CPU-s/GB, 1 MiB on a
-/// blocking thread 0.37).
-const CHUNK: usize = 1024 * 1024;
+use super::{parse_range, resolve, ByteRange};
+
 /// Most bytes one `sendfile(2)` call may move, so one transfer cannot hold a runtime
 /// thread for long when the file is not in the page cache.
 const SENDFILE_CHUNK: usize = 1024 * 1024;
@@ -37,245 +25,6 @@ const SENDFILE_CHUNK: usize = 1024 * 1024;
 const MAX_HEAD: usize = 8 * 1024;
 /// How long the sendfile front waits for a request head (first or keep-alive).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Why a file request was not served. The one place these become status codes is
-/// the [`IntoResponse`] impl below.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    #[error("no such file")]
-    NotFound,
-    #[error("path {0:?} leaves the served directory")]
-    Forbidden(String),
-    #[error("range not satisfiable for a file of {len} bytes")]
-    RangeNotSatisfiable { len: u64 },
-    #[error("reading {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl IntoResponse for FileError {
-    fn into_response(self) -> Response {
-        match self {
-            FileError::NotFound => (StatusCode::NOT_FOUND, "not found\n").into_response(),
-            FileError::Forbidden(path) => {
-                tracing::warn!(path, "refused a path outside the served directory");
-                (StatusCode::FORBIDDEN, "forbidden\n").into_response()
-            }
-            FileError::RangeNotSatisfiable { len } => {
-                let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                    r.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                r
-            }
-            FileError::Io { .. } => {
-                let chain = error_chain(&self);
-                tracing::error!(error = %chain, "file request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
-            }
-        }
-    }
-}
-
-pub use substruct_runtime::error_chain;
-
-/// A relative request path checked lexically: only normal components.
-fn lexically_safe(request: &str) -> Result<PathBuf, FileError> {
-    let forbidden = || FileError::Forbidden(request.to_owned());
-    if request.contains('\0') || request.contains('\\') {
-        return Err(forbidden());
-    }
-    let path = Path::new(request);
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(forbidden())
-            }
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(FileError::NotFound);
-    }
-    Ok(out)
-}
-
-/// Resolves `request` (already percent-decoded) under `root` (canonical), refusing
-/// every way out, and returns the canonical path of a regular file.
-pub async fn resolve(root: &Path, request: &str) -> Result<PathBuf, FileError> {
-    let rel = lexically_safe(request)?;
-    let joined = root.join(&rel);
-    let real = match tokio::fs::canonicalize(&joined).await {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound),
-        Err(e) if e.raw_os_error() == Some(20) => return Err(FileError::NotFound), // ENOTDIR
-        Err(source) => {
-            return Err(FileError::Io {
-                path: joined,
-                source,
-            })
-        }
-    };
-    if !real.starts_with(root) {
-        return Err(FileError::Forbidden(request.to_owned()));
-    }
-    Ok(real)
-}
-
-/// A parsed `Range` header, resolved against the file length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteRange {
-    pub start: u64,
-    /// Inclusive.
-    pub end: u64,
-}
-
-/// Parses one `bytes=` range. `Ok(None)`: serve the whole file (no header, a header we
-/// do not understand, or several ranges). `Err`: unsatisfiable (416).
-pub fn parse_range(value: &str, len: u64) -> Result<Option<ByteRange>, FileError> {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return Ok(None);
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let unsatisfiable = || FileError::RangeNotSatisfiable { len };
-    let range = if a.is_empty() {
-        // Suffix: the last N bytes.
-        let Ok(n) = b.parse::<u64>() else {
-            return Ok(None);
-        };
-        if n == 0 || len == 0 {
-            return Err(unsatisfiable());
-        }
-        ByteRange {
-            start: len.saturating_sub(n),
-            end: len - 1,
-        }
-    } else {
-        let Ok(start) = a.parse::<u64>() else {
-            return Ok(None);
-        };
-        let end = if b.is_empty() {
-            len.saturating_sub(1)
-        } else {
-            match b.parse::<u64>() {
-                Ok(e) if e >= start => e.min(len.saturating_sub(1)),
-                _ => return Ok(None),
-            }
-        };
-        if start >= len {
-            return Err(unsatisfiable());
-        }
-        ByteRange { start, end }
-    };
-    Ok(Some(range))
-}
-
-/// Serves the regular file at `path` (already resolved), honouring HEAD and `Range`.
-pub async fn serve_file(
-    path: &Path,
-    method: &Method,
-    headers: &HeaderMap,
-    content_type: &'static str,
-) -> Result<Response, FileError> {
-    let io = |source| FileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound),
-        Err(e) => return Err(io(e)),
-    };
-    let meta = file.metadata().await.map_err(io)?;
-    if !meta.is_file() {
-        return Err(FileError::NotFound);
-    }
-    let len = meta.len();
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) => parse_range(v, len)?,
-        None => None,
-    };
-    let (status, start, count) = match range {
-        Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end - r.start + 1),
-        None => (StatusCode::OK, 0, len),
-    };
-
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_LENGTH, count);
-    if let Some(r) = range {
-        builder = builder.header(
-            header::CONTENT_RANGE,
-            format!("bytes {}-{}/{len}", r.start, r.end),
-        );
-    }
-    let body = if method == Method::HEAD {
-        Body::empty()
-    } else {
-        file_body(file.into_std().await, path.to_owned(), start, count)
-    };
-    builder.body(body).map_err(|e| io(std::io::Error::other(e)))
-}
-
-/// A body of `count` bytes from `start`, read on a blocking thread in [`CHUNK`] pieces
-/// straight into the buffers handed to hyper (`tokio::fs` would copy each piece once
-/// more). One piece waits in the channel while hyper writes the previous one.
-fn file_body(file: std::fs::File, path: PathBuf, start: u64, count: u64) -> Body {
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(1);
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek};
-        let mut file = file;
-        if start > 0 {
-            if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                tracing::warn!(path = %path.display(), error = %e, "seeking in a served file");
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
-        let mut left = count;
-        while left > 0 {
-            let want = left.min(CHUNK as u64);
-            // read_to_end fills the spare capacity without zeroing it first.
-            let mut buf = Vec::with_capacity(want as usize);
-            let item = match (&mut file).take(want).read_to_end(&mut buf) {
-                Ok(0) => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("{} is shorter than when it was opened", path.display()),
-                )),
-                Ok(n) => {
-                    left -= n as u64;
-                    Ok(Bytes::from(buf))
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = &item {
-                tracing::warn!(path = %path.display(), error = %e, "reading a served file");
-            }
-            let failed = item.is_err();
-            // A closed channel: the client went away.
-            if tx.blocking_send(item).is_err() || failed {
-                return;
-            }
-        }
-    });
-    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-}
-
-// ---------------------------------------------------------------------------------------
-// The sendfile front
 
 /// A connection accepted by [`SendfileListener`] and handed to axum: the bytes the front
 /// already read (the start of a request it did not answer) are replayed first.
@@ -343,9 +92,9 @@ struct FrontRoute {
 /// with `sendfile(2)` and yields every other connection to axum.
 ///
 /// The front only takes a request it fully understands: HTTP/1.1, `GET` or `HEAD`, a
-/// target of plain characters (no `%`, no query) under the prefix naming a regular file
-/// under the root ([`resolve`]), no request body, at most one `Range` header that
-/// [`parse_range`] can satisfy. Anything else — other routes, errors (404, 403, 416),
+/// target under the prefix that is a plain [`ImageName`] (no `%`, no query) naming a
+/// regular file under the root ([`resolve`]), no request body, at most one `Range`
+/// header that [`parse_range`] can satisfy. Anything else — other routes, errors (404, 403, 416),
 /// unusual requests — goes to axum with the bytes read so far replayed
 /// ([`HandedOver`]), so the answers are axum's. Once handed over, a connection stays
 /// with axum. Connections the front serves are not tracked by axum's graceful
@@ -426,31 +175,53 @@ struct FastRequest<'a> {
     close: bool,
 }
 
-/// Parses a request head (without the final empty line) if the front may take it.
-fn parse_fast<'a>(head: &'a str, prefix: &str) -> Option<FastRequest<'a>> {
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next()?.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || version != "HTTP/1.1" {
+/// What the front makes of the bytes read so far on a connection.
+#[derive(Debug)]
+enum Head<'a> {
+    /// A complete request head of `.1` bytes the front may take.
+    Fast(FastRequest<'a>, usize),
+    /// The head is not complete yet.
+    Partial,
+    /// Anything else (another route or method, an unusual or malformed request): axum's.
+    Other,
+}
+
+/// Most header lines the front parses; a request with more goes to axum.
+const MAX_HEADERS: usize = 64;
+
+/// Parses the request head at the start of `buf` (with `httparse`) and says whether the
+/// front may take it: HTTP/1.1 `GET`/`HEAD` of a plain path under `prefix`, no body, at
+/// most one `Range`, no `Expect`/`Upgrade`.
+fn parse_fast<'a>(buf: &'a [u8], prefix: &str) -> Head<'a> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Other,
+    };
+    match fast_request(&req, prefix) {
+        Some(fast) => Head::Fast(fast, used),
+        None => Head::Other,
+    }
+}
+
+/// The checks of [`parse_fast`] on a parsed head.
+fn fast_request<'a>(req: &httparse::Request<'_, 'a>, prefix: &str) -> Option<FastRequest<'a>> {
+    if req.version != Some(1) {
         return None;
     }
-    let head_only = match method {
+    let head_only = match req.method? {
         "GET" => false,
         "HEAD" => true,
         _ => return None,
     };
-    let path = target.strip_prefix(prefix)?;
-    let plain = |c: char| c.is_ascii_alphanumeric() || "._~/-+".contains(c);
-    if path.is_empty() || !path.chars().all(plain) {
-        return None;
-    }
+    // A plain image name: nothing to percent-decode, no query, no way out of the root.
+    let path = req.path?.strip_prefix(prefix)?;
+    ImageName::parse(path).ok()?;
     let (mut range, mut close) = (None, false);
-    for line in lines {
-        if line.starts_with([' ', '\t']) {
-            return None; // obsolete line folding
-        }
-        let (name, value) = line.split_once(':')?;
-        let value = value.trim();
+    for header in req.headers.iter() {
+        let (name, value) = (header.name, std::str::from_utf8(header.value).ok()?.trim());
         if name.eq_ignore_ascii_case("range") {
             if range.is_some() {
                 return None;
@@ -497,6 +268,7 @@ async fn plan(route: &FrontRoute, req: &FastRequest<'_>) -> Option<Planned> {
         Some(v) => parse_range(v, len).ok()?,
         None => None,
     };
+    tracing::debug!(path = req.path, ?range, "image request (sendfile)");
     Some(Planned {
         file: file.into_std().await,
         len,
@@ -504,13 +276,46 @@ async fn plan(route: &FrontRoute, req: &FastRequest<'_>) -> Option<Planned> {
     })
 }
 
-/// The request in `head` (without its final empty line) if the front answers it: the
-/// opened file, `HEAD`?, `Connection: close`?
-async fn take(route: &FrontRoute, head: &[u8]) -> Option<(Planned, bool, bool)> {
-    let req = parse_fast(std::str::from_utf8(head).ok()?, route.prefix)?;
-    let planned = plan(route, &req).await?;
-    tracing::debug!(path = req.path, range = ?planned.range, "image request (sendfile)");
-    Some((planned, req.head, req.close))
+/// What to do with the next request on a front connection.
+#[derive(Debug)]
+enum Next {
+    /// Send `planned` (`HEAD`?, `Connection: close`?) and drop the `used` head bytes.
+    Send {
+        planned: Planned,
+        head_only: bool,
+        close: bool,
+        used: usize,
+    },
+    /// Give the connection, with what was read, to axum.
+    HandOver,
+    /// The client went away between requests.
+    Closed,
+}
+
+/// Reads until a complete request head is buffered and decides who answers it.
+async fn next_request(stream: &mut TcpStream, pending: &mut BytesMut, route: &FrontRoute) -> Next {
+    loop {
+        match parse_fast(pending, route.prefix) {
+            Head::Fast(req, used) => {
+                return match plan(route, &req).await {
+                    Some(planned) => Next::Send {
+                        planned,
+                        head_only: req.head,
+                        close: req.close,
+                        used,
+                    },
+                    None => Next::HandOver,
+                }
+            }
+            Head::Partial if pending.len() < MAX_HEAD => {}
+            Head::Partial | Head::Other => return Next::HandOver,
+        }
+        match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(pending)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) if pending.is_empty() => return Next::Closed,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Next::HandOver,
+            Ok(Ok(_)) => {}
+        }
+    }
 }
 
 /// Serves requests on one connection until it closes, fails, or is handed to axum.
@@ -525,33 +330,25 @@ async fn front_connection(
         if tx.is_closed() {
             return;
         }
-        // Read until a complete head is buffered.
-        let end = loop {
-            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                break Some(i);
-            }
-            if pending.len() >= MAX_HEAD {
-                break None;
-            }
-            match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(&mut pending)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) if pending.is_empty() => return,
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break None,
-                Ok(Ok(_)) => {}
-            }
-        };
-        let taken = match end {
-            Some(end) => take(&route, &pending[..end]).await.map(|t| (t, end + 4)),
-            None => None,
-        };
-        let Some(((planned, head_only, close), used)) = taken else {
-            let conn = HandedOver {
-                prefix: pending.freeze(),
-                inner: stream,
+        let (planned, head_only, close, used) =
+            match next_request(&mut stream, &mut pending, &route).await {
+                Next::Send {
+                    planned,
+                    head_only,
+                    close,
+                    used,
+                } => (planned, head_only, close, used),
+                Next::Closed => return,
+                Next::HandOver => {
+                    let conn = HandedOver {
+                        prefix: pending.freeze(),
+                        inner: stream,
+                    };
+                    // Fails only when axum has stopped accepting: the connection is dropped.
+                    let _ = tx.send((conn, peer)).await;
+                    return;
+                }
             };
-            // Fails only when axum has stopped accepting: the connection is dropped.
-            let _ = tx.send((conn, peer)).await;
-            return;
-        };
         pending.advance(used);
         if let Err(e) =
             send_planned(&mut stream, &planned, head_only, close, route.content_type).await
@@ -591,7 +388,10 @@ async fn send_planned(
     if close {
         head.push_str("connection: close\r\n");
     }
-    head.push_str(&format!("date: {}\r\n\r\n", http_date(SystemTime::now())));
+    head.push_str(&format!(
+        "date: {}\r\n\r\n",
+        httpdate::fmt_http_date(SystemTime::now())
+    ));
     stream.write_all(head.as_bytes()).await?;
     if head_only {
         return Ok(());
@@ -630,95 +430,36 @@ async fn send_file(
     Ok(())
 }
 
-/// An HTTP date (RFC 9110 IMF-fixdate), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn http_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        WEEKDAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ranges() {
-        let r = |v, len| parse_range(v, len).map_err(|e| e.to_string());
-        assert_eq!(
-            r("bytes=0-9", 100),
-            Ok(Some(ByteRange { start: 0, end: 9 }))
-        );
-        assert_eq!(
-            r("bytes=90-", 100),
-            Ok(Some(ByteRange { start: 90, end: 99 }))
-        );
-        assert_eq!(
-            r("bytes=-10", 100),
-            Ok(Some(ByteRange { start: 90, end: 99 }))
-        );
-        assert_eq!(
-            r("bytes=-500", 100),
-            Ok(Some(ByteRange { start: 0, end: 99 }))
-        );
-        assert_eq!(
-            r("bytes=50-500", 100),
-            Ok(Some(ByteRange { start: 50, end: 99 }))
-        );
-        assert_eq!(r("bytes=0-1,5-6", 100), Ok(None));
-        assert_eq!(r("items=0-1", 100), Ok(None));
-        assert_eq!(r("bytes=9-2", 100), Ok(None));
-        assert_eq!(r("bytes=x-2", 100), Ok(None));
-        assert!(r("bytes=100-", 100).is_err());
-        assert!(r("bytes=-0", 100).is_err());
-        assert!(r("bytes=0-0", 0).is_err());
-    }
-
-    #[test]
-    fn http_dates() {
-        let at = |s| http_date(UNIX_EPOCH + Duration::from_secs(s));
-        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(at(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(at(951_782_399), "Mon, 28 Feb 2000 23:59:59 GMT");
-        assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(at(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
-    }
-
-    #[test]
     fn fast_path_takes_only_plain_requests() {
-        let p = |h| parse_fast(h, "/images/");
-        let r = p("GET /images/a/disk.img HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2").unwrap();
+        let fast = |h: &str| {
+            let bytes = format!("{h}\r\n\r\n");
+            match parse_fast(bytes.as_bytes(), "/images/") {
+                Head::Fast(r, used) => {
+                    assert_eq!(used, bytes.len());
+                    Some((
+                        r.head,
+                        r.path.to_owned(),
+                        r.range.map(str::to_owned),
+                        r.close,
+                    ))
+                }
+                Head::Partial => panic!("{h:?} is complete"),
+                Head::Other => None,
+            }
+        };
         assert_eq!(
-            (r.head, r.path, r.range, r.close),
-            (false, "a/disk.img", Some("bytes=1-2"), false)
+            fast("GET /images/a/disk.img HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2"),
+            Some((false, "a/disk.img".into(), Some("bytes=1-2".into()), false))
         );
-        let r = p("HEAD /images/x HTTP/1.1\r\nConnection: keep-alive, Close").unwrap();
-        assert!(r.head && r.close);
-        assert!(p("GET /images/x HTTP/1.1\r\nContent-Length: 0").is_some());
+        let r = fast("HEAD /images/x HTTP/1.1\r\nConnection: keep-alive, Close").unwrap();
+        assert!(r.0 && r.3);
+        assert!(fast("GET /images/x HTTP/1.1\r\nContent-Length: 0").is_some());
         for other in [
             "GET /images/x HTTP/1.0",
             "POST /images/x HTTP/1.1",
@@ -730,12 +471,35 @@ mod tests {
             "GET /images/x HTTP/1.1\r\nContent-Length: 5",
             "GET /images/x HTTP/1.1\r\nTransfer-Encoding: chunked",
             "GET /images/x HTTP/1.1\r\nExpect: 100-continue",
+            "GET /images/x HTTP/1.1\r\nUpgrade: h2c",
             "GET /images/x HTTP/1.1\r\nRange: bytes=1-2\r\nRange: bytes=3-4",
             "GET /images/x HTTP/1.1\r\nX-A: b\r\n c",
             "GET /images/x HTTP/1.1\r\nno colon",
         ] {
-            assert!(p(other).is_none(), "{other:?}");
+            assert_eq!(fast(other), None, "{other:?}");
         }
+        let not_utf8 = b"GET /images/x HTTP/1.1\r\nX-A: \xff\r\n\r\n";
+        assert!(matches!(parse_fast(not_utf8, "/images/"), Head::Other));
+        // Incomplete heads wait for more bytes; pipelined requests are taken one by one.
+        for partial in ["", "GET /images/x HTTP/1.1\r\nHost: x\r\n", "GET /ima"] {
+            assert!(matches!(
+                parse_fast(partial.as_bytes(), "/images/"),
+                Head::Partial
+            ));
+        }
+        let two = b"GET /images/a HTTP/1.1\r\n\r\nGET /images/b HTTP/1.1\r\n\r\n";
+        assert!(matches!(
+            parse_fast(two, "/images/"),
+            Head::Fast(FastRequest { path: "a", .. }, 26)
+        ));
+        let many = format!(
+            "GET /images/x HTTP/1.1\r\n{}\r\n",
+            "X-A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(matches!(
+            parse_fast(many.as_bytes(), "/images/"),
+            Head::Other
+        ));
     }
 
     /// A response read off a raw connection.
@@ -822,8 +586,8 @@ mod tests {
         std::fs::write(front.join("disk.img"), &front_file).unwrap();
         std::fs::write(images.join("disk.img"), b"served by axum").unwrap();
         std::fs::write(images.join("only-axum.img"), b"axum only").unwrap();
-        let state = super::super::HttpState::new(
-            super::super::HttpSettings {
+        let state = crate::http::HttpState::new(
+            crate::http::HttpSettings {
                 base: "http://10.77.0.1".into(),
                 site: substruct_wire::SiteId::new("s1").unwrap(),
                 nats_url: "nats://10.77.0.1:4222".into(),
@@ -839,7 +603,7 @@ mod tests {
         let front = SendfileListener::new(listener, "/images/", &front, "application/octet-stream")
             .unwrap();
         use axum::serve::ListenerExt;
-        let app = super::super::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move { axum::serve(front.tap_io(|_| {}), app).await });
         Setup {
             addr,
@@ -950,24 +714,5 @@ mod tests {
         let mut rest = Vec::new();
         conn.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty() && pending.is_empty());
-    }
-
-    #[test]
-    fn lexical_checks() {
-        assert!(lexically_safe("a/b.img").is_ok());
-        assert!(lexically_safe("./a").is_ok());
-        for bad in [
-            "../etc/passwd",
-            "a/../../b",
-            "/etc/passwd",
-            "a\0b",
-            "a\\..\\b",
-        ] {
-            assert!(
-                matches!(lexically_safe(bad), Err(FileError::Forbidden(_))),
-                "{bad:?}"
-            );
-        }
-        assert!(matches!(lexically_safe(""), Err(FileError::NotFound)));
     }
 }

@@ -1,0 +1,204 @@
+//! The REST client under every command: URLs built from escaped path segments, the
+//! bearer token, and one [`Api::send`] that turns a response into a value or a
+//! [`CliError`].
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use super::CliError;
+
+/// How long an ordinary request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The controller's REST API at one base URL.
+#[derive(Debug)]
+pub(super) struct Api {
+    client: reqwest::Client,
+    /// The base URL as the operator gave it, without a trailing `/` (error messages).
+    base_text: String,
+    base: Url,
+    token: Option<String>,
+}
+
+impl Api {
+    /// A client of the API under `base` (`http://` or `https://`, any path prefix).
+    pub(super) fn new(base: &str, token: Option<String>) -> Result<Self, CliError> {
+        let base_text = base.trim_end_matches('/').to_owned();
+        let bad_url = || CliError::BadUrl {
+            url: base_text.clone(),
+        };
+        if !(base_text.starts_with("http://") || base_text.starts_with("https://")) {
+            return Err(bad_url());
+        }
+        let base = Url::parse(&base_text).map_err(|_| bad_url())?;
+        if base.cannot_be_a_base() {
+            return Err(bad_url());
+        }
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|source| CliError::Unreachable {
+                url: base_text.clone(),
+                source,
+            })?;
+        Ok(Self {
+            client,
+            base_text,
+            base,
+            token,
+        })
+    }
+
+    /// `{base}/api/v1/{segments…}`, each segment percent-encoded as one path segment
+    /// (a `/`, `?`, `#` or `%` in a name stays part of the name). A segment that is
+    /// empty, `.` or `..` cannot be sent: URL normalisation would drop it.
+    pub(super) fn url(&self, segments: &[&str]) -> Result<Url, CliError> {
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            return Err(CliError::Unsendable {
+                value: (*bad).to_owned(),
+            });
+        }
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| CliError::BadUrl {
+                url: self.base_text.clone(),
+            })?
+            .pop_if_empty()
+            .extend(["api", "v1"])
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// A request to `url`, with the token if there is one.
+    pub(super) fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let request = self.client.request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// `GET` a JSON value.
+    pub(super) async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T, CliError> {
+        self.call(Method::GET, segments, None).await
+    }
+
+    /// Calls the API with an optional JSON body and decodes the JSON answer.
+    pub(super) async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<serde_json::Value>,
+    ) -> Result<T, CliError> {
+        let url = self.url(segments)?;
+        let mut request = self.request(method, url.clone());
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        self.send(request, url).await
+    }
+
+    /// `DELETE`; the answer's body (if any) is not looked at.
+    pub(super) async fn delete(&self, segments: &[&str]) -> Result<(), CliError> {
+        self.call::<serde_json::Value>(Method::DELETE, segments, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends a request and decodes its answer: a 2xx body as `T` (204 as JSON `null`),
+    /// anything else as an error carrying the controller's `error` message (or the
+    /// whole body when it is not that JSON shape).
+    pub(super) async fn send<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        url: Url,
+    ) -> Result<T, CliError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| CliError::Unreachable {
+                url: self.base_text.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return serde_json::from_value(serde_json::Value::Null).map_err(|e| CliError::Status {
+                status,
+                message: e.to_string(),
+            });
+        }
+        if status.is_success() {
+            return response.json().await.map_err(|source| CliError::Decode {
+                url: url.to_string(),
+                source,
+            });
+        }
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        Err(match status {
+            StatusCode::UNAUTHORIZED => CliError::Unauthorized { message },
+            _ => CliError::Status { status, message },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(base: &str) -> Api {
+        Api::new(base, None).unwrap_or_else(|e| panic!("{base}: {e}"))
+    }
+
+    #[test]
+    fn names_are_escaped_into_one_path_segment() {
+        let api = api("http://127.0.0.1:8080");
+        let url = |s: &[&str]| api.url(s).map(|u| u.to_string()).unwrap_or_default();
+        assert_eq!(
+            url(&["machines", "52:54:00:12:34:56", "assign"]),
+            "http://127.0.0.1:8080/api/v1/machines/52:54:00:12:34:56/assign"
+        );
+        assert_eq!(
+            url(&["machines", "a/b?c#d%e f"]),
+            "http://127.0.0.1:8080/api/v1/machines/a%2Fb%3Fc%23d%25e%20f"
+        );
+        assert_eq!(
+            url(&["profiles", "../machines"]),
+            "http://127.0.0.1:8080/api/v1/profiles/..%2Fmachines"
+        );
+        for bad in ["", ".", ".."] {
+            assert!(
+                matches!(api.url(&["rules", bad]), Err(CliError::Unsendable { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_base_may_have_a_path_and_a_trailing_slash() {
+        for base in ["http://h:1/substruct", "http://h:1/substruct/"] {
+            let url = api(base).url(&["rules"]).map(|u| u.to_string());
+            assert_eq!(
+                url.ok().as_deref(),
+                Some("http://h:1/substruct/api/v1/rules")
+            );
+        }
+        let url = api("https://h/").url(&["sites"]).map(|u| u.to_string());
+        assert_eq!(url.ok().as_deref(), Some("https://h/api/v1/sites"));
+    }
+
+    #[test]
+    fn only_http_urls_are_usable() {
+        for base in ["ftp://x", "127.0.0.1:8080", "http://[::1", ""] {
+            assert!(
+                matches!(Api::new(base, None), Err(CliError::BadUrl { .. })),
+                "{base}"
+            );
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! `substruct machines …`: the inventory and the admin actions on one machine.
+
+use std::io::Write;
+
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::json;
+
+use super::client::Api;
+use super::output::{human_bytes, or_dash, write_json, write_rows};
+use super::CliError;
+use crate::record::MachineRecord;
+
+#[derive(Debug, Subcommand)]
+pub enum MachinesCommand {
+    /// Every machine, as a table (or JSON records with --json).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One machine (by id, serial, SMBIOS UUID or MAC), with its facts.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ties a profile to a machine (by id, serial, SMBIOS UUID or MAC).
+    Assign { machine: String, profile: String },
+    /// Returns a machine to `discovered`, optionally wiping its disks first.
+    Release {
+        machine: String,
+        /// `quick`: signatures and the first/last MiB; `discard`: the whole disk.
+        #[arg(long)]
+        wipe: Option<String>,
+    },
+    /// Installs the machine's profile again.
+    Reinstall { machine: String },
+    /// Takes the machine out of service for good.
+    Retire { machine: String },
+}
+
+/// Runs one `machines` command.
+pub(super) async fn run(
+    api: &Api,
+    command: MachinesCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let output = match command {
+        MachinesCommand::List { json } => {
+            let machines: Vec<MachineRecord> = api.get(&["machines"]).await?;
+            if json {
+                write_json(out, &machines)
+            } else {
+                write_table(out, &machines)
+            }
+        }
+        MachinesCommand::Show { id, json } => {
+            let machine: MachineRecord =
+                api.get(&["machines", &id]).await.map_err(|e| match e {
+                    CliError::Status { status, .. } if status == reqwest::StatusCode::NOT_FOUND => {
+                        CliError::NotFound { id: id.clone() }
+                    }
+                    // No machine is called "" or "..".
+                    CliError::Unsendable { .. } => CliError::NotFound { id: id.clone() },
+                    e => e,
+                })?;
+            if json {
+                write_json(out, &machine)
+            } else {
+                write_machine(out, &machine)
+            }
+        }
+        MachinesCommand::Assign { machine, profile } => {
+            let body = json!({ "profile": profile });
+            let m = action(api, &machine, "assign", Some(body)).await?;
+            writeln!(out, "machine {} is {}", m.id, m.state)
+        }
+        MachinesCommand::Release { machine, wipe } => {
+            let m = action(api, &machine, "release", Some(json!({ "wipe": wipe }))).await?;
+            match m.pending_wipe {
+                Some(mode) => writeln!(
+                    out,
+                    "machine {} is {}; its disks are wiped ({mode:?}) when it next boots the prospector",
+                    m.id, m.state
+                ),
+                None => writeln!(out, "machine {} is {}", m.id, m.state),
+            }
+        }
+        MachinesCommand::Reinstall { machine } => {
+            let m = action(api, &machine, "reinstall", None).await?;
+            writeln!(out, "machine {} is {}", m.id, m.state)
+        }
+        MachinesCommand::Retire { machine } => {
+            let m = action(api, &machine, "retire", None).await?;
+            writeln!(out, "machine {} is {}", m.id, m.state)
+        }
+    };
+    output.map_err(CliError::Output)
+}
+
+/// `POST /api/v1/machines/{machine}/{verb}`: the machine's record afterwards.
+async fn action(
+    api: &Api,
+    machine: &str,
+    verb: &str,
+    body: Option<serde_json::Value>,
+) -> Result<MachineRecord, CliError> {
+    api.call(Method::POST, &["machines", machine, verb], body)
+        .await
+}
+
+fn table_row(m: &MachineRecord) -> Vec<String> {
+    let f = &m.facts;
+    let macs: Vec<String> = f.macs().iter().map(ToString::to_string).collect();
+    let cpus = if f.cpu.threads > 0 {
+        f.cpu.threads
+    } else {
+        f.cpu.cores
+    };
+    let disk_total: u64 = f.disks.iter().map(|d| d.size_bytes).sum();
+    vec![
+        m.id.to_string(),
+        m.state.to_string(),
+        m.site.to_string(),
+        or_dash(f.dmi.sys_vendor.as_deref()),
+        or_dash(f.dmi.product_name.as_deref()),
+        or_dash(f.usable_serial()),
+        if macs.is_empty() {
+            "-".into()
+        } else {
+            macs.join(",")
+        },
+        cpus.to_string(),
+        human_bytes(f.memory.total_bytes),
+        if f.disks.is_empty() {
+            "-".into()
+        } else {
+            format!("{} ({})", f.disks.len(), human_bytes(disk_total))
+        },
+    ]
+}
+
+/// The `machines list` table.
+pub fn write_table(out: &mut dyn Write, machines: &[MachineRecord]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = machines.iter().map(table_row).collect();
+    write_rows(
+        out,
+        &[
+            "ID", "STATE", "SITE", "VENDOR", "PRODUCT", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS",
+        ],
+        rows,
+    )
+}
+
+/// The `machines show` text.
+pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<()> {
+    let f = &m.facts;
+    let d = &f.dmi;
+    writeln!(out, "id:           {}", m.id)?;
+    writeln!(out, "state:        {}", m.state)?;
+    if let Some(wipe) = m.pending_wipe {
+        writeln!(out, "pending wipe: {wipe:?}")?;
+    }
+    writeln!(out, "site:         {}", m.site)?;
+    writeln!(out, "first seen:   {} (unix ms)", m.first_seen_unix_ms)?;
+    writeln!(out, "last seen:    {} (unix ms)", m.last_seen_unix_ms)?;
+    writeln!(out, "reports:      {}", m.report_count)?;
+    writeln!(out, "vendor:       {}", or_dash(d.sys_vendor.as_deref()))?;
+    writeln!(out, "product:      {}", or_dash(d.product_name.as_deref()))?;
+    writeln!(
+        out,
+        "serial:       {}",
+        or_dash(d.product_serial.as_deref())
+    )?;
+    writeln!(out, "uuid:         {}", or_dash(d.product_uuid.as_deref()))?;
+    writeln!(
+        out,
+        "bios:         {} {} {}",
+        or_dash(d.bios_vendor.as_deref()),
+        or_dash(d.bios_version.as_deref()),
+        or_dash(d.bios_date.as_deref())
+    )?;
+    writeln!(out, "boot mode:    {:?}", f.boot_mode)?;
+    writeln!(
+        out,
+        "cpu:          {} ({} sockets, {} cores, {} threads)",
+        or_dash(f.cpu.model.as_deref()),
+        f.cpu.sockets,
+        f.cpu.cores,
+        f.cpu.threads
+    )?;
+    writeln!(out, "memory:       {}", human_bytes(f.memory.total_bytes))?;
+    for disk in &f.disks {
+        writeln!(
+            out,
+            "disk:         {} {} {:?} serial {} model {}",
+            disk.name,
+            human_bytes(disk.size_bytes),
+            disk.transport,
+            or_dash(disk.serial.as_deref()),
+            or_dash(disk.model.as_deref())
+        )?;
+    }
+    for nic in &f.nics {
+        writeln!(
+            out,
+            "nic:          {} {} driver {}",
+            nic.name,
+            nic.mac,
+            or_dash(nic.driver.as_deref())
+        )?;
+    }
+    for c in &m.conflicts {
+        writeln!(out, "conflict:     {c}")?;
+    }
+    Ok(())
+}

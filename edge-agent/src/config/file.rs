@@ -1,0 +1,111 @@
+//! The config file as written: every field optional so flags can fill or override it,
+//! unknown fields refused by name. Values stay text here; `validate` and `dhcp` check
+//! them and say which field is wrong.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub site: Option<String>,
+    pub nats: Option<String>,
+    pub interface: Option<String>,
+    pub address: Option<String>,
+    pub http_port: Option<u16>,
+    pub tftp: Option<bool>,
+    pub images: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub ipxe_dir: Option<PathBuf>,
+    pub prospector_nats: Option<String>,
+    pub extra_kernel_args: Option<String>,
+    /// Image cache cap in MiB (default 20480).
+    pub image_cache_mb: Option<u64>,
+    /// The hub's JetStream domain when `nats` is a leaf node.
+    pub js_domain: Option<String>,
+    #[serde(default)]
+    pub dhcp: RawDhcp,
+}
+
+/// The `[dhcp]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDhcp {
+    /// `server` (default) or `proxy`.
+    pub mode: Option<String>,
+    /// `pxelinux` (default) or `undionly`.
+    pub bios_chain: Option<String>,
+    /// `ipxe` (default) or `snponly`.
+    pub uefi_loader: Option<String>,
+    #[serde(default)]
+    pub subnets: Vec<RawSubnet>,
+    #[serde(default)]
+    pub reservations: Vec<RawReservation>,
+}
+
+/// One `[[dhcp.subnets]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubnet {
+    /// `a.b.c.d/prefix`, the network address itself.
+    pub network: String,
+    /// `START-END`, inclusive.
+    #[serde(default)]
+    pub pools: Vec<String>,
+    pub router: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    pub lease_time: Option<RawDuration>,
+}
+
+/// `3600` (seconds) or `"1h"`, `"30m"`, `"90s"`, `"1d"` (any duration `humantime` reads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+/// One `[[dhcp.reservations]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReservation {
+    pub mac: String,
+    pub ip: Option<String>,
+    pub hostname: Option<String>,
+    /// `pxelinux`, `undionly`, `ipxe` or `snponly`.
+    pub loader: Option<String>,
+}
+
+/// A raw config together with the name of the file it came from.
+#[derive(Debug, Clone)]
+pub struct Sourced {
+    pub file: String,
+    pub raw: RawConfig,
+}
+
+impl Sourced {
+    /// Parses TOML text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            source: Box::new(e),
+        })?;
+        Ok(Self {
+            file: file.to_owned(),
+            raw,
+        })
+    }
+
+    /// Reads and parses the file at `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file, source })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+}

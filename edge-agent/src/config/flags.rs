@@ -1,0 +1,148 @@
+//! The command line, and how it is laid over the file: a flag replaces the file's value;
+//! `--pool`, `--router` and `--dns` set the subnet that holds `--address`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+
+use super::parse::{value_name, COMMAND_LINE};
+use super::{ConfigError, EdgeConfig, RawConfig, RawSubnet, Sourced};
+use crate::dhcp::{BiosChain, DhcpMode};
+
+/// The command line. Names and shapes are a public interface: keep them.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "substruct-edge",
+    version,
+    about = "Substruct edge agent: DHCP, TFTP and HTTP for one site's provisioning network"
+)]
+pub struct Flags {
+    /// TOML config file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface on the provisioning network (DHCP binds to it).
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
+    /// The edge's address and prefix on the provisioning network, e.g. 10.77.0.1/24.
+    #[arg(long, value_name = "IP/PREFIX")]
+    pub address: Option<String>,
+    /// Address pool of the edge's own subnet, e.g. 10.77.0.100-10.77.0.199 (repeatable).
+    #[arg(long, value_name = "START-END")]
+    pub pool: Vec<String>,
+    /// Default gateway handed out on the edge's own subnet (DHCP option 3).
+    #[arg(long, value_name = "IP")]
+    pub router: Option<String>,
+    /// Name server handed out on the edge's own subnet (DHCP option 6; repeatable).
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// Directory served under /images/ (kernels, initrds, disk images).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// NATS URL of the site's leaf node; without it the edge runs from its cache.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// This site's name.
+    #[arg(long, value_name = "NAME")]
+    pub site: Option<String>,
+    /// ProxyDHCP: answer with boot information only, beside an existing DHCP server.
+    #[arg(long)]
+    pub proxy_dhcp: bool,
+    /// First-stage loader for BIOS PXE clients.
+    #[arg(long, value_enum, value_name = "pxelinux|undionly")]
+    pub bios_chain: Option<BiosChain>,
+    /// HTTP port (default 80).
+    #[arg(long, value_name = "N")]
+    pub http_port: Option<u16>,
+    /// Directory for the leases database and the intent cache.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// NATS URL prospectors must use (default nats://{address}:4222).
+    #[arg(long, value_name = "URL")]
+    pub prospector_nats: Option<String>,
+    /// Image cache cap in MiB (default 20480).
+    #[arg(long, value_name = "MIB")]
+    pub image_cache_mb: Option<u64>,
+    /// The hub's JetStream domain when --nats is a site leaf node (`hub` with deploy/nats/).
+    #[arg(long, value_name = "DOMAIN")]
+    pub js_domain: Option<String>,
+}
+
+impl Flags {
+    /// Reads the file named by `--config` (if any), applies the flags over it and validates.
+    pub fn into_config(self) -> Result<EdgeConfig, ConfigError> {
+        let src = match &self.config {
+            Some(path) => Sourced::read(path)?,
+            None => Sourced {
+                file: COMMAND_LINE.to_owned(),
+                raw: RawConfig::default(),
+            },
+        };
+        self.apply(src).try_into()
+    }
+
+    /// Lays the flags over a parsed file. `--pool` replaces the pools of the subnet that
+    /// holds `--address` (adding that subnet when the file has none).
+    pub fn apply(self, mut src: Sourced) -> Sourced {
+        let raw = &mut src.raw;
+        macro_rules! over {
+            ($flag:expr, $field:expr) => {
+                if let Some(v) = $flag {
+                    $field = Some(v);
+                }
+            };
+        }
+        over!(self.site, raw.site);
+        over!(self.nats, raw.nats);
+        over!(self.interface, raw.interface);
+        over!(self.address, raw.address);
+        over!(self.http_port, raw.http_port);
+        over!(self.images, raw.images);
+        over!(self.state_dir, raw.state_dir);
+        over!(self.prospector_nats, raw.prospector_nats);
+        over!(self.image_cache_mb, raw.image_cache_mb);
+        over!(self.js_domain, raw.js_domain);
+        if self.proxy_dhcp {
+            over!(value_name(&DhcpMode::Proxy), raw.dhcp.mode);
+        }
+        over!(
+            self.bios_chain.as_ref().and_then(value_name),
+            raw.dhcp.bios_chain
+        );
+        if !self.pool.is_empty() || self.router.is_some() || !self.dns.is_empty() {
+            let subnet = own_subnet(raw);
+            if !self.pool.is_empty() {
+                subnet.pools = self.pool;
+            }
+            over!(self.router, subnet.router);
+            if !self.dns.is_empty() {
+                subnet.dns = self.dns;
+            }
+        }
+        src
+    }
+}
+
+/// The file's subnet that holds `raw.address`, added (empty) when there is none.
+fn own_subnet(raw: &mut RawConfig) -> &mut RawSubnet {
+    let own = raw
+        .address
+        .as_deref()
+        .and_then(|a| Ipv4Net::from_str(a).ok())
+        .map(|n| n.trunc());
+    let subnets = &mut raw.dhcp.subnets;
+    let existing = subnets
+        .iter()
+        .position(|s| match (Ipv4Net::from_str(&s.network).ok(), own) {
+            (Some(n), Some(own)) => n == own,
+            _ => false,
+        });
+    let index = existing.unwrap_or_else(|| {
+        subnets.push(RawSubnet {
+            network: own.map(|n| n.to_string()).unwrap_or_default(),
+            ..RawSubnet::default()
+        });
+        subnets.len() - 1
+    });
+    &mut subnets[index]
+}

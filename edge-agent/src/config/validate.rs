@@ -1,0 +1,147 @@
+//! A [`Sourced`] raw config into the validated [`EdgeConfig`]: the edge's own fields
+//! here, one small check each; the `[dhcp]` table in `super::dhcp`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use substruct_wire::{NatsUrl, SiteId};
+
+use super::dhcp::{self, Own};
+use super::parse::Ctx;
+use super::{
+    http_base, ConfigError, EdgeConfig, Sourced, DEFAULT_IMAGE_CACHE_MB, DEFAULT_IPXE_DIR,
+    DEFAULT_SITE, DEFAULT_STATE_DIR,
+};
+
+impl TryFrom<Sourced> for EdgeConfig {
+    type Error = ConfigError;
+
+    fn try_from(src: Sourced) -> Result<Self, ConfigError> {
+        let ctx = Ctx { file: &src.file };
+        let raw = src.raw;
+
+        let site = SiteId::new(raw.site.as_deref().unwrap_or(DEFAULT_SITE))
+            .map_err(|e| ctx.err("site", e.to_string()))?;
+        let interface = interface(&ctx, raw.interface)?;
+        let address = address(&ctx, raw.address)?;
+        let http_port = raw.http_port.unwrap_or(80);
+        if http_port == 0 {
+            return Err(ctx.err("http_port", "0 is not a port"));
+        }
+        let images_dir = raw
+            .images
+            .ok_or_else(|| ctx.err("images", "missing (set it or pass --images)"))?;
+        let nats_url = raw
+            .nats
+            .map(|url| parse_nats_url(&ctx, "nats", url))
+            .transpose()?;
+        let prospector_nats = raw
+            .prospector_nats
+            .unwrap_or_else(|| format!("nats://{}:4222", address.addr()));
+        let prospector_nats = parse_nats_url(&ctx, "prospector_nats", prospector_nats)?;
+        let extra_kernel_args = extra_kernel_args(&ctx, raw.extra_kernel_args)?;
+        let own = Own {
+            address,
+            http_base: http_base(address.addr(), http_port),
+        };
+        let dhcp = dhcp::settings(&ctx, &raw.dhcp, own)?;
+
+        Ok(EdgeConfig {
+            site,
+            nats_url,
+            interface,
+            address,
+            http_port,
+            tftp: raw.tftp.unwrap_or(true),
+            images_dir,
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            ipxe_dir: raw
+                .ipxe_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR)),
+            dhcp,
+            prospector_nats,
+            extra_kernel_args,
+            image_cache_bytes: raw
+                .image_cache_mb
+                .unwrap_or(DEFAULT_IMAGE_CACHE_MB)
+                .saturating_mul(1 << 20),
+            js_domain: raw.js_domain.filter(|d| !d.is_empty()),
+        })
+    }
+}
+
+/// A Linux interface name: 1-15 characters, no '/' or whitespace.
+fn interface(ctx: &Ctx<'_>, raw: Option<String>) -> Result<String, ConfigError> {
+    let interface =
+        raw.ok_or_else(|| ctx.err("interface", "missing (set it or pass --interface)"))?;
+    if interface.is_empty()
+        || interface.len() > 15
+        || interface
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(ctx.err(
+            "interface",
+            format!("{interface:?} is not an interface name (1-15 characters, no '/' or spaces)"),
+        ));
+    }
+    Ok(interface)
+}
+
+/// `ip/prefix`, where ip is a host address of its subnet.
+fn address(ctx: &Ctx<'_>, raw: Option<String>) -> Result<Ipv4Net, ConfigError> {
+    let text = raw.ok_or_else(|| ctx.err("address", "missing (set it or pass --address)"))?;
+    let address = Ipv4Net::from_str(text.trim()).map_err(|_| {
+        ctx.err(
+            "address",
+            format!("{text:?} is not IPv4 address/prefix (e.g. 10.77.0.1/24)"),
+        )
+    })?;
+    if address.prefix_len() < 31
+        && (address.addr() == address.network() || address.addr() == address.broadcast())
+    {
+        return Err(ctx.err(
+            "address",
+            format!("{address} is the network or broadcast address of its subnet"),
+        ));
+    }
+    Ok(address)
+}
+
+/// A [`NatsUrl`] whose every server names its scheme (`nats://host:port`, also
+/// `tls://`, `ws://`, `wss://`). No whitespace anywhere: the prospectors' URL travels
+/// as one kernel command-line argument.
+fn parse_nats_url(ctx: &Ctx<'_>, field: &str, text: String) -> Result<NatsUrl, ConfigError> {
+    let refused = |text: &str| {
+        ctx.err(
+            field,
+            format!("{text:?} is not a NATS URL (nats://host:port)"),
+        )
+    };
+    if text.chars().any(char::is_whitespace) {
+        return Err(refused(&text));
+    }
+    match NatsUrl::new(text) {
+        Ok(url) if url.has_schemes() => Ok(url),
+        Ok(url) => Err(refused(url.as_str())),
+        Err(e) => Err(refused(&e.value)),
+    }
+}
+
+/// Trimmed; `None` when blank; one line without control characters (it ends up on a
+/// kernel or iPXE command line).
+fn extra_kernel_args(ctx: &Ctx<'_>, raw: Option<String>) -> Result<Option<String>, ConfigError> {
+    let args = raw.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    if let Some(args) = &args {
+        if args.chars().any(|c| c.is_control()) {
+            return Err(ctx.err(
+                "extra_kernel_args",
+                "must be one line without control characters",
+            ));
+        }
+    }
+    Ok(args)
+}

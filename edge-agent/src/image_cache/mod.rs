@@ -1,0 +1,697 @@
+//! The edge's image cache: image content fetched from the controller's object store
+//! (`images`, one object per sha256) into `{state_dir}/cache/{sha256}`, verified
+//! before it is served, kept in LRU order under a size cap.
+//!
+//! * A name (`/images/NAME`) resolves through KV `images` (JSON `{sha256, size, …}`);
+//!   the file is fetched on first use (or ahead of time, [`ImageCache::prefetch`]).
+//! * A fetch streams into `{sha256}.part`, hashing as it goes, then fsyncs and renames:
+//!   a crash leaves a `.part` file (removed at start), never a wrong `{sha256}`.
+//! * A file is hashed before its first serve in this run; afterwards a change of its
+//!   size or mtime makes the next use hash it again. A file that does not hash to its
+//!   name is deleted and fetched again.
+//! * The cache never exceeds its cap except by the files in use; the least recently
+//!   used files go first.
+//! * Names resolved while the registry was reachable are kept in `names.json`, so a
+//!   site serves its cached images by name while its WAN link is down; only misses fail.
+//!
+//! One task ([`CacheTask`]) owns the state; [`ImageCache`] is its cloneable front door
+//! (messages and replies). The decisions are pure functions in `index` (unit-tested
+//! without sockets or files); the task runs the slow work — hashing, fetching,
+//! deleting — as jobs of its own, at most one per sha256 at a time, so its state is
+//! never held while a file is read, written or removed. Requests for a sha256 that has
+//! a job wait for it.
+
+mod index;
+mod jobs;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use substruct_runtime::error_chain;
+use substruct_wire::{ImageName, Sha256Digest};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use index::CacheStats;
+use index::{Found, Index, Next, Verdict, NAMES_FILE};
+use jobs::{stamp_of, Done, Job, Store};
+
+/// Why an image could not be made ready. Cloneable: one failed fetch answers every
+/// request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// The cache directory cannot be created or read.
+    #[error("cache directory {path}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The edge has no NATS connection, or it is down.
+    #[error("no connection to the controller's image store (NATS)")]
+    Offline,
+    /// The registry (KV `images`) did not answer.
+    #[error("reading the image registry for {:?}", name.as_str())]
+    Registry {
+        /// The image asked for.
+        name: ImageName,
+        /// The KV failure.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The registry entry is not `{sha256, size, …}` with a valid digest.
+    #[error("image {:?} has a registry entry that does not decode", name.as_str())]
+    BadEntry {
+        /// The image asked for.
+        name: ImageName,
+    },
+    /// The object store did not deliver the content.
+    #[error("fetching image content {sha256}")]
+    Fetch {
+        /// The object.
+        sha256: Sha256Digest,
+        /// The object store failure.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The content delivered is not what the registry says.
+    #[error("image content {sha256} from the store hashes to {got} ({size} bytes, expected {expected_size}); not cached")]
+    Mismatch {
+        /// The object asked for.
+        sha256: Sha256Digest,
+        /// What the content hashed to.
+        got: Sha256Digest,
+        /// Bytes received.
+        size: u64,
+        /// Bytes registered.
+        expected_size: u64,
+    },
+    /// A cache file cannot be written.
+    #[error("writing cache file {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The cache task is not running (the edge is shutting down).
+    #[error("the image cache has stopped")]
+    Stopped,
+}
+
+/// What the registry says about an image name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct ImageMeta {
+    /// The content's digest: the object's name and the cache file's.
+    pub sha256: Sha256Digest,
+    /// The content's length in bytes.
+    pub size: u64,
+}
+
+/// What the cache holds, verified, as the edge reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheContents {
+    /// The files verified in this run, sorted.
+    pub verified: Vec<Sha256Digest>,
+    /// Bytes held (verified or not).
+    pub size: u64,
+}
+
+/// Where the cache lives and how it reaches the controller's image store.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// The cache directory (created if missing).
+    pub dir: PathBuf,
+    /// Most bytes held, except by files in use.
+    pub cap_bytes: u64,
+    /// The NATS connection; `None`: only cached files of known names are served.
+    pub client: Option<async_nats::Client>,
+    /// The hub's JetStream domain when the edge sits behind a leaf node.
+    pub js_domain: Option<String>,
+}
+
+impl CacheSettings {
+    /// A cache in `dir` of at most `cap_bytes`, reaching the store over `client`.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        cap_bytes: u64,
+        client: Option<async_nats::Client>,
+    ) -> Self {
+        Self {
+            dir: dir.into(),
+            cap_bytes,
+            client,
+            js_domain: None,
+        }
+    }
+
+    /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
+    pub fn with_js_domain(mut self, domain: Option<String>) -> Self {
+        self.js_domain = domain;
+        self
+    }
+}
+
+/// How long a known name waits for the registry before using its last known sha256.
+const REGISTRY_WAIT: Duration = Duration::from_secs(2);
+/// Requests waiting for the cache task.
+const QUEUE_LEN: usize = 256;
+
+/// The cache's front door: cheap to clone; every call is a message to the [`CacheTask`].
+#[derive(Debug, Clone)]
+pub struct ImageCache {
+    tx: mpsc::Sender<Msg>,
+    store: Arc<Store>,
+    dir: PathBuf,
+    contents: watch::Receiver<CacheContents>,
+    stats: watch::Receiver<CacheStats>,
+}
+
+/// The task that owns the cache's state; run it with [`CacheTask::run`].
+#[derive(Debug)]
+pub struct CacheTask {
+    state: State,
+    rx: mpsc::Receiver<Msg>,
+}
+
+/// A request to the cache task.
+#[derive(Debug)]
+enum Msg {
+    /// The last known registry entry of a name.
+    Known {
+        name: ImageName,
+        reply: oneshot::Sender<Option<ImageMeta>>,
+    },
+    /// A name's registry entry changed (`None`: no longer registered).
+    Remember {
+        name: ImageName,
+        meta: Option<ImageMeta>,
+    },
+    /// Make a file ready (or check it).
+    Want(Waiter),
+    /// The files not verified in this run.
+    Unverified {
+        reply: oneshot::Sender<Vec<Sha256Digest>>,
+    },
+}
+
+/// A request waiting for a sha256.
+#[derive(Debug)]
+enum Waiter {
+    /// Serve: the verified file (fetched if needed), or why not.
+    Serve {
+        meta: ImageMeta,
+        reply: oneshot::Sender<Result<PathBuf, CacheError>>,
+    },
+    /// Check (start-up): hash the file if unverified; the reply says whether it was
+    /// removed as bad. Never fetches.
+    Check {
+        sha256: Sha256Digest,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+impl Waiter {
+    fn sha256(&self) -> &Sha256Digest {
+        match self {
+            Waiter::Serve { meta, .. } => &meta.sha256,
+            Waiter::Check { sha256, .. } => sha256,
+        }
+    }
+}
+
+impl ImageCache {
+    /// Opens (creating) the cache directory: removes half-written `.part` files and
+    /// anything that is not a `{sha256}` file, and indexes the rest as unverified.
+    /// Nothing is served until the returned task runs.
+    pub fn open(settings: CacheSettings) -> Result<(Self, CacheTask), CacheError> {
+        let CacheSettings {
+            dir,
+            cap_bytes,
+            client,
+            js_domain,
+        } = settings;
+        let dir_err = |source| CacheError::Dir {
+            path: dir.clone(),
+            source: Arc::new(source),
+        };
+        std::fs::create_dir_all(&dir).map_err(dir_err)?;
+        let mut index = Index::new(cap_bytes);
+        for entry in std::fs::read_dir(&dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let meta = entry.metadata().map_err(dir_err)?;
+            match index::classify(&entry.file_name().to_string_lossy(), meta.is_file()) {
+                Found::Image(sha) => index.found(sha, meta.len()),
+                Found::Names => {}
+                Found::Stray => {
+                    tracing::info!(file = %entry.path().display(), "removing a half-written or stray cache file");
+                    let removed = if meta.is_dir() {
+                        std::fs::remove_dir_all(entry.path())
+                    } else {
+                        std::fs::remove_file(entry.path())
+                    };
+                    if let Err(e) = removed {
+                        tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove");
+                    }
+                }
+            }
+        }
+        // Our own file: unreadable or from an older version, it is only a lost head start.
+        let names = std::fs::read(dir.join(NAMES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<HashMap<ImageName, ImageMeta>>(&b).ok())
+            .unwrap_or_default();
+        let store = Arc::new(Store {
+            client,
+            js_domain,
+            remote: tokio::sync::OnceCell::new(),
+        });
+        let (contents_tx, contents) = watch::channel(CacheContents::default());
+        let (stats_tx, stats) = watch::channel(CacheStats::default());
+        let (tx, rx) = mpsc::channel(QUEUE_LEN);
+        let state = State {
+            dir: dir.clone(),
+            index,
+            stats: CacheStats::default(),
+            names,
+            busy: HashMap::new(),
+            jobs: JoinSet::new(),
+            job_shas: HashMap::new(),
+            store: store.clone(),
+            contents: contents_tx,
+            stats_tx,
+        };
+        state.publish();
+        let handle = Self {
+            tx,
+            store,
+            dir,
+            contents,
+            stats,
+        };
+        Ok((handle, CacheTask { state, rx }))
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> CacheStats {
+        *self.stats.borrow()
+    }
+
+    /// The verified contents, updated after every change: `changed()` on the receiver
+    /// resolves when they may have changed.
+    pub fn subscribe(&self) -> watch::Receiver<CacheContents> {
+        self.contents.clone()
+    }
+
+    /// The sha256s of the files verified in this run (what the edge reports).
+    pub fn verified(&self) -> Vec<Sha256Digest> {
+        self.contents.borrow().verified.clone()
+    }
+
+    /// Bytes held.
+    pub fn size(&self) -> u64 {
+        self.contents.borrow().size
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sends `msg` and waits for its reply.
+    async fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T, CacheError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(msg(reply))
+            .await
+            .map_err(|_| CacheError::Stopped)?;
+        answer.await.map_err(|_| CacheError::Stopped)
+    }
+
+    /// What the registry says about `name`; `None` when it is not registered.
+    pub async fn lookup(&self, name: &ImageName) -> Result<Option<ImageMeta>, CacheError> {
+        let remote = self.store.remote().await?;
+        let value = remote
+            .registry
+            .get(name.as_str())
+            .await
+            .map_err(|e| CacheError::Registry {
+                name: name.clone(),
+                source: Arc::new(e),
+            })?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&value)
+            .map(Some)
+            .map_err(|_| CacheError::BadEntry { name: name.clone() })
+    }
+
+    /// The verified cache file for image `name`, fetching it if needed; `None` when
+    /// no image has that name.
+    ///
+    /// When the registry cannot be reached (NATS or the WAN link down), a name this
+    /// edge resolved before is served from its last known sha256 if the file is cached.
+    pub async fn path_for(&self, name: &ImageName) -> Result<Option<PathBuf>, CacheError> {
+        let known = self
+            .ask(|reply| Msg::Known {
+                name: name.clone(),
+                reply,
+            })
+            .await?;
+        let looked_up = match &known {
+            // Do not make a booting machine wait out a dead link for a name we know.
+            Some(_) => tokio::time::timeout(REGISTRY_WAIT, self.lookup(name))
+                .await
+                .unwrap_or(Err(CacheError::Offline)),
+            None => self.lookup(name).await,
+        };
+        let meta = match looked_up {
+            Ok(Some(meta)) => {
+                if known.as_ref() != Some(&meta) {
+                    self.remember(name, Some(meta.clone())).await?;
+                }
+                meta
+            }
+            Ok(None) => {
+                if known.is_some() {
+                    self.remember(name, None).await?;
+                }
+                return Ok(None);
+            }
+            Err(e @ (CacheError::Offline | CacheError::Registry { .. })) => match known {
+                Some(meta) => {
+                    tracing::debug!(image = %name, error = %e, "registry unreachable; using the last known sha256");
+                    meta
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        self.ensure(&meta).await.map(Some)
+    }
+
+    async fn remember(&self, name: &ImageName, meta: Option<ImageMeta>) -> Result<(), CacheError> {
+        let msg = Msg::Remember {
+            name: name.clone(),
+            meta,
+        };
+        self.tx.send(msg).await.map_err(|_| CacheError::Stopped)
+    }
+
+    /// Fetches the named images now (the site's profiles use them), logging failures.
+    pub async fn prefetch(&self, names: &[ImageName]) {
+        for name in names {
+            match self.path_for(name).await {
+                Ok(Some(_)) => tracing::debug!(image = %name, "prefetched"),
+                Ok(None) => {
+                    tracing::debug!(image = %name, "not a registered image; not prefetched")
+                }
+                Err(e) => {
+                    tracing::info!(image = %name, error = %error_chain(&e), "prefetch failed")
+                }
+            }
+        }
+    }
+
+    /// The verified file for `meta`, from the cache or fetched.
+    pub async fn ensure(&self, meta: &ImageMeta) -> Result<PathBuf, CacheError> {
+        self.ask(|reply| {
+            Msg::Want(Waiter::Serve {
+                meta: meta.clone(),
+                reply,
+            })
+        })
+        .await?
+    }
+
+    /// Hashes every file not yet verified in this run, one at a time; deletes those that
+    /// do not hash to their name (start-up: a file damaged while the edge was down is
+    /// never served). Returns how many were deleted.
+    pub async fn verify_all(&self) -> usize {
+        let Ok(pending) = self.ask(|reply| Msg::Unverified { reply }).await else {
+            return 0;
+        };
+        let mut bad = 0;
+        for sha256 in pending {
+            let check = |reply| Msg::Want(Waiter::Check { sha256, reply });
+            if self.ask(check).await.unwrap_or(false) {
+                bad += 1;
+            }
+        }
+        bad
+    }
+}
+
+/// Everything the cache task owns.
+#[derive(Debug)]
+struct State {
+    dir: PathBuf,
+    index: Index,
+    stats: CacheStats,
+    /// Names resolved while the registry was reachable (`names.json`).
+    names: HashMap<ImageName, ImageMeta>,
+    /// The sha256s with a job running, and the requests waiting for it.
+    busy: HashMap<Sha256Digest, Vec<Waiter>>,
+    jobs: JoinSet<Done>,
+    job_shas: HashMap<tokio::task::Id, Sha256Digest>,
+    store: Arc<Store>,
+    contents: watch::Sender<CacheContents>,
+    stats_tx: watch::Sender<CacheStats>,
+}
+
+impl CacheTask {
+    /// Serves the cache's requests until `cancel` or until every handle is dropped.
+    /// Jobs still running then are stopped (a `.part` file left behind is removed at
+    /// the next start).
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.state.handle(msg),
+                    None => break,
+                },
+                Some(done) = self.state.jobs.join_next_with_id() => self.state.finished(done),
+            }
+        }
+        self.state.jobs.shutdown().await;
+    }
+}
+
+impl State {
+    fn path(&self, sha: &Sha256Digest) -> PathBuf {
+        self.dir.join(sha.as_str())
+    }
+
+    fn publish(&self) {
+        let contents = CacheContents {
+            verified: self.index.verified_files(),
+            size: self.index.size(),
+        };
+        self.contents.send_if_modified(|c| {
+            let changed = *c != contents;
+            *c = contents;
+            changed
+        });
+        self.stats_tx.send_replace(self.stats);
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Known { name, reply } => {
+                let _ = reply.send(self.names.get(&name).cloned());
+            }
+            Msg::Remember { name, meta } => {
+                match meta {
+                    Some(m) => self.names.insert(name, m),
+                    None => self.names.remove(&name),
+                };
+                self.save_names();
+            }
+            Msg::Want(waiter) => {
+                self.want(waiter);
+                self.publish();
+            }
+            Msg::Unverified { reply } => {
+                let _ = reply.send(self.index.unverified());
+            }
+        }
+    }
+
+    /// Saves `names.json` (best effort; a small file, written in place of a job so two
+    /// saves never race).
+    fn save_names(&self) {
+        let path = self.dir.join(NAMES_FILE);
+        let tmp = self.dir.join(format!("{NAMES_FILE}.tmp"));
+        let written = serde_json::to_vec(&self.names)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot save the image cache's name index");
+        }
+    }
+
+    /// Answers `waiter` now, or starts (or joins) the job it needs.
+    fn want(&mut self, waiter: Waiter) {
+        let sha = waiter.sha256().clone();
+        if let Some(waiting) = self.busy.get_mut(&sha) {
+            waiting.push(waiter);
+            return;
+        }
+        let path = self.path(&sha);
+        match (self.index.next(&sha, stamp_of(&path)), waiter) {
+            (Next::Serve, Waiter::Serve { reply, .. }) => {
+                self.index.touch(&sha);
+                self.stats.hits += 1;
+                self.publish();
+                let _ = reply.send(Ok(path));
+            }
+            (Next::Serve, Waiter::Check { reply, .. }) => {
+                let _ = reply.send(false);
+            }
+            (Next::Verify, waiter) => {
+                let expected_size = match &waiter {
+                    Waiter::Serve { meta, .. } => Some(meta.size),
+                    Waiter::Check { .. } => None,
+                };
+                self.start(sha.clone(), Job::Verify, expected_size);
+                self.busy.entry(sha).or_default().push(waiter);
+            }
+            (Next::Fetch, Waiter::Serve { meta, reply }) => {
+                self.index.forget(&sha);
+                self.start(sha.clone(), Job::Fetch, Some(meta.size));
+                self.busy
+                    .entry(sha)
+                    .or_default()
+                    .push(Waiter::Serve { meta, reply });
+            }
+            (Next::Fetch, Waiter::Check { reply, .. }) => {
+                // Gone since start: nothing to check, nothing fetched.
+                self.index.forget(&sha);
+                let _ = reply.send(false);
+            }
+        }
+    }
+
+    /// Starts `job` on `sha` (the caller marks it busy).
+    fn start(&mut self, sha: Sha256Digest, job: Job, expected_size: Option<u64>) {
+        let path = self.path(&sha);
+        let handle = match job {
+            Job::Verify => self
+                .jobs
+                .spawn(jobs::verify(sha.clone(), path, expected_size)),
+            Job::Fetch => self.jobs.spawn(jobs::fetch(
+                self.store.clone(),
+                self.dir.clone(),
+                sha.clone(),
+                expected_size.unwrap_or(0),
+            )),
+            Job::Delete => self.jobs.spawn(jobs::delete(sha.clone(), path)),
+        };
+        self.busy.entry(sha.clone()).or_default();
+        self.job_shas.insert(handle.id(), sha);
+    }
+
+    /// Applies a job's outcome and answers (or re-queues) the requests that waited.
+    /// The published contents and counters are updated before any answer leaves.
+    fn finished(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        let (id, done) = match done {
+            Ok((id, done)) => (id, Some(done)),
+            Err(e) => (e.id(), None),
+        };
+        let Some(sha) = self.job_shas.remove(&id) else {
+            return;
+        };
+        let waiters = self.busy.remove(&sha).unwrap_or_default();
+        match done {
+            Some(Done::Verified(Verdict::Good, Some(stamp))) => {
+                self.index.verified(&sha, stamp);
+                self.publish();
+                self.requeue(waiters);
+            }
+            Some(Done::Verified(verdict, _)) => {
+                tracing::warn!(sha256 = %sha, ?verdict, "cache file is corrupt, half-written or unreadable; removed");
+                self.index.forget(&sha);
+                self.stats.corrupt += 1;
+                self.publish();
+                for waiter in waiters {
+                    match waiter {
+                        Waiter::Check { reply, .. } => {
+                            let _ = reply.send(true);
+                        }
+                        serve => self.want(serve),
+                    }
+                }
+            }
+            Some(Done::Fetched(Ok(stamp))) => {
+                self.index.fetched(sha.clone(), stamp);
+                self.stats.fetches += 1;
+                tracing::info!(sha256 = %sha, size = stamp.0, "image fetched into the cache");
+                self.evict(&sha);
+                self.publish();
+                let path = self.path(&sha);
+                for waiter in waiters {
+                    match waiter {
+                        Waiter::Serve { reply, .. } => {
+                            let _ = reply.send(Ok(path.clone()));
+                        }
+                        Waiter::Check { reply, .. } => {
+                            let _ = reply.send(false);
+                        }
+                    }
+                }
+            }
+            Some(Done::Fetched(Err(e))) => {
+                for waiter in waiters {
+                    match waiter {
+                        Waiter::Serve { reply, .. } => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Waiter::Check { reply, .. } => {
+                            let _ = reply.send(false);
+                        }
+                    }
+                }
+            }
+            Some(Done::Deleted) => self.requeue(waiters),
+            None => {
+                tracing::error!(sha256 = %sha, "an image cache job failed");
+                self.index.forget(&sha);
+                // Dropping the waiters answers them with `Stopped`.
+            }
+        }
+        self.publish();
+    }
+
+    fn requeue(&mut self, waiters: Vec<Waiter>) {
+        for waiter in waiters {
+            self.want(waiter);
+        }
+    }
+
+    /// Evicts least recently used files until the cache fits (never `keep` or a file
+    /// with a job); the files are deleted by jobs, requests for them wait.
+    fn evict(&mut self, keep: &Sha256Digest) {
+        let busy = &self.busy;
+        let victims = self
+            .index
+            .evict(|sha| sha == keep || busy.contains_key(sha));
+        for victim in victims {
+            self.stats.evictions += 1;
+            tracing::info!(sha256 = %victim, cap = self.index_cap(), "evicted from the image cache");
+            self.start(victim, Job::Delete, None);
+        }
+    }
+
+    fn index_cap(&self) -> u64 {
+        self.index.cap()
+    }
+}
