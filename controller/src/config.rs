@@ -4,6 +4,9 @@
 //! ```toml
 //! nats_url = "nats://127.0.0.1:4222"
 //! listen = "127.0.0.1:8080"
+//! # HTTPS on `listen` (both or neither; without them the API is plain HTTP).
+//! tls_cert = "/etc/substruct/tls/controller.pem"   # PEM chain, the server's first
+//! tls_key = "/etc/substruct/tls/controller-key.pem"
 //! # Empty or absent: every valid site name is accepted.
 //! sites = ["dc1", "dc2"]
 //! max_in_flight = 256
@@ -19,6 +22,20 @@
 //! max_dimms = 512
 //! max_cpu_flags = 1024
 //! max_string_len = 512
+//! # Discover requests per site: a token bucket of `site_report_burst` requests,
+//! # refilled at `site_reports_per_second`; beyond it a site's reports are refused
+//! # with "rate limited, retry after N ms" (the prospector retries).
+//! site_reports_per_second = 1000
+//! site_report_burst = 10000
+//!
+//! # JetStream bounds (bytes; applied to existing streams at start). nats-server reserves
+//! # their sum (2.5 GiB by default) on its JetStream storage: it must fit there.
+//! [storage]
+//! events_max_bytes = 536870912       # audit log: oldest events dropped beyond this
+//! events_max_age_days = 365          # … or past this age (0: kept until the size limit)
+//! machines_max_bytes = 1073741824    # machine records: new writes refused beyond this
+//! bucket_max_bytes = 134217728       # each other bucket: new writes refused beyond this
+//! max_value_bytes = 1048576          # largest value in any bucket
 //! ```
 
 use std::fmt;
@@ -41,13 +58,28 @@ pub struct RawConfig {
     pub nats_user: Option<String>,
     pub nats_password: Option<String>,
     pub listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub sites: Vec<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub storage: RawStorage,
     pub max_in_flight: Option<usize>,
+}
+
+/// `[storage]` as written: JetStream bounds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub events_max_bytes: Option<u64>,
+    pub events_max_age_days: Option<u64>,
+    pub machines_max_bytes: Option<u64>,
+    pub bucket_max_bytes: Option<u64>,
+    pub max_value_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +99,8 @@ pub struct RawLimits {
     pub max_dimms: Option<usize>,
     pub max_cpu_flags: Option<usize>,
     pub max_string_len: Option<usize>,
+    pub site_reports_per_second: Option<f64>,
+    pub site_report_burst: Option<u32>,
 }
 
 /// What an API token may do.
@@ -103,8 +137,8 @@ impl fmt::Debug for ApiToken {
     }
 }
 
-/// Bounds on what one hardware report may carry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Bounds on what one hardware report may carry, and how often a site may report.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_disks: usize,
     pub max_nics: usize,
@@ -112,6 +146,11 @@ pub struct Limits {
     pub max_dimms: usize,
     pub max_cpu_flags: usize,
     pub max_string_len: usize,
+    /// Discover requests per second one site may send, sustained (token refill rate).
+    pub site_reports_per_second: f64,
+    /// Discover requests one site may send at once (token bucket size). The default
+    /// takes a whole 10,000-machine boot storm of one site without a refusal.
+    pub site_report_burst: u32,
 }
 
 impl Default for Limits {
@@ -123,8 +162,54 @@ impl Default for Limits {
             max_dimms: 512,
             max_cpu_flags: 1024,
             max_string_len: 512,
+            site_reports_per_second: 1000.0,
+            site_report_burst: 10_000,
         }
     }
+}
+
+/// JetStream bounds of what the controller stores, so reports cannot fill the hub's
+/// disk. The audit log (`EVENTS`) drops its oldest events past its size or age (it is a
+/// log; the records are the truth); the buckets refuse new writes when full (dropping
+/// a machine record or a profile would lose state), and the writer sees an error.
+///
+/// nats-server reserves each limit on its JetStream storage when the stream is made
+/// (2.5 GiB in all by default; "insufficient storage resources available" when they do
+/// not fit), so a small hub needs smaller limits here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Bytes of the `EVENTS` stream.
+    pub events_max_bytes: i64,
+    /// Age past which events are dropped (zero: only the size limit applies).
+    pub events_max_age: std::time::Duration,
+    /// Bytes of KV `machines`.
+    pub machines_max_bytes: i64,
+    /// Bytes of each other bucket (`machine_index`, `profiles`, `rules`, `images`,
+    /// `sites`, `site_status`, `boot`, `install`).
+    pub bucket_max_bytes: i64,
+    /// Largest value in any bucket.
+    pub max_value_bytes: i32,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        Self {
+            events_max_bytes: 512 << 20,
+            events_max_age: std::time::Duration::from_secs(365 * 24 * 3600),
+            machines_max_bytes: 1 << 30,
+            bucket_max_bytes: 128 << 20,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The certificate and key the REST API serves HTTPS with (PEM files; read at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// The validated configuration.
@@ -136,10 +221,14 @@ pub struct Config {
     pub nats_user: Option<String>,
     pub nats_password: Option<String>,
     pub listen: SocketAddr,
+    /// HTTPS on `listen`; `None`: plain HTTP.
+    pub tls: Option<TlsPaths>,
     /// Known sites. Empty: every valid site name is accepted.
     pub sites: Vec<SiteId>,
     pub tokens: Vec<ApiToken>,
     pub limits: Limits,
+    /// JetStream bounds (`[storage]`).
+    pub storage: StorageLimits,
     /// Discover requests handled at once.
     pub max_in_flight: usize,
 }
@@ -151,9 +240,11 @@ impl Default for Config {
             nats_user: None,
             nats_password: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
             sites: Vec::new(),
             tokens: Vec::new(),
             limits: Limits::default(),
+            storage: StorageLimits::default(),
             max_in_flight: 256,
         }
     }
@@ -215,6 +306,22 @@ impl TryFrom<RawConfig> for Config {
                 .map_err(|e| field_err("listen", format!("{l:?} is not an address:port ({e})")))?,
             None => defaults.listen,
         };
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsPaths { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(field_err(
+                    "tls_key",
+                    "is missing: `tls_cert` needs its private key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(field_err(
+                    "tls_cert",
+                    "is missing: `tls_key` needs its certificate",
+                ))
+            }
+        };
         let mut sites = Vec::with_capacity(raw.sites.len());
         for (i, s) in raw.sites.into_iter().enumerate() {
             let site =
@@ -244,7 +351,23 @@ impl TryFrom<RawConfig> for Config {
                 raw.limits.max_string_len,
                 d.max_string_len,
             )?,
+            site_reports_per_second: match raw.limits.site_reports_per_second {
+                Some(r) if !(r.is_finite() && r > 0.0) => {
+                    return Err(field_err(
+                        "limits.site_reports_per_second",
+                        "must be a number above 0",
+                    ))
+                }
+                Some(r) => r,
+                None => d.site_reports_per_second,
+            },
+            site_report_burst: match raw.limits.site_report_burst {
+                Some(0) => return Err(field_err("limits.site_report_burst", "must be at least 1")),
+                Some(n) => n,
+                None => d.site_report_burst,
+            },
         };
+        let storage = storage_limits(raw.storage, &defaults.storage)?;
         let max_in_flight = match raw.max_in_flight {
             Some(0) => return Err(field_err("max_in_flight", "must be at least 1")),
             Some(n) => n,
@@ -255,12 +378,64 @@ impl TryFrom<RawConfig> for Config {
             nats_password: raw.nats_password,
             nats_url,
             listen,
+            tls,
             sites,
             tokens,
             limits,
+            storage,
             max_in_flight,
         })
     }
+}
+
+/// Validates `[storage]`: sizes from 1 KiB up (a JetStream limit the server accepts),
+/// the value size at most 64 MiB (far above NATS' 1 MiB default payload).
+fn storage_limits(raw: RawStorage, d: &StorageLimits) -> Result<StorageLimits, FieldError> {
+    let bytes = |name: &str, v: Option<u64>, default: i64| -> Result<i64, FieldError> {
+        match v {
+            None => Ok(default),
+            Some(v) if v < 1024 => Err(field_err(
+                format!("storage.{name}"),
+                "must be at least 1024 bytes",
+            )),
+            Some(v) => {
+                i64::try_from(v).map_err(|_| field_err(format!("storage.{name}"), "is too large"))
+            }
+        }
+    };
+    let max_value_bytes = match raw.max_value_bytes {
+        None => d.max_value_bytes,
+        Some(v) if !(1024..=64 << 20).contains(&v) => {
+            return Err(field_err(
+                "storage.max_value_bytes",
+                "must be between 1024 and 67108864 bytes",
+            ))
+        }
+        Some(v) => {
+            i32::try_from(v).map_err(|_| field_err("storage.max_value_bytes", "is too large"))?
+        }
+    };
+    let events_max_age = match raw.events_max_age_days {
+        None => d.events_max_age,
+        Some(days) if days > 100 * 365 => {
+            return Err(field_err(
+                "storage.events_max_age_days",
+                "must be at most 36500 (0: no age limit)",
+            ))
+        }
+        Some(days) => std::time::Duration::from_secs(days * 24 * 3600),
+    };
+    Ok(StorageLimits {
+        events_max_bytes: bytes("events_max_bytes", raw.events_max_bytes, d.events_max_bytes)?,
+        events_max_age,
+        machines_max_bytes: bytes(
+            "machines_max_bytes",
+            raw.machines_max_bytes,
+            d.machines_max_bytes,
+        )?,
+        bucket_max_bytes: bytes("bucket_max_bytes", raw.bucket_max_bytes, d.bucket_max_bytes)?,
+        max_value_bytes,
+    })
 }
 
 fn validate_token(field: &str, raw: RawToken) -> Result<ApiToken, FieldError> {
@@ -366,6 +541,33 @@ mod tests {
     }
 
     #[test]
+    fn tls_needs_both_files() {
+        let c = Config::from_toml(
+            "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsPaths {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        for (text, missing) in [
+            ("tls_cert = \"/c.pem\"", "tls_key"),
+            ("tls_key = \"/k.pem\"", "tls_cert"),
+        ] {
+            let err = Config::from_toml(text, Path::new("c.toml")).unwrap_err();
+            let source = std::error::Error::source(&err).unwrap().to_string();
+            assert!(
+                source.contains(&format!("field `{missing}`: is missing")),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
     fn nats_urls_are_checked() {
         let c = Config::from_toml(
             "nats_url = \"nats://127.0.0.1:1, nats://127.0.0.1:2\"",
@@ -405,5 +607,61 @@ mod tests {
         let err = Config::from_toml("[limits]\nmax_nics = 0", Path::new("c.toml")).unwrap_err();
         let source = std::error::Error::source(&err).unwrap().to_string();
         assert!(source.contains("limits.max_nics"), "{source}");
+    }
+
+    #[test]
+    fn storage_and_rate_limits_parse_and_are_checked() {
+        let c = Config::from_toml("", Path::new("c.toml")).unwrap();
+        assert_eq!(c.storage, StorageLimits::default());
+        assert_eq!(c.limits.site_report_burst, 10_000);
+        let text = r#"
+            [limits]
+            site_reports_per_second = 2.5
+            site_report_burst = 3
+            [storage]
+            events_max_bytes = 4096
+            events_max_age_days = 7
+            machines_max_bytes = 1048576
+            bucket_max_bytes = 65536
+            max_value_bytes = 2048
+        "#;
+        let c = Config::from_toml(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.limits.site_reports_per_second, 2.5);
+        assert_eq!(c.limits.site_report_burst, 3);
+        assert_eq!(c.storage.events_max_bytes, 4096);
+        assert_eq!(c.storage.events_max_age.as_secs(), 7 * 24 * 3600);
+        assert_eq!(c.storage.machines_max_bytes, 1 << 20);
+        assert_eq!(c.storage.bucket_max_bytes, 65536);
+        assert_eq!(c.storage.max_value_bytes, 2048);
+        for (bad, field) in [
+            (
+                "[limits]\nsite_reports_per_second = 0",
+                "limits.site_reports_per_second",
+            ),
+            (
+                "[limits]\nsite_reports_per_second = -1.0",
+                "limits.site_reports_per_second",
+            ),
+            (
+                "[limits]\nsite_report_burst = 0",
+                "limits.site_report_burst",
+            ),
+            (
+                "[storage]\nevents_max_bytes = 10",
+                "storage.events_max_bytes",
+            ),
+            (
+                "[storage]\nmax_value_bytes = 1000000000",
+                "storage.max_value_bytes",
+            ),
+            (
+                "[storage]\nevents_max_age_days = 99999999",
+                "storage.events_max_age_days",
+            ),
+        ] {
+            let err = Config::from_toml(bad, Path::new("c.toml")).unwrap_err();
+            let source = std::error::Error::source(&err).unwrap().to_string();
+            assert!(source.contains(field), "{bad}: {source}");
+        }
     }
 }

@@ -6,25 +6,27 @@
 //! Controllers share the subject through the [`subjects::CONTROLLER_QUEUE`] queue
 //! group; each one handles at most `max_in_flight` requests at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
-use substruct_runtime::serve::{serve_requests, Requests, ServeOptions};
+use substruct_runtime::serve::{serve_requests, ReplyPolicy, Requests, ServeOptions};
 use substruct_wire::messages::{
     DiscoverReply, DiscoverRequest, ErrorCode, ErrorReply, Instruction,
 };
 use substruct_wire::report::HardwareReport;
-use substruct_wire::{subjects, MachineId, SiteId, WireError};
+use substruct_wire::{subjects, BootCredential, MachineId, SiteId, WireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Limits};
-use crate::matching::{identity_facts, resolve, Action, Fact};
+use crate::matching::{identity_facts, may_speak_for, proof, resolve, Action, Fact, Proof};
 use crate::provision::Provisioner;
 use crate::record::{Conflict, MachineEvent, MachineEventKind, MachineRecord};
-use crate::store::{IndexEntry, Store, StoreError, Write};
+use crate::sites::SiteRecord;
+use crate::store::{Docs, IndexEntry, Store, StoreError, Write};
 
 /// A request slower than this is logged.
 const SLOW: std::time::Duration = std::time::Duration::from_secs(1);
@@ -187,6 +189,10 @@ pub enum IngestError {
     Contention,
     #[error("store unavailable")]
     Store(#[from] StoreError),
+    /// The report matches a known machine but proves nothing about being it
+    /// ([`crate::matching::may_speak_for`]); nothing was written.
+    #[error("{reason}")]
+    Unproven { machine: MachineId, reason: String },
 }
 
 impl IngestError {
@@ -194,6 +200,7 @@ impl IngestError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NoIdentity => ErrorCode::Malformed,
+            Self::Unproven { .. } => ErrorCode::Forbidden,
             Self::Contention | Self::Store(_) => ErrorCode::Unavailable,
         }
     }
@@ -284,10 +291,15 @@ impl Inventory {
     /// every index key for the id the facts derive (`create` semantics, no reads),
     /// then create the record. If any claim or the create loses, the slow path
     /// reads the index and the candidates and resolves properly.
+    ///
+    /// A report that matches a known machine updates it only if `credential` proves it
+    /// is that machine ([`crate::matching::may_speak_for`]); otherwise nothing is
+    /// written and the answer is [`IngestError::Unproven`]. A new machine needs none.
     pub async fn ingest(
         &self,
         site: &SiteId,
         report: HardwareReport,
+        credential: Option<&BootCredential>,
         now_unix_ms: u64,
     ) -> Result<Ingested, IngestError> {
         let facts = identity_facts(&report);
@@ -341,10 +353,46 @@ impl Inventory {
             }
         }
         let done = self
-            .resolve_and_store(site, &report, now_unix_ms, &facts, &keys, &claimed, derived)
+            .resolve_and_store(
+                site,
+                &report,
+                credential,
+                now_unix_ms,
+                &facts,
+                &keys,
+                &claimed,
+                derived,
+            )
             .await?;
         self.hints.add(&keys);
         Ok(done)
+    }
+
+    /// What `credential` proves for `report` from `site`: reads the site's registration
+    /// (its key, whether it allows unauthenticated reports); no registration is no key.
+    async fn proof(
+        &self,
+        site: &SiteId,
+        credential: Option<&BootCredential>,
+        report: &HardwareReport,
+        now_unix_ms: u64,
+    ) -> Result<Proof, StoreError> {
+        let registered = self
+            .store
+            .doc_get::<SiteRecord>(Docs::Sites, site.as_str())
+            .await?
+            .map(|(r, _)| r);
+        let (key, allow) = registered
+            .as_ref()
+            .map_or((None, false), |r| (r.key.as_ref(), r.allow_unauthenticated));
+        Ok(proof(
+            credential,
+            site,
+            key,
+            allow,
+            report,
+            now_unix_ms / 1000,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -352,6 +400,7 @@ impl Inventory {
         &self,
         site: &SiteId,
         report: &HardwareReport,
+        credential: Option<&BootCredential>,
         now_unix_ms: u64,
         facts: &[Fact],
         keys: &[String],
@@ -359,6 +408,8 @@ impl Inventory {
         mut derived: BTreeSet<MachineId>,
     ) -> Result<Ingested, IngestError> {
         let store = &self.store;
+        // What the report proves: decided once, when it first matches a known machine.
+        let mut proven: Option<Proof> = None;
         for _ in 0..MAX_ATTEMPTS {
             let index: Vec<Option<IndexEntry>> =
                 try_join_all(keys.iter().map(|k| store.index_get(k))).await?;
@@ -384,6 +435,15 @@ impl Inventory {
                     else {
                         continue;
                     };
+                    let proof = match proven.take() {
+                        Some(p) => p,
+                        None => self.proof(site, credential, report, now_unix_ms).await?,
+                    };
+                    may_speak_for(old, &proof).map_err(|reason| IngestError::Unproven {
+                        machine: id.clone(),
+                        reason,
+                    })?;
+                    proven = Some(proof);
                     let new = old.updated(
                         site.clone(),
                         report.clone(),
@@ -624,6 +684,81 @@ async fn record_conflicts(
     })
 }
 
+/// One site's token bucket: `tokens` requests may be sent now; it refills at the
+/// configured rate up to the configured burst.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Takes one token at `now`, or says how long until one is there. Pure.
+    fn take(&mut self, now: Instant, per_second: f64, burst: u32) -> Result<(), Duration> {
+        let burst = f64::from(burst.max(1));
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / per_second;
+            Err(Duration::from_secs_f64(wait.clamp(0.001, 3600.0)))
+        }
+    }
+
+    fn is_full(&self, now: Instant, per_second: f64, burst: u32) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * per_second >= f64::from(burst)
+    }
+}
+
+/// Sites tracked at once; past this many, the buckets that are full again (sites
+/// that have been quiet) are forgotten, which changes nothing for them (and if none
+/// is, all are).
+const MAX_TRACKED_SITES: usize = 10_000;
+
+/// The per-site report rate limit ([`Limits::site_reports_per_second`],
+/// [`Limits::site_report_burst`]): a token bucket per site, so one site's storm (or a
+/// flood through a compromised leaf) cannot take the controller from the others.
+#[derive(Debug, Default)]
+pub struct SiteRates {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl SiteRates {
+    /// Takes one report of `site` at `now`; `Err(wait)` when over the limit.
+    pub fn check(&self, site: &str, now: Instant, limits: &Limits) -> Result<(), Duration> {
+        let (rate, burst) = (limits.site_reports_per_second, limits.site_report_burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_TRACKED_SITES && !buckets.contains_key(site) {
+            buckets.retain(|_, b| !b.is_full(now, rate, burst));
+            if buckets.len() >= MAX_TRACKED_SITES {
+                // Only a flood of site names gets here; forgetting every budget (each
+                // site starts full again) keeps the map bounded.
+                buckets.clear();
+            }
+        }
+        buckets
+            .entry(site.to_owned())
+            .or_insert(Bucket {
+                tokens: f64::from(burst),
+                at: now,
+            })
+            .take(now, rate, burst)
+    }
+}
+
+/// The refusal of a report over its site's rate: `Unavailable`, which the prospector
+/// retries (every discover refusal is retried, after its backoff).
+fn rate_limited(wait: Duration) -> ErrorReply {
+    ErrorReply {
+        code: ErrorCode::Unavailable,
+        message: format!("rate limited, retry after {} ms", wait.as_millis().max(1)),
+    }
+}
+
 async fn timed_ingest(
     inventory: &Inventory,
     subject: &str,
@@ -631,7 +766,12 @@ async fn timed_ingest(
 ) -> Result<Ingested, IngestError> {
     let started = std::time::Instant::now();
     let result = inventory
-        .ingest(&request.site, request.report, crate::now_unix_ms())
+        .ingest(
+            &request.site,
+            request.report,
+            request.boot_token.as_ref(),
+            crate::now_unix_ms(),
+        )
         .await;
     if started.elapsed() > SLOW {
         tracing::warn!(subject, elapsed = ?started.elapsed(), "slow discover request");
@@ -644,10 +784,20 @@ pub(crate) async fn answer(
     inventory: &Inventory,
     provisioner: &Provisioner,
     config: &Config,
+    rates: &SiteRates,
     subject: &str,
     payload: &[u8],
 ) -> Vec<u8> {
-    let reply = match check_request(subject, payload, config) {
+    let site = subjects::site_of(subject).unwrap_or_default();
+    let checked = match rates.check(site, Instant::now(), &config.limits) {
+        Ok(()) => check_request(subject, payload, config),
+        Err(wait) => {
+            tracing::warn!(subject, retry_after = ?wait, "discover request over the site's rate limit");
+            let refused = rate_limited(wait);
+            Err(Refusal::new(refused.code, refused.message))
+        }
+    };
+    let reply = match checked {
         Err(refusal) => {
             tracing::warn!(subject, code = ?refusal.code, message = %refusal.message, "discover request refused");
             Err(ErrorReply {
@@ -673,7 +823,7 @@ pub(crate) async fn answer(
             },
             Err(e) => {
                 let message = crate::error_chain(&e);
-                if matches!(e, IngestError::NoIdentity) {
+                if matches!(e, IngestError::NoIdentity | IngestError::Unproven { .. }) {
                     tracing::warn!(subject, error = %message, "discover request refused");
                 } else {
                     tracing::error!(subject, error = %message, "cannot store a discover report");
@@ -712,15 +862,22 @@ pub(crate) async fn serve(
     let options = ServeOptions {
         name: "discover",
         max_in_flight: config.max_in_flight,
+        reply: ReplyPolicy::SiteInbox,
     };
+    let rates = Arc::new(SiteRates::default());
     serve_requests(client, requests, options, cancel, tracker, move |msg| {
-        let (inventory, provisioner, config) =
-            (inventory.clone(), provisioner.clone(), config.clone());
+        let (inventory, provisioner, config, rates) = (
+            inventory.clone(),
+            provisioner.clone(),
+            config.clone(),
+            rates.clone(),
+        );
         async move {
             answer(
                 &inventory,
                 &provisioner,
                 &config,
+                &rates,
                 msg.subject.as_str(),
                 &msg.payload,
             )
@@ -778,6 +935,44 @@ mod tests {
             check_limits(&report, &limits).unwrap_err(),
             "report has 2 entries in nics, more than the limit of 1"
         );
+    }
+
+    #[test]
+    fn site_rates_are_token_buckets_per_site() {
+        let limits = Limits {
+            site_reports_per_second: 10.0,
+            site_report_burst: 3,
+            ..Limits::default()
+        };
+        let rates = SiteRates::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(rates.check("dc1", t0, &limits), Ok(()));
+        }
+        let wait = rates.check("dc1", t0, &limits).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        assert_eq!(
+            rate_limited(wait).message,
+            "rate limited, retry after 100 ms"
+        );
+        // Another site has its own bucket.
+        assert_eq!(rates.check("dc2", t0, &limits), Ok(()));
+        // One token back after 100 ms, not two.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(rates.check("dc1", t1, &limits), Ok(()));
+        assert!(rates.check("dc1", t1, &limits).is_err());
+        // Refilled up to the burst, no further.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(rates.check("dc1", t2, &limits), Ok(()));
+        }
+        assert!(rates.check("dc1", t2, &limits).is_err());
+        // A flood of site names keeps the table bounded.
+        for i in 0..=MAX_TRACKED_SITES {
+            let _ = rates.check(&format!("s{i}"), t2, &limits);
+        }
+        let tracked = rates.buckets.lock().unwrap().len();
+        assert!(tracked <= MAX_TRACKED_SITES, "{tracked}");
     }
 
     #[test]

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use substruct_runtime::serve::{serve_requests, Requests, ServeOptions};
+use substruct_runtime::serve::{next_message, serve_requests, ReplyPolicy, Requests, ServeOptions};
 use substruct_wire::messages::{SiteEvent, SiteEventKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +25,7 @@ pub(crate) async fn serve_callbacks(
     let options = ServeOptions {
         name: "callback",
         max_in_flight: MAX_CALLBACKS_IN_FLIGHT,
+        reply: ReplyPolicy::SiteInbox,
     };
     serve_requests(client, requests, options, cancel, tracker, move |msg| {
         let provisioner = provisioner.clone();
@@ -45,14 +45,7 @@ pub(crate) async fn serve_site_events(
     config: Arc<Config>,
     cancel: CancellationToken,
 ) {
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = subscriber.next() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-        };
+    while let Some(msg) = next_message(&mut subscriber, &cancel).await {
         let event = match substruct_wire::decode::<SiteEvent>(&msg.payload) {
             Ok(e) => e,
             Err(e) => {
@@ -76,11 +69,8 @@ pub(crate) async fn serve_site_events(
                 .await;
             }
             SiteEventKind::Cache { sha256 } => {
-                let mut cached: Vec<String> = sha256
-                    .into_iter()
-                    .filter(|h| crate::images::validate_sha256(h).is_ok())
-                    .take(10_000)
-                    .collect();
+                // Each digest was checked when the event decoded.
+                let mut cached: Vec<_> = sha256.into_iter().take(10_000).collect();
                 cached.sort();
                 cached.dedup();
                 update_status(&store, &event.site, |s| s.cached = cached.clone()).await;

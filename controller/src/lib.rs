@@ -14,6 +14,7 @@
 //! * [`events`] — site events (edge heartbeats);
 //! * [`store`] — the only module that knows JetStream;
 //! * [`api`] — the only module that knows axum;
+//! * [`tls`] — HTTPS for the API: certificate loading, handshakes;
 //! * [`cli`] — the `substruct` admin CLI (a REST client).
 //!
 //! Run one in-process with [`Controller::start`] (tests) or [`run`] (main).
@@ -32,6 +33,7 @@ pub mod record;
 pub mod rules;
 pub mod sites;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub enum ControllerError {
     Subscribe(#[from] substruct_runtime::serve::SubscribeError),
     #[error("cannot subscribe to site events")]
     SubscribeEvents(#[source] async_nats::SubscribeError),
+    #[error("cannot serve HTTPS on the REST API")]
+    Tls(#[from] tls::TlsError),
     #[error("REST API server failed")]
     Serve(#[source] std::io::Error),
     #[error("cancelled before the controller was ready")]
@@ -110,6 +114,11 @@ impl Controller {
                 addr: config.listen,
                 source,
             })?;
+        // Before NATS: a bad certificate fails at once, not after the connect loop.
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+        if tls.is_none() && !api_addr.ip().is_loopback() {
+            tracing::warn!(api = %api_addr, "the REST API is plain HTTP on a non-loopback address: tokens cross the network in clear text (set tls_cert and tls_key, or --tls-cert and --tls-key)");
+        }
         if config.tokens.is_empty() {
             tracing::warn!("no API token configured (config `tokens` or SUBSTRUCT_TOKEN): every /api request is refused");
         }
@@ -128,7 +137,7 @@ impl Controller {
             })?;
         // Boxed: the set-up futures are large in debug builds, and callers (tests)
         // often poll this one on a thread with a small stack.
-        let store = Box::pin(open_store(client.clone(), &cancel)).await?;
+        let store = Box::pin(open_store(client.clone(), &config.storage, &cancel)).await?;
         let discover_requests = Requests::subscribe(
             &client,
             subjects::discover_all(),
@@ -186,8 +195,20 @@ impl Controller {
             client,
             tokens: Arc::new(config.tokens.clone()),
         });
-        let api_task = tokio::spawn(api::serve(listener, router, cancel.clone()));
-        tracing::info!(api = %api_addr, nats = %config.nats_url, "controller ready");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let api_task = match tls {
+            Some(tls) => {
+                let incoming = tls::TlsIncoming::new(listener, tls).map_err(|source| {
+                    ControllerError::Bind {
+                        addr: api_addr,
+                        source,
+                    }
+                })?;
+                tokio::spawn(api::serve(incoming, router, cancel.clone()))
+            }
+            None => tokio::spawn(api::serve(listener, router, cancel.clone())),
+        };
+        tracing::info!(api = %format!("{scheme}://{api_addr}"), nats = %config.nats_url, "controller ready");
         Ok(Self {
             api_addr,
             store,
@@ -232,11 +253,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Contro
 
 async fn open_store(
     client: async_nats::Client,
+    limits: &config::StorageLimits,
     cancel: &CancellationToken,
 ) -> Result<Store, ControllerError> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let delay = match Store::open(client.clone()).await {
+        let delay = match Store::open_limited(client.clone(), limits).await {
             Ok(store) => return Ok(store),
             Err(e) => {
                 let delay = backoff.next_delay();

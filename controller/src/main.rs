@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use substruct_controller::config::TlsPaths;
 use substruct_controller::Config;
 
 /// Substruct controller: inventory, matching, REST API.
@@ -25,6 +26,13 @@ struct Args {
     /// REST API address (overrides the file).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Serve the REST API over HTTPS with this certificate chain (PEM; overrides the
+    /// file's `tls_cert`). Needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; overrides the file's `tls_key`).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// An admin API token, in addition to those in the file.
     #[arg(long, env = "SUBSTRUCT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -49,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsPaths { cert, key });
     }
     if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
         config

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use substruct_wire::report::{is_bogus_identity, HardwareReport};
-use substruct_wire::{Mac, MachineId};
+use substruct_wire::{BootCredential, Mac, MachineId, SiteId, SitePublicKey};
 
 use crate::record::{Conflict, MachineRecord};
 
@@ -245,6 +245,73 @@ fn agrees(ours: &[Fact], theirs: &[Fact], shared: &[Fact]) -> bool {
     true
 }
 
+/// What a report proves about the machine that sent it ([`proof`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A boot credential signed by the reporting site's registered key, for that site,
+    /// unexpired, for this MAC, which the report has.
+    Credential(Mac),
+    /// No valid credential, but the site allows unauthenticated reports.
+    SiteAllows,
+    /// Neither: why not (the prospector is told).
+    Missing(String),
+}
+
+/// Pure: what `credential` proves for `report` from `site`, given the site's registered
+/// `key` and its `allow_unauthenticated` setting, at `now_unix_s`.
+pub fn proof(
+    credential: Option<&BootCredential>,
+    site: &SiteId,
+    key: Option<&SitePublicKey>,
+    allow_unauthenticated: bool,
+    report: &HardwareReport,
+    now_unix_s: u64,
+) -> Proof {
+    if allow_unauthenticated {
+        // The site's opt-out: any report may speak for a machine, as before credentials.
+        return Proof::SiteAllows;
+    }
+    let verdict = match (credential, key) {
+        (None, _) => Err("the report carries no boot credential".to_owned()),
+        (Some(_), None) => Err(format!("site {site} has no registered key")),
+        (Some(c), Some(k)) => c
+            .verify(k, site, now_unix_s)
+            .and_then(|claims| claims.require_mac(report.macs().iter()))
+            .map_err(|e| e.to_string()),
+    };
+    match verdict {
+        Ok(mac) => Proof::Credential(mac),
+        Err(why) => Proof::Missing(why),
+    }
+}
+
+/// Whether a report with `proof` may speak for the known machine `record` (update its
+/// facts and site, receive its instructions and tokens): only with a credential for one
+/// of the record's MACs, or where the site allows unauthenticated reports. The error
+/// says why not.
+pub fn may_speak_for(record: &MachineRecord, proof: &Proof) -> Result<(), String> {
+    match proof {
+        Proof::SiteAllows => Ok(()),
+        Proof::Credential(mac) => {
+            if identity_facts(&record.facts).contains(&Fact::Mac(*mac)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the report matches machine {}, but its boot credential is for MAC {mac}, \
+                     not one of that machine's MACs",
+                    record.id
+                ))
+            }
+        }
+        Proof::Missing(why) => Err(format!(
+            "the report matches known machine {} and may not speak for it: {why} \
+             (boot it through its site's edge, or register the site's key: \
+             substruct sites add SITE --key PUBKEY)",
+            record.id
+        )),
+    }
+}
+
 fn strength(shared: &[Fact]) -> u32 {
     shared
         .iter()
@@ -351,5 +418,63 @@ mod tests {
             Fact::Mac(Mac([0x52, 0x54, 0, 0, 0, 1])).index_key(),
             "mac.525400000001"
         );
+    }
+
+    fn with_macs(macs: &[Mac]) -> HardwareReport {
+        HardwareReport {
+            nics: macs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| substruct_wire::report::Nic {
+                    name: format!("eth{i}"),
+                    mac: *m,
+                    driver: None,
+                    pci_address: None,
+                    speed_mbps: None,
+                    carrier: None,
+                })
+                .collect(),
+            ..HardwareReport::default()
+        }
+    }
+
+    #[test]
+    fn only_a_valid_credential_for_one_of_the_records_macs_speaks_for_it() {
+        const NOW: u64 = 1_790_000_000;
+        let site = SiteId::new("dc1").unwrap();
+        let key = substruct_wire::SiteKey::from_raw([5; 32]).unwrap();
+        let (a, b) = (Mac([2, 0, 0, 0, 0, 0xa]), Mac([2, 0, 0, 0, 0, 0xb]));
+        let record_b = MachineRecord::new(
+            MachineId::new("b").unwrap(),
+            site.clone(),
+            with_macs(&[b]),
+            vec![],
+            0,
+        );
+        let cred = |mac| BootCredential::issue(&key, &site, mac, NOW, 3600, [1; 32]).unwrap();
+        let pk = key.public_key();
+        let check = |c: Option<&BootCredential>,
+                     k: Option<&SitePublicKey>,
+                     allow: bool,
+                     report: &HardwareReport| {
+            may_speak_for(&record_b, &proof(c, &site, k, allow, report, NOW))
+        };
+        // B's own credential, B's report: yes.
+        assert_eq!(
+            check(Some(&cred(b)), Some(&pk), false, &with_macs(&[b])),
+            Ok(())
+        );
+        // No credential; no registered key; A's credential with B's MAC reported;
+        // A's credential with both MACs reported: no, each naming why.
+        let e = check(None, Some(&pk), false, &with_macs(&[b])).unwrap_err();
+        assert!(e.contains("no boot credential"), "{e}");
+        let e = check(Some(&cred(b)), None, false, &with_macs(&[b])).unwrap_err();
+        assert!(e.contains("no registered key"), "{e}");
+        let e = check(Some(&cred(a)), Some(&pk), false, &with_macs(&[b])).unwrap_err();
+        assert!(e.contains("which the report does not have"), "{e}");
+        let e = check(Some(&cred(a)), Some(&pk), false, &with_macs(&[a, b])).unwrap_err();
+        assert!(e.contains("not one of that machine's MACs"), "{e}");
+        // The site's opt-out lets a report without proof through.
+        assert_eq!(check(None, None, true, &with_macs(&[b])), Ok(()));
     }
 }

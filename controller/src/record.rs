@@ -78,7 +78,8 @@ pub struct MachineRecord {
 }
 
 impl MachineRecord {
-    /// A new record for a machine seen for the first time.
+    /// A new record for a machine seen for the first time: its first report applied
+    /// (as [`Self::updated`] applies every later one) to a record that had none.
     pub fn new(
         id: MachineId,
         site: SiteId,
@@ -86,20 +87,19 @@ impl MachineRecord {
         conflicts: Vec<Conflict>,
         now_unix_ms: u64,
     ) -> Self {
-        let mut record = Self {
+        let unseen = Self {
             id,
             state: MachineState::Discovered,
             ticket: None,
             pending_wipe: None,
-            site,
+            site: site.clone(),
             first_seen_unix_ms: now_unix_ms,
             last_seen_unix_ms: now_unix_ms,
-            report_count: 1,
+            report_count: 0,
             conflicts: Vec::new(),
-            facts,
+            facts: HardwareReport::default(),
         };
-        record.add_conflicts(conflicts);
-        record
+        unseen.updated(site, facts, conflicts, now_unix_ms)
     }
 
     /// This record after one more report: new facts, `last_seen`, count, conflicts.

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use substruct_wire::intent::LocalBootWay;
-use substruct_wire::SiteId;
+use substruct_wire::{SiteId, SitePublicKey};
 
 /// How a deployed machine at this site boots its disk (DESIGN.md, boot path step 4).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +60,14 @@ pub struct SiteRecord {
     #[serde(default)]
     pub local_boot: LocalBoot,
     pub added_unix_ms: u64,
+    /// The public key of the site's edge (`A…`, from `substruct-edge keygen`): a report
+    /// may speak for a known machine only with a boot credential signed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SitePublicKey>,
+    /// Reports without a valid boot credential may update known machines, as before boot
+    /// credentials (labs, migrating a site). Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unauthenticated: bool,
 }
 
 /// The latest heartbeat of a site's edge and what its image cache holds (KV
@@ -70,7 +78,7 @@ pub struct EdgeStatus {
     pub last_heartbeat_unix_ms: u64,
     /// sha256s of the images the edge's cache holds, verified.
     #[serde(default)]
-    pub cached: Vec<String>,
+    pub cached: Vec<substruct_wire::Sha256Digest>,
 }
 
 /// An edge is online when its last heartbeat is at most this old (3 missed beats).

@@ -6,8 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{config, connect, discover, report, Running, TOKEN};
+use common::{config, connect, discover, report, tls_config, Running, TOKEN};
 use serde_json::Value;
+use substruct_testkit::nats_topology::TlsFiles;
 use substruct_testkit::NatsServer;
 
 const M1: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
@@ -116,19 +117,9 @@ async fn rest_api_requires_a_token_and_serves_machines() {
 }
 
 fn substruct(args: &[&str], controller: &str, token: Option<&str>) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_substruct"));
-    cmd.args(args)
-        .env("SUBSTRUCT_CONTROLLER", controller)
-        .env_remove("SUBSTRUCT_TOKEN");
-    if let Some(t) = token {
-        cmd.env("SUBSTRUCT_TOKEN", t);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let mut env = vec![("SUBSTRUCT_CONTROLLER", controller)];
+    env.extend(token.map(|t| ("SUBSTRUCT_TOKEN", t)));
+    substruct_env(args, &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,4 +457,155 @@ async fn unusable_names_in_urls_are_not_found() {
             assert_eq!(resp.status().as_u16(), 404, "DELETE {url}");
         }
     }
+}
+
+/// `substruct ARGS` (the binary) with `env` set and no other `SUBSTRUCT_*` setting.
+fn substruct_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_substruct"));
+    cmd.args(args);
+    for var in ["SUBSTRUCT_CONTROLLER", "SUBSTRUCT_TOKEN", "SUBSTRUCT_CA"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_api_is_verified_against_the_given_ca_only() {
+    let nats = NatsServer::start().unwrap();
+    let localhost = ["127.0.0.1".parse().unwrap()];
+    let tls = TlsFiles::generate(&localhost).unwrap();
+    let stranger = TlsFiles::generate(&localhost).unwrap();
+    let c = Running::start(tls_config(&nats.url(), &tls)).await;
+    let base = c.https_url();
+    let ca = tls.ca.to_str().unwrap().to_owned();
+    let wrong_ca = stranger.ca.to_str().unwrap().to_owned();
+
+    // Hostile: a client that connects and never speaks holds a handshake slot, not the
+    // listener. Kept open across every request below.
+    let _silent = tokio::net::TcpStream::connect(c.controller.api_addr())
+        .await
+        .unwrap();
+
+    // The right CA, by flag (in-process) and by SUBSTRUCT_CA (the binary).
+    let listed = cli_ca(&base, &ca, &["machines", "list", "--json"]).await;
+    assert_eq!(listed.as_deref().map(str::trim), Ok("[]"));
+    let (b, a) = (base.clone(), ca.clone());
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        substruct_env(
+            &["sites", "list", "--json"],
+            &[
+                ("SUBSTRUCT_CONTROLLER", &b),
+                ("SUBSTRUCT_TOKEN", TOKEN),
+                ("SUBSTRUCT_CA", &a),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]");
+
+    // No CA, and another CA: refused, naming the certificate problem and what was trusted.
+    let b = base.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        substruct_env(
+            &["machines", "list"],
+            &[("SUBSTRUCT_CONTROLLER", &b), ("SUBSTRUCT_TOKEN", TOKEN)],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert!(err.contains("--ca FILE or SUBSTRUCT_CA"), "{err}");
+    let err = cli_ca(&base, &wrong_ca, &["machines", "list"])
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(&format!("TLS with the controller at {base} failed")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("the CA in {wrong_ca}")), "{err}");
+    // Both test CAs have the same name: the stranger's is found, and its signature fails.
+    assert!(
+        err.contains("invalid peer certificate: BadSignature"),
+        "{err}"
+    );
+
+    // A CA file that is no CA file.
+    let not_pem = tls.ca.with_file_name("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let err = cli_ca(&base, not_pem.to_str().unwrap(), &["machines", "list"])
+        .await
+        .unwrap_err();
+    assert!(err.contains("no CERTIFICATE block"), "{err}");
+
+    // Plain HTTP to the HTTPS port: told to use https://.
+    let plain = base.replacen("https://", "http://", 1);
+    let err = cli_ca(&plain, &ca, &["machines", "list"])
+        .await
+        .unwrap_err();
+    assert!(err.contains("400 Bad Request"), "{err}");
+    assert!(err.contains("use an https:// URL"), "{err}");
+
+    // /healthz on the same listener.
+    let pem = std::fs::read(&tls.ca).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    c.stop().await;
+}
+
+/// The CLI in-process with `--ca ca`: stdout, or the message `substruct` prints.
+async fn cli_ca(base: &str, ca: &str, args: &[&str]) -> Result<String, String> {
+    let mut with_ca = vec!["--ca", ca];
+    with_ca.extend(args);
+    cli(base, &with_ca).await
+}
+
+#[test]
+fn controller_binary_refuses_half_or_broken_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_substruct-controller"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--nats", "nats://127.0.0.1:1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--tls-cert", "/nonexistent/cert.pem"]);
+    assert!(err.contains("--tls-key"), "{err}");
+
+    let path = dir.path().join("controller.toml");
+    std::fs::write(&path, "tls_cert = \"/c.pem\"\n").unwrap();
+    let err = run(&["--config", path.to_str().unwrap()]);
+    assert!(err.contains("field `tls_key`: is missing"), "{err}");
+
+    let tls = TlsFiles::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
+    let other = TlsFiles::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
+    let (cert, key) = (tls.cert.to_str().unwrap(), other.key.to_str().unwrap());
+    let err = run(&["--tls-cert", cert, "--tls-key", key]);
+    assert!(err.contains("cannot be used together"), "{err}");
+    let missing = dir.path().join("missing.pem");
+    let err = run(&["--tls-cert", cert, "--tls-key", missing.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("cannot read TLS key {}", missing.display())),
+        "{err}"
+    );
 }

@@ -20,7 +20,7 @@ use common::{connect, decode_reply, random_report};
 use futures::StreamExt;
 use rand::SeedableRng;
 use substruct_controller::store::Store;
-use substruct_testkit::{free_port, wait_for, NatsServer};
+use substruct_testkit::{poll, wait_for, NatsServer};
 use substruct_wire::messages::{DiscoverReply, DiscoverRequest, ErrorReply};
 use substruct_wire::{subjects, MachineId, SiteId};
 
@@ -41,17 +41,15 @@ const DISCOVERED_LINE: &str = "machine discovered";
 struct Controller {
     name: &'static str,
     child: Child,
-    port: u16,
     log: PathBuf,
 }
 
 impl Controller {
     fn spawn(name: &'static str, nats_url: &str, dir: &Path) -> Self {
-        let port = free_port();
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_substruct-controller"))
-            .args(["--nats", nats_url, "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--nats", nats_url, "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn,substruct_controller=info")
             .env("NO_COLOR", "1")
             .env("SUBSTRUCT_TOKEN", common::TOKEN)
@@ -59,17 +57,31 @@ impl Controller {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning substruct-controller {name}: {e}"));
-        Self {
-            name,
-            child,
-            port,
-            log,
-        }
+        Self { name, child, log }
+    }
+
+    /// The API base URL the controller bound (port 0: the kernel's choice, so no
+    /// free-port race), from its "controller ready" log line (`api=http://ADDR`).
+    async fn api_url(&self) -> String {
+        poll(
+            &format!("controller {} ready line", self.name),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || async {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                log.lines()
+                    .find(|l| l.contains("controller ready"))
+                    .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("api=")))
+                    .map(str::to_owned)
+            },
+        )
+        .await
+        .unwrap()
     }
 
     async fn wait_healthy(&self) {
         let http = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{}/healthz", self.port);
+        let url = format!("{}/healthz", self.api_url().await);
         wait_for(
             &format!("controller {} /healthz", self.name),
             Duration::from_secs(30),
@@ -234,14 +246,24 @@ async fn flow() {
         c.wait_healthy().await;
     }
 
+    // Every site's key registered, every report carrying its boot credential: a retry
+    // that lands on another controller as an update must prove it is the machine.
+    let registrar = connect(&nats.url()).await;
+    for i in 0..7 {
+        common::register_site_key(&registrar, &format!("site{i}")).await;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xfa11_0fe5);
     let requests: Vec<(SiteId, bytes::Bytes)> = (0..PROSPECTORS)
         .map(|i| {
             let site = SiteId::new(format!("site{}", i % 7)).unwrap();
+            let report = random_report(&mut rng);
             let request = DiscoverRequest {
                 site: site.clone(),
-                boot_token: None,
-                report: random_report(&mut rng),
+                boot_token: report
+                    .macs()
+                    .first()
+                    .map(|m| common::credential(site.as_str(), *m)),
+                report,
             };
             (site, substruct_wire::encode(&request).unwrap().into())
         })

@@ -46,9 +46,9 @@ fn images(name: &str) -> Option<ImageRecord> {
         _ => return None,
     };
     Some(ImageRecord {
-        name: name.to_owned(),
+        name: name.parse().unwrap(),
         kind,
-        sha256: SHA.to_owned(),
+        sha256: SHA.parse().unwrap(),
         size: 4 * 1024 * 1024,
         added_unix_ms: 1_700_000_000_000,
     })
@@ -253,8 +253,8 @@ fn boot_intents_per_method() {
     assert_eq!(
         preseed.boot_intent(&token),
         BootIntent::Install {
-            kernel: "debian-12/linux".into(),
-            initrd: "debian-12/initrd.gz".into(),
+            kernel: "debian-12/linux".parse().unwrap(),
+            initrd: "debian-12/initrd.gz".parse().unwrap(),
             cmdline: format!(
                 "auto=true priority=critical interface=auto preseed/url={{edge}}/install/{token}/preseed.cfg console=ttyS0"
             ),
@@ -293,7 +293,7 @@ fn deploy_instruction_only_for_its_image() {
     assert_eq!(d.disk.as_deref(), Some("vda"));
     assert_eq!(d.token, token);
     let other = ImageRecord {
-        name: "other.img".into(),
+        name: "other.img".parse().unwrap(),
         ..image.clone()
     };
     assert_eq!(marker.deploy_instruction(&other, &token), None);

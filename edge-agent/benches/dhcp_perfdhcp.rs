@@ -156,6 +156,7 @@ fn settings() -> Result<Arc<DhcpSettings>> {
             router: None,
             dns: vec![],
             lease_time: Duration::from_secs(3600),
+            relays: vec![],
         },
     ))?))
 }

@@ -41,9 +41,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axum::serve::ListenerExt;
+use substruct_edge::dhcp::{LeaseChange, LeaseStore};
+use substruct_edge::http::binding::Binding;
 use substruct_edge::http::{self, files, HttpSettings, HttpState};
 use substruct_edge::intents::IntentTable;
-use substruct_wire::SiteId;
+use substruct_wire::{Mac, SiteId};
 use tokio_util::sync::CancellationToken;
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -52,6 +54,9 @@ const SERVE_ENV: &str = "EDGE_HTTP_BENCH_SERVE";
 /// Set in the child process too: serve through [`files::SendfileListener`].
 const FRONT_ENV: &str = "EDGE_HTTP_BENCH_SENDFILE";
 const IMAGE_PATH: &str = "/images/disk.img";
+/// The MAC `boot.ipxe` is asked for; the child leases 127.0.0.1 to it, so every render
+/// takes the bound path (lease lookup, new token) as a booting machine's does.
+const BENCH_MAC: &str = "52:54:00:00:00:01";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -215,9 +220,18 @@ fn serve_edge(images: PathBuf, sendfile: bool) -> Result<()> {
                 extra_args: None,
                 images_dir: images.clone(),
                 ipxe_dir: "/usr/lib/ipxe".into(),
+                limits: bench_limits(),
             },
             IntentTable::new(),
         )?;
+        let leases_dir = tempfile::tempdir()?;
+        let leases = LeaseStore::open(leases_dir.path().join("leases.redb"))?;
+        leases.apply(&[LeaseChange::Grant {
+            mac: Mac::parse(BENCH_MAC)?,
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            expires: u64::MAX,
+        }])?;
+        let state = state.with_binding(Binding::Leases(leases));
         println!("listening {}", listener.local_addr()?);
         std::io::stdout().flush()?;
         if sendfile {
@@ -226,6 +240,7 @@ fn serve_edge(images: PathBuf, sendfile: bool) -> Result<()> {
                 "/images/",
                 &images,
                 "application/octet-stream",
+                bench_limits(),
             )?;
             axum::serve(
                 front.tap_io(|_| {}),
@@ -237,6 +252,15 @@ fn serve_edge(images: PathBuf, sendfile: bool) -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// The default limits, except per source: every bench client comes from 127.0.0.1.
+fn bench_limits() -> substruct_edge::http::limits::HttpLimits {
+    let limits = substruct_edge::http::limits::HttpLimits::default();
+    substruct_edge::http::limits::HttpLimits {
+        max_connections_per_source: limits.max_connections,
+        ..limits
+    }
 }
 
 fn start_nginx(dir: &Path, www: &Path) -> Result<Server> {
@@ -463,7 +487,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn renders(addr: SocketAddr) -> Result<()> {
     let client = reqwest::Client::new();
-    let url = format!("http://{addr}/boot.ipxe?mac=52:54:00:00:00:01&platform=pcbios");
+    let url = format!("http://{addr}/boot.ipxe?mac={BENCH_MAC}&platform=pcbios");
     let n = env_or("RENDERS", 3000);
     let t = Instant::now();
     for _ in 0..n {

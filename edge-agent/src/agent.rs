@@ -68,6 +68,8 @@ pub enum AgentError {
     Dhcp(#[source] dhcp::DhcpError),
     #[error("starting HTTP")]
     HttpSetup(#[source] http::HttpError),
+    #[error("loading the site key")]
+    SiteKey(#[source] crate::site_key::SiteKeyFileError),
     #[error("opening the image cache")]
     ImageCache(#[source] crate::image_cache::CacheError),
     #[error("connecting to NATS at {url}")]
@@ -88,7 +90,7 @@ pub struct Bound {
     config: EdgeConfig,
     http_listener: TcpListener,
     http_state: HttpState,
-    tftp: Option<(UdpSocket, TftpFiles)>,
+    tftp: Option<(UdpSocket, TftpFiles, tftp::TftpSettings)>,
     dhcp: (Arc<dhcp::DhcpSettings>, Vec<UdpSocket>, dhcp::LeaseStore),
     intents: IntentTable,
     cache: IntentCache,
@@ -144,8 +146,19 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
                 addr: http_addr,
                 source,
             })?;
-    let http_state = HttpState::new(HttpSettings::from_config(&config), intents.clone())
+    let mut http_state = HttpState::new(HttpSettings::from_config(&config), intents.clone())
         .map_err(AgentError::HttpSetup)?;
+    match &config.site_key {
+        Some(path) => {
+            let key = crate::site_key::load(path).map_err(AgentError::SiteKey)?;
+            tracing::info!(path = %path.display(), key = %key.public_key(), "boot credentials are signed with the site key");
+            http_state = http_state.with_site_key(Arc::new(key));
+        }
+        None => tracing::warn!(
+            "no site key (--site-key): boot scripts carry unsigned tokens, so the controller \
+             will not let reports update known machines unless the site allows unauthenticated reports"
+        ),
+    }
 
     let tftp = if config.tftp {
         let addr = SocketAddr::new(ip, 69);
@@ -157,7 +170,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
             "pxelinux.cfg/default",
             render_pxelinux_default(&config.http_base()),
         );
-        Some((socket, files))
+        Some((socket, files, config.tftp_limits.clone()))
     } else {
         None
     };
@@ -184,9 +197,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         Some(url) => {
             let options =
                 substruct_runtime::nats_options(&format!("substruct-edge {}", config.site))
-                    .custom_inbox_prefix(substruct_runtime::site_inbox_prefix(
-                        config.site.as_str(),
-                    ));
+                    .custom_inbox_prefix(subjects::site_inbox_prefix(&config.site));
             let client = substruct_runtime::connect(options, url)
                 .await
                 .map_err(|source| AgentError::Nats {
@@ -211,9 +222,18 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         .with_js_domain(config.js_domain.clone()),
     )
     .map_err(AgentError::ImageCache)?;
+    // Who may get a machine's boot credential, install files and callbacks: the address
+    // this edge leased to its MAC, or in ProxyDHCP mode the neighbour table's word.
+    let binding = match config.dhcp.mode {
+        dhcp::DhcpMode::Proxy => {
+            http::binding::Binding::Neighbours(http::binding::PROC_NET_ARP.into())
+        }
+        dhcp::DhcpMode::Server => http::binding::Binding::Leases(leases.clone()),
+    };
     let http_state = http_state
         .with_install(installs.clone(), callbacks)
-        .with_cache(image_cache.clone());
+        .with_cache(image_cache.clone())
+        .with_binding(binding);
 
     Ok(Bound {
         config,
@@ -271,10 +291,10 @@ impl Bound {
             });
         }
 
-        if let Some((socket, files)) = self.tftp {
+        if let Some((socket, files, settings)) = self.tftp {
             let (c, tx) = (inner.clone(), fail_tx.clone());
             tracker.spawn(async move {
-                if let Err(e) = tftp::serve(socket, files, c.clone()).await {
+                if let Err(e) = tftp::serve_with(socket, files, settings, c.clone()).await {
                     let _ = tx.send(AgentError::Tftp(e)).await;
                     c.cancel();
                 }
@@ -472,7 +492,7 @@ async fn report_cache(
                 &client,
                 &site,
                 SiteEventKind::Cache {
-                    sha256: now.iter().map(|d| d.to_string()).collect(),
+                    sha256: now.to_vec(),
                 },
             )
             .await;
@@ -489,8 +509,8 @@ async fn report_cache(
     }
 }
 
-/// Kernels and initrds this site's install intents name (sorted, no duplicates; a name
-/// that is not a valid image name is never served from the cache).
+/// Kernels and initrds this site's install intents name (sorted, no duplicates; each
+/// was checked as an [`ImageName`] when the intent decoded).
 fn install_images(intents: &IntentTable) -> Vec<ImageName> {
     let mut names: Vec<ImageName> = intents
         .snapshot()
@@ -502,7 +522,6 @@ fn install_images(intents: &IntentTable) -> Vec<ImageName> {
             _ => None,
         })
         .flatten()
-        .filter_map(|name| ImageName::new(name).ok())
         .collect();
     names.sort();
     names.dedup();

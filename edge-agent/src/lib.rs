@@ -10,4 +10,5 @@ pub mod install;
 pub mod intents;
 pub mod kv_mirror;
 pub mod ra;
+pub mod site_key;
 pub mod tftp;

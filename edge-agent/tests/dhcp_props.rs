@@ -64,6 +64,7 @@ fn settings() -> DhcpSettings {
             router: Some(SERVER),
             dns: vec![],
             lease_time: Duration::from_secs(LEASE),
+            relays: vec![],
         },
     ))
     .unwrap()
@@ -207,6 +208,10 @@ proptest! {
                     DropReason::Declined(ip) => {
                         if granted.get(&ip).is_some_and(|(o, _)| *o == m) {
                             granted.remove(&ip);
+                        }
+                        // the client's offer of that address ends too
+                        if offered.get(&ip).is_some_and(|(o, _)| *o == m) {
+                            offered.remove(&ip);
                         }
                         last_ack.remove(&m);
                     }

@@ -1,6 +1,7 @@
 //! Real DHCP clients against the in-process server, in namespaces this test creates:
 //! busybox udhcpc on the same link, restart of the server (same client → same
-//! address), and isc-dhcp-relay relaying a second subnet.
+//! address), isc-dhcp-relay relaying a second subnet, and a sweep of a million
+//! DECLINEs from random MACs that must leave the server's memory and pool intact.
 //!
 //! Needs root, `ip netns`, busybox and dhcrelay (Debian: busybox-static,
 //! isc-dhcp-relay); skipped otherwise, or failed under
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use netns::dhcp_socket;
-use substruct_edge::dhcp::{serve_with_events, DhcpConfig, DhcpSettings, LeaseStore, Subnet};
+use substruct_edge::dhcp::{
+    decide_raw, serve_with_events, DhcpConfig, DhcpSettings, LeaseStore, LeaseTable, Subnet,
+};
 use substruct_edge::intents::IntentTable;
 use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::netns::{Netns, NsProcess};
@@ -117,6 +120,7 @@ async fn udhcpc_gets_a_pool_address_and_keeps_it_across_a_restart() -> Result<()
             router: Some("10.77.0.1".parse()?),
             dns: vec![],
             lease_time: Duration::from_secs(3600),
+            relays: vec![],
         },
     ))?);
     let db = dir.path().join("leases.redb");
@@ -164,6 +168,7 @@ async fn client_behind_dhcrelay_gets_an_address_of_the_relayed_subnet() -> Resul
             router: None,
             dns: vec![],
             lease_time: Duration::from_secs(3600),
+            relays: vec![],
         },
     );
     config.subnets.push(Subnet {
@@ -172,6 +177,8 @@ async fn client_behind_dhcrelay_gets_an_address_of_the_relayed_subnet() -> Resul
         router: Some("10.88.1.1".parse()?),
         dns: vec![],
         lease_time: Duration::from_secs(600),
+        // dhcrelay sends from its upstream address, not from giaddr (10.88.1.1)
+        relays: vec!["10.77.1.2".parse()?],
     });
     let settings = Arc::new(DhcpSettings::new(config)?);
     let server = Server::start(
@@ -209,6 +216,148 @@ async fn client_behind_dhcrelay_gets_an_address_of_the_relayed_subnet() -> Resul
         .with_context(|| format!("dhcrelay log:\n{}", dhcrelay.log_text()))?;
     dhcrelay.check_alive()?;
     assert!(in_range(ip, [10, 88, 1, 100], [10, 88, 1, 150]), "{ip}");
+    server.stop().await?;
+    Ok(())
+}
+
+/// A DECLINE of `ip` from `mac` (no server identifier), 300 bytes.
+fn decline_packet(mac: [u8; 6], ip: Ipv4Addr, xid: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 300];
+    p[0] = 1; // BOOTREQUEST
+    p[1] = 1; // Ethernet
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    let opts = [53, 1, 4, 50, 4];
+    p[240..245].copy_from_slice(&opts);
+    p[245..249].copy_from_slice(&ip.octets());
+    p[249] = 255;
+    p
+}
+
+/// The `i`th packet of the sweep: address `10.77.0.0 + i` (the pool lies inside), a
+/// pseudo-random unicast MAC.
+fn sweep_packet(i: u32, state: &mut u64) -> Vec<u8> {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    let b = state.to_be_bytes();
+    let mac = [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]];
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 77, 0, 0)).wrapping_add(i));
+    decline_packet(mac, ip, i)
+}
+
+const SWEEP: u32 = 1_000_000;
+
+/// Resident set size of this process (the in-process server), in KiB.
+fn rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")
+}
+
+/// UDP datagrams the namespace dropped for a full receive buffer.
+fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
+    let snmp = ns.exec("cat", &["/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .context("no RcvbufErrors")
+}
+
+fn sweep_settings() -> Result<DhcpSettings> {
+    Ok(DhcpSettings::new(DhcpConfig::new(
+        "10.77.2.1".parse()?,
+        "http://10.77.2.1",
+        Subnet {
+            network: "10.77.2.0/24".parse()?,
+            pools: vec![("10.77.2.100".parse()?, "10.77.2.199".parse()?)],
+            router: None,
+            dns: vec![],
+            lease_time: Duration::from_secs(3600),
+            relays: vec![],
+        },
+    ))?)
+}
+
+#[test]
+fn a_million_declines_leave_the_lease_table_empty() -> Result<()> {
+    let settings = sweep_settings()?;
+    let mut table = LeaseTable::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let src = "10.77.2.250:68".parse()?;
+    for i in 0..SWEEP {
+        let p = sweep_packet(i, &mut state);
+        decide_raw(&p, src, 67, &settings, &mut table, |_| None, 1_800_000_000);
+        assert_eq!(table.footprint(), 0, "packet {i}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decline_sweep_leaves_memory_bounded_and_clients_get_leases() -> Result<()> {
+    if !system_test(NEEDS) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let srv = Netns::create("ds")?;
+    let cli = Netns::create("dc")?;
+    srv.veth_pair("dsrv2", &cli, "dcli2")?;
+    srv.ip(&["addr", "add", "10.77.2.1/24", "dev", "dsrv2"])?;
+    // the attacker's own address (outside the pool) on the clients' link
+    cli.ip(&["addr", "add", "10.77.2.250/24", "dev", "dcli2"])?;
+    let server = Server::start(
+        &srv,
+        "dsrv2",
+        Arc::new(sweep_settings()?),
+        LeaseStore::open(dir.path().join("l.redb"))?,
+    )?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = rss_kib()?;
+    let dropped_before = udp_rcvbuf_errors(&srv)?;
+
+    let sender = cli.spawn_inside(move || -> Result<u32> {
+        let sock = std::net::UdpSocket::bind("10.77.2.250:68")?;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..SWEEP {
+            sock.send_to(&sweep_packet(i, &mut state), "10.77.2.1:67")?;
+            if i % 256 == 255 {
+                // pace the sweep so that most of it reaches the server
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(SWEEP)
+    });
+    let sent = tokio::task::spawn_blocking(move || sender.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib()?;
+    let dropped = udp_rcvbuf_errors(&srv)?.saturating_sub(dropped_before);
+    println!(
+        "DECLINE sweep: {sent} sent, {} reached the server ({dropped} dropped by the kernel); \
+         RSS {rss_before} KiB before, {rss_after} KiB after",
+        u64::from(sent).saturating_sub(dropped)
+    );
+    // a table of the swept addresses would need tens of MiB
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let ip = udhcpc(&cli, "dcli2", dir.path()).await?;
+    assert!(in_range(ip, [10, 77, 2, 100], [10, 77, 2, 199]), "{ip}");
+    println!("udhcpc then got {ip}");
     server.stop().await?;
     Ok(())
 }

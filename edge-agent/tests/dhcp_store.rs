@@ -28,6 +28,7 @@ fn settings() -> DhcpSettings {
             router: None,
             dns: vec![],
             lease_time: Duration::from_secs(3600),
+            relays: vec![],
         },
     ))
     .unwrap()
@@ -109,6 +110,8 @@ fn restart_keeps_leases() {
     assert_eq!(loaded.len(), 2);
     let mut table = LeaseTable::from_leases(loaded);
     assert_eq!(table.lease_of(&a).map(|l| l.ip), Some(ip_a));
+    // the store answers for one MAC as the loaded table does
+    assert_eq!(store.lease_of(&a).unwrap(), table.lease_of(&a));
     // a new client gets neither address; the old ones get theirs back
     let ip_c = dora(&store, &mut table, &s, c);
     assert!(ip_c != ip_a && ip_c != ip_b);
@@ -120,4 +123,5 @@ fn restart_keeps_leases() {
     let store = LeaseStore::open(&path).unwrap();
     let macs: Vec<Mac> = store.load().unwrap().iter().map(|l| l.mac).collect();
     assert!(macs.contains(&a) && macs.contains(&b) && !macs.contains(&c));
+    assert_eq!(store.lease_of(&c).unwrap(), None);
 }

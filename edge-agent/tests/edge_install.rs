@@ -1,6 +1,8 @@
 //! Install files and installer callbacks: the edge's HTTP server on 127.0.0.1:0 with its
 //! install table fed by the KV watcher from a real nats-server, a real HTTP client
 //! (reqwest), and the test playing the controller on `substruct.v1.{site}.callback`.
+//! The edge leases 127.0.0.1 to a MAC of each test machine (`m-1`..`m-4`); an "attacker"
+//! asks from 127.0.0.2.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,17 +11,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
+use substruct_edge::dhcp::{LeaseChange, LeaseStore};
+use substruct_edge::http::binding::Binding;
+use substruct_edge::http::limits::HttpLimits;
 use substruct_edge::http::{self, HttpSettings, HttpState};
 use substruct_edge::install::{self, CallbackClient, InstallCache, InstallTable, WatchSettings};
 use substruct_edge::intents::IntentTable;
 use substruct_runtime::jetstream::{ensure_kv, BucketSpec};
 use substruct_testkit::{wait_for, NatsServer};
-use substruct_wire::intent::{InstallFile, InstallFilesRecord};
+use substruct_wire::intent::{BootIntent, BootIntentRecord, InstallFile, InstallFilesRecord};
 use substruct_wire::messages::{
     CallbackKind, CallbackReply, CallbackRequest, ErrorCode, ErrorReply,
 };
 use substruct_wire::subjects::{self, install_key, KV_INSTALL};
-use substruct_wire::{BootToken, MachineId, SiteId};
+use substruct_wire::{BootToken, Mac, MachineId, SiteId};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -76,6 +81,7 @@ async fn bucket(client: &async_nats::Client) -> Result<async_nats::jetstream::kv
 /// One edge: HTTP server, install watcher (when `watch`), fetched-callback queue.
 struct Edge {
     base: String,
+    addr: std::net::SocketAddr,
     table: InstallTable,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -90,6 +96,37 @@ impl Edge {
             cache.load()?
         };
         let images = tempfile::tempdir()?;
+        // Machines m-1..m-4 each have a MAC the edge leased 127.0.0.1 to (and m-9 one
+        // leased to another address).
+        let intents = IntentTable::new();
+        let leases = LeaseStore::open(images.path().join("leases.redb"))?;
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 3600;
+        let mut grants = Vec::new();
+        for (i, machine, ip) in [
+            (1u8, "m-1", "127.0.0.1"),
+            (2, "m-2", "127.0.0.1"),
+            (3, "m-3", "127.0.0.1"),
+            (4, "m-4", "127.0.0.1"),
+            (9, "m-9", "127.0.0.9"),
+        ] {
+            let mac = Mac([0x52, 0x54, 0, 0x77, 0, i]);
+            intents.set(
+                mac,
+                BootIntentRecord {
+                    machine_id: Some(MachineId::new(machine)?),
+                    intent: BootIntent::Discover,
+                },
+            );
+            grants.push(LeaseChange::Grant {
+                mac,
+                ip: ip.parse()?,
+                expires,
+            });
+        }
+        leases.apply(&grants)?;
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         if watch {
@@ -114,18 +151,22 @@ impl Edge {
                 extra_args: None,
                 images_dir: images.path().to_owned(),
                 ipxe_dir: images.path().to_owned(),
+                limits: HttpLimits::default(),
             },
-            IntentTable::new(),
+            intents,
         )?
-        .with_install(table.clone(), callbacks);
+        .with_install(table.clone(), callbacks)
+        .with_binding(Binding::Leases(leases));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        let base = format!("http://{addr}");
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
             let _ = http::serve(listener, state, c).await;
         }));
         Ok(Self {
             base,
+            addr,
             table,
             cancel,
             tasks,
@@ -428,6 +469,10 @@ async fn done_and_failed_are_forwarded_and_the_answer_mapped() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cache = InstallCache::new(dir.path().join("install.json"), site());
     let edge = Edge::start(client.clone(), &cache, false).await?;
+    // The edge forwards callbacks only for tokens in its install table.
+    for t in ["aa11", "bb22", "cc33", "dd44", "ee55"] {
+        edge.table.set(token(t), record(&token(t), "m-1"));
+    }
     let http = reqwest::Client::new();
     let post = |path: &str, body: &str| http.post(edge.url(path)).body(body.to_owned()).send();
 
@@ -639,4 +684,83 @@ async fn two_watchers_in_one_process_both_see_deletes() -> Result<()> {
         tokio::time::timeout(WAIT, task).await??;
     }
     Ok(())
+}
+
+/// `method target` with an empty body over a connection from `from`: status and body.
+async fn raw_from(
+    from: &str,
+    to: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(std::net::SocketAddr::new(from.parse()?, 0))?;
+    let mut s = sock.connect(to).await?;
+    s.write_all(
+        format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+#[tokio::test]
+async fn another_address_gets_no_install_file_and_no_callback() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let client = connect(&nats.url()).await?;
+    let dir = tempfile::tempdir()?;
+    let cache = InstallCache::new(dir.path().join("install.json"), site());
+    let edge = Edge::start(client.clone(), &cache, false).await?;
+    let (t1, t9) = (token("aa11"), token("bb99"));
+    edge.table.set(t1.clone(), record(&t1, "m-1"));
+    // m-9's MAC is leased to 127.0.0.9: not even the edge's own clients may use its token.
+    edge.table.set(t9.clone(), record(&t9, "m-9"));
+    let controller = Controller::start(&client, |r| Some(accepted(r, "deployed"))).await?;
+
+    // The machine itself (127.0.0.1) is served.
+    let (code, body) = raw_from("127.0.0.1", edge.addr, "GET", "/install/aa11/preseed.cfg").await?;
+    assert_eq!(code, 200, "{body}");
+    // The attacker, with the right token, from 127.0.0.2: 403 and nothing more.
+    for (method, target) in [
+        ("GET", "/install/aa11/preseed.cfg"),
+        ("POST", "/api/v1/machines/aa11/done"),
+        ("POST", "/api/v1/machines/aa11/failed"),
+    ] {
+        let (code, body) = raw_from("127.0.0.2", edge.addr, method, target).await?;
+        assert_eq!((code, body.as_str()), (403, FORBIDDEN), "{method} {target}");
+    }
+    // A token whose machine holds another address.
+    for (method, target) in [
+        ("GET", "/install/bb99/preseed.cfg"),
+        ("POST", "/api/v1/machines/bb99/done"),
+    ] {
+        let (code, body) = raw_from("127.0.0.1", edge.addr, method, target).await?;
+        assert_eq!((code, body.as_str()), (403, FORBIDDEN), "{method} {target}");
+    }
+    // Nothing was forwarded but the machine's own fetch.
+    wait_for("the machine's fetch reported", WAIT, || async {
+        !controller.fetched().is_empty()
+    })
+    .await?;
+    assert!(controller
+        .seen()
+        .iter()
+        .all(|r| r.token == t1
+            && !matches!(r.kind, CallbackKind::Done | CallbackKind::Failed { .. })));
+    edge.stop().await
 }

@@ -94,8 +94,8 @@ async fn puts_and_deletes_reach_the_table_and_the_disk() -> Result<()> {
         .await?;
     // Update m1 after them: once it shows, the two before were processed (in order).
     let install = record(BootIntent::Install {
-        kernel: "k".into(),
-        initrd: "i".into(),
+        kernel: "k".parse().unwrap(),
+        initrd: "i".parse().unwrap(),
         cmdline: String::new(),
     });
     kv.put(boot_key(&s1, &m1), substruct_wire::encode(&install)?.into())

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use substruct_edge::tftp::packet::{self, Packet, OP_RRQ, OP_WRQ};
 use substruct_edge::tftp::{self, TftpFiles, TftpSettings};
 use substruct_testkit::gate::{system_test, Need};
+use substruct_testkit::netns::Netns;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -500,15 +501,21 @@ async fn generated_pxelinux_config_is_served_and_updated_live() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn silent_client_is_retransmitted_to_then_abandoned() {
-    let root = root_with(&[("f", &pattern(2000, 9))]);
+/// A server of one file `f` that retransmits every 100 ms and gives up after 2 retries.
+async fn impatient_server(contents: &[u8]) -> (tempfile::TempDir, Server) {
+    let root = root_with(&[("f", contents)]);
     let settings = TftpSettings {
         timeout: Duration::from_millis(100),
         max_retries: 2,
         ..TftpSettings::default()
     };
     let server = Server::start_with(TftpFiles::new(vec![root.path().to_owned()]), settings).await;
+    (root, server)
+}
+
+#[tokio::test]
+async fn silent_client_is_retransmitted_to_then_abandoned() {
+    let (_root, server) = impatient_server(&pattern(2000, 9)).await;
     let client = Client::new(server.addr).await;
     client.rrq("f", &[]).await;
     // Block 1, then two retransmits of block 1, then the server gives up with an ERROR.
@@ -575,4 +582,193 @@ async fn stopping_the_server_ends_live_transfers() {
     ));
     // Never acknowledged: the transfer is live while the server stops (bounded in stop()).
     server.stop().await;
+}
+
+/// Options of an OACK, or `None` for any other packet.
+fn oack_options(buf: &[u8]) -> Option<Vec<(String, String)>> {
+    match packet::decode(buf).ok()? {
+        Packet::Oack(pairs) => Some(pairs),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_huge_timeout_option_is_refused_and_a_silent_client_loses_its_slot() {
+    let (_root, server) = impatient_server(&pattern(2000, 11)).await;
+    let client = Client::new(server.addr).await;
+    client
+        .rrq("f", &[("timeout", "255".into()), ("tsize", "0".into())])
+        .await;
+    let (buf, _) = client.recv().await.unwrap();
+    let oack = oack_options(&buf).expect("an OACK");
+    assert_eq!(oack_value(&oack, "tsize").as_deref(), Some("2000"));
+    assert_eq!(
+        oack_value(&oack, "timeout"),
+        None,
+        "timeout=255 acknowledged"
+    );
+    // the OACK is resent at the server's own 100 ms pace, then the transfer ends
+    loop {
+        let (buf, _) = client.recv().await.unwrap();
+        match packet::decode(&buf).unwrap() {
+            Packet::Oack(_) => continue,
+            Packet::Error { code: 0, .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // a timeout within the cap is acknowledged as asked (RFC 2349)
+    let client = Client::new(server.addr).await;
+    client.rrq("f", &[("timeout", "3".into())]).await;
+    let (buf, _) = client.recv().await.unwrap();
+    let oack = oack_options(&buf).expect("an OACK");
+    assert_eq!(oack_value(&oack, "timeout").as_deref(), Some("3"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn transfers_per_source_address_are_capped() {
+    let root = root_with(&[("f", &pattern(100_000, 12))]);
+    let settings = TftpSettings::default();
+    let cap = settings.max_per_source;
+    let server = Server::start_with(TftpFiles::new(vec![root.path().to_owned()]), settings).await;
+    // 20 ports of one address (127.0.0.1), none acknowledging
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let c = Client::new(server.addr).await;
+        c.rrq("f", &[("tsize", "0".into())]).await;
+        clients.push(c);
+    }
+    let (mut served, mut refused) = (0, 0);
+    for c in &clients {
+        let (buf, _) = c.recv().await.unwrap();
+        match packet::decode(&buf).unwrap() {
+            Packet::Oack(_) => served += 1,
+            Packet::Error { code: 0, .. } => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    println!("one address, 20 requests: {served} served, {refused} refused");
+    assert_eq!((served, refused), (cap, 20 - cap));
+    server.stop().await;
+}
+
+/// 512 read requests with `timeout=255` from 512 addresses that never answer (sources on
+/// `lo` of a namespace, sockets that never read), then tftp-hpa's client in the same
+/// namespace downloads `lpxelinux.0` in full.
+#[test]
+fn spoofed_sources_with_timeout_255_do_not_lock_out_a_real_client() -> Result<()> {
+    if !system_test(&[Need::Netns, Need::Tool("tftp")]) {
+        return Ok(());
+    }
+    let ns = Netns::create("tftp")?;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    // every address of 10.55.0.0/16 is local (bindable) inside the namespace
+    ns.ip(&["route", "add", "local", "10.55.0.0/16", "dev", "lo"])?;
+    let payload = pattern(300_000, 13);
+    let root = root_with(&[("lpxelinux.0", &payload)]);
+    let settings = TftpSettings::default();
+    let sends = u64::from(settings.max_retries) + 1;
+    let hold_before = 255 * sends;
+    // the option is refused: the server's own timeout applies
+    let hold_now = settings.timeout.as_secs() * sends;
+    let hold_max = settings.timeout.max(settings.max_client_timeout).as_secs() * sends;
+    let slots = settings.max_transfers;
+
+    // the server runs inside the namespace (its transfer sockets are made there too)
+    let server_ip = Ipv4Addr::new(10, 55, 255, 254);
+    let cancel = CancellationToken::new();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let files = TftpFiles::new(vec![root.path().to_owned()]);
+    let stop = cancel.clone();
+    let server = ns.spawn_inside(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let socket = UdpSocket::bind((server_ip, 0)).await?;
+            addr_tx.send(socket.local_addr()?)?;
+            tftp::serve_with(socket, files, settings, stop).await?;
+            Ok(())
+        })
+    });
+    let server_addr = addr_rx.recv_timeout(WAIT)?;
+
+    let rrq = packet::encode_request(
+        OP_RRQ,
+        "lpxelinux.0",
+        "octet",
+        &[("timeout", "255".into()), ("tsize", "0".into())],
+    );
+    let attackers = ns.run_inside(|| {
+        (0..slots)
+            .map(|i| {
+                let a = Ipv4Addr::new(10, 55, (i / 250) as u8 + 1, (i % 250) as u8 + 1);
+                let s = std::net::UdpSocket::bind((a, 6900))?;
+                s.send_to(&rrq, server_addr)?;
+                if i % 64 == 63 {
+                    // stay within the server socket's receive buffer
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    // each source got an OACK: its transfer holds a slot (the socket never answers)
+    let mut held = 0;
+    for s in &attackers {
+        s.set_read_timeout(Some(WAIT))?;
+        let mut buf = [0u8; 1024];
+        let Ok(len) = s.recv(&mut buf) else {
+            continue;
+        };
+        let Some(oack) = oack_options(&buf[..len]) else {
+            continue;
+        };
+        assert_eq!(
+            oack_value(&oack, "timeout"),
+            None,
+            "timeout=255 acknowledged"
+        );
+        held += 1;
+    }
+    println!(
+        "{held} of {slots} slots held by sources that never answer; each would have been \
+         held {hold_before} s before (timeout 255 s x {sends} sends), {hold_now} s now \
+         (any client: at most {hold_max} s)"
+    );
+
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("lpxelinux.0");
+    let output = ns
+        .command("tftp")
+        .args([
+            &server_addr.ip().to_string(),
+            &server_addr.port().to_string(),
+            "-m",
+            "binary",
+            "-c",
+            "get",
+            "lpxelinux.0",
+        ])
+        .arg(&local)
+        .current_dir(out.path())
+        .output()?;
+    let got = std::fs::read(&local).unwrap_or_default();
+    assert!(
+        got == payload,
+        "tftp got {} of {} bytes: {output:?}",
+        got.len(),
+        payload.len()
+    );
+    println!(
+        "tftp-hpa then downloaded lpxelinux.0 in full ({} bytes)",
+        got.len()
+    );
+
+    cancel.cancel();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    drop(attackers);
+    Ok(())
 }

@@ -140,8 +140,8 @@ pub async fn deploy(
     http_timeout: Duration,
     say: &mut (dyn FnMut(String) + Send),
 ) -> Result<Deployed, DeployError> {
-    let target_path = image_target(&image.path)?;
-    let expected_digest = expected_digest(&image.sha256)?;
+    let target_path = image_target(image.path.as_str())?;
+    let expected_digest = expected_digest(image.sha256.as_str())?;
     let edge = edge.ok_or(DeployError::NoEdge)?;
     let storage = storage.ok_or(DeployError::NoStorage)?;
     let disks = blockdev::scan(&storage.root);

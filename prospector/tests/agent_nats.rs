@@ -16,7 +16,7 @@ use substruct_wire::messages::{
     Command, DiscoverReply, DiscoverRequest, ErrorCode, ErrorReply, Instruction,
 };
 use substruct_wire::report::HardwareReport;
-use substruct_wire::{subjects, BootToken, MachineId, NatsUrl, SiteId};
+use substruct_wire::{subjects, BootCredential, MachineId, NatsUrl, SiteId};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,7 @@ fn config(nats: &NatsServer, once: bool) -> AgentConfig {
     AgentConfig {
         nats_url: NatsUrl::new(nats.url()).unwrap(),
         site: site(),
-        token: Some(BootToken::new("t0k3n").unwrap()),
+        token: Some(BootCredential::new("t0k3n").unwrap()),
         once,
         edge: None,
         storage: None,
@@ -130,7 +130,7 @@ async fn acknowledged_once_returns_the_machine_id_and_sends_the_whole_report() {
     );
     let req = requests.recv().await.unwrap();
     assert_eq!(req.site, site());
-    assert_eq!(req.boot_token, Some(BootToken::new("t0k3n").unwrap()));
+    assert_eq!(req.boot_token, Some(BootCredential::new("t0k3n").unwrap()));
     assert_eq!(req.report, report());
     assert_eq!(
         next_event(&mut events).await,

@@ -264,7 +264,7 @@ fn start_agent(
     let cfg = AgentConfig {
         nats_url: NatsUrl::new(nats.url()).unwrap(),
         site: site(),
-        token: Some(BootToken::new("b00t").unwrap()),
+        token: Some(substruct_wire::BootCredential::new("b00t").unwrap()),
         once: false,
         edge: Some(BaseUrl::parse(&edge.url).unwrap()),
         storage: Some(lab.storage()),
@@ -309,8 +309,8 @@ async fn next_callback(rx: &mut UnboundedReceiver<CallbackRequest>) -> CallbackR
 
 fn deploy_instruction(image: &[u8], disk: Option<&str>) -> DeployImage {
     DeployImage {
-        path: IMAGE_PATH.into(),
-        sha256: sha256_hex(image),
+        path: IMAGE_PATH.parse().unwrap(),
+        sha256: sha256_hex(image).parse().unwrap(),
         size: image.len() as u64,
         disk: disk.map(str::to_owned),
         token: install_token(),

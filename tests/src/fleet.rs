@@ -7,7 +7,7 @@
 //!  │ lo 10.200.0.1               │ 10.201.N.1  │ wan 10.201.N.2                       │
 //!  │ hub nats-server (hub.conf)  ├─────────────┤ leaf nats-server (gen-site) on       │
 //!  │ controller (controller user)│ wanN    wan │   10.77.0.1:PORT                     │
-//!  │ API 10.200.0.1:8080         │             │ br0 10.77.0.1/24, edge agent, taps   │
+//!  │ API https://10.200.0.1:8080 │             │ br0 10.77.0.1/24, edge agent, taps   │
 //!  └─────────────────────────────┘             └──────────────────────────────────────┘
 //! ```
 //!
@@ -28,14 +28,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use substruct_testkit::nats_topology::{Hub, HubOptions, Leaf, LeafOptions, HUB_JS_DOMAIN};
 use substruct_testkit::netns::{run, Netns, NsProcess};
 
-use crate::{binary, prospector_image, API_TOKEN, BRIDGE, EDGE_CIDR, EDGE_IP, POOL};
+use substruct_testkit::nats_topology::TlsFiles;
+
+pub use crate::API_PORT;
+use crate::{
+    api_tls, api_tls_args, binary, cli_args, path_str, prospector_image, API_TOKEN, BRIDGE,
+    EDGE_CIDR, EDGE_IP, POOL,
+};
 
 /// The core's service address (on its loopback): the hub's listeners and the API.
 pub const CORE_IP: &str = "10.200.0.1";
 /// The prefix every site routes over its WAN link to reach [`CORE_IP`].
 pub const CORE_NET: &str = "10.200.0.0/24";
-/// The controller's REST API port on [`CORE_IP`].
-pub const API_PORT: u16 = 8080;
 /// Name of the WAN veth inside every site namespace.
 pub const SITE_WAN_IF: &str = "wan";
 
@@ -83,6 +87,8 @@ pub struct Fleet {
     pub hub: Hub,
     /// The core namespace.
     pub core: Netns,
+    /// The API's CA and certificate (the controller serves HTTPS on [`CORE_IP`]).
+    pub api_tls: TlsFiles,
     /// Logs, images and edge state of every site.
     pub dir: tempfile::TempDir,
 }
@@ -135,6 +141,7 @@ impl Fleet {
         )
         .context("starting the NATS hub in the core namespace")?;
 
+        let tls = api_tls(CORE_IP)?;
         let controller = {
             let bin = binary("substruct-controller")?;
             let log = dir.path().join("controller.log");
@@ -146,6 +153,7 @@ impl Fleet {
                 "--listen",
                 &format!("{CORE_IP}:{API_PORT}"),
             ])
+            .args(api_tls_args(&tls)?)
             .env("SUBSTRUCT_TOKEN", API_TOKEN)
             .env("SUBSTRUCT_NATS_USER", user)
             .env("SUBSTRUCT_NATS_PASSWORD", password);
@@ -158,6 +166,7 @@ impl Fleet {
             controller: Some(controller),
             hub,
             core,
+            api_tls: tls,
             dir,
         };
         let result = fleet.start_sites(nets);
@@ -194,10 +203,17 @@ impl Fleet {
             leaf.wait_linked(Duration::from_secs(30))?;
             let nats_url = leaf.url();
             let state_dir = site_dir.join("edge-state");
+            // The edge signs boot credentials; the controller knows the site's key.
+            let (key_file, public_key) = crate::site_key(&site_dir)?;
+            self.cli(&["sites", "add", &name, "--key", &public_key])
+                .with_context(|| format!("registering site {name}'s key"))?;
+            let key_arg = key_file.display().to_string();
             let bin = binary("substruct-edge")?;
             let images_arg = images.display().to_string();
             let state_arg = state_dir.display().to_string();
             let args = [
+                "--site-key",
+                &key_arg,
                 "--interface",
                 BRIDGE,
                 "--address",
@@ -273,18 +289,14 @@ impl Fleet {
         (u.to_owned(), p.to_owned())
     }
 
-    /// Runs the admin CLI (`substruct`) inside the core namespace against the controller.
+    /// Runs the admin CLI (`substruct`) inside the core namespace against the controller
+    /// (HTTPS, verified with the fleet's API CA).
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let bin = binary("substruct")?;
         let out = run(self
             .core
             .command(path_str(&bin)?)
-            .args([
-                "--controller",
-                &format!("http://{CORE_IP}:{API_PORT}"),
-                "--token",
-                API_TOKEN,
-            ])
+            .args(cli_args(CORE_IP, &self.api_tls)?)
             .args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -458,9 +470,4 @@ where
     })
     .join()
     .map_err(|_| anyhow!("the thread inside {} panicked", ns.name()))?
-}
-
-fn path_str(p: &std::path::Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("path {} is not UTF-8", p.display()))
 }

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use substruct_testkit::nats_topology::TlsFiles;
 use substruct_testkit::netns::{run, Netns, NsProcess};
 
 /// The provisioning network inside every test namespace.
@@ -25,6 +26,44 @@ pub const EDGE_CIDR: &str = "10.77.0.1/24";
 pub const POOL: &str = "10.77.0.100-10.77.0.199";
 pub const BRIDGE: &str = "br0";
 pub const API_TOKEN: &str = "test-admin-token";
+/// The controller's REST API port (HTTPS).
+pub const API_PORT: u16 = 8080;
+
+/// A fresh CA and a certificate for the controller's API at `ip` (the harness serves the
+/// API over HTTPS, as the lab and a real deployment do).
+pub fn api_tls(ip: &str) -> Result<TlsFiles> {
+    let ip: std::net::IpAddr = ip.parse().with_context(|| format!("API address {ip:?}"))?;
+    TlsFiles::generate(&[ip]).context("making the API's CA and certificate")
+}
+
+/// `substruct-controller` flags serving HTTPS with `tls`'s certificate.
+pub fn api_tls_args(tls: &TlsFiles) -> Result<[String; 4]> {
+    Ok([
+        "--tls-cert".into(),
+        path_str(&tls.cert)?.into(),
+        "--tls-key".into(),
+        path_str(&tls.key)?.into(),
+    ])
+}
+
+/// `substruct` flags reaching the controller at `https://{ip}:{API_PORT}`, verified with
+/// `tls`'s CA, with the admin token.
+pub fn cli_args(ip: &str, tls: &TlsFiles) -> Result<[String; 6]> {
+    Ok([
+        "--controller".into(),
+        format!("https://{ip}:{API_PORT}"),
+        "--ca".into(),
+        path_str(&tls.ca)?.into(),
+        "--token".into(),
+        API_TOKEN.into(),
+    ])
+}
+
+/// `p` as text (for a command line), or an error naming it.
+pub(crate) fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
+}
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -40,6 +79,20 @@ pub fn target_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     workspace_root().join("target")
+}
+
+/// Makes a site signing key with `substruct-edge keygen` (the seed in `dir/site.nk`,
+/// for the edge's `--site-key`); returns the seed file and the public key, for
+/// `substruct sites add SITE --key`.
+pub fn site_key(dir: &Path) -> Result<(PathBuf, String)> {
+    let file = dir.join("site.nk");
+    let bin = binary("substruct-edge")?;
+    let out = run(Command::new(bin).arg("keygen").arg(&file))?;
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if public.is_empty() {
+        bail!("substruct-edge keygen printed no public key");
+    }
+    Ok((file, public))
 }
 
 /// A workspace binary built by `cargo build --bins` (deploy/test does it first).
@@ -130,6 +183,8 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub images: PathBuf,
     pub site: String,
+    /// The API's CA and certificate (when the site runs a controller).
+    pub api_tls: Option<TlsFiles>,
     taps: usize,
 }
 
@@ -155,6 +210,7 @@ impl Site {
             dir,
             images,
             site: opts.site.clone(),
+            api_tls: None,
             taps: 0,
         };
         let nats_url = format!("nats://{EDGE_IP}:4222");
@@ -182,24 +238,34 @@ impl Site {
         if opts.with_controller {
             let bin = binary("substruct-controller")?;
             let log = site.dir.path().join("controller.log");
-            let mut cmd_args = vec![
-                "--nats".to_string(),
-                nats_url.clone(),
-                "--listen".into(),
-                format!("{EDGE_IP}:8080"),
-            ];
+            let tls = api_tls(EDGE_IP)?;
             let mut cmd = site
                 .ns
                 .command(bin.to_str().unwrap_or("substruct-controller"));
-            cmd.args(cmd_args.drain(..))
-                .env("SUBSTRUCT_TOKEN", API_TOKEN);
+            cmd.args([
+                "--nats".to_string(),
+                nats_url.clone(),
+                "--listen".into(),
+                format!("{EDGE_IP}:{API_PORT}"),
+            ])
+            .args(api_tls_args(&tls)?)
+            .env("SUBSTRUCT_TOKEN", API_TOKEN);
             let p = NsProcess::spawn_command("substruct-controller", cmd, log)?;
             site.controller = Some(p);
-            site.wait_tcp(EDGE_IP, 8080, Duration::from_secs(20))?;
+            site.api_tls = Some(tls);
+            site.wait_tcp(EDGE_IP, API_PORT, Duration::from_secs(20))?;
+        }
+        // The edge signs boot credentials; the controller knows the site's key.
+        let (key_file, public_key) = site_key(site.dir.path())?;
+        if opts.with_controller {
+            site.cli(&["sites", "add", &opts.site, "--key", &public_key])
+                .context("registering the site's key")?;
         }
         let bin = binary("substruct-edge")?;
         let state = site.dir.path().join("edge-state");
         let mut args: Vec<String> = vec![
+            "--site-key".into(),
+            key_file.display().to_string(),
             "--interface".into(),
             BRIDGE.into(),
             "--address".into(),
@@ -249,18 +315,18 @@ impl Site {
         Ok(tap)
     }
 
-    /// Runs the admin CLI inside the namespace against the controller.
+    /// Runs the admin CLI inside the namespace against the controller (HTTPS, verified
+    /// with the site's API CA).
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let bin = binary("substruct")?;
+        let tls = self
+            .api_tls
+            .as_ref()
+            .context("this site runs no controller")?;
         let out = run(self
             .ns
             .command(bin.to_str().unwrap_or("substruct"))
-            .args([
-                "--controller",
-                &format!("http://{EDGE_IP}:8080"),
-                "--token",
-                API_TOKEN,
-            ])
+            .args(cli_args(EDGE_IP, tls)?)
             .args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -32,7 +32,7 @@ use substruct_wire::messages::{
     Instruction,
 };
 use substruct_wire::report::{Cpu, Disk, DiskTransport, Dmi, HardwareReport, Memory, Nic};
-use substruct_wire::{subjects, BootToken, Mac, SiteId};
+use substruct_wire::{subjects, BootCredential, BootToken, Mac, SiteId, SiteKey};
 
 /// How often the test looks at the fleet's state (each look runs the CLI or curl).
 const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -92,7 +92,7 @@ fn report(mac: &str, serial: &str) -> Result<HardwareReport> {
 async fn site_client(url: &str, site: &str) -> Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .name(format!("wan-cut test ({site})"))
-        .custom_inbox_prefix(substruct_runtime::site_inbox_prefix(site))
+        .custom_inbox_prefix(subjects::site_inbox_prefix(&SiteId::new(site)?))
         .connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))
@@ -128,13 +128,39 @@ async fn request_until(
     answer.with_context(|| format!("last: {}", last.borrow()))
 }
 
-/// Plays the prospector: one discover request through the site's leaf node.
-async fn discover(url: &str, site: &str, report: HardwareReport) -> Result<DiscoverReply> {
+/// What site `site`'s edge would put on the command line of a boot of `mac`: a boot
+/// credential signed with the site's key (the seed the fleet made for its edge).
+fn boot_credential(fleet: &Fleet, site: &str, mac: &str) -> Result<BootCredential> {
+    let seed = std::fs::read_to_string(fleet.dir.path().join(site).join("site.nk"))?;
+    let key = SiteKey::from_seed(&seed)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut boot_seed = [0u8; 32];
+    boot_seed[..6].copy_from_slice(&Mac::parse(mac)?.0);
+    Ok(BootCredential::issue(
+        &key,
+        &SiteId::new(site)?,
+        Mac::parse(mac)?,
+        now,
+        substruct_wire::credential::DEFAULT_LIFETIME_SECS,
+        boot_seed,
+    )?)
+}
+
+/// Plays the prospector: one discover request through the site's leaf node, with the
+/// boot credential its edge gave it.
+async fn discover(
+    url: &str,
+    site: &str,
+    report: HardwareReport,
+    credential: BootCredential,
+) -> Result<DiscoverReply> {
     let client = site_client(url, site).await?;
     let site_id = SiteId::new(site)?;
     let request = DiscoverRequest {
         site: site_id.clone(),
-        boot_token: None,
+        boot_token: Some(credential),
         report,
     };
     let bytes = request_until(
@@ -332,7 +358,10 @@ fn wan_cut(fleet: &mut Fleet) -> Result<()> {
     let k_report = report(K_MAC, "WANCUT-K")?;
     let first = {
         let (url, r) = (url_a.clone(), k_report.clone());
-        fleet.in_site("a", move || async move { discover(&url, "a", r).await })?
+        let credential = boot_credential(fleet, "a", K_MAC)?;
+        fleet.in_site("a", move || async move {
+            discover(&url, "a", r, credential).await
+        })?
     };
     assert_eq!(
         first.instruction,
@@ -367,7 +396,10 @@ fn wan_cut(fleet: &mut Fleet) -> Result<()> {
     }
     let second = {
         let (url, r) = (url_a.clone(), k_report.clone());
-        fleet.in_site("a", move || async move { discover(&url, "a", r).await })?
+        let credential = boot_credential(fleet, "a", K_MAC)?;
+        fleet.in_site("a", move || async move {
+            discover(&url, "a", r, credential).await
+        })?
     };
     assert_eq!(
         second.machine_id, k_id,

@@ -2,6 +2,7 @@
 //! bearer token, and one [`Api::send`] that turns a response into a value or a
 //! [`CliError`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -20,11 +21,18 @@ pub(super) struct Api {
     base_text: String,
     base: Url,
     token: Option<String>,
+    /// Which CAs verify an `https://` controller (error messages).
+    trusted: String,
 }
 
 impl Api {
-    /// A client of the API under `base` (`http://` or `https://`, any path prefix).
-    pub(super) fn new(base: &str, token: Option<String>) -> Result<Self, CliError> {
+    /// A client of the API under `base` (`http://` or `https://`, any path prefix),
+    /// trusting the CA certificates in the PEM file `ca` besides the public web roots.
+    pub(super) fn new(
+        base: &str,
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> Result<Self, CliError> {
         let base_text = base.trim_end_matches('/').to_owned();
         let bad_url = || CliError::BadUrl {
             url: base_text.clone(),
@@ -36,18 +44,35 @@ impl Api {
         if base.cannot_be_a_base() {
             return Err(bad_url());
         }
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .map_err(|source| CliError::Unreachable {
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
+        let trusted = match ca {
+            Some(path) => {
+                for cert in read_ca(path)? {
+                    builder = builder.add_root_certificate(cert);
+                }
+                format!("the CA in {} and the public web roots", path.display())
+            }
+            None => {
+                "the public web roots only; give the controller's CA with --ca FILE or SUBSTRUCT_CA"
+                    .to_owned()
+            }
+        };
+        let client = builder.build().map_err(|e| match ca {
+            Some(path) => CliError::CaInvalid {
+                path: path.to_owned(),
+                reason: crate::error_chain(&e),
+            },
+            None => CliError::Unreachable {
                 url: base_text.clone(),
-                source,
-            })?;
+                source: e,
+            },
+        })?;
         Ok(Self {
             client,
             base_text,
             base,
             token,
+            trusted,
         })
     }
 
@@ -118,9 +143,16 @@ impl Api {
         let response = request
             .send()
             .await
-            .map_err(|source| CliError::Unreachable {
-                url: self.base_text.clone(),
-                source,
+            .map_err(|source| match tls_problem(&source) {
+                Some(problem) => CliError::Tls {
+                    url: self.base_text.clone(),
+                    trusted: self.trusted.clone(),
+                    source: problem.clone(),
+                },
+                None => CliError::Unreachable {
+                    url: self.base_text.clone(),
+                    source,
+                },
             })?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
@@ -147,12 +179,54 @@ impl Api {
     }
 }
 
+/// The CA certificates in a PEM file (at least one).
+fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, CliError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let pem = std::fs::read(path).map_err(|source| CliError::CaRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |reason: String| CliError::CaInvalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not PEM: {e}")))?;
+    if ders.is_empty() {
+        return Err(invalid("it holds no CERTIFICATE block".to_owned()));
+    }
+    ders.iter()
+        .map(|der| reqwest::Certificate::from_der(der).map_err(|e| invalid(crate::error_chain(&e))))
+        .collect()
+}
+
+/// The TLS error under a failed request, if TLS is what failed. rustls' error sits inside
+/// `io::Error`s, whose `source()` skips the error they wrap: those are opened by hand.
+fn tls_problem(error: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn api(base: &str) -> Api {
-        Api::new(base, None).unwrap_or_else(|e| panic!("{base}: {e}"))
+        Api::new(base, None, None).unwrap_or_else(|e| panic!("{base}: {e}"))
     }
 
     #[test]
@@ -196,7 +270,7 @@ mod tests {
     fn only_http_urls_are_usable() {
         for base in ["ftp://x", "127.0.0.1:8080", "http://[::1", ""] {
             assert!(
-                matches!(Api::new(base, None), Err(CliError::BadUrl { .. })),
+                matches!(Api::new(base, None, None), Err(CliError::BadUrl { .. })),
                 "{base}"
             );
         }

@@ -11,8 +11,10 @@
 //! substruct images add FILE --kind kernel|initrd|disk|loader [--name NAME] | list [--json]
 //! substruct sites add NAME [--local-boot ipxe-exit|no-boot-file] [--description TEXT] | list [--json]
 //! ```
-//! `SUBSTRUCT_CONTROLLER` (default `http://127.0.0.1:8080`) and `SUBSTRUCT_TOKEN`
-//! stand in for the flags.
+//! `SUBSTRUCT_CONTROLLER` (default `http://127.0.0.1:8080`), `SUBSTRUCT_TOKEN` and
+//! `SUBSTRUCT_CA` stand in for the flags. An `https://` controller's certificate is
+//! verified against the public web roots plus the CA given with `--ca FILE` (PEM); there
+//! is no way to skip the check.
 //!
 //! One module per noun (`machines`, `profiles`, `rules`, `images`, `sites`), each
 //! with its subcommands and their handler; `client` is the one place that builds
@@ -54,6 +56,10 @@ pub struct Cli {
     /// API bearer token.
     #[arg(long, env = "SUBSTRUCT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Also trust this CA (PEM file, one or more certificates) when verifying an
+    /// `https://` controller's certificate.
+    #[arg(long, env = "SUBSTRUCT_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -98,6 +104,22 @@ pub enum CliError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("cannot read the CA file {path}")]
+    CaRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA file {path} is not usable: {reason}")]
+    CaInvalid { path: PathBuf, reason: String },
+    /// The TLS handshake failed: the certificate problem is the source.
+    #[error("TLS with the controller at {url} failed (trusting {trusted})")]
+    Tls {
+        url: String,
+        trusted: String,
+        #[source]
+        source: rustls::Error,
+    },
     #[error("the controller refused the token (401 Unauthorized): {message}; set --token or SUBSTRUCT_TOKEN")]
     Unauthorized { message: String },
     #[error("machine {id:?} not found")]
@@ -127,7 +149,7 @@ pub enum CliError {
 
 /// Runs one CLI command, writing to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
-    let api = client::Api::new(&cli.controller, cli.token)?;
+    let api = client::Api::new(&cli.controller, cli.token, cli.ca.as_deref())?;
     match cli.command {
         Command::Machines { command } => machines::run(&api, command, out).await,
         Command::Profiles { command } => profiles::run(&api, command, out).await,

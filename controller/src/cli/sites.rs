@@ -11,6 +11,7 @@ use super::output::{write_list, yes_no};
 use super::CliError;
 use crate::api::SiteBody;
 use crate::sites::{LocalBoot, SiteRecord, SiteView};
+use substruct_wire::SitePublicKey;
 
 #[derive(Debug, Subcommand)]
 pub enum SitesCommand {
@@ -22,6 +23,14 @@ pub enum SitesCommand {
         local_boot: Option<LocalBoot>,
         #[arg(long)]
         description: Option<String>,
+        /// The site edge's public key (`A…`, printed by `substruct-edge keygen`): reports
+        /// speak for known machines only with boot credentials signed by it.
+        #[arg(long, value_name = "PUBKEY")]
+        key: Option<SitePublicKey>,
+        /// Let reports without a valid boot credential update known machines (labs,
+        /// migration): `true` or `false`.
+        #[arg(long, value_name = "BOOL")]
+        allow_unauthenticated: Option<bool>,
     },
     /// Every site, with its edge's state (online/offline), version and last heartbeat.
     List {
@@ -41,10 +50,14 @@ pub(super) async fn run(
             name,
             local_boot,
             description,
+            key,
+            allow_unauthenticated,
         } => {
             let body = serde_json::to_value(SiteBody {
                 description,
                 local_boot,
+                key,
+                allow_unauthenticated,
             })
             .map_err(|e| CliError::Invalid {
                 path: PathBuf::from(&name),

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use substruct_controller::config::{ApiToken, Role};
+use substruct_controller::config::{ApiToken, Role, TlsPaths};
+use substruct_controller::sites::SiteRecord;
 use substruct_controller::{Config, Controller};
 use substruct_wire::messages::{DiscoverReply, DiscoverRequest, ErrorReply};
 use substruct_wire::report::{Cpu, Disk, DiskTransport, Dmi, HardwareReport, Memory, Nic};
-use substruct_wire::{subjects, Mac, SiteId};
+use substruct_wire::{subjects, BootCredential, Mac, SiteId, SiteKey};
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-admin-token";
@@ -100,6 +101,17 @@ pub fn config(nats_url: &str) -> Config {
     }
 }
 
+/// [`config`] with HTTPS on the API, serving `tls`'s certificate.
+pub fn tls_config(nats_url: &str, tls: &substruct_testkit::nats_topology::TlsFiles) -> Config {
+    Config {
+        tls: Some(TlsPaths {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        }),
+        ..config(nats_url)
+    }
+}
+
 /// A controller running in-process, stopped on drop of the token's owner.
 pub struct Running {
     pub controller: Controller,
@@ -121,6 +133,11 @@ impl Running {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.controller.api_addr())
+    }
+
+    /// The API's URL when it serves HTTPS ([`tls_config`]).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.controller.api_addr())
     }
 
     pub async fn stop(self) {
@@ -149,15 +166,81 @@ pub async fn request_raw(client: &async_nats::Client, site: &str, payload: Vec<u
     msg.payload.to_vec()
 }
 
-/// Sends a discover request; Ok(reply) or Err(error reply).
+/// The test signing key of `site` (derived from its name, so every test agrees).
+pub fn site_key(site: &str) -> SiteKey {
+    use sha2::Digest as _;
+    SiteKey::from_raw(sha2::Sha256::digest(format!("test site key {site}")).into()).unwrap()
+}
+
+/// What `site`'s edge would issue for a boot of `mac`: a credential signed by
+/// [`site_key`], valid for two hours from now.
+pub fn credential(site: &str, mac: Mac) -> BootCredential {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    BootCredential::issue(
+        &site_key(site),
+        &SiteId::new(site).unwrap(),
+        mac,
+        now,
+        substruct_wire::credential::DEFAULT_LIFETIME_SECS,
+        rand::random(),
+    )
+    .unwrap()
+}
+
+/// Registers [`site_key`] as `site`'s key in KV `sites`, as `substruct sites add SITE
+/// --key` does, keeping the rest of an existing registration.
+pub async fn register_site_key(client: &async_nats::Client, site: &str) {
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value(subjects::KV_SITES).await.unwrap();
+    let mut record = match kv.get(site).await.unwrap() {
+        Some(bytes) => serde_json::from_slice::<SiteRecord>(&bytes).unwrap(),
+        None => SiteRecord {
+            name: SiteId::new(site).unwrap(),
+            description: None,
+            local_boot: Default::default(),
+            added_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+            key: None,
+            allow_unauthenticated: false,
+        },
+    };
+    let key = site_key(site).public_key();
+    if record.key.as_ref() != Some(&key) {
+        record.key = Some(key);
+        kv.put(site, serde_json::to_vec(&record).unwrap().into())
+            .await
+            .unwrap();
+    }
+}
+
+/// Sends a discover request the way a machine booted through `site`'s edge does: with
+/// a credential for the report's first MAC (the site's key registered first).
+/// Ok(reply) or Err(error reply).
 pub async fn discover(
     client: &async_nats::Client,
     site: &str,
     report: HardwareReport,
 ) -> Result<DiscoverReply, ErrorReply> {
+    register_site_key(client, site).await;
+    let credential = report.macs().first().map(|m| credential(site, *m));
+    discover_with(client, site, report, credential).await
+}
+
+/// Sends a discover request carrying `credential` (or none); Ok(reply) or Err(error reply).
+pub async fn discover_with(
+    client: &async_nats::Client,
+    site: &str,
+    report: HardwareReport,
+    credential: Option<BootCredential>,
+) -> Result<DiscoverReply, ErrorReply> {
     let request = DiscoverRequest {
         site: SiteId::new(site).unwrap(),
-        boot_token: None,
+        boot_token: credential,
         report,
     };
     let bytes = request_raw(client, site, substruct_wire::encode(&request).unwrap()).await;

@@ -42,6 +42,7 @@ pub(super) fn settings(
             router: None,
             dns: Vec::new(),
             lease_time: DEFAULT_LEASE_TIME,
+            relays: Vec::new(),
         });
     }
     let reservations = each("dhcp.reservations", &raw.reservations, |at, r| {
@@ -76,6 +77,9 @@ fn subnet(ctx: &Ctx<'_>, at: &str, raw: &RawSubnet) -> Result<Subnet, ConfigErro
         .map(|text| ctx.ip(&format!("{at}.router"), text))
         .transpose()?;
     let dns = each(&format!("{at}.dns"), &raw.dns, |f, text| ctx.ip(f, text))?;
+    let relays = each(&format!("{at}.relays"), &raw.relays, |f, text| {
+        ctx.ip(f, text)
+    })?;
     let lease_time = match &raw.lease_time {
         None => DEFAULT_LEASE_TIME,
         Some(d) => ctx.duration(&format!("{at}.lease_time"), d)?,
@@ -86,6 +90,7 @@ fn subnet(ctx: &Ctx<'_>, at: &str, raw: &RawSubnet) -> Result<Subnet, ConfigErro
         router,
         dns,
         lease_time,
+        relays,
     })
 }
 

@@ -18,6 +18,10 @@ pub struct RawConfig {
     pub address: Option<String>,
     pub http_port: Option<u16>,
     pub tftp: Option<bool>,
+    /// Concurrent TFTP transfers (default 512).
+    pub tftp_max_transfers: Option<usize>,
+    /// Concurrent TFTP transfers per client address (default 8).
+    pub tftp_max_per_source: Option<usize>,
     pub images: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub ipxe_dir: Option<PathBuf>,
@@ -27,8 +31,24 @@ pub struct RawConfig {
     pub image_cache_mb: Option<u64>,
     /// The hub's JetStream domain when `nats` is a leaf node.
     pub js_domain: Option<String>,
+    /// File holding the site's signing key seed (`SA…`): boot credentials are signed with it.
+    pub site_key: Option<PathBuf>,
     #[serde(default)]
     pub dhcp: RawDhcp,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// The `[http]` table: the HTTP server's timeouts and connection caps (defaults in
+/// `crate::http::limits`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub header_timeout: Option<RawDuration>,
+    pub idle_timeout: Option<RawDuration>,
+    pub write_timeout: Option<RawDuration>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
 }
 
 /// The `[dhcp]` table.
@@ -60,6 +80,10 @@ pub struct RawSubnet {
     #[serde(default)]
     pub dns: Vec<String>,
     pub lease_time: Option<RawDuration>,
+    /// Relay agents (`a.b.c.d`, the source address of their packets) allowed to
+    /// forward requests for this subnet; empty: only a relay sending from its `giaddr`.
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 /// `3600` (seconds) or `"1h"`, `"30m"`, `"90s"`, `"1d"` (any duration `humantime` reads).

@@ -66,6 +66,32 @@ pub struct Flags {
     /// The hub's JetStream domain when --nats is a site leaf node (`hub` with deploy/nats/).
     #[arg(long, value_name = "DOMAIN")]
     pub js_domain: Option<String>,
+    /// Most HTTP connections open at once (default 4096; `[http] max_connections`).
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<usize>,
+    /// Most HTTP connections open at once from one address (default 32;
+    /// `[http] max_connections_per_source`).
+    #[arg(long, value_name = "N")]
+    pub http_max_connections_per_source: Option<usize>,
+    /// File holding the site's signing key seed (`SA…`, from `substruct-edge keygen` or
+    /// deploy/nats/gen-site): every boot script carries a credential signed with it.
+    #[arg(long, value_name = "FILE")]
+    pub site_key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running the agent.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Make a new site signing key: writes its seed to FILE (mode 0600, never over an
+    /// existing file) and prints the public key to register with
+    /// `substruct sites add SITE --key PUBKEY`.
+    Keygen {
+        /// Where the seed goes (then pass it as --site-key).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 impl Flags {
@@ -102,6 +128,12 @@ impl Flags {
         over!(self.prospector_nats, raw.prospector_nats);
         over!(self.image_cache_mb, raw.image_cache_mb);
         over!(self.js_domain, raw.js_domain);
+        over!(self.http_max_connections, raw.http.max_connections);
+        over!(
+            self.http_max_connections_per_source,
+            raw.http.max_connections_per_source
+        );
+        over!(self.site_key, raw.site_key);
         if self.proxy_dhcp {
             over!(value_name(&DhcpMode::Proxy), raw.dhcp.mode);
         }

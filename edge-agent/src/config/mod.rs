@@ -33,8 +33,8 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use file::{RawConfig, RawDhcp, RawDuration, RawReservation, RawSubnet, Sourced};
-pub use flags::Flags;
+pub use file::{RawConfig, RawDhcp, RawDuration, RawHttp, RawReservation, RawSubnet, Sourced};
+pub use flags::{Command, Flags};
 
 /// Where the agent keeps its leases database and intent cache unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/substruct-edge";
@@ -81,6 +81,8 @@ pub struct EdgeConfig {
     pub address: Ipv4Net,
     pub http_port: u16,
     pub tftp: bool,
+    /// The TFTP server's limits (`tftp_max_transfers`, `tftp_max_per_source`).
+    pub tftp_limits: crate::tftp::TftpSettings,
     pub images_dir: PathBuf,
     pub state_dir: PathBuf,
     /// Where `ipxe.lkrn`, `ipxe.efi`, `snponly.efi` and `undionly.kpxe` are read from.
@@ -96,6 +98,11 @@ pub struct EdgeConfig {
     /// The hub's JetStream domain, when the edge's NATS is a leaf node (`hub` with
     /// the configs in deploy/nats/); `None`: JetStream is on the server itself.
     pub js_domain: Option<String>,
+    /// The HTTP server's timeouts and connection caps (`[http]`).
+    pub http: crate::http::limits::HttpLimits,
+    /// The site's signing key seed file; `None`: boot scripts carry unsigned tokens, which
+    /// the controller does not accept as a machine's proof of identity.
+    pub site_key: Option<PathBuf>,
 }
 
 impl EdgeConfig {

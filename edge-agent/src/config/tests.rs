@@ -471,3 +471,48 @@ fn a_missing_file_is_named() {
     let e = load_file(std::path::Path::new("/nonexistent/edge.toml")).unwrap_err();
     assert_eq!(e.to_string(), "reading config file /nonexistent/edge.toml");
 }
+
+#[test]
+fn a_subnet_lists_its_relays() {
+    let with = GOOD.replace(
+        "lease_time = 600",
+        "lease_time = 600\nrelays = [\"10.77.0.2\", \"10.77.0.3\"]",
+    );
+    let c = EdgeConfig::from_toml_str("edge.toml", &with).unwrap();
+    assert_eq!(
+        c.dhcp.subnets[1].relays,
+        vec![Ipv4Addr::new(10, 77, 0, 2), Ipv4Addr::new(10, 77, 0, 3)]
+    );
+    assert!(c.dhcp.subnets[0].relays.is_empty());
+    let bad = GOOD.replace(
+        "lease_time = 600",
+        "lease_time = 600\nrelays = [\"10.77.0\"]",
+    );
+    assert!(
+        err_of(&bad).starts_with("edge.toml: dhcp.subnets[1].relays[0]:"),
+        "{}",
+        err_of(&bad)
+    );
+}
+
+#[test]
+fn tftp_limits_default_and_are_checked() {
+    let c = EdgeConfig::from_toml_str("edge.toml", GOOD).unwrap();
+    assert_eq!(c.tftp_limits, crate::tftp::TftpSettings::default());
+    let with = format!("tftp_max_transfers = 64\ntftp_max_per_source = 4\n{GOOD}");
+    let c = EdgeConfig::from_toml_str("edge.toml", &with).unwrap();
+    assert_eq!(
+        (c.tftp_limits.max_transfers, c.tftp_limits.max_per_source),
+        (64, 4)
+    );
+    assert_eq!(
+        err_of(&format!("tftp_max_transfers = 0\n{GOOD}")),
+        "edge.toml: tftp_max_transfers: must be at least 1"
+    );
+    assert_eq!(
+        err_of(&format!(
+            "tftp_max_transfers = 4\ntftp_max_per_source = 5\n{GOOD}"
+        )),
+        "edge.toml: tftp_max_per_source: must be 1 ..= tftp_max_transfers (4)"
+    );
+}

@@ -13,6 +13,8 @@ use super::{
     http_base, ConfigError, EdgeConfig, Sourced, DEFAULT_IMAGE_CACHE_MB, DEFAULT_IPXE_DIR,
     DEFAULT_SITE, DEFAULT_STATE_DIR,
 };
+use crate::http::limits::HttpLimits;
+use crate::tftp::TftpSettings;
 
 impl TryFrom<Sourced> for EdgeConfig {
     type Error = ConfigError;
@@ -54,6 +56,7 @@ impl TryFrom<Sourced> for EdgeConfig {
             address,
             http_port,
             tftp: raw.tftp.unwrap_or(true),
+            tftp_limits: tftp_limits(&ctx, raw.tftp_max_transfers, raw.tftp_max_per_source)?,
             images_dir,
             state_dir: raw
                 .state_dir
@@ -69,8 +72,77 @@ impl TryFrom<Sourced> for EdgeConfig {
                 .unwrap_or(DEFAULT_IMAGE_CACHE_MB)
                 .saturating_mul(1 << 20),
             js_domain: raw.js_domain.filter(|d| !d.is_empty()),
+            http: http_limits(&ctx, &raw.http)?,
+            site_key: raw.site_key,
         })
     }
+}
+
+/// `tftp_max_transfers` and `tftp_max_per_source` over [`TftpSettings::default`]: neither
+/// may be zero, and the per-source cap is at most the total.
+fn tftp_limits(
+    ctx: &Ctx<'_>,
+    max_transfers: Option<usize>,
+    max_per_source: Option<usize>,
+) -> Result<TftpSettings, ConfigError> {
+    let mut s = TftpSettings::default();
+    s.max_transfers = max_transfers.unwrap_or(s.max_transfers);
+    s.max_per_source = max_per_source.unwrap_or(s.max_per_source);
+    if s.max_transfers == 0 {
+        return Err(ctx.err("tftp_max_transfers", "must be at least 1"));
+    }
+    if s.max_per_source == 0 || s.max_per_source > s.max_transfers {
+        return Err(ctx.err(
+            "tftp_max_per_source",
+            format!("must be 1 ..= tftp_max_transfers ({})", s.max_transfers),
+        ));
+    }
+    Ok(s)
+}
+
+/// `[http]` over [`HttpLimits::default`]: no timeout or cap may be zero.
+fn http_limits(ctx: &Ctx<'_>, raw: &super::RawHttp) -> Result<HttpLimits, ConfigError> {
+    let mut l = HttpLimits::default();
+    for (field, raw, out) in [
+        (
+            "http.header_timeout",
+            &raw.header_timeout,
+            &mut l.header_timeout,
+        ),
+        ("http.idle_timeout", &raw.idle_timeout, &mut l.idle_timeout),
+        (
+            "http.write_timeout",
+            &raw.write_timeout,
+            &mut l.write_timeout,
+        ),
+    ] {
+        if let Some(d) = raw {
+            *out = ctx.duration(field, d)?;
+            if out.is_zero() {
+                return Err(ctx.err(field, "must be more than 0"));
+            }
+        }
+    }
+    for (field, raw, out) in [
+        (
+            "http.max_connections",
+            raw.max_connections,
+            &mut l.max_connections,
+        ),
+        (
+            "http.max_connections_per_source",
+            raw.max_connections_per_source,
+            &mut l.max_connections_per_source,
+        ),
+    ] {
+        if let Some(n) = raw {
+            if n == 0 {
+                return Err(ctx.err(field, "must be more than 0"));
+            }
+            *out = n;
+        }
+    }
+    Ok(l)
 }
 
 /// A Linux interface name: 1-15 characters, no '/' or whitespace.

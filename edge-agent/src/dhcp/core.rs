@@ -11,12 +11,18 @@ use super::packet::{DropReason, ReplyPacket, Request};
 use super::settings::{
     BiosChain, DhcpMode, DhcpSettings, Loader, Subnet, UefiLoader, MAX_FILE_LEN,
 };
-use super::table::{in_pools, LeaseChange, LeaseTable, UnixSecs};
+use super::table::{in_pools, DeclineOutcome, LeaseChange, LeaseTable, UnixSecs};
 
 /// How long an OFFER holds its address for the client.
 pub const OFFER_HOLD_SECS: u64 = 60;
 /// How long a DECLINEd address stays out of the pool.
 pub const DECLINE_HOLD_SECS: u64 = 600;
+/// At most this many addresses of one subnet are quarantined after DECLINEs at once
+/// (the oldest is let go first)…
+pub const MAX_DECLINED_PER_SUBNET: usize = 256;
+/// …and never more than 1/`DECLINED_POOL_FRACTION` of the subnet's pool, so a client
+/// that changes its MAC for each DECLINE cannot drain the pool.
+pub const DECLINED_POOL_FRACTION: u64 = 4;
 /// The ProxyDHCP boot-server port.
 pub const PROXY_PORT: u16 = 4011;
 
@@ -94,9 +100,105 @@ pub fn decide(
     intent: Option<&BootIntent>,
     now: UnixSecs,
 ) -> Decision {
-    match settings.mode {
-        DhcpMode::Server => decide_server(req, settings, leases, intent, now),
-        DhcpMode::Proxy => decide_proxy(req, settings, intent),
+    if settings.mode == DhcpMode::Proxy {
+        return decide_proxy(req, settings, intent);
+    }
+    if req.local_port == PROXY_PORT {
+        return Decision::drop(DropReason::ProxyIgnored(req.msg_type, req.local_port));
+    }
+    let Some((_, subnet)) = settings.subnet_for(req.giaddr) else {
+        let via = if req.is_relayed() {
+            req.giaddr
+        } else {
+            settings.server_ip
+        };
+        return Decision::drop(DropReason::NoSubnet(via));
+    };
+    if req.is_relayed() {
+        let source = match req.source.ip() {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        if !subnet.accepts_relay(req.giaddr, source) {
+            return Decision::drop(DropReason::RelayNotAllowed {
+                giaddr: req.giaddr,
+                from: source,
+            });
+        }
+    }
+    // a REQUEST, DECLINE or RELEASE naming another server is not ours to act on
+    let other_server = || {
+        Decision::drop(DropReason::OtherServer(
+            req.server_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ))
+    };
+    let ours = req.server_id.is_none_or(|s| s == settings.server_ip);
+    match req.msg_type {
+        MessageType::Discover => {
+            let Some(ip) = pick_address(req, settings, subnet, leases, now) else {
+                return Decision::drop(DropReason::PoolExhausted(subnet.network));
+            };
+            let changes = leases.offer(req.mac, ip, now.saturating_add(OFFER_HOLD_SECS));
+            let packet = reply(req, settings, subnet, MessageType::Offer, ip, intent, true);
+            finish(req, packet, changes, false)
+        }
+        MessageType::Request => {
+            if !ours {
+                leases.drop_offer(&req.mac);
+                return other_server();
+            }
+            let ip = match (req.requested_ip, req.ciaddr.is_unspecified()) {
+                (Some(ip), _) => ip,
+                (None, false) => req.ciaddr,
+                (None, true) => return Decision::drop(DropReason::RequestWithoutAddress),
+            };
+            if !acceptable(req, settings, subnet, leases, ip, now) {
+                return finish(req, nak(req, settings), Vec::new(), true);
+            }
+            let expires = now.saturating_add(subnet.lease_time.as_secs());
+            let changes = leases.grant(req.mac, ip, expires);
+            let packet = reply(req, settings, subnet, MessageType::Ack, ip, intent, true);
+            finish(req, packet, changes, false)
+        }
+        MessageType::Decline if !ours => other_server(),
+        MessageType::Decline => {
+            let Some(ip) = req.requested_ip else {
+                return Decision::drop(DropReason::MissingOption("DECLINE", 50));
+            };
+            let cap = usize::try_from(subnet.pool_size() / DECLINED_POOL_FRACTION)
+                .unwrap_or(usize::MAX)
+                .min(MAX_DECLINED_PER_SUBNET);
+            let until = now.saturating_add(DECLINE_HOLD_SECS);
+            match leases.decline(req.mac, ip, subnet.network, cap, now, until) {
+                DeclineOutcome::Quarantined { changes, .. } => {
+                    Decision::drop_with(DropReason::Declined(ip), changes)
+                }
+                DeclineOutcome::NotTheClients => {
+                    Decision::drop(DropReason::DeclineNotTheClients(ip))
+                }
+            }
+        }
+        MessageType::Release if !ours => other_server(),
+        MessageType::Release => match leases.release(req.mac, req.ciaddr, now) {
+            Some(change) => Decision::drop_with(DropReason::Released, vec![change]),
+            None => Decision::drop(DropReason::ReleaseUnknown),
+        },
+        MessageType::Inform => {
+            if req.ciaddr.is_unspecified() {
+                return Decision::drop(DropReason::InformWithoutCiaddr);
+            }
+            let packet = reply(
+                req,
+                settings,
+                subnet,
+                MessageType::Ack,
+                Ipv4Addr::UNSPECIFIED,
+                intent,
+                false,
+            );
+            finish(req, packet, Vec::new(), false)
+        }
+        other => Decision::drop(DropReason::UnexpectedMessageType(u8::from(other))),
     }
 }
 
@@ -181,96 +283,6 @@ fn arch_from_vendor_class(req: &Request) -> Option<u16> {
     let rest = v.strip_prefix(b"PXEClient:Arch:")?;
     let digits = rest.get(..5)?;
     std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-fn decide_server(
-    req: &Request,
-    settings: &DhcpSettings,
-    leases: &mut LeaseTable,
-    intent: Option<&BootIntent>,
-    now: UnixSecs,
-) -> Decision {
-    if req.local_port == PROXY_PORT {
-        return Decision::drop(DropReason::ProxyIgnored(req.msg_type, req.local_port));
-    }
-    let Some((_, subnet)) = settings.subnet_for(req.giaddr) else {
-        let via = if req.is_relayed() {
-            req.giaddr
-        } else {
-            settings.server_ip
-        };
-        return Decision::drop(DropReason::NoSubnet(via));
-    };
-    let ours = |sid: Option<Ipv4Addr>| sid.is_none_or(|s| s == settings.server_ip);
-    match req.msg_type {
-        MessageType::Discover => {
-            let Some(ip) = pick_address(req, settings, subnet, leases, now) else {
-                return Decision::drop(DropReason::PoolExhausted(subnet.network));
-            };
-            let changes = leases.offer(req.mac, ip, now.saturating_add(OFFER_HOLD_SECS));
-            let packet = reply(req, settings, subnet, MessageType::Offer, ip, intent, true);
-            finish(req, packet, changes, false)
-        }
-        MessageType::Request => {
-            if !ours(req.server_id) {
-                leases.drop_offer(&req.mac);
-                return Decision::drop(DropReason::OtherServer(
-                    req.server_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                ));
-            }
-            let ip = match (req.requested_ip, req.ciaddr.is_unspecified()) {
-                (Some(ip), _) => ip,
-                (None, false) => req.ciaddr,
-                (None, true) => return Decision::drop(DropReason::RequestWithoutAddress),
-            };
-            if !acceptable(req, settings, subnet, leases, ip, now) {
-                return finish(req, nak(req, settings), Vec::new(), true);
-            }
-            let expires = now.saturating_add(subnet.lease_time.as_secs());
-            let changes = leases.grant(req.mac, ip, expires);
-            let packet = reply(req, settings, subnet, MessageType::Ack, ip, intent, true);
-            finish(req, packet, changes, false)
-        }
-        MessageType::Decline => {
-            if !ours(req.server_id) {
-                return Decision::drop(DropReason::OtherServer(
-                    req.server_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                ));
-            }
-            let Some(ip) = req.requested_ip else {
-                return Decision::drop(DropReason::MissingOption("DECLINE", 50));
-            };
-            let changes = leases.decline(req.mac, ip, now, now.saturating_add(DECLINE_HOLD_SECS));
-            Decision::drop_with(DropReason::Declined(ip), changes)
-        }
-        MessageType::Release => {
-            if !ours(req.server_id) {
-                return Decision::drop(DropReason::OtherServer(
-                    req.server_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                ));
-            }
-            match leases.release(req.mac, req.ciaddr, now) {
-                Some(change) => Decision::drop_with(DropReason::Released, vec![change]),
-                None => Decision::drop(DropReason::ReleaseUnknown),
-            }
-        }
-        MessageType::Inform => {
-            if req.ciaddr.is_unspecified() {
-                return Decision::drop(DropReason::InformWithoutCiaddr);
-            }
-            let packet = reply(
-                req,
-                settings,
-                subnet,
-                MessageType::Ack,
-                Ipv4Addr::UNSPECIFIED,
-                intent,
-                false,
-            );
-            finish(req, packet, Vec::new(), false)
-        }
-        other => Decision::drop(DropReason::UnexpectedMessageType(u8::from(other))),
-    }
 }
 
 /// The address to OFFER: the reservation, else the client's previous or offered

@@ -27,4 +27,4 @@ pub use settings::{
     UefiLoader,
 };
 pub use store::{LeaseStore, LeaseStoreError};
-pub use table::{Lease, LeaseChange, LeaseTable, UnixSecs};
+pub use table::{DeclineOutcome, Lease, LeaseChange, LeaseTable, UnixSecs};

@@ -1,36 +1,29 @@
-//! Raw DHCPv4 requests in, encoded replies out. Requests are parsed here, by hand,
-//! rather than by dhcproto: dhcproto 0.15 silently drops every option after a bad
-//! one, can panic on some option lengths (debug assertions, `hlen` > 16) and
-//! keeps trailing NULs. Every byte is checked; a bad packet becomes a [`DropReason`].
+//! Raw DHCPv4 requests in, encoded replies out. Requests are read with the
+//! bounds-checked reader the prospector's client shares ([`substruct_wire::dhcp`]),
+//! not by dhcproto: dhcproto 0.15 silently drops every option after a bad one, can
+//! panic on some option lengths (debug assertions, `hlen` > 16) and keeps trailing
+//! NULs. Every byte is checked; a bad packet becomes a [`DropReason`].
 //! Replies are built with dhcproto and finished here (option 82 echo, 300-byte pad).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Encodable, Encoder};
+use substruct_wire::dhcp::{Op, OptionIter, Packet, PacketError, OPTIONS_AT};
 use substruct_wire::Mac;
 
 /// The BOOTP minimum size of a reply (RFC 1542); dhcproto does not pad.
 pub const MIN_REPLY_LEN: usize = 300;
-const MAGIC: [u8; 4] = [99, 130, 83, 99];
-const HEADER_LEN: usize = 236;
-const OPTIONS_AT: usize = HEADER_LEN + 4;
 
 /// Why a packet got no reply. Malformed packets, and deliberate silences.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DropReason {
-    #[error("truncated packet: {len} bytes, a DHCP message needs at least 240")]
-    Truncated { len: usize },
-    #[error("not a BOOTREQUEST (op {op})")]
-    NotBootRequest { op: u8 },
-    #[error("bad magic cookie")]
-    BadMagic,
-    #[error("unsupported hardware address (htype {htype}, hlen {hlen}); only Ethernet")]
-    UnsupportedHardware { htype: u8, hlen: u8 },
+    /// Not a DHCP request the shared reader can read (length, op, hardware, magic,
+    /// an option running past the end).
+    #[error(transparent)]
+    Malformed(#[from] PacketError),
     #[error("client MAC {0} is not a usable unicast address")]
     BadMac(Mac),
-    #[error("option {code} at offset {offset} runs past the end of the packet")]
-    OptionOverrun { code: u8, offset: usize },
     #[error("option {code} has invalid length {len}")]
     BadOptionLength { code: u8, len: usize },
     #[error("no option 53 (message type)")]
@@ -57,6 +50,10 @@ pub enum DropReason {
     ReleaseUnknown,
     #[error("address {0} declined by the client, quarantined")]
     Declined(Ipv4Addr),
+    #[error("DECLINE of {0}, which was neither offered nor leased to the client")]
+    DeclineNotTheClients(Ipv4Addr),
+    #[error("relayed request with giaddr {giaddr} from {from}, not an allowed relay")]
+    RelayNotAllowed { giaddr: Ipv4Addr, from: Ipv4Addr },
     #[error("INFORM without ciaddr")]
     InformWithoutCiaddr,
     #[error("REQUEST in an unknown state (no requested address, no ciaddr)")]
@@ -70,15 +67,13 @@ impl DropReason {
     pub fn is_malformed(&self) -> bool {
         matches!(
             self,
-            DropReason::Truncated { .. }
-                | DropReason::NotBootRequest { .. }
-                | DropReason::BadMagic
-                | DropReason::UnsupportedHardware { .. }
+            DropReason::Malformed(_)
                 | DropReason::BadMac(_)
-                | DropReason::OptionOverrun { .. }
                 | DropReason::BadOptionLength { .. }
                 | DropReason::MissingMessageType
                 | DropReason::UnexpectedMessageType(_)
+                | DropReason::DeclineNotTheClients(_)
+                | DropReason::RelayNotAllowed { .. }
         )
     }
 }
@@ -123,36 +118,19 @@ pub struct Request {
 impl Request {
     /// Parses and validates one datagram. Never panics.
     pub fn parse(buf: &[u8], source: SocketAddr, local_port: u16) -> Result<Self, DropReason> {
-        if buf.len() < OPTIONS_AT {
-            return Err(DropReason::Truncated { len: buf.len() });
-        }
-        let op = buf[0];
-        if op != 1 {
-            return Err(DropReason::NotBootRequest { op });
-        }
-        let (htype, hlen) = (buf[1], buf[2]);
-        if htype != 1 || hlen != 6 {
-            return Err(DropReason::UnsupportedHardware { htype, hlen });
-        }
-        if buf[HEADER_LEN..OPTIONS_AT] != MAGIC {
-            return Err(DropReason::BadMagic);
-        }
-        let be32 = |at: usize| u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-        let ip = |at: usize| Ipv4Addr::from(be32(at));
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&buf[28..34]);
-        let mac = Mac(mac);
+        let packet = Packet::parse(buf, Op::BootRequest)?;
+        let mac = packet.mac();
         if !mac.is_usable() {
             return Err(DropReason::BadMac(mac));
         }
         let mut req = Request {
             msg_type: MessageType::Unknown(0),
-            xid: be32(4),
-            secs: u16::from_be_bytes([buf[8], buf[9]]),
-            flags: u16::from_be_bytes([buf[10], buf[11]]),
-            hops: buf[3],
-            ciaddr: ip(12),
-            giaddr: ip(24),
+            xid: packet.xid(),
+            secs: packet.secs(),
+            flags: packet.flags(),
+            hops: packet.hops(),
+            ciaddr: packet.ciaddr(),
+            giaddr: packet.giaddr(),
             mac,
             requested_ip: None,
             server_id: None,
@@ -168,7 +146,7 @@ impl Request {
             local_port,
         };
         let mut msg_type = None;
-        for opt in OptionIter::new(&buf[OPTIONS_AT..], OPTIONS_AT) {
+        for opt in packet.options() {
             let (code, data) = opt?;
             let len = data.len();
             let bad = || DropReason::BadOptionLength { code, len };
@@ -279,62 +257,6 @@ impl Request {
             "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
             b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
         ))
-    }
-}
-
-/// Iterates `(code, data)` over a raw options area, stopping at End (255) and
-/// skipping Pad (0). `base` is the area's offset in the packet, for error messages.
-#[derive(Debug)]
-pub struct OptionIter<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    base: usize,
-    done: bool,
-}
-
-impl<'a> OptionIter<'a> {
-    pub fn new(buf: &'a [u8], base: usize) -> Self {
-        Self {
-            buf,
-            pos: 0,
-            base,
-            done: false,
-        }
-    }
-}
-
-impl<'a> Iterator for OptionIter<'a> {
-    type Item = Result<(u8, &'a [u8]), DropReason>;
-    fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            let Some(&code) = self.buf.get(self.pos) else {
-                self.done = true;
-                return None;
-            };
-            match code {
-                0 => self.pos += 1,
-                255 => {
-                    self.done = true;
-                    return None;
-                }
-                _ => {
-                    let offset = self.base + self.pos;
-                    let Some(&len) = self.buf.get(self.pos + 1) else {
-                        self.done = true;
-                        return Some(Err(DropReason::OptionOverrun { code, offset }));
-                    };
-                    let start = self.pos + 2;
-                    let end = start + len as usize;
-                    let Some(data) = self.buf.get(start..end) else {
-                        self.done = true;
-                        return Some(Err(DropReason::OptionOverrun { code, offset }));
-                    };
-                    self.pos = end;
-                    return Some(Ok((code, data)));
-                }
-            }
-        }
-        None
     }
 }
 

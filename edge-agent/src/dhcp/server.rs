@@ -171,22 +171,23 @@ struct CommitBatch {
     replies: Vec<Outbound>,
 }
 
-/// Logs at most one warning per second per limiter; the rest go to debug.
+/// Logs at most one warning per second per limiter; the rest go to debug. (The TFTP
+/// server uses it too.)
 #[derive(Debug)]
-struct WarnLimit {
+pub(crate) struct WarnLimit {
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl WarnLimit {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             last: None,
             suppressed: 0,
         }
     }
     /// `Some(suppressed since the last warning)` when a warning may be logged now.
-    fn allow(&mut self) -> Option<u64> {
+    pub(crate) fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
         if self
             .last

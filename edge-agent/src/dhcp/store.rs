@@ -51,6 +51,15 @@ fn mac_key(mac: &Mac) -> u64 {
     mac.0.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
 
+/// A stored row as a [`Lease`].
+fn lease(mac: Mac, (ip, expires): (u32, u64)) -> Lease {
+    Lease {
+        mac,
+        ip: Ipv4Addr::from(ip),
+        expires,
+    }
+}
+
 fn key_mac(key: u64) -> Mac {
     let b = key.to_be_bytes();
     Mac([b[2], b[3], b[4], b[5], b[6], b[7]])
@@ -88,8 +97,11 @@ impl LeaseStore {
         }
     }
 
-    /// Every stored lease (expired ones too).
-    pub fn load(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+    /// Runs `f` on the lease table in one read transaction.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(redb::ReadOnlyTable<u64, (u32, u64)>) -> Result<T, LeaseStoreError>,
+    ) -> Result<T, LeaseStoreError> {
         let txn = self
             .db
             .begin_read()
@@ -97,17 +109,30 @@ impl LeaseStore {
         let table = txn
             .open_table(LEASES)
             .map_err(|e| self.err("open table", e))?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(|e| self.err("iterate", e))? {
-            let (k, v) = row.map_err(|e| self.err("read row", e))?;
-            let (ip, expires) = v.value();
-            out.push(Lease {
-                mac: key_mac(k.value()),
-                ip: Ipv4Addr::from(ip),
-                expires,
-            });
-        }
-        Ok(out)
+        f(table)
+    }
+
+    /// Every stored lease (expired ones too).
+    pub fn load(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        self.read(|table| {
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| self.err("iterate", e))? {
+                let (k, v) = row.map_err(|e| self.err("read row", e))?;
+                out.push(lease(key_mac(k.value()), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The stored lease of `mac` (possibly expired or released: compare `expires` with
+    /// the clock). Read-only; the HTTP server asks it which address a MAC was given.
+    pub fn lease_of(&self, mac: &Mac) -> Result<Option<Lease>, LeaseStoreError> {
+        self.read(|table| {
+            let row = table
+                .get(mac_key(mac))
+                .map_err(|e| self.err("read row", e))?;
+            Ok(row.map(|v| lease(*mac, v.value())))
+        })
     }
 
     /// Applies `changes` in one durable write transaction.

@@ -3,7 +3,7 @@
 //! disk: time comes in as an argument, and every change that must be persisted
 //! comes out as a [`LeaseChange`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -55,6 +55,22 @@ pub struct LeaseTable {
     by_mac: HashMap<Mac, (Ipv4Addr, UnixSecs)>,
     offers: HashMap<Mac, (Ipv4Addr, UnixSecs)>,
     cursors: HashMap<Ipv4Net, u64>,
+    /// Quarantined addresses per subnet, oldest first (stale entries are dropped lazily).
+    declined: HashMap<Ipv4Net, VecDeque<(Ipv4Addr, UnixSecs)>>,
+}
+
+/// What a DECLINE did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeclineOutcome {
+    /// The address was the client's offer or lease: it is quarantined (unless the
+    /// subnet's quarantine cap is 0); `released` is the oldest quarantined address
+    /// let go to stay within the cap.
+    Quarantined {
+        changes: Vec<LeaseChange>,
+        released: Option<Ipv4Addr>,
+    },
+    /// The client was neither offered nor leased the address: nothing changed.
+    NotTheClients,
 }
 
 impl LeaseTable {
@@ -246,27 +262,78 @@ impl LeaseTable {
         }
     }
 
-    /// The client found `ip` in use: quarantine it until `until`.
+    /// The client found `ip` in use. Taken only when `ip` is the client's own offer or
+    /// lease; then the address is quarantined until `until` in `network`'s quarantine,
+    /// which holds at most `cap` addresses (the oldest is let go first).
     pub fn decline(
         &mut self,
         mac: Mac,
         ip: Ipv4Addr,
+        network: Ipv4Net,
+        cap: usize,
         now: UnixSecs,
         until: UnixSecs,
-    ) -> Vec<LeaseChange> {
+    ) -> DeclineOutcome {
+        let leased = self.by_mac.get(&mac).is_some_and(|(i, _)| *i == ip);
+        let offered = self.offers.get(&mac).is_some_and(|(i, _)| *i == ip);
+        if !leased && !offered {
+            return DeclineOutcome::NotTheClients;
+        }
         let mut changes = Vec::new();
-        if self.by_mac.get(&mac).is_some_and(|(i, _)| *i == ip) {
+        if leased {
             self.by_mac.remove(&mac);
             changes.push(LeaseChange::Forget { mac });
         }
-        if self.offers.get(&mac).is_some_and(|(i, _)| *i == ip) {
+        if offered {
             self.offers.remove(&mac);
         }
         // never knock out another client's active lease or offer
-        if self.available_for(ip, &mac, now) {
+        let free = self.available_for(ip, &mac, now);
+        if free {
+            // an expired holder is detached, the client's own hold ends
+            self.evict(ip, &mac, &mut changes);
+            self.by_ip.remove(&ip);
+        }
+        let mut released = None;
+        if free && cap > 0 {
+            let queue = self.declined.entry(network).or_default();
+            // stale: expired, or no longer quarantined (taken again after expiry)
+            let by_ip = &self.by_ip;
+            queue.retain(|(a, u)| {
+                *u > now && matches!(by_ip.get(a), Some(Holder::Declined { until }) if until == u)
+            });
+            while queue.len() >= cap {
+                let Some((oldest, _)) = queue.pop_front() else {
+                    break;
+                };
+                self.by_ip.remove(&oldest);
+                released = Some(oldest);
+            }
+            queue.push_back((ip, until));
             self.by_ip.insert(ip, Holder::Declined { until });
         }
-        changes
+        DeclineOutcome::Quarantined { changes, released }
+    }
+
+    /// Addresses quarantined now in `network`.
+    pub fn quarantined(&self, network: &Ipv4Net, now: UnixSecs) -> usize {
+        self.declined.get(network).map_or(0, |q| {
+            q.iter()
+                .filter(|(a, u)| {
+                    *u > now
+                        && matches!(self.by_ip.get(a), Some(Holder::Declined { until }) if until == u)
+                })
+                .count()
+        })
+    }
+
+    /// Entries the table holds in all its maps: bounded by the pools, whatever the
+    /// clients send.
+    pub fn footprint(&self) -> usize {
+        self.by_ip.len()
+            + self.by_mac.len()
+            + self.offers.len()
+            + self.declined.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// Next free pool address of `subnet` for `mac` (next-fit from a per-subnet
@@ -278,11 +345,7 @@ impl LeaseTable {
         mac: &Mac,
         now: UnixSecs,
     ) -> Option<Ipv4Addr> {
-        let total: u64 = subnet
-            .pools
-            .iter()
-            .map(|(s, e)| u64::from(u32::from(*e)) - u64::from(u32::from(*s)) + 1)
-            .sum();
+        let total = subnet.pool_size();
         if total == 0 {
             return None;
         }

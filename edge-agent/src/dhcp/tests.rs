@@ -6,6 +6,7 @@ use std::time::Duration;
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use ipnet::Ipv4Net;
+use substruct_wire::dhcp::{Op, PacketError};
 use substruct_wire::intent::{BootIntent, LocalBootWay};
 use substruct_wire::Mac;
 
@@ -34,6 +35,7 @@ fn config(bios: BiosChain) -> DhcpConfig {
             router: Some(SERVER),
             dns: vec![SERVER],
             lease_time: Duration::from_secs(3600),
+            relays: vec![],
         },
     );
     c.subnets.push(Subnet {
@@ -42,6 +44,7 @@ fn config(bios: BiosChain) -> DhcpConfig {
         router: Some(RELAY),
         dns: vec![],
         lease_time: Duration::from_secs(600),
+        relays: vec![],
     });
     c.bios_chain = bios;
     c
@@ -494,36 +497,42 @@ fn malformed_packets_are_dropped_with_a_reason() {
     // truncated
     assert_eq!(
         dropped(&run(&mut site, &good[..100])),
-        DropReason::Truncated { len: 100 }
+        DropReason::Malformed(PacketError::Truncated { len: 100 })
     );
     assert_eq!(
         dropped(&run(&mut site, &[])),
-        DropReason::Truncated { len: 0 }
+        DropReason::Malformed(PacketError::Truncated { len: 0 })
     );
     // wrong op
     let mut b = good.clone();
     b[0] = 2;
     assert_eq!(
         dropped(&run(&mut site, &b)),
-        DropReason::NotBootRequest { op: 2 }
+        DropReason::Malformed(PacketError::WrongOp {
+            op: 2,
+            expected: Op::BootRequest
+        })
     );
     // bad magic
     let mut b = good.clone();
     b[236] = 0;
-    assert_eq!(dropped(&run(&mut site, &b)), DropReason::BadMagic);
+    assert_eq!(
+        dropped(&run(&mut site, &b)),
+        DropReason::Malformed(PacketError::BadMagic)
+    );
     // hlen 16 (dhcproto's chaddr() would panic past 16)
     let mut b = good.clone();
     b[2] = 200;
     assert!(matches!(
         dropped(&run(&mut site, &b)),
-        DropReason::UnsupportedHardware { hlen: 200, .. }
+        DropReason::Malformed(PacketError::UnsupportedHardware { hlen: 200, .. })
     ));
     // an option length running past the end
     let mut b = good[..240].to_vec();
     b.extend_from_slice(&[53, 1, 1, 60, 200, b'u', b'd']);
     assert!(matches!(
         dropped(&run(&mut site, &b)),
-        DropReason::OptionOverrun { code: 60, .. }
+        DropReason::Malformed(PacketError::OptionOverrun { code: 60, .. })
     ));
     // option 53 of the wrong length
     let mut b = good[..240].to_vec();
@@ -906,4 +915,147 @@ fn guid_is_rendered_like_smbios() {
     );
     assert!(r.is_ipxe() && r.is_pxe_client());
     assert_eq!(r.arch, Some(0));
+}
+
+/// A DECLINE from `m` for `a`, naming no server.
+fn decline(m: Mac, a: Ipv4Addr) -> Pkt {
+    udhcpc(m, MessageType::Decline).opt(DhcpOption::RequestedIpAddress(a))
+}
+
+/// A unicast MAC from a counter (a client that changes its MAC for every packet).
+fn nth_mac(i: u32) -> Mac {
+    let b = i.to_be_bytes();
+    Mac([0x02, 0x99, b[0], b[1], b[2], b[3]])
+}
+
+#[test]
+fn decline_of_an_address_not_offered_or_leased_to_the_client_changes_nothing() {
+    let mut site = Site::new(BiosChain::Pxelinux);
+    let a = discover_request(&mut site, mac(1), NOW);
+    let before = site.table.footprint();
+    // another MAC declines the leased address, free pool addresses, and addresses
+    // of no pool at all
+    for (i, target) in [a, ip("10.77.0.150"), ip("10.77.0.199"), ip("192.0.2.7")]
+        .into_iter()
+        .enumerate()
+    {
+        let d = site.run(&decline(mac(0x40 + i as u8), target));
+        assert_eq!(dropped(&d), DropReason::DeclineNotTheClients(target));
+        assert!(d.changes.is_empty());
+    }
+    assert_eq!(site.table.footprint(), before);
+    assert_eq!(site.table.lease_of(&mac(1)).map(|l| l.ip), Some(a));
+    let net: Ipv4Net = "10.77.0.0/24".parse().unwrap();
+    assert_eq!(site.table.quarantined(&net, NOW), 0);
+}
+
+#[test]
+fn decline_of_the_clients_offer_is_taken() {
+    let mut site = Site::new(BiosChain::Pxelinux);
+    let (offer, _, _) = reply(&site.run(&udhcpc(mac(1), MessageType::Discover)));
+    let d = site.run(&decline(mac(1), offer.yiaddr()));
+    assert_eq!(dropped(&d), DropReason::Declined(offer.yiaddr()));
+    let net: Ipv4Net = "10.77.0.0/24".parse().unwrap();
+    assert_eq!(site.table.quarantined(&net, NOW), 1);
+    assert_ne!(discover_request(&mut site, mac(2), NOW), offer.yiaddr());
+}
+
+#[test]
+fn a_client_cycling_macs_quarantines_at_most_a_quarter_of_the_pool() {
+    // 100 addresses: at most 25 quarantined; 10,000 DISCOVER + DECLINE rounds, each
+    // from a new MAC, leave the table bounded and the pool usable.
+    let mut site = Site::new(BiosChain::Pxelinux);
+    let net: Ipv4Net = "10.77.0.0/24".parse().unwrap();
+    for i in 0..10_000u32 {
+        let m = nth_mac(i);
+        let (offer, _, _) = reply(&site.run(&udhcpc(m, MessageType::Discover)));
+        let d = site.run(&decline(m, offer.yiaddr()));
+        assert_eq!(dropped(&d), DropReason::Declined(offer.yiaddr()));
+        assert!(site.table.quarantined(&net, NOW) <= 25);
+        // quarantine (25) plus at most one address held per pool address
+        assert!(
+            site.table.footprint() <= 25 + 3 * 100,
+            "{}",
+            site.table.footprint()
+        );
+    }
+    assert_eq!(site.table.quarantined(&net, NOW), 25);
+    for k in 0..75u8 {
+        let a = discover_request(&mut site, mac(k), NOW);
+        assert!(in_pool(a, "10.77.0.100", "10.77.0.199"));
+    }
+}
+
+#[test]
+fn the_oldest_quarantined_address_is_let_go_first() {
+    let mut c = config(BiosChain::Pxelinux);
+    // 8 addresses: a quarantine of 2
+    c.subnets[0].pools = vec![(ip("10.77.0.100"), ip("10.77.0.107"))];
+    let mut site = Site::with(DhcpSettings::new(c).unwrap());
+    let net: Ipv4Net = "10.77.0.0/24".parse().unwrap();
+    let mut declined = Vec::new();
+    for k in 1..=3u8 {
+        let a = discover_request(&mut site, mac(k), NOW + u64::from(k));
+        site.run_at(&decline(mac(k), a), 67, client_src(), NOW + u64::from(k));
+        declined.push(a);
+    }
+    let at = NOW + 4;
+    assert_eq!(site.table.quarantined(&net, at), 2);
+    assert!(site.table.available_for(declined[0], &mac(9), at));
+    assert!(!site.table.available_for(declined[1], &mac(9), at));
+    assert!(!site.table.available_for(declined[2], &mac(9), at));
+}
+
+#[test]
+fn a_tiny_pool_quarantines_nothing() {
+    let mut c = config(BiosChain::Pxelinux);
+    c.subnets[0].pools = vec![(ip("10.77.0.100"), ip("10.77.0.102"))];
+    let mut site = Site::with(DhcpSettings::new(c).unwrap());
+    let a = discover_request(&mut site, mac(1), NOW);
+    let d = site.run(&decline(mac(1), a));
+    assert_eq!(dropped(&d), DropReason::Declined(a));
+    assert!(site.table.available_for(a, &mac(2), NOW));
+}
+
+#[test]
+fn spoofed_giaddr_never_draws_from_a_relayed_pool() {
+    let mut site = Site::new(BiosChain::Pxelinux);
+    // a LAN host names the relayed subnet's gateway but sends from its own address
+    let p = udhcpc(mac(0x50), MessageType::Discover).giaddr(RELAY);
+    let src: SocketAddr = "10.77.0.66:68".parse().unwrap();
+    assert_eq!(
+        dropped(&site.run_at(&p, 67, src, NOW)),
+        DropReason::RelayNotAllowed {
+            giaddr: RELAY,
+            from: ip("10.77.0.66")
+        }
+    );
+    // the same with option 82 and from port 67 makes no difference
+    let src: SocketAddr = "10.77.0.66:67".parse().unwrap();
+    assert!(matches!(
+        dropped(&site.run_at(&p, 67, src, NOW)),
+        DropReason::RelayNotAllowed { .. }
+    ));
+    assert_eq!(site.table.footprint(), 0);
+}
+
+#[test]
+fn listed_relays_are_the_only_ones_taken() {
+    let mut c = config(BiosChain::Pxelinux);
+    c.subnets[1].relays = vec![ip("10.77.0.2")];
+    let mut site = Site::with(DhcpSettings::new(c).unwrap());
+    let p = udhcpc(mac(0x51), MessageType::Discover).giaddr(RELAY);
+    // the listed relay, sending from its upstream address (as dhcrelay does)
+    let (m, _, dest) = reply(&site.run_at(&p, 67, "10.77.0.2:67".parse().unwrap(), NOW));
+    assert!(in_pool(m.yiaddr(), "10.88.0.50", "10.88.0.60"));
+    assert_eq!(dest, "10.88.0.1:67".parse().unwrap());
+    // source = giaddr is not enough once relays are listed
+    assert!(matches!(
+        dropped(&site.run_at(&p, 67, "10.88.0.1:67".parse().unwrap(), NOW)),
+        DropReason::RelayNotAllowed { .. }
+    ));
+    assert!(matches!(
+        dropped(&site.run_at(&p, 67, "10.77.0.3:67".parse().unwrap(), NOW)),
+        DropReason::RelayNotAllowed { .. }
+    ));
 }

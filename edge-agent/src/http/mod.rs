@@ -5,27 +5,36 @@
 //! Routes:
 //! * `GET /boot.ipxe?mac=&uuid=&buildarch=&platform=` — the machine's `#!ipxe` script;
 //!   problems are answered with a script that retries, never a 4xx (iPXE would stop);
-//!   a bare `/boot.ipxe` (no `mac`) chains at once to the URL with iPXE's identity;
+//!   a bare `/boot.ipxe` (no `mac`) chains at once to the URL with iPXE's identity.
+//!   Only an asker [`binding`] ties to `mac` (the address leased to it, or in ProxyDHCP
+//!   mode the neighbour table's entry) gets a boot token or its install intent; any other
+//!   gets the prospector without a token (unknown or discover intent), a retry script
+//!   (install intent: its command line names the install token) or the local-boot script;
 //! * `GET /ipxe.lkrn`, `/ipxe.efi`, `/snponly.efi`, `/undionly.kpxe` — from the iPXE dir;
 //! * `GET|HEAD /images/{*path}` — files under the images dir (Range, Content-Length);
 //! * `GET /install/{token}/{name}` — a rendered install file of the site's install table
 //!   (see [`crate::install`]), every `{edge}` replaced by the edge's base URL; an unknown
-//!   or expired token, an unknown name or a malformed path is `403` with one fixed body;
+//!   or expired token, an unknown name, a malformed path, or an asker not bound to one of
+//!   the token's machine's MACs is `403` with one fixed body;
 //!   each served file is reported to the controller (`Fetched`, in the background);
 //! * `POST /api/v1/machines/{token}/done`, `POST /api/v1/machines/{token}/failed` (body:
-//!   the reason, at most 4 KiB) — the installer's last step, forwarded to the controller
+//!   the reason, at most 4 KiB; bound like install files) — the installer's last step, forwarded to the controller
 //!   and answered with its verdict (`200` JSON `{"machine_id","state"}`, `403`, `409`,
 //!   `400`, or `503` + `Retry-After: 5` while it cannot be reached);
 //! * `GET /`, `/healthz` — liveness.
 //!
+//! Every connection is admitted and timed by [`limits::HttpLimits`] (see [`limits`]).
+//!
 //! Invariant: never opens a file outside its roots (see [`files`]); install files come
 //! from memory only.
 
+pub mod binding;
 pub mod files;
+pub mod limits;
 pub mod script;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,15 +46,19 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use rand::RngCore;
+use substruct_wire::intent::BootIntent;
 use substruct_wire::messages::{CallbackKind, ErrorCode};
-use substruct_wire::{BootToken, ImageName, Mac, SiteId};
+use substruct_wire::{BootCredential, BootToken, ImageName, Mac, SiteId, SiteKey};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::EdgeConfig;
 use crate::install::{self, CallbackClient, CallbackError, InstallTable};
 use crate::intents::IntentTable;
+use binding::Binding;
 use files::FileError;
+use limits::HttpLimits;
 use script::{
     render_boot_script, render_identify_script, render_retry_script, Platform, ScriptContext,
 };
@@ -77,6 +90,8 @@ pub struct HttpSettings {
     pub extra_args: Option<String>,
     pub images_dir: PathBuf,
     pub ipxe_dir: PathBuf,
+    /// Timeouts and connection caps.
+    pub limits: HttpLimits,
 }
 
 impl HttpSettings {
@@ -88,6 +103,7 @@ impl HttpSettings {
             extra_args: config.extra_kernel_args.clone(),
             images_dir: config.images_dir.clone(),
             ipxe_dir: config.ipxe_dir.clone(),
+            limits: config.http,
         }
     }
 }
@@ -110,6 +126,11 @@ struct Inner {
     /// Images registered at the controller, fetched on first use; `None`: only the
     /// images directory is served.
     cache: Option<crate::image_cache::ImageCache>,
+    /// Which asker is which machine ([`Binding::Nobody`] until [`HttpState::with_binding`]).
+    binding: Binding,
+    /// The site's signing key: boot scripts carry a credential it signs for the MAC;
+    /// `None`: an unsigned random token, which the controller does not accept as proof.
+    site_key: Option<Arc<SiteKey>>,
 }
 
 /// Shared state of the HTTP handlers (cheap to clone).
@@ -140,6 +161,8 @@ impl HttpState {
                 installs: InstallTable::new(),
                 callbacks: None,
                 cache: None,
+                binding: Binding::Nobody,
+                site_key: None,
             }),
         })
     }
@@ -157,6 +180,44 @@ impl HttpState {
 }
 
 impl HttpState {
+    /// Decides with `binding` whether an asker is the machine it names. Without this no
+    /// asker is: no boot token, install file or callback is ever given out.
+    pub fn with_binding(self, binding: Binding) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.binding = binding;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Whether `peer` is bound to one of the MACs of the machine `token` was issued to
+    /// (the install table names the machine, the intent table its MACs).
+    fn bound_to_token(&self, peer: IpAddr, token: &BootToken) -> bool {
+        let Some(machine) = self.inner.installs.with(token, |r| r.machine_id.clone()) else {
+            return false;
+        };
+        let macs: Vec<Mac> = self
+            .inner
+            .intents
+            .snapshot()
+            .into_iter()
+            .filter(|(_, r)| r.machine_id.as_ref() == Some(&machine))
+            .map(|(mac, _)| mac)
+            .collect();
+        self.inner.binding.holds_any(peer, &macs)
+    }
+}
+
+impl HttpState {
+    /// Signs every boot script's credential with the site's key (a [`substruct_wire::BootCredential`] per MAC).
+    pub fn with_site_key(self, key: Arc<SiteKey>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.site_key = Some(key);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
     /// Serves images missing from the images directory from `cache` (fetched from
     /// the controller's object store on first use, verified, LRU under a cap).
     pub fn with_cache(self, cache: crate::image_cache::ImageCache) -> Self {
@@ -194,6 +255,9 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// Serves until `cancel`; in-flight requests finish (the caller bounds the drain).
+/// Connections come through the sendfile front (which admits them against the
+/// connection caps) and are served by hyper with the header timeout; `ConnectInfo` is
+/// the peer's address.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
@@ -205,32 +269,96 @@ pub async fn serve(
     // Whole files and single ranges under /images/ from the images directory go out
     // with sendfile(2) (0.64x nginx's CPU per GB, README figures); everything else,
     // and every request the front does not take, is axum's.
-    use axum::serve::ListenerExt;
-    let front = files::SendfileListener::new(
+    use axum::serve::Listener;
+    let limits = state.inner.settings.limits;
+    let mut front = files::SendfileListener::new(
         listener,
         "/images/",
         &state.inner.images_root,
         "application/octet-stream",
+        limits,
     )
     .map_err(HttpError::Serve)?;
-    axum::serve(
-        front.tap_io(|_| {}),
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(cancel.cancelled_owned())
-    .await
-    .map_err(HttpError::Serve)
+    let app = router(state);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connections = TaskTracker::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            conn = front.accept() => conn,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let mut app = app.clone();
+                // A Router is always ready.
+                tower_service::Service::call(&mut app, req.map(axum::body::Body::new))
+            },
+        );
+        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                },
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                    }
+                }
+            }
+        });
+    }
+    // No new connections; in-flight requests finish.
+    drop(front);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 async fn health(State(state): State<HttpState>) -> String {
     format!("ok {}\n", state.inner.settings.site)
 }
 
-/// 32 lowercase hex characters from the OS-seeded thread RNG.
-fn new_token() -> Result<BootToken, substruct_wire::IdError> {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    BootToken::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+/// The credential for one boot of `mac`: claims signed by the site's key, valid for
+/// [`DEFAULT_LIFETIME_SECS`](substruct_wire::credential::DEFAULT_LIFETIME_SECS);
+/// without a key, 32 lowercase hex characters (proves nothing). Randomness from the
+/// OS-seeded thread RNG.
+fn new_token(
+    key: Option<&SiteKey>,
+    site: &SiteId,
+    mac: Mac,
+) -> Result<BootCredential, substruct_wire::CredentialError> {
+    let mut rng = rand::thread_rng();
+    match key {
+        Some(key) => {
+            let mut boot_seed = [0u8; 32];
+            rng.fill_bytes(&mut boot_seed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            BootCredential::issue(
+                key,
+                site,
+                mac,
+                now,
+                substruct_wire::credential::DEFAULT_LIFETIME_SECS,
+                boot_seed,
+            )
+        }
+        None => {
+            let mut bytes = [0u8; 16];
+            rng.fill_bytes(&mut bytes);
+            BootCredential::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+    }
 }
 
 fn script_response(text: String) -> Response {
@@ -276,15 +404,30 @@ async fn boot_ipxe(
     let uuid = query.get("uuid").map(String::as_str).unwrap_or("");
     let record = state.inner.intents.get(&mac);
     let intent = record.as_ref().map(|r| &r.intent);
-    let token = match new_token() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "boot.ipxe: cannot make a boot token");
-            return script_response(render_retry_script(
-                &s.base,
-                "substruct: the edge could not make a boot token; retrying",
-            ));
+    let bound = state.inner.binding.holds(peer.ip(), &mac);
+    let token = if bound {
+        match new_token(state.inner.site_key.as_deref(), &s.site, mac) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "boot.ipxe: cannot make a boot token");
+                return script_response(render_retry_script(
+                    &s.base,
+                    "substruct: the edge could not make a boot token; retrying",
+                ));
+            }
         }
+    } else if matches!(intent, Some(BootIntent::Install { .. })) {
+        // The install command line names the install token: never to an unbound asker.
+        tracing::warn!(%peer, %mac, "boot.ipxe: asker is not the address bound to this MAC; \
+            install script withheld, asking it to retry");
+        return script_response(render_retry_script(
+            &s.base,
+            "substruct: this address is not the one leased to this MAC; retrying",
+        ));
+    } else {
+        tracing::warn!(%peer, %mac, "boot.ipxe: asker is not the address bound to this MAC; \
+            script without a boot token");
+        None
     };
     let ctx = ScriptContext {
         base: s.base.clone(),
@@ -297,11 +440,11 @@ async fn boot_ipxe(
     };
     let kind = match intent {
         None => "unknown",
-        Some(substruct_wire::intent::BootIntent::Discover) => "discover",
-        Some(substruct_wire::intent::BootIntent::Install { .. }) => "install",
-        Some(substruct_wire::intent::BootIntent::Local { .. }) => "local",
+        Some(BootIntent::Discover) => "discover",
+        Some(BootIntent::Install { .. }) => "install",
+        Some(BootIntent::Local { .. }) => "local",
     };
-    tracing::info!(%peer, %mac, uuid, arch, ?platform, intent = kind, "boot.ipxe");
+    tracing::info!(%peer, %mac, uuid, arch, ?platform, intent = kind, bound, "boot.ipxe");
     script_response(render_boot_script(intent, &ctx))
 }
 
@@ -404,13 +547,19 @@ fn parse_install_path(path: &str) -> Option<(BootToken, &str)> {
 
 async fn install_file(
     State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: axum::http::Uri,
 ) -> Response {
     let Some((token, name)) = parse_install_path(uri.path()) else {
-        tracing::warn!("install file: malformed token or name; refused");
+        tracing::warn!(%peer, "install file: malformed token or name; refused");
         return forbidden();
     };
+    if !state.bound_to_token(peer.ip(), &token) {
+        tracing::warn!(%peer, token = %install::short(&token), file = name,
+            "install file: unknown token, or asker not bound to its machine; refused");
+        return forbidden();
+    }
     let Some(file) = state.inner.installs.file(&token, name) else {
         tracing::warn!(token = %install::short(&token), file = name,
             "install file: unknown or expired token, or unknown file; refused");
@@ -440,23 +589,26 @@ async fn install_file(
 
 async fn machine_done(
     State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     token: Result<axum::extract::Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    machine_callback(state, token, body, false).await
+    machine_callback(state, peer, token, body, false).await
 }
 
 async fn machine_failed(
     State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     token: Result<axum::extract::Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    machine_callback(state, token, body, true).await
+    machine_callback(state, peer, token, body, true).await
 }
 
 /// Forwards an installer's `done` / `failed` to the controller and maps its answer.
 async fn machine_callback(
     state: HttpState,
+    peer: SocketAddr,
     token: Result<axum::extract::Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
     failed: bool,
@@ -472,6 +624,11 @@ async fn machine_callback(
         );
         return forbidden();
     };
+    if !state.bound_to_token(peer.ip(), &token) {
+        tracing::warn!(%peer, callback = what, token = %install::short(&token),
+            "machine callback: unknown token, or asker not bound to its machine; refused");
+        return forbidden();
+    }
     let body = match body {
         Ok(b) => b,
         Err(e) => {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use substruct_wire::intent::{BootIntent, LocalBootWay};
-use substruct_wire::{BootToken, ImageName, Mac, SiteId};
+use substruct_wire::{BootCredential, Mac, SiteId};
 
 /// The firmware iPXE runs on (iPXE's `${platform}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +37,11 @@ pub struct ScriptContext {
     pub site: SiteId,
     /// The NATS URL prospectors must use.
     pub nats_url: String,
-    /// One-time token for this boot.
-    pub token: BootToken,
+    /// This boot's credential ([`BootCredential`]: signed by the site's key for `mac`),
+    /// or an unsigned one-time token when the edge has no site key.
+    /// `None`: the asker is not bound to `mac` (see `http::binding`); the script then
+    /// carries no credential.
+    pub token: Option<BootCredential>,
     pub mac: Mac,
     pub platform: Platform,
     /// Appended to the prospector's kernel command line.
@@ -83,11 +86,14 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
             let _ = write!(
                 s,
                 "kernel {base}/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 \
-                 substruct.site={} substruct.nats={} substruct.edge={base} substruct.token={} BOOTIF=01-{} \
+                 substruct.site={} substruct.nats={} substruct.edge={base}{} BOOTIF=01-{} \
                  quiet panic=-1",
                 ctx.site,
                 ctx.nats_url,
-                ctx.token,
+                ctx.token
+                    .as_ref()
+                    .map(|t| format!(" substruct.token={t}"))
+                    .unwrap_or_default(),
                 ctx.mac.to_string().replace(':', "-")
             );
             if let Some(extra) = &ctx.extra_args {
@@ -104,11 +110,8 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
         }) => {
             // `{edge}` is the controller's placeholder for this edge's base URL.
             let cmdline = cmdline.replace("{edge}", base);
-            // An image name is safe in an iPXE line and a URL path ([`ImageName`]'s rule).
-            let (Ok(kernel), Ok(initrd)) = (ImageName::parse(kernel), ImageName::parse(initrd))
-            else {
-                return unsafe_install(ctx);
-            };
+            // An image name is safe in an iPXE line and a URL path (`ImageName`'s rule,
+            // checked when the intent decoded).
             if !is_safe_cmdline(&cmdline) {
                 return unsafe_install(ctx);
             }
@@ -196,7 +199,7 @@ mod tests {
             base: "http://10.77.0.1".into(),
             site: SiteId::new("s1").unwrap(),
             nats_url: "nats://10.77.0.1:4222".into(),
-            token: BootToken::new("0123456789abcdef0123456789abcdef").unwrap(),
+            token: Some(BootCredential::new("0123456789abcdef0123456789abcdef").unwrap()),
             mac: Mac::parse("52:54:00:77:00:0a").unwrap(),
             platform,
             extra_args: None,
@@ -236,8 +239,8 @@ boot
     #[test]
     fn install_boots_the_named_kernel() {
         let intent = BootIntent::Install {
-            kernel: "debian-12/linux".into(),
-            initrd: "debian-12/initrd.gz".into(),
+            kernel: "debian-12/linux".parse().unwrap(),
+            initrd: "debian-12/initrd.gz".parse().unwrap(),
             cmdline: "auto=true priority=critical url=http://10.77.0.1/p/x".into(),
         };
         assert_eq!(
@@ -254,8 +257,8 @@ boot
     #[test]
     fn install_replaces_every_edge_placeholder() {
         let intent = BootIntent::Install {
-            kernel: "debian-12/linux".into(),
-            initrd: "debian-12/initrd.gz".into(),
+            kernel: "debian-12/linux".parse().unwrap(),
+            initrd: "debian-12/initrd.gz".parse().unwrap(),
             cmdline: "url={edge}/install/t1/preseed.cfg  x={edge}{edge} {edg} {EDGE}".into(),
         };
         let mut c = ctx(Platform::Efi);
@@ -271,8 +274,8 @@ boot
         );
         // The safety check still sees the whole line after the replacement.
         let bad = BootIntent::Install {
-            kernel: "linux".into(),
-            initrd: "initrd".into(),
+            kernel: "linux".parse().unwrap(),
+            initrd: "initrd".parse().unwrap(),
             cmdline: "{edge}\nshell".into(),
         };
         assert!(
@@ -296,27 +299,27 @@ boot
 
     #[test]
     fn install_with_an_unsafe_name_retries() {
-        for (kernel, cmdline) in [
-            ("../../etc/passwd", ""),
-            ("linux\nshell", ""),
-            ("/abs/linux", ""),
-            ("linux", "a\nshell"),
-        ] {
-            let intent = BootIntent::Install {
-                kernel: kernel.into(),
-                initrd: "initrd".into(),
-                cmdline: cmdline.into(),
-            };
-            assert_eq!(
-                render_boot_script(Some(&intent), &ctx(Platform::Pcbios)),
-                "#!ipxe
+        // An intent cannot hold an unsafe image name: it does not decode.
+        for kernel in ["../../etc/passwd", "linux\nshell", "/abs/linux"] {
+            assert!(
+                substruct_wire::ImageName::parse(kernel).is_err(),
+                "{kernel:?}"
+            );
+        }
+        // A command line with a line break would run its own iPXE commands.
+        let intent = BootIntent::Install {
+            kernel: "linux".parse().unwrap(),
+            initrd: "initrd".parse().unwrap(),
+            cmdline: "a\nshell".into(),
+        };
+        assert_eq!(
+            render_boot_script(Some(&intent), &ctx(Platform::Pcbios)),
+            "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a: the install intent names an unsafe kernel, initrd or command line; retrying
 sleep 5
 chain --replace http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
-",
-                "{kernel:?} {cmdline:?}"
-            );
-        }
+"
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! OACK, abort with ERROR 8 and send the real request from the same source port. A new read
 //! request from an address that has a live transfer cancels that transfer at once and starts
 //! the new one; an ERROR from the client ends its transfer at once.
+//!
+//! Bounded against a hostile LAN (see [`TftpSettings`]): the `timeout` option is accepted only
+//! up to a few seconds, transfers are capped per client address and in total, and when the
+//! table is full a transfer that never heard from its client (a spoofed source) gives way.
 
 pub mod files;
 pub mod packet;
@@ -27,7 +31,7 @@ pub use files::{LookupError, Source, TftpFiles, DEBIAN_LOADERS};
 pub use server::{serve, serve_with};
 
 /// Tunables of the TFTP server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TftpSettings {
     /// Largest block size granted; larger requests are answered with this (RFC 2348). 1468 fits
     /// a 1500-byte Ethernet MTU.
@@ -36,10 +40,19 @@ pub struct TftpSettings {
     pub max_windowsize: u16,
     /// Retransmit timeout unless the client negotiates `timeout`.
     pub timeout: Duration,
+    /// Largest `timeout` option accepted (RFC 2349 allows up to 255 s, and the OACK must
+    /// echo the client's value): a larger one is left out of the OACK and `timeout`
+    /// applies. A client that never answers holds its slot at most
+    /// `max(timeout, max_client_timeout) × (max_retries + 1)`.
+    pub max_client_timeout: Duration,
     /// Retransmits in a row before a transfer is abandoned.
     pub max_retries: u32,
-    /// Concurrent transfers; further requests get ERROR 0 "server busy".
+    /// Concurrent transfers; when all are taken, the oldest transfer whose client has
+    /// not acknowledged anything yet (a spoofed source never does) makes room, else the
+    /// request gets ERROR 0 "server busy".
     pub max_transfers: usize,
+    /// Concurrent transfers per client IP address; further requests get ERROR 0.
+    pub max_per_source: usize,
 }
 
 impl Default for TftpSettings {
@@ -48,8 +61,10 @@ impl Default for TftpSettings {
             max_blksize: 1468,
             max_windowsize: 64,
             timeout: Duration::from_secs(1),
+            max_client_timeout: Duration::from_secs(5),
             max_retries: 5,
             max_transfers: 512,
+            max_per_source: 8,
         }
     }
 }

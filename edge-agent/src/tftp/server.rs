@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use super::files::{LookupError, Source, TftpFiles};
 use super::packet::{self, ErrorCode, Mode, Packet, Request, DEFAULT_BLKSIZE};
 use super::transfer::{Action, Transfer};
 use super::{TftpError, TftpSettings};
+use crate::dhcp::server::WarnLimit;
 
 /// Bytes read from disk at a time for one transfer.
 const READ_AHEAD: usize = 256 * 1024;
@@ -39,6 +41,49 @@ pub async fn serve(
 struct Live {
     id: u64,
     cancel: CancellationToken,
+    /// Set once the client acknowledged something: it is really at that address.
+    confirmed: Arc<AtomicBool>,
+}
+
+/// The live transfers, by client address (address and port).
+#[derive(Debug, Default)]
+struct LiveTable {
+    by_peer: HashMap<SocketAddr, Live>,
+}
+
+/// Why a read request gets no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoSlot {
+    PerSource,
+    Total,
+}
+
+impl LiveTable {
+    /// Makes room for a transfer to `peer` within `settings`' limits: the per-source cap
+    /// refuses; a full table lets its oldest unconfirmed transfer go, or refuses.
+    fn make_room(&mut self, peer: SocketAddr, settings: &TftpSettings) -> Result<(), NoSlot> {
+        let same_source = self.by_peer.keys().filter(|p| p.ip() == peer.ip()).count();
+        if same_source >= settings.max_per_source {
+            return Err(NoSlot::PerSource);
+        }
+        if self.by_peer.len() < settings.max_transfers {
+            return Ok(());
+        }
+        let oldest_unconfirmed = self
+            .by_peer
+            .iter()
+            .filter(|(_, l)| !l.confirmed.load(Ordering::Relaxed))
+            .min_by_key(|(_, l)| l.id)
+            .map(|(p, _)| *p);
+        match oldest_unconfirmed.and_then(|p| self.by_peer.remove(&p).map(|l| (p, l))) {
+            Some((old_peer, old)) => {
+                debug!(%old_peer, "TFTP table full: a transfer its client never acknowledged makes room");
+                old.cancel.cancel();
+                Ok(())
+            }
+            None => Err(NoSlot::Total),
+        }
+    }
 }
 
 /// Serves `files` over TFTP on `socket` with `settings` until `cancel` fires; then cancels the
@@ -58,15 +103,16 @@ pub async fn serve_with(
     });
     let tracker = TaskTracker::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
-    let mut live: HashMap<SocketAddr, Live> = HashMap::new();
+    let mut live = LiveTable::default();
     let mut next_id = 0u64;
+    let mut busy_warnings = WarnLimit::new();
     let mut buf = vec![0u8; RECV_BUF];
     let result = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             Some((peer, id)) = done_rx.recv() => {
-                if live.get(&peer).is_some_and(|l| l.id == id) {
-                    live.remove(&peer);
+                if live.by_peer.get(&peer).is_some_and(|l| l.id == id) {
+                    live.by_peer.remove(&peer);
                 }
             }
             received = socket.recv_from(&mut buf) => {
@@ -80,23 +126,30 @@ pub async fn serve_with(
                 };
                 match packet::decode(&buf[..len]) {
                     Ok(Packet::Rrq(request)) => {
-                        if let Some(old) = live.remove(&peer) {
+                        if let Some(old) = live.by_peer.remove(&peer) {
                             info!(%peer, "new read request from an address with a live transfer: abandoning the old one");
                             old.cancel.cancel();
                         }
-                        if live.len() >= ctx.settings.max_transfers {
-                            warn!(%peer, "too many TFTP transfers; refusing");
-                            reply_error(&socket, peer, ErrorCode::NotDefined, "server busy").await;
+                        if let Err(why) = live.make_room(peer, &ctx.settings) {
+                            let message = match why {
+                                NoSlot::PerSource => "too many transfers from your address",
+                                NoSlot::Total => "server busy",
+                            };
+                            if let Some(suppressed) = busy_warnings.allow() {
+                                warn!(%peer, reason = message, suppressed, "TFTP read request refused");
+                            }
+                            reply_error(&socket, peer, ErrorCode::NotDefined, message).await;
                             continue;
                         }
                         next_id += 1;
                         let id = next_id;
                         let token = cancel.child_token();
-                        live.insert(peer, Live { id, cancel: token.clone() });
+                        let confirmed = Arc::new(AtomicBool::new(false));
+                        live.by_peer.insert(peer, Live { id, cancel: token.clone(), confirmed: confirmed.clone() });
                         let ctx = ctx.clone();
                         let done_tx = done_tx.clone();
                         tracker.spawn(async move {
-                            run_transfer(ctx, peer, request, token).await;
+                            run_transfer(ctx, peer, request, token, confirmed).await;
                             // The server may be gone already; then nobody needs to know.
                             let _ = done_tx.send((peer, id));
                         });
@@ -107,7 +160,7 @@ pub async fn serve_with(
                     }
                     Ok(Packet::Error { code, message }) => {
                         // Errors belong on the transfer's own port, but honour them here too.
-                        if let Some(old) = live.remove(&peer) {
+                        if let Some(old) = live.by_peer.remove(&peer) {
                             debug!(%peer, code, %message, "client error on the main port ends its transfer");
                             old.cancel.cancel();
                         }
@@ -124,7 +177,7 @@ pub async fn serve_with(
             }
         }
     };
-    for (_, l) in live.drain() {
+    for (_, l) in live.by_peer.drain() {
         l.cancel.cancel();
     }
     tracker.close();
@@ -183,11 +236,12 @@ async fn run_transfer(
     peer: SocketAddr,
     request: Request,
     cancel: CancellationToken,
+    confirmed: Arc<AtomicBool>,
 ) {
     let file = request.filename.clone();
     // No select on `cancel` here: the transfer thread notices it within CANCEL_POLL and stops,
     // so the server's shutdown waits until no transfer thread is left.
-    match transfer(&ctx, peer, request, cancel).await {
+    match transfer(&ctx, peer, request, cancel, confirmed).await {
         Ok(Outcome::Sent(bytes)) => info!(%peer, %file, bytes, "TFTP transfer complete"),
         Ok(Outcome::Refused(reason)) => debug!(%peer, %file, %reason, "TFTP request refused"),
         Ok(Outcome::ClientError { code, message }) => {
@@ -215,6 +269,7 @@ async fn transfer(
     peer: SocketAddr,
     request: Request,
     cancel: CancellationToken,
+    confirmed: Arc<AtomicBool>,
 ) -> Result<Outcome, TransferError> {
     let socket = UdpSocket::bind(SocketAddr::new(ctx.local_ip, 0))
         .await
@@ -262,8 +317,11 @@ async fn transfer(
     let windowsize = opts
         .windowsize
         .map(|w| w.min(ctx.settings.max_windowsize.max(1)));
-    let timeout = opts
+    // RFC 2349: the OACK echoes the client's value or leaves the option out.
+    let client_timeout = opts
         .timeout
+        .filter(|t| Duration::from_secs(u64::from(*t)) <= ctx.settings.max_client_timeout);
+    let timeout = client_timeout
         .map(|t| Duration::from_secs(u64::from(t)))
         .unwrap_or(ctx.settings.timeout);
     let mut oack: Vec<(&str, String)> = Vec::new();
@@ -273,7 +331,7 @@ async fn transfer(
     if opts.tsize.is_some() {
         oack.push(("tsize", source.len().to_string()));
     }
-    if let Some(t) = opts.timeout {
+    if let Some(t) = client_timeout {
         oack.push(("timeout", t.to_string()));
     }
     if let Some(w) = windowsize {
@@ -296,7 +354,6 @@ async fn transfer(
         return Ok(Outcome::Cancelled);
     }
     let socket = socket.into_std().map_err(TransferError::Bind)?;
-    let blksize = usize::from(blksize.unwrap_or(DEFAULT_BLKSIZE));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("tftp-transfer".into())
@@ -307,9 +364,9 @@ async fn transfer(
                 state,
                 Reader::new(source),
                 oack.as_deref(),
-                blksize,
                 timeout,
                 &cancel,
+                &confirmed,
             );
             // The awaiting task is gone only when the transfer was cancelled.
             let _ = done_tx.send(result);
@@ -331,15 +388,16 @@ fn drive(
     mut state: Transfer,
     mut reader: Reader,
     oack: Option<&[u8]>,
-    blksize: usize,
     timeout: Duration,
     cancel: &CancellationToken,
+    confirmed: &AtomicBool,
 ) -> Result<Outcome, TransferError> {
     socket.set_nonblocking(false).map_err(TransferError::Bind)?;
     socket
         .set_read_timeout(Some(timeout.min(CANCEL_POLL)))
         .map_err(TransferError::Bind)?;
-    let mut out = Vec::with_capacity(4 + blksize);
+    // grows to one DATA packet on the first block and keeps that capacity
+    let mut out = Vec::new();
     let mut buf = vec![0u8; RECV_BUF];
     let mut deadline = Instant::now() + timeout;
     let mut action = state.start();
@@ -382,7 +440,13 @@ fn drive(
         }
         action = match socket.recv(&mut buf) {
             Ok(len) => match packet::decode(&buf[..len]) {
-                Ok(Packet::Ack { block }) => state.on_ack(block),
+                Ok(Packet::Ack { block }) => {
+                    let next = state.on_ack(block);
+                    if next != Action::Wait {
+                        confirmed.store(true, Ordering::Relaxed);
+                    }
+                    next
+                }
                 Ok(Packet::Error { code, message }) => {
                     return Ok(Outcome::ClientError { code, message })
                 }
@@ -472,4 +536,60 @@ impl Reader {
 
 fn to_usize(v: u64) -> io::Result<usize> {
     usize::try_from(v).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(table: &mut LiveTable, peer: &str, id: u64, confirmed: bool) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        table.by_peer.insert(
+            peer.parse().unwrap_or_else(|_| unreachable!()),
+            Live {
+                id,
+                cancel: cancel.clone(),
+                confirmed: Arc::new(AtomicBool::new(confirmed)),
+            },
+        );
+        cancel
+    }
+
+    fn peer(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn a_full_table_evicts_only_the_oldest_unconfirmed_transfer() {
+        let settings = TftpSettings {
+            max_transfers: 3,
+            max_per_source: 2,
+            ..TftpSettings::default()
+        };
+        let mut t = LiveTable::default();
+        let real = live(&mut t, "10.0.0.1:1000", 1, true);
+        let spoof_old = live(&mut t, "10.0.0.2:1000", 2, false);
+        let spoof_new = live(&mut t, "10.0.0.3:1000", 3, false);
+        assert_eq!(t.make_room(peer("10.0.0.9:1000"), &settings), Ok(()));
+        assert!(spoof_old.is_cancelled());
+        assert!(!spoof_new.is_cancelled() && !real.is_cancelled());
+        assert_eq!(t.by_peer.len(), 2);
+        // all confirmed: refused
+        live(&mut t, "10.0.0.4:1000", 4, true);
+        t.by_peer.remove(&peer("10.0.0.3:1000"));
+        live(&mut t, "10.0.0.5:1000", 5, true);
+        assert_eq!(
+            t.make_room(peer("10.0.0.9:1000"), &settings),
+            Err(NoSlot::Total)
+        );
+        // per source: two from 10.0.0.7 already
+        let mut t = LiveTable::default();
+        live(&mut t, "10.0.0.7:1", 1, false);
+        live(&mut t, "10.0.0.7:2", 2, false);
+        assert_eq!(
+            t.make_room(peer("10.0.0.7:3"), &settings),
+            Err(NoSlot::PerSource)
+        );
+        assert_eq!(t.make_room(peer("10.0.0.8:3"), &settings), Ok(()));
+    }
 }

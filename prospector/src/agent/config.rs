@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use substruct_wire::nats_url::NatsUrlError;
-use substruct_wire::{BootToken, IdError, NatsUrl, SiteId};
+use substruct_wire::{BootCredential, CredentialError, IdError, NatsUrl, SiteId};
 
 use crate::blockdev::Storage;
 use crate::cmdline::{KernelArgs, ARG_EDGE, ARG_NATS, ARG_SITE, ARG_TOKEN};
@@ -17,7 +17,7 @@ pub struct AgentConfig {
     /// One NATS URL, or several separated by commas.
     pub nats_url: NatsUrl,
     pub site: SiteId,
-    pub token: Option<BootToken>,
+    pub token: Option<BootCredential>,
     /// Return after the first acknowledgement instead of waiting for commands.
     pub once: bool,
     /// The edge's HTTP base URL, where disk images come from; without it an image
@@ -64,7 +64,7 @@ pub enum ConfigError {
     Token {
         flag: &'static str,
         #[source]
-        source: IdError,
+        source: CredentialError,
     },
     #[error("invalid edge URL (from {flag} or {ARG_EDGE})")]
     Edge {
@@ -106,7 +106,7 @@ impl AgentConfig {
         let token = flags
             .token
             .or_else(|| kernel.token.clone())
-            .map(BootToken::new)
+            .map(BootCredential::new)
             .transpose()
             .map_err(|source| ConfigError::Token {
                 flag: "--token",
@@ -195,7 +195,7 @@ mod tests {
             (cfg.site.as_str(), cfg.nats_url.as_str()),
             ("dc1", "nats://k:4222")
         );
-        assert_eq!(cfg.token.as_ref().map(BootToken::as_str), Some("abc"));
+        assert_eq!(cfg.token.as_ref().map(BootCredential::as_str), Some("abc"));
         let cfg = AgentConfig::resolve(
             ConfigSources {
                 site: Some("dc2".into()),

@@ -64,7 +64,7 @@ pub(super) fn step_name(step: &Step) -> String {
         Step::Listen(_) => "keep waiting".to_owned(),
         Step::Deploy { image, .. } => format!(
             "deploy image {} ({} bytes) to {}",
-            printable(&image.path),
+            printable(image.path.as_str()),
             image.size,
             image
                 .disk

@@ -93,7 +93,7 @@ pub async fn run_with(
     // `nats://a:4222,nats://b:4222` names several servers of one cluster.
     let servers: Vec<&str> = cfg.nats_url.servers().collect();
     let connect = substruct_runtime::nats_options(CLIENT_NAME)
-        .custom_inbox_prefix(substruct_runtime::site_inbox_prefix(cfg.site.as_str()))
+        .custom_inbox_prefix(subjects::site_inbox_prefix(&cfg.site))
         .connect(servers);
     let client = tokio::select! {
         _ = cancel.cancelled() => return Ok(Outcome::Cancelled),

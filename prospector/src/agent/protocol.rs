@@ -269,8 +269,8 @@ mod tests {
 
     fn image() -> DeployImage {
         DeployImage {
-            path: "debian-12/disk.img".into(),
-            sha256: "ab".repeat(32),
+            path: "debian-12/disk.img".parse().unwrap(),
+            sha256: "ab".repeat(32).parse().unwrap(),
             size: 1 << 30,
             disk: Some("vda".into()),
             token: token(),

@@ -1,7 +1,7 @@
 //! What the live image needs from the kernel command line, validated. Pure: the caller
 //! reads `/proc/cmdline` and parses it with [`crate::cmdline::parse`].
 
-use substruct_wire::{BootToken, NatsUrl, SiteId};
+use substruct_wire::{BootCredential, NatsUrl, SiteId};
 
 use crate::cmdline::KernelArgs;
 use crate::http_get::{BaseUrl, UrlError};
@@ -12,7 +12,7 @@ pub struct BootConfig {
     pub site: SiteId,
     /// The NATS server(s) from `substruct.nats=`.
     pub nats_url: NatsUrl,
-    pub token: Option<BootToken>,
+    pub token: Option<BootCredential>,
     /// The edge's HTTP base URL (`substruct.edge=`); optional: only image deploys need it.
     pub edge: Option<BaseUrl>,
     pub debug: bool,
@@ -36,7 +36,7 @@ pub enum ConfigProblem {
     #[error("bad substruct.token=")]
     BadToken {
         #[source]
-        source: substruct_wire::IdError,
+        source: substruct_wire::CredentialError,
     },
     #[error("bad substruct.edge=")]
     BadEdge {
@@ -82,7 +82,7 @@ pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
     };
     let token = match args.token.as_deref() {
         None | Some("") => None,
-        Some(value) => match BootToken::new(value) {
+        Some(value) => match BootCredential::new(value) {
             Ok(token) => Some(token),
             Err(source) => {
                 problems.push(ConfigProblem::BadToken { source });

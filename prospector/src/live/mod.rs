@@ -7,7 +7,8 @@
 //!
 //! * `console` — marker and progress lines on the serial console, the panic hook;
 //! * `config` — pure validation of the kernel arguments;
-//! * `dhcp` — the sans-IO DHCPv4 client core (dhcproto);
+//! * `dhcp` — the sans-IO DHCPv4 client core: requests built with dhcproto, replies read
+//!   with the bounds-checked reader the edge shares (`substruct_wire::dhcp`);
 //! * `net` — sysfs NIC discovery, rtnetlink link/address/route, the DHCP socket;
 //! * `system` — mounts, `finit_module`, power, the busybox debug shell.
 //!

@@ -11,7 +11,7 @@ use substruct_wire::Mac;
 use tokio::net::UdpSocket;
 
 use super::console;
-use super::dhcp::{self, DhcpClient, Lease, Offer, Reply};
+use super::dhcp::{self, DhcpClient, Dropped, Lease, Offer, Reply};
 
 const SYS_CLASS_NET: &str = "/sys/class/net";
 /// How long to wait for the first NIC driver to register an interface.
@@ -39,11 +39,12 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
-    #[error("DHCP on {nic}: no {what} after {tries} tries")]
+    #[error("DHCP on {nic}: no {what} after {tries} tries{dropped}")]
     NoAnswer {
         nic: String,
         what: &'static str,
         tries: usize,
+        dropped: Drops,
     },
     #[error("DHCP on {nic}: server {server} refused the request (NAK)")]
     Nak { nic: String, server: Ipv4Addr },
@@ -55,6 +56,35 @@ pub enum NetError {
     },
     #[error("{nic} has no usable MAC address or interface index in sysfs")]
     NoIdentity { nic: String },
+}
+
+/// Datagrams on port 68 dropped while waiting for an answer: how many, and the last
+/// reason. Shown after a "no answer", so a console says why nothing was accepted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Drops {
+    pub count: u64,
+    pub last: Option<Dropped>,
+}
+
+impl Drops {
+    fn add(&mut self, why: Dropped) {
+        tracing::debug!(why = %why, "DHCP datagram dropped");
+        self.count = self.count.saturating_add(1);
+        self.last = Some(why);
+    }
+}
+
+impl std::fmt::Display for Drops {
+    /// Nothing when nothing was dropped, else `; N datagrams dropped, the last: WHY`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.last {
+            Some(why) if self.count > 0 => {
+                let s = if self.count == 1 { "" } else { "s" };
+                write!(f, "; {} datagram{s} dropped, the last: {why}", self.count)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One network interface as sysfs shows it.
@@ -146,13 +176,15 @@ fn dhcp_socket(nic: &str) -> Result<UdpSocket, NetError> {
     UdpSocket::from_std(sock.into()).map_err(err)
 }
 
-/// Sends `msg` and waits up to `wait` for a reply that `accept` takes.
+/// Sends `msg` and waits up to `wait` for a reply that `accept` takes; what it does not
+/// take is counted in `dropped`.
 async fn exchange<T>(
     sock: &UdpSocket,
     nic: &str,
     msg: &dhcproto::v4::Message,
     wait: Duration,
-    mut accept: impl FnMut(&dhcproto::v4::Message) -> Option<T>,
+    dropped: &mut Drops,
+    accept: impl Fn(&[u8]) -> Result<T, Dropped>,
 ) -> Result<Option<T>, NetError> {
     let bytes = dhcp::encode(msg).map_err(|source| NetError::Dhcp {
         nic: nic.to_owned(),
@@ -166,7 +198,9 @@ async fn exchange<T>(
             source,
         })?;
     let deadline = tokio::time::Instant::now() + wait;
-    let mut buf = vec![0u8; 1500];
+    // One byte more than a reply may have, so a longer one is seen (and dropped) whole
+    // rather than cut to a size that looks right.
+    let mut buf = vec![0u8; usize::from(dhcp::MAX_MESSAGE_SIZE) + 1];
     loop {
         let recv = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
         let n = match recv {
@@ -179,13 +213,11 @@ async fn exchange<T>(
             }
             Ok(Ok((n, _from))) => n,
         };
-        // Garbage on port 68 is somebody else's problem: skip it.
+        // Anyone on the LAN can send to port 68: what is not our answer is dropped.
         let Some(bytes) = buf.get(..n) else { continue };
-        let Ok(reply) = dhcp::decode(bytes) else {
-            continue;
-        };
-        if let Some(found) = accept(&reply) {
-            return Ok(Some(found));
+        match accept(bytes) {
+            Ok(found) => return Ok(Some(found)),
+            Err(why) => dropped.add(why),
         }
     }
 }
@@ -193,15 +225,17 @@ async fn exchange<T>(
 /// One DISCOVER/OFFER/REQUEST/ACK exchange on `nic`.
 pub async fn dhcp_lease(nic: &Nic) -> Result<Lease, NetError> {
     let sock = dhcp_socket(&nic.name)?;
-    let client = DhcpClient::new(nic.mac.0, rand::random::<u32>());
+    let client = DhcpClient::new(nic.mac, rand::random::<u32>());
     let started = Instant::now();
     let secs = || u16::try_from(started.elapsed().as_secs()).unwrap_or(u16::MAX);
 
+    let mut dropped = Drops::default();
     let mut offer: Option<Offer> = None;
     for t in DISCOVER_TIMEOUTS {
         let wait = Duration::from_secs(t);
-        offer = exchange(&sock, &nic.name, &client.discover(secs()), wait, |m| {
-            client.offer(m)
+        let discover = client.discover(secs());
+        offer = exchange(&sock, &nic.name, &discover, wait, &mut dropped, |b| {
+            client.offer(b)
         })
         .await?;
         if offer.is_some() {
@@ -213,20 +247,16 @@ pub async fn dhcp_lease(nic: &Nic) -> Result<Lease, NetError> {
             nic: nic.name.clone(),
             what: "DHCPOFFER",
             tries: DISCOVER_TIMEOUTS.len(),
+            dropped,
         });
     };
+    let mut dropped = Drops::default();
     for t in REQUEST_TIMEOUTS {
         let wait = Duration::from_secs(t);
-        let reply = exchange(
-            &sock,
-            &nic.name,
-            &client.request(&offer, secs()),
-            wait,
-            |m| match client.reply(m, &offer) {
-                Reply::Ignore => None,
-                other => Some(other),
-            },
-        )
+        let request = client.request(&offer, secs());
+        let reply = exchange(&sock, &nic.name, &request, wait, &mut dropped, |b| {
+            client.reply(b, &offer)
+        })
         .await?;
         match reply {
             Some(Reply::Ack(lease)) => return Ok(lease),
@@ -236,13 +266,14 @@ pub async fn dhcp_lease(nic: &Nic) -> Result<Lease, NetError> {
                     server: offer.server,
                 })
             }
-            Some(Reply::Ignore) | None => {}
+            None => {}
         }
     }
     Err(NetError::NoAnswer {
         nic: nic.name.clone(),
         what: "DHCPACK",
         tries: REQUEST_TIMEOUTS.len(),
+        dropped,
     })
 }
 
@@ -505,6 +536,22 @@ mod tests {
         assert_eq!(bootif_mac("BOOTIF=52-54-00-5b-00-01"), None);
         assert_eq!(bootif_mac("BOOTIF=01-zz"), None);
         assert_eq!(bootif_mac("quiet"), None);
+    }
+
+    #[test]
+    fn drops_say_how_many_and_the_last_reason() {
+        let mut drops = Drops::default();
+        assert_eq!(drops.to_string(), "");
+        drops.add(Dropped::MissingMessageType);
+        assert_eq!(
+            drops.to_string(),
+            "; 1 datagram dropped, the last: no option 53 (message type)"
+        );
+        drops.add(Dropped::OtherTransaction { got: 7 });
+        assert_eq!(
+            drops.to_string(),
+            "; 2 datagrams dropped, the last: transaction 0x00000007, not ours"
+        );
     }
 
     #[test]

@@ -68,19 +68,6 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
-/// The reply-inbox prefix of a site's clients (`_INBOX_{site}`): the site's NATS
-/// permissions allow only this one, so no site can read another's replies.
-///
-/// For callers holding a plain string; with a [`substruct_wire::SiteId`] call
-/// [`substruct_wire::subjects::site_inbox_prefix`], which builds the same subject.
-pub fn site_inbox_prefix(site: &str) -> String {
-    match substruct_wire::SiteId::new(site) {
-        Ok(site) => substruct_wire::subjects::site_inbox_prefix(&site),
-        // Not a site name: the server's permissions refuse it anyway.
-        Err(_) => format!("_INBOX_{site}"),
-    }
-}
-
 /// A JetStream context, through `domain` when the client sits behind a leaf node
 /// (the hub's JetStream domain, `hub` in deploy/nats/), else the local one.
 pub fn jetstream_context(

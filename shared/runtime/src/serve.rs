@@ -1,8 +1,8 @@
 //! [`serve_requests`]: the one NATS request-serving loop. A service subscribes to a
 //! subject in a queue group ([`Requests::subscribe`], so each request is answered by one
 //! member of the group), then [`serve_requests`] takes requests one by one, drops those
-//! it cannot answer (no reply subject, or one that is not a plain subject), runs the
-//! handler for each on a [`TaskTracker`] with at most `max_in_flight` at once, and
+//! it cannot answer (no reply subject, one that is not a plain subject, or one its
+//! [`ReplyPolicy`] refuses), runs the handler for each on a [`TaskTracker`] with at most `max_in_flight` at once, and
 //! publishes the handler's bytes as the reply — until a [`CancellationToken`] fires.
 
 use std::future::Future;
@@ -55,6 +55,52 @@ impl Requests {
     }
 }
 
+/// Which reply subjects a service publishes to. The reply subject is chosen by the
+/// requester, and the service publishes with its own (broad) permissions: a reply to
+/// `$KV.machines.X` would be a KV write. So a service answering other parties says
+/// where its replies may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyPolicy {
+    /// Any plain subject ([`subjects::is_reply_subject`]): for requesters the service
+    /// trusts as much as itself.
+    AnyPlain,
+    /// Only the inbox of the site the request subject names
+    /// (`substruct.v1.{site}.…` → `_INBOX_{site}.…`, [`subjects::site_inbox_prefix`]),
+    /// or a hub client's default inbox (`_INBOX.…`), which no site may subscribe to
+    /// (deploy/nats/gen-site); hub clients' inbox tokens are random, and the hub never
+    /// sends a request to a site, so a site cannot learn one to aim at.
+    SiteInbox,
+}
+
+/// The reply prefix of clients that keep async-nats' default (`_INBOX`): the
+/// controllers and tools on the hub.
+const HUB_INBOX_PREFIX: &str = "_INBOX.";
+
+impl ReplyPolicy {
+    /// True when a request on `request_subject` may be answered on `reply`.
+    pub fn allows(self, request_subject: &str, reply: &str) -> bool {
+        if !subjects::is_reply_subject(reply) {
+            return false;
+        }
+        match self {
+            Self::AnyPlain => true,
+            Self::SiteInbox => {
+                if reply.starts_with(HUB_INBOX_PREFIX) {
+                    return true;
+                }
+                let Some(site) = subjects::site_of(request_subject)
+                    .and_then(|s| substruct_wire::SiteId::new(s).ok())
+                else {
+                    return false;
+                };
+                reply
+                    .strip_prefix(subjects::site_inbox_prefix(&site).as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+            }
+        }
+    }
+}
+
 /// How [`serve_requests`] runs.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -63,10 +109,24 @@ pub struct ServeOptions {
     /// Requests handled at once; while that many run, no new one is taken from the
     /// subscription (at least 1).
     pub max_in_flight: usize,
+    /// Where replies may go; a request with any other reply subject is dropped.
+    pub reply: ReplyPolicy,
+}
+
+/// The subscription's next message, or `None` once `cancel` fires or the subscription
+/// ends: the head of every subscriber loop.
+pub async fn next_message(
+    subscriber: &mut async_nats::Subscriber,
+    cancel: &CancellationToken,
+) -> Option<async_nats::Message> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        msg = subscriber.next() => msg,
+    }
 }
 
 /// Serves `requests` until `cancel` fires or the subscription ends: each request with a
-/// plain reply subject ([`subjects::is_reply_subject`]) is handed to `handler` in a
+/// reply subject its [`ReplyPolicy`] allows ([`ServeOptions::reply`]) is handed to `handler` in a
 /// task on `tracker` (at most `options.max_in_flight` at once) and the bytes it returns
 /// are published to the reply subject. Requests without a usable reply subject are
 /// logged and dropped. Unsubscribes before returning; handlers already running keep
@@ -85,23 +145,17 @@ pub async fn serve_requests<H, F>(
     let ServeOptions {
         name,
         max_in_flight,
+        reply: policy,
     } = options;
     let mut subscriber = requests.subscriber;
     let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = subscriber.next() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-        };
+    while let Some(msg) = next_message(&mut subscriber, &cancel).await {
         let Some(reply_to) = msg.reply.clone() else {
             tracing::warn!(subject = %msg.subject, "{name} request without a reply subject; ignored");
             continue;
         };
-        if !subjects::is_reply_subject(reply_to.as_str()) {
-            tracing::warn!(subject = %msg.subject, reply = ?reply_to.as_str(), "{name} request with an unusable reply subject; ignored");
+        if !policy.allows(msg.subject.as_str(), reply_to.as_str()) {
+            tracing::warn!(subject = %msg.subject, reply = ?reply_to.as_str(), "{name} request with a reply subject that is not the requester's inbox; ignored");
             continue;
         }
         let permit = tokio::select! {
@@ -133,6 +187,34 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn site_inbox_policy_allows_only_the_requesters_inbox() {
+        let on_s1 = "substruct.v1.s1.discover";
+        let policy = ReplyPolicy::SiteInbox;
+        for good in ["_INBOX_s1.abc.1", "_INBOX.abc.def"] {
+            assert!(policy.allows(on_s1, good), "{good}");
+        }
+        for bad in [
+            "_INBOX_s10.abc",
+            "_INBOX_s2.abc",
+            "_INBOX_s1",
+            "_INBOX_s1x.abc",
+            "_INBOX",
+            "_INBOX.*",
+            "$KV.machines.m-1",
+            "$KV.boot.s2.52540000000a",
+            "$JS.API.STREAM.DELETE.EVENTS",
+            "substruct.v1.events.m-1",
+            "substruct.v1.s1.machine.m-1.cmd",
+        ] {
+            assert!(!policy.allows(on_s1, bad), "{bad}");
+        }
+        // A request subject that names no valid site gets no site inbox.
+        assert!(!policy.allows("other.subject", "_INBOX_s1.x"));
+        assert!(ReplyPolicy::AnyPlain.allows(on_s1, "$KV.machines.m-1"));
+        assert!(!ReplyPolicy::AnyPlain.allows(on_s1, "a.>"));
+    }
+
     #[tokio::test]
     async fn serves_with_bounded_concurrency_and_drops_unusable_requests() -> anyhow::Result<()> {
         let nats = substruct_testkit::NatsServer::start()?;
@@ -151,6 +233,7 @@ mod tests {
             ServeOptions {
                 name: "test",
                 max_in_flight: 2,
+                reply: ReplyPolicy::AnyPlain,
             },
             cancel.clone(),
             tracker.clone(),

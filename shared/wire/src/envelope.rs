@@ -169,7 +169,9 @@ mod tests {
     use super::*;
     use crate::ids::{BootToken, Mac, MachineId, SiteId};
     use crate::intent::{BootIntent, BootIntentRecord, LocalBootWay};
-    use crate::messages::{DiscoverReply, DiscoverRequest, Instruction};
+    use crate::messages::{
+        DeployImage, DiscoverReply, DiscoverRequest, Instruction, SiteEvent, SiteEventKind,
+    };
     use crate::report::*;
 
     fn sample_report() -> HardwareReport {
@@ -255,13 +257,86 @@ mod tests {
     fn golden_bytes_discover_request() {
         let msg = DiscoverRequest {
             site: SiteId::new("s1").unwrap(),
-            boot_token: Some(BootToken::new("t0").unwrap()),
+            boot_token: Some(crate::BootCredential::new("t0").unwrap()),
             report: sample_report(),
         };
         let bytes = encode(&msg).unwrap();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, GOLDEN_DISCOVER_REQUEST);
         assert_eq!(decode::<DiscoverRequest>(&bytes).unwrap(), msg);
+    }
+
+    /// The image fields (typed [`crate::ImageName`] / [`crate::Sha256Digest`]) encode as
+    /// the plain strings they replaced.
+    #[test]
+    fn golden_bytes_image_fields() {
+        let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let deploy = DiscoverReply {
+            machine_id: MachineId::new("m-1").unwrap(),
+            instruction: Instruction::DeployImage(DeployImage {
+                path: "d/x.img".try_into().unwrap(),
+                sha256: sha.try_into().unwrap(),
+                size: 5,
+                disk: Some("vda".into()),
+                token: BootToken::new("t0").unwrap(),
+            }),
+        };
+        let install = BootIntentRecord {
+            machine_id: None,
+            intent: BootIntent::Install {
+                kernel: "k/linux".try_into().unwrap(),
+                initrd: "k/initrd".try_into().unwrap(),
+                cmdline: "c".into(),
+            },
+        };
+        let cache = SiteEvent {
+            site: SiteId::new("s1").unwrap(),
+            at_unix_ms: 1,
+            event: SiteEventKind::Cache {
+                sha256: vec![sha.try_into().unwrap()],
+            },
+        };
+        let hex = |bytes: Vec<u8>| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        let sha_hex: String = sha.bytes().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex(encode(&deploy).unwrap()),
+            format!("5342535401000200036d2d310307642f782e696d6740{sha_hex}050103766461027430")
+        );
+        assert_eq!(
+            hex(encode(&install).unwrap()),
+            "53425354010006000001076b2f6c696e7578086b2f696e697472640163"
+        );
+        assert_eq!(
+            hex(encode(&cache).unwrap()),
+            format!("5342535401000500027331010301{}{sha_hex}", "40")
+        );
+        assert_eq!(
+            decode::<DiscoverReply>(&encode(&deploy).unwrap()).unwrap(),
+            deploy
+        );
+        assert_eq!(
+            decode::<BootIntentRecord>(&encode(&install).unwrap()).unwrap(),
+            install
+        );
+        assert_eq!(
+            decode::<SiteEvent>(&encode(&cache).unwrap()).unwrap(),
+            cache
+        );
+
+        // The hostile forms, same lengths: a path out of the image directory, an
+        // uppercase digest, a kernel name with a space. None of them decodes.
+        let swap = |bytes: Vec<u8>, from: &[u8], to: &[u8]| -> Vec<u8> {
+            let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+            let mut out = bytes;
+            out[at..at + from.len()].copy_from_slice(to);
+            out
+        };
+        let bad_path = swap(encode(&deploy).unwrap(), b"d/x.img", b"../x.im");
+        assert!(decode::<DiscoverReply>(&bad_path).is_err());
+        let bad_digest = swap(encode(&cache).unwrap(), b"e3b0", b"E3B0");
+        assert!(decode::<SiteEvent>(&bad_digest).is_err());
+        let bad_kernel = swap(encode(&install).unwrap(), b"k/linux", b"k/li ux");
+        assert!(decode::<BootIntentRecord>(&bad_kernel).is_err());
     }
 
     #[test]

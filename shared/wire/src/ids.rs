@@ -25,7 +25,15 @@ pub enum IdError {
     },
     #[error("MAC address {0:?} is not six hex bytes separated by ':' or '-'")]
     BadMac(String),
+    #[error("{kind} {value:?} is reserved: it is a fixed token of the subject space ({PREFIX}.{value}.…)", PREFIX = crate::subjects::PREFIX)]
+    Reserved { kind: &'static str, value: String },
 }
+
+/// Names no site may have: every fixed token that follows `substruct.v1.` in a subject
+/// (`substruct.v1.events.{id}` is the audit log, [`crate::subjects::machine_event`]); a
+/// site of that name would publish into, or be confused with, that subject family.
+/// Keep in step with the subject builders in [`crate::subjects`].
+pub const RESERVED_SITE_NAMES: &[&str] = &["events"];
 
 fn check_token(kind: &'static str, value: &str, max: usize) -> Result<(), IdError> {
     if value.is_empty() {
@@ -53,6 +61,9 @@ fn check_token(kind: &'static str, value: &str, max: usize) -> Result<(), IdErro
 
 macro_rules! token_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr) => {
+        token_id!($(#[$doc])* $name, $kind, $max, &[]);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $reserved:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -62,6 +73,10 @@ macro_rules! token_id {
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
                 check_token($kind, &value, $max)?;
+                let reserved: &[&str] = $reserved;
+                if reserved.contains(&value.as_str()) {
+                    return Err(IdError::Reserved { kind: $kind, value });
+                }
                 Ok(Self(value))
             }
             /// The identifier as a string slice, safe inside a subject or KV key.
@@ -106,10 +121,12 @@ token_id!(
     64
 );
 token_id!(
-    /// A site's name. Lowercase letters, digits and '-', at most 32 characters.
+    /// A site's name. Lowercase letters, digits and '-', at most 32 characters, not
+    /// one of [`RESERVED_SITE_NAMES`].
     SiteId,
     "site name",
-    32
+    32,
+    RESERVED_SITE_NAMES
 );
 token_id!(
     /// A one-time, per-boot token. Lowercase hex or letters/digits, at most 64 characters.
@@ -232,6 +249,24 @@ mod tests {
             Err(IdError::TooLong { .. })
         ));
         assert!(MachineId::new("4c4c4544-0042-3510-8051-c4c04f4b4c32").is_ok());
+    }
+
+    #[test]
+    fn reserved_site_names_are_refused() {
+        let e = SiteId::new("events").unwrap_err();
+        assert!(matches!(e, IdError::Reserved { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "site name \"events\" is reserved: it is a fixed token of the subject space (substruct.v1.events.…)"
+        );
+        assert!(serde_json::from_str::<SiteId>("\"events\"").is_err());
+        assert!(SiteId::new("events-1").is_ok());
+        // Machine ids and tokens are not site names.
+        assert!(MachineId::new("events").is_ok());
+        // Every fixed token after the prefix is reserved: the audit log's subjects.
+        let audit = crate::subjects::machine_events_all();
+        let token = crate::subjects::site_of(&audit).unwrap();
+        assert!(RESERVED_SITE_NAMES.contains(&token), "{token}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{MessageKind, WireMessage};
 use crate::ids::{BootToken, MachineId};
+use crate::names::ImageName;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootIntentRecord {
@@ -24,8 +25,8 @@ pub enum BootIntent {
     /// Boot an installer: kernel and initrd are names in the edge's image directory.
     /// Every `{edge}` in `cmdline` becomes the edge's base URL (`http://addr:port`).
     Install {
-        kernel: String,
-        initrd: String,
+        kernel: ImageName,
+        initrd: ImageName,
         cmdline: String,
     },
     /// Boot from the local disk.

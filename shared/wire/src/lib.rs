@@ -1,5 +1,6 @@
 //! The Substruct wire crate: everything that crosses a process boundary.
 //!
+//! * [`credential`] — boot credentials: the site-signed claim that a boot belongs to a MAC;
 //! * [`ids`] — validated newtypes for machines, sites, MAC addresses and tokens;
 //! * [`names`] — validated image names, SHA-256 digests and profile/rule names;
 //! * [`nats_url`] — the NATS server list every binary takes;
@@ -7,12 +8,15 @@
 //! * [`messages`] — request/reply/command/event bodies;
 //! * [`intent`] — the boot intent the controller writes and every edge reads;
 //! * [`envelope`] — the only place that knows postcard: `{ magic, version, kind, body }`;
-//! * [`subjects`] — NATS subject and KV key builders (never `format!` them elsewhere).
+//! * [`subjects`] — NATS subject and KV key builders (never `format!` them elsewhere);
+//! * [`dhcp`] — the bounds-checked DHCPv4 packet reader the edge and the prospector share.
 //!
 //! Invariant: this crate has no async runtime and no I/O. postcard is positional, so
 //! any change to the shape of a type that travels is a new [`envelope::WIRE_VERSION`];
 //! the golden-byte tests in `envelope` fail on accidental changes.
 
+pub mod credential;
+pub mod dhcp;
 pub mod envelope;
 pub mod ids;
 pub mod intent;
@@ -22,6 +26,7 @@ pub mod nats_url;
 pub mod report;
 pub mod subjects;
 
+pub use credential::{BootClaims, BootCredential, CredentialError, SiteKey, SitePublicKey};
 pub use envelope::{decode, encode, peek, Envelope, MessageKind, WireError, WireMessage};
 pub use ids::{BootToken, IdError, Mac, MachineId, SiteId};
 pub use names::{

@@ -2,16 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::credential::BootCredential;
 use crate::envelope::{MessageKind, WireMessage};
 use crate::ids::{BootToken, Mac, MachineId, SiteId};
+use crate::names::{ImageName, Sha256Digest};
 use crate::report::HardwareReport;
 
 /// Prospector → controller, request/reply on `substruct.v1.{site}.discover`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiscoverRequest {
     pub site: SiteId,
-    /// The per-boot token from the kernel command line, when the edge gave one.
-    pub boot_token: Option<BootToken>,
+    /// The boot credential from the kernel command line, when the edge gave one: what
+    /// lets this report speak for a known machine ([`BootCredential::verify`]).
+    pub boot_token: Option<BootCredential>,
     pub report: HardwareReport,
 }
 
@@ -52,9 +55,9 @@ pub enum Instruction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployImage {
     /// Path under the edge's `/images/` (the prospector knows the edge from `substruct.edge=`).
-    pub path: String,
-    /// Lowercase hex SHA-256 of the whole image.
-    pub sha256: String,
+    pub path: ImageName,
+    /// SHA-256 of the whole image.
+    pub sha256: Sha256Digest,
     /// Image size in bytes.
     pub size: u64,
     /// Target disk name (`vda`, `sda`, `nvme0n1`); `None`: the first non-removable disk.
@@ -174,7 +177,7 @@ pub enum SiteEventKind {
     Fetch { mac: Option<Mac>, path: String },
     /// The edge agent is alive (every few seconds).
     Heartbeat { version: String },
-    /// The images the edge's cache holds, verified (lowercase hex sha256s), sent
-    /// after every change of the cache and every minute.
-    Cache { sha256: Vec<String> },
+    /// The images the edge's cache holds, verified (their sha256s), sent after every
+    /// change of the cache and every minute.
+    Cache { sha256: Vec<Sha256Digest> },
 }

@@ -99,11 +99,6 @@ pub fn boot_key(site: &SiteId, mac: &Mac) -> String {
     format!("{site}.{}", mac.to_key())
 }
 
-/// Watch filter for one site's boot intents: `{site}.>`.
-pub fn boot_site_filter(site: &SiteId) -> String {
-    format!("{site}.>")
-}
-
 /// Watch filter for every key of one site in a per-site bucket ([`KV_BOOT`],
 /// [`KV_INSTALL`]): `{site}.>`.
 pub fn site_keys_filter(site: &SiteId) -> String {

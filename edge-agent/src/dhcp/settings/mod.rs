@@ -77,6 +77,33 @@ pub struct Subnet {
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub lease_time: Duration,
+    /// The relay agents allowed to forward requests for this subnet (the source
+    /// address of their packets). Empty: a relayed request is taken only when its
+    /// source address is its `giaddr` (see [`Subnet::accepts_relay`]).
+    pub relays: Vec<Ipv4Addr>,
+}
+
+impl Subnet {
+    /// May a relayed request with this `giaddr`, arriving from `source`, draw from
+    /// this subnet (the one holding `giaddr`)? With `relays` listed: only when `source`
+    /// is one of them. Without: only when `source` is `giaddr` itself (a relay that
+    /// sends from another address, as ISC dhcrelay does from its upstream interface,
+    /// must be listed).
+    pub fn accepts_relay(&self, giaddr: Ipv4Addr, source: Ipv4Addr) -> bool {
+        if self.relays.is_empty() {
+            source == giaddr
+        } else {
+            self.relays.contains(&source)
+        }
+    }
+
+    /// How many addresses the pools hold.
+    pub fn pool_size(&self) -> u64 {
+        self.pools
+            .iter()
+            .map(|(s, e)| u64::from(u32::from(*e)).saturating_sub(u64::from(u32::from(*s))) + 1)
+            .sum()
+    }
 }
 
 /// A fixed entry for one MAC: an address and/or a host name and/or a loader.

@@ -2,6 +2,11 @@
 //! plain `GET`/`HEAD` of files under one URL prefix itself with `sendfile(2)` and hands
 //! every other connection, bytes already read included, to axum. Request heads are
 //! parsed with `httparse`; dates are written with `httpdate`.
+//!
+//! Every connection is admitted here first against [`HttpLimits`]' connection caps (a
+//! refused one is closed at once) and carries its [`ConnPermit`] until it closes, with
+//! axum too. The front enforces the idle, header and write timeouts on what it serves;
+//! [`HandedOver`] enforces the write timeout for axum (hyper has the header timer).
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -15,23 +20,58 @@ use substruct_wire::ImageName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 use super::{parse_range, resolve, ByteRange};
+use crate::http::limits::{ConnPermit, ConnTracker, HttpLimits};
 
 /// Most bytes one `sendfile(2)` call may move, so one transfer cannot hold a runtime
 /// thread for long when the file is not in the page cache.
 const SENDFILE_CHUNK: usize = 1024 * 1024;
 /// Longest request head the sendfile front reads before handing the connection to axum.
 const MAX_HEAD: usize = 8 * 1024;
-/// How long the sendfile front waits for a request head (first or keep-alive).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection accepted by [`SendfileListener`] and handed to axum: the bytes the front
-/// already read (the start of a request it did not answer) are replayed first.
+/// already read (the start of a request it did not answer) are replayed first. A write
+/// that makes no progress for the write timeout fails with `TimedOut` (a client that
+/// stopped reading); the connection's [`ConnPermit`] is given back when it is dropped.
 #[derive(Debug)]
 pub struct HandedOver {
     prefix: Bytes,
     inner: TcpStream,
+    write_timeout: Duration,
+    /// Running while a write is pending; reset by any progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
+    _permit: ConnPermit,
+}
+
+impl HandedOver {
+    /// Passes on a finished write; on `Pending`, fails once the stall timer fires.
+    fn stalled<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let timer = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            done => {
+                self.write_stall = None;
+                done
+            }
+        }
+    }
 }
 
 impl AsyncRead for HandedOver {
@@ -56,7 +96,8 @@ impl AsyncWrite for HandedOver {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.stalled(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -64,7 +105,8 @@ impl AsyncWrite for HandedOver {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.stalled(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -72,7 +114,8 @@ impl AsyncWrite for HandedOver {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.stalled(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -86,6 +129,7 @@ struct FrontRoute {
     prefix: &'static str,
     root: PathBuf,
     content_type: &'static str,
+    limits: HttpLimits,
 }
 
 /// An [`axum::serve::Listener`] that answers `GET`/`HEAD` of files under one URL prefix
@@ -109,12 +153,13 @@ pub struct SendfileListener {
 impl SendfileListener {
     /// Takes over `listener` (must be called inside a tokio runtime: spawns the accept
     /// loop). Files are served from `root` at URLs `prefix` + relative path, e.g.
-    /// `"/images/"`, with `content_type`.
+    /// `"/images/"`, with `content_type`; connections are admitted and timed by `limits`.
     pub fn new(
         listener: TcpListener,
         prefix: &'static str,
         root: &Path,
         content_type: &'static str,
+        limits: HttpLimits,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let root = std::fs::canonicalize(root)?;
@@ -123,6 +168,7 @@ impl SendfileListener {
             prefix,
             root,
             content_type,
+            limits,
         });
         tokio::spawn(accept_loop(listener, tx, route));
         Ok(Self { incoming, local })
@@ -149,12 +195,15 @@ impl axum::serve::Listener for SendfileListener {
 type Handover = mpsc::Sender<(HandedOver, SocketAddr)>;
 
 async fn accept_loop(listener: TcpListener, tx: Handover, route: std::sync::Arc<FrontRoute>) {
+    let tracker = ConnTracker::new(&route.limits);
     loop {
         tokio::select! {
             () = tx.closed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(front_connection(stream, peer, tx.clone(), route.clone()));
+                    // Over a cap: closed at once (logged by the tracker).
+                    let Ok(permit) = tracker.admit(peer.ip()) else { continue };
+                    tokio::spawn(front_connection(stream, permit, peer, tx.clone(), route.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off as axum does.
@@ -292,8 +341,16 @@ enum Next {
     Closed,
 }
 
-/// Reads until a complete request head is buffered and decides who answers it.
+/// Reads until a complete request head is buffered and decides who answers it. The
+/// connection is closed when no byte of a request comes within the idle timeout, or the
+/// head is not complete within the header timeout of its first byte.
 async fn next_request(stream: &mut TcpStream, pending: &mut BytesMut, route: &FrontRoute) -> Next {
+    let limits = &route.limits;
+    let mut deadline = Instant::now() + limits.idle_timeout;
+    let mut head_started = !pending.is_empty();
+    if head_started {
+        deadline = Instant::now() + limits.header_timeout;
+    }
     loop {
         match parse_fast(pending, route.prefix) {
             Head::Fast(req, used) => {
@@ -310,10 +367,17 @@ async fn next_request(stream: &mut TcpStream, pending: &mut BytesMut, route: &Fr
             Head::Partial if pending.len() < MAX_HEAD => {}
             Head::Partial | Head::Other => return Next::HandOver,
         }
-        match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(pending)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) if pending.is_empty() => return Next::Closed,
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Next::HandOver,
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout_at(deadline, stream.read_buf(pending)).await {
+            // Idle, or a head too slow to finish: closed (a slow head is not axum's either).
+            Err(_) => return Next::Closed,
+            Ok(Ok(0)) | Ok(Err(_)) if pending.is_empty() => return Next::Closed,
+            Ok(Ok(0)) | Ok(Err(_)) => return Next::HandOver,
+            Ok(Ok(_)) => {
+                if !head_started {
+                    head_started = true;
+                    deadline = Instant::now() + limits.header_timeout;
+                }
+            }
         }
     }
 }
@@ -321,6 +385,7 @@ async fn next_request(stream: &mut TcpStream, pending: &mut BytesMut, route: &Fr
 /// Serves requests on one connection until it closes, fails, or is handed to axum.
 async fn front_connection(
     mut stream: TcpStream,
+    permit: ConnPermit,
     peer: SocketAddr,
     tx: Handover,
     route: std::sync::Arc<FrontRoute>,
@@ -343,6 +408,9 @@ async fn front_connection(
                     let conn = HandedOver {
                         prefix: pending.freeze(),
                         inner: stream,
+                        write_timeout: route.limits.write_timeout,
+                        write_stall: None,
+                        _permit: permit,
                     };
                     // Fails only when axum has stopped accepting: the connection is dropped.
                     let _ = tx.send((conn, peer)).await;
@@ -350,8 +418,15 @@ async fn front_connection(
                 }
             };
         pending.advance(used);
-        if let Err(e) =
-            send_planned(&mut stream, &planned, head_only, close, route.content_type).await
+        if let Err(e) = send_planned(
+            &mut stream,
+            &planned,
+            head_only,
+            close,
+            route.content_type,
+            route.limits.write_timeout,
+        )
+        .await
         {
             tracing::debug!(%peer, error = %e, "file transfer ended early");
             return;
@@ -369,6 +444,7 @@ async fn send_planned(
     head_only: bool,
     close: bool,
     content_type: &str,
+    write_timeout: Duration,
 ) -> std::io::Result<()> {
     let len = planned.len;
     let (status, start, count) = match planned.range {
@@ -392,11 +468,17 @@ async fn send_planned(
         "date: {}\r\n\r\n",
         httpdate::fmt_http_date(SystemTime::now())
     ));
-    stream.write_all(head.as_bytes()).await?;
+    tokio::time::timeout(write_timeout, stream.write_all(head.as_bytes()))
+        .await
+        .map_err(|_| stopped_reading())??;
     if head_only {
         return Ok(());
     }
-    send_file(stream, &planned.file, start, count).await
+    send_file(stream, &planned.file, start, count, write_timeout).await
+}
+
+fn stopped_reading() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")
 }
 
 /// Sends `count` bytes of `file` from `offset` with `sendfile(2)`, waiting for the
@@ -406,10 +488,13 @@ async fn send_file(
     file: &std::fs::File,
     mut offset: u64,
     mut left: u64,
+    write_timeout: Duration,
 ) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     while left > 0 {
-        stream.writable().await?;
+        tokio::time::timeout(write_timeout, stream.writable())
+            .await
+            .map_err(|_| stopped_reading())??;
         let want = NonZeroUsize::new(left.min(SENDFILE_CHUNK as u64) as usize);
         let at = usize::try_from(offset).map_err(std::io::Error::other)?;
         match stream.try_io(Interest::WRITABLE, || sock.sendfile(file, at, want)) {
@@ -594,14 +679,21 @@ mod tests {
                 extra_args: None,
                 images_dir: images,
                 ipxe_dir: dir.path().to_owned(),
+                limits: crate::http::limits::HttpLimits::default(),
             },
             crate::intents::IntentTable::new(),
         )
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let front = SendfileListener::new(listener, "/images/", &front, "application/octet-stream")
-            .unwrap();
+        let front = SendfileListener::new(
+            listener,
+            "/images/",
+            &front,
+            "application/octet-stream",
+            crate::http::limits::HttpLimits::default(),
+        )
+        .unwrap();
         use axum::serve::ListenerExt;
         let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move { axum::serve(front.tap_io(|_| {}), app).await });

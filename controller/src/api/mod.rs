@@ -1,0 +1,256 @@
+//! The REST API, and the only code in the controller that knows axum.
+//!
+//! * `GET /healthz` — unauthenticated; 200 when NATS is connected, else 503;
+//! * `GET /api/v1/machines` — every machine record (JSON list, sorted by id);
+//! * `GET /api/v1/machines/{id}` — one record, 404 naming the id when absent.
+//!
+//! * `POST /api/v1/machines/{ref}/assign` `{"profile": NAME}`, `…/release`
+//!   `{"wipe": null|"quick"|"discard"}`, `…/reinstall`, `…/retire` — `ref` is a machine
+//!   id, SMBIOS UUID, serial or MAC;
+//! * `GET|PUT|DELETE /api/v1/profiles[/{name}]` — PUT validates (the template must
+//!   render against a sample machine, or the error names the line);
+//! * `GET|PUT|DELETE /api/v1/rules[/{name}]`, `POST /api/v1/rules/dry-run`;
+//! * `GET|POST /api/v1/images` — registered images (name, kind, sha256, size), with
+//!   whether the content is stored and which sites' edges cache it;
+//! * `PUT /api/v1/images/content/{sha256}` — the content (streamed into the object
+//!   store `images`; refused when its sha256 differs);
+//! * `GET /api/v1/sites`, `PUT /api/v1/sites/{name}` — sites and their edges' state.
+//!
+//! `/api/` requires `Authorization: Bearer <token>`: GET needs role viewer, every
+//! other method role admin. Errors are JSON `{"error": "..."}`, mapped to status
+//! codes in one place ([`ApiError`]).
+//!
+//! The handlers, by noun: `machines`, `docs` (profiles and rules), `images`, `sites`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method as HttpMethod, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ApiToken, Role};
+use crate::provision::{ProvisionError, Provisioner};
+use crate::store::{Store, StoreError};
+
+mod docs;
+mod images;
+mod machines;
+mod sites;
+
+pub use docs::{DryRun, REDACTED};
+pub use images::{ImageView, NewImage, Uploaded};
+pub use machines::parse_wipe;
+pub use sites::SiteBody;
+
+/// Everything a handler may need.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub provisioner: Provisioner,
+    pub client: async_nats::Client,
+    pub tokens: Arc<Vec<ApiToken>>,
+}
+
+/// Every way an API request fails; [`IntoResponse`] is the one status mapping.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing bearer token (send `Authorization: Bearer <token>`)")]
+    MissingToken,
+    #[error("unknown bearer token")]
+    BadToken,
+    #[error("this needs role {needed}, the token has role {has}")]
+    Forbidden { needed: Role, has: Role },
+    #[error("machine {0:?} not found")]
+    NotFound(String),
+    #[error("{what} {name:?} not found")]
+    Missing { what: &'static str, name: String },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("the store is unavailable")]
+    Store(#[from] StoreError),
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self::BadRequest(r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::MissingToken | Self::BadToken => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound(_) | Self::Missing { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Provision(e) => match e {
+                ProvisionError::UnknownMachine(_) | ProvisionError::UnknownProfile(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                ProvisionError::UnknownImage { .. } | ProvisionError::Render { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                ProvisionError::Illegal { .. } => StatusCode::CONFLICT,
+                ProvisionError::TokenExpired => StatusCode::FORBIDDEN,
+                ProvisionError::Contention(_) | ProvisionError::Store(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
+            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let message = crate::error_chain(&self);
+        if status.is_server_error() {
+            tracing::error!(error = %message, "API request failed");
+        } else {
+            tracing::debug!(error = %message, %status, "API request refused");
+        }
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// The API's routes over `state`.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/machines", get(machines::list_machines))
+        .route("/api/v1/machines/{id}", get(machines::show_machine))
+        .route("/api/v1/machines/{id}/assign", post(machines::assign))
+        .route("/api/v1/machines/{id}/release", post(machines::release))
+        .route("/api/v1/machines/{id}/reinstall", post(machines::reinstall))
+        .route("/api/v1/machines/{id}/retire", post(machines::retire))
+        .route("/api/v1/profiles", get(docs::list_profiles))
+        .route(
+            "/api/v1/profiles/{name}",
+            get(docs::show_profile)
+                .put(docs::put_profile)
+                .delete(docs::delete_profile),
+        )
+        .route("/api/v1/rules", get(docs::list_rules))
+        .route("/api/v1/rules/dry-run", post(docs::dry_run))
+        .route(
+            "/api/v1/rules/{name}",
+            get(docs::show_rule)
+                .put(docs::put_rule)
+                .delete(docs::delete_rule),
+        )
+        .route(
+            "/api/v1/images",
+            get(images::list_images).post(images::add_image),
+        )
+        .route(
+            "/api/v1/images/content/{sha256}",
+            axum::routing::put(images::upload_image),
+        )
+        .route("/api/v1/sites", get(sites::list_sites))
+        .route("/api/v1/sites/{name}", axum::routing::put(sites::put_site))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .with_state(state)
+}
+
+/// Serves `router` on a listener the caller bound (a `TcpListener`, or a
+/// [`TlsIncoming`](crate::tls::TlsIncoming) for HTTPS), until `cancel`.
+pub async fn serve<L>(listener: L, router: Router, cancel: CancellationToken) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}
+
+impl axum::serve::Listener for crate::tls::TlsIncoming {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        crate::tls::TlsIncoming::accept(self).await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(crate::tls::TlsIncoming::local_addr(self))
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn role_of(tokens: &[ApiToken], headers: &HeaderMap) -> Result<Role, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::MissingToken)?;
+    let presented = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::MissingToken)?;
+    tokens
+        .iter()
+        .filter(|t| same(t.token.as_bytes(), presented.as_bytes()))
+        .map(|t| t.role)
+        .max()
+        .ok_or(ApiError::BadToken)
+}
+
+async fn authenticate(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let role = role_of(&state.tokens, request.headers())?;
+    let mut request = request;
+    request.extensions_mut().insert(role);
+    let needed = if matches!(*request.method(), HttpMethod::GET | HttpMethod::HEAD) {
+        Role::Viewer
+    } else {
+        Role::Admin
+    };
+    if role < needed {
+        return Err(ApiError::Forbidden { needed, has: role });
+    }
+    Ok(next.run(request).await)
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let connected = matches!(
+        state.client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    let status = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if connected { "ok" } else { "degraded" },
+        "nats": if connected { "connected" } else { "disconnected" },
+    });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,111 @@
+//! `/api/v1/sites`: sites and their edges' state.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use substruct_wire::{SiteId, SitePublicKey};
+
+use super::{ApiError, ApiState};
+use crate::sites::{EdgeStatus, LocalBoot, SiteRecord, SiteView};
+use crate::store::Docs;
+
+pub(super) async fn list_sites(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<SiteView>>, ApiError> {
+    let records: BTreeMap<String, SiteRecord> = state
+        .store
+        .doc_list::<SiteRecord>(Docs::Sites)
+        .await?
+        .into_iter()
+        .collect();
+    let statuses: BTreeMap<String, EdgeStatus> = state
+        .store
+        .doc_list::<EdgeStatus>(Docs::SiteStatus)
+        .await?
+        .into_iter()
+        .collect();
+    let now = crate::now_unix_ms();
+    let mut names: Vec<&String> = records.keys().chain(statuses.keys()).collect();
+    names.sort();
+    names.dedup();
+    let views = names
+        .into_iter()
+        .filter_map(|n| SiteId::new(n.as_str()).ok())
+        .map(|id| {
+            let key = id.as_str().to_owned();
+            SiteView::new(id, records.get(&key), statuses.get(&key), now)
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+/// `PUT /api/v1/sites/{name}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteBody {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub local_boot: Option<LocalBoot>,
+    /// The site's public key (`A…`); `None` keeps the registered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SitePublicKey>,
+    /// Whether reports without a valid boot credential may update known machines;
+    /// `None` keeps the registered setting (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated: Option<bool>,
+}
+
+pub(super) async fn put_site(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<SiteBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<SiteRecord>), ApiError> {
+    let Json(body) = body?;
+    let site = SiteId::new(name.as_str())
+        .map_err(|e| ApiError::Invalid(format!("site name {name:?}: {e}")))?;
+    let old = state
+        .store
+        .doc_get::<SiteRecord>(Docs::Sites, &name)
+        .await?
+        .map(|(r, _)| r);
+    let record = SiteRecord {
+        name: site,
+        description: body
+            .description
+            .or_else(|| old.as_ref().and_then(|o| o.description.clone())),
+        local_boot: body
+            .local_boot
+            .or(old.as_ref().map(|o| o.local_boot))
+            .unwrap_or_default(),
+        added_unix_ms: old
+            .as_ref()
+            .map_or_else(crate::now_unix_ms, |o| o.added_unix_ms),
+        key: body
+            .key
+            .or_else(|| old.as_ref().and_then(|o| o.key.clone())),
+        allow_unauthenticated: body
+            .allow_unauthenticated
+            .or(old.as_ref().map(|o| o.allow_unauthenticated))
+            .unwrap_or(false),
+    };
+    state
+        .store
+        .doc_put(Docs::Sites, &name, &record, None)
+        .await?;
+    // Deployed machines there boot locally the site's way.
+    let machines = state.store.list_machines().await?;
+    for m in machines.iter().filter(|m| m.site.as_str() == name) {
+        state.provisioner.sync(m).await?;
+    }
+    let status = if old.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(record)))
+}

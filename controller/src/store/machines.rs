@@ -1,0 +1,217 @@
+//! Machine records (KV `machines`), the identity index (KV `machine_index`) and the
+//! `EVENTS` stream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use substruct_wire::{subjects, MachineId};
+
+use super::{create, delete, get, update, BoxError, Store, StoreError, Write};
+use crate::record::{MachineEvent, MachineEventKind, MachineRecord};
+
+/// One key of `machine_index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The machine the fact belongs to; `None` when the value is unusable.
+    pub machine: Option<MachineId>,
+    pub revision: u64,
+}
+
+impl Store {
+    /// A machine record and its revision.
+    pub async fn machine(
+        &self,
+        id: &MachineId,
+    ) -> Result<Option<(MachineRecord, u64)>, StoreError> {
+        let key = subjects::machine_key(id);
+        let Some((value, revision)) = get(&self.machines, subjects::KV_MACHINES, &key).await?
+        else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&value).map_err(|source| StoreError::Decode {
+            bucket: subjects::KV_MACHINES,
+            key,
+            source,
+        })?;
+        Ok(Some((record, revision)))
+    }
+
+    /// Stores a record for a machine id nobody used yet.
+    pub async fn create_machine(&self, record: &MachineRecord) -> Result<Write, StoreError> {
+        let key = subjects::machine_key(&record.id);
+        create(&self.machines, subjects::KV_MACHINES, &key, encode(record)?).await
+    }
+
+    /// Replaces a record if it is still at `revision`.
+    pub async fn update_machine(
+        &self,
+        record: &MachineRecord,
+        revision: u64,
+    ) -> Result<Write, StoreError> {
+        let key = subjects::machine_key(&record.id);
+        let value = encode(record)?;
+        update(&self.machines, subjects::KV_MACHINES, key, value, revision).await
+    }
+
+    /// Every machine record, sorted by id.
+    pub async fn list_machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        let keys = self.keys(&self.machines, subjects::KV_MACHINES).await?;
+        let mut records: Vec<MachineRecord> = futures::stream::iter(keys)
+            .map(|key| async move {
+                let Ok(id) = MachineId::new(key.as_str()) else {
+                    tracing::warn!(key, "machines bucket holds a key that is not a machine id");
+                    return Ok(None);
+                };
+                Ok::<_, StoreError>(self.machine(&id).await?.map(|(r, _)| r))
+            })
+            .buffer_unordered(64)
+            .try_filter_map(|r| async move { Ok(r) })
+            .try_collect()
+            .await?;
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(records)
+    }
+
+    /// Number of keys in `machines` and in `machine_index`.
+    pub async fn key_counts(&self) -> Result<(usize, usize), StoreError> {
+        let machines = self.keys(&self.machines, subjects::KV_MACHINES).await?;
+        let index = self.keys(&self.index, subjects::KV_MACHINE_INDEX).await?;
+        Ok((machines.len(), index.len()))
+    }
+
+    /// The machine an identity fact key points at, and the key's revision. A value
+    /// that is not a machine id comes back as `machine: None` (it gets overwritten).
+    pub async fn index_get(&self, key: &str) -> Result<Option<IndexEntry>, StoreError> {
+        let Some((value, revision)) = get(&self.index, subjects::KV_MACHINE_INDEX, key).await?
+        else {
+            return Ok(None);
+        };
+        let machine = std::str::from_utf8(&value)
+            .ok()
+            .and_then(|s| MachineId::new(s).ok());
+        if machine.is_none() {
+            tracing::warn!(key, "machine_index value is not a machine id; ignoring it");
+        }
+        Ok(Some(IndexEntry { machine, revision }))
+    }
+
+    /// Points a new index key at `id`.
+    pub async fn index_claim(&self, key: &str, id: &MachineId) -> Result<Write, StoreError> {
+        create(
+            &self.index,
+            subjects::KV_MACHINE_INDEX,
+            key,
+            index_value(id),
+        )
+        .await
+    }
+
+    /// Points an index key at `id` if the key never existed: one write, no read (a
+    /// deleted key counts as existing). The fast path for machines never seen.
+    pub async fn index_try_claim(&self, key: &str, id: &MachineId) -> Result<Write, StoreError> {
+        self.index_repoint(key, id, 0).await
+    }
+
+    /// Points an existing index key at `id` if it is still at `revision`.
+    pub async fn index_repoint(
+        &self,
+        key: &str,
+        id: &MachineId,
+        revision: u64,
+    ) -> Result<Write, StoreError> {
+        let value = index_value(id);
+        update(
+            &self.index,
+            subjects::KV_MACHINE_INDEX,
+            key.to_owned(),
+            value,
+            revision,
+        )
+        .await
+    }
+
+    /// Deletes an index key (a token that expired); true when it existed.
+    pub async fn index_delete(&self, key: &str) -> Result<bool, StoreError> {
+        delete(&self.index, subjects::KV_MACHINE_INDEX, key).await
+    }
+
+    /// Publishes an event to `EVENTS` and waits for the stream's ack. The
+    /// `Nats-Msg-Id` header makes a retried publish a no-op.
+    pub async fn publish_event(&self, event: &MachineEvent) -> Result<(), StoreError> {
+        let subject = subjects::machine_event(&event.machine_id);
+        let payload = serde_json::to_vec(event).map_err(|source| StoreError::Encode {
+            id: event.machine_id.clone(),
+            source,
+        })?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.dedup_id().as_str());
+        let publish_err = |source: BoxError| StoreError::Publish {
+            subject: subject.clone(),
+            source,
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .map_err(|e| publish_err(e.into()))?;
+        tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .map_err(|e| publish_err(e.into()))?
+            .map_err(|e| publish_err(e.into()))?;
+        Ok(())
+    }
+
+    /// True when the `EVENTS` stream holds a `discovered` event for `id` (the first
+    /// event of a machine, unless the controller that created it died before
+    /// publishing it).
+    pub async fn has_discovered_event(&self, id: &MachineId) -> Result<bool, StoreError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let subject = subjects::machine_event(id);
+        let read_err = |source: BoxError| StoreError::Read {
+            bucket: subjects::STREAM_EVENTS,
+            key: subject.clone(),
+            source,
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::STREAM_EVENTS)
+            .await
+            .map_err(|e| read_err(e.into()))?;
+        let mut seq = 0;
+        // A machine has a handful of events before its second report; look at them all.
+        for _ in 0..64 {
+            let msg = match stream.get_first_raw_message_by_subject(&subject, seq).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(false),
+                Err(e) => return Err(read_err(e.into())),
+            };
+            let event: MachineEvent =
+                serde_json::from_slice(&msg.payload).map_err(|source| StoreError::Decode {
+                    bucket: subjects::STREAM_EVENTS,
+                    key: subject.clone(),
+                    source,
+                })?;
+            if matches!(event.kind, MachineEventKind::Discovered { .. }) {
+                return Ok(true);
+            }
+            seq = msg.sequence + 1;
+        }
+        Ok(false)
+    }
+}
+
+/// A record as stored: JSON.
+fn encode(record: &MachineRecord) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(record)
+        .map(Bytes::from)
+        .map_err(|source| StoreError::Encode {
+            id: record.id.clone(),
+            source,
+        })
+}
+
+/// An index value: the machine id as plain text.
+fn index_value(id: &MachineId) -> Bytes {
+    Bytes::copy_from_slice(id.as_str().as_bytes())
+}

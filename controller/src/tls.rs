@@ -1,0 +1,253 @@
+//! HTTPS for the REST API: the certificate and key read from PEM files into a rustls
+//! server configuration ([`server_config`]), and [`TlsIncoming`], a listener that hands
+//! the API only connections whose TLS handshake has finished. The only code in the
+//! controller that serves TLS.
+//!
+//! Handshakes run beside the accept loop, at most [`MAX_HANDSHAKES`] at once and each
+//! within [`HANDSHAKE_TIMEOUT`]: a client that connects and says nothing holds one slot
+//! for a bounded time and never delays the next client's handshake. A client that speaks
+//! plain HTTP to the HTTPS port gets a `400` that says so, not a TLS alert it cannot read.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsPaths;
+
+/// How long a client has, from connecting, to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once; further connections wait in the kernel's backlog.
+pub const MAX_HANDSHAKES: usize = 256;
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The body of what a plain-HTTP request to the HTTPS port gets.
+const PLAIN_HTTP_BODY: &str = "{\"error\":\"this port serves HTTPS: use an https:// URL\"}\n";
+
+/// The whole `400` answer to a plain-HTTP request.
+fn plain_http_answer() -> String {
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{PLAIN_HTTP_BODY}",
+        PLAIN_HTTP_BODY.len()
+    )
+}
+
+/// Why the API's certificate or key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path} is not valid PEM")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("TLS certificate {path} holds no CERTIFICATE block")]
+    NoCertificate { path: PathBuf },
+    #[error("TLS key {path} holds no private key (PKCS#8, PKCS#1 or SEC1 PEM block)")]
+    NoKey { path: PathBuf },
+    #[error("TLS certificate {cert} and key {key} cannot be used together")]
+    Unusable {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Reads the certificate chain and key named in `paths` into a TLS server configuration
+/// (TLS 1.2 and 1.3, ring, HTTP/1.1 by ALPN). Fails naming the file when either is
+/// unreadable, empty, or when the key does not belong to the certificate.
+pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_pem = read("TLS certificate", &paths.cert)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            what: "TLS certificate",
+            path: paths.cert.clone(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: paths.cert.clone(),
+        });
+    }
+    let key_pem = read("TLS key", &paths.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+            path: paths.key.clone(),
+        },
+        source => TlsError::Pem {
+            what: "TLS key",
+            path: paths.key.clone(),
+            source,
+        },
+    })?;
+    let unusable = |source| TlsError::Unusable {
+        cert: paths.cert.clone(),
+        key: paths.key.clone(),
+        source,
+    };
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(unusable)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(unusable)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A TCP listener whose connections come out TLS-established. Its handshake task
+/// stops when the `TlsIncoming` is dropped.
+#[derive(Debug)]
+pub struct TlsIncoming {
+    local_addr: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsIncoming {
+    /// Serves TLS with `config` on the connections `listener` accepts (spawns the
+    /// accept-and-handshake task on the current runtime).
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(16);
+        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
+        Ok(Self { local_addr, ready })
+    }
+
+    /// The next connection whose handshake finished, and its peer.
+    pub async fn accept(&mut self) -> (TlsStream<TcpStream>, SocketAddr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The task ends only when this receiver is gone: not reached.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+type Ready = mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>;
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, ready: Ready) {
+    let mut handshakes = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            () = ready.closed() => return,
+            accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
+                Ok((tcp, peer)) => handshakes.push(handshake(acceptor.clone(), tcp, peer)),
+                Err(e) => {
+                    // Out of descriptors and the like: let connections close first.
+                    tracing::warn!(error = %e, "REST API: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(done) = handshakes.next(), if !handshakes.is_empty() => {
+                if let Some(connection) = done {
+                    if ready.send(connection).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The TLS handshake on one connection, bounded by [`HANDSHAKE_TIMEOUT`]; `None` when it
+/// failed, timed out, or the client spoke plain HTTP (answered with a 400).
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    let attempt = async {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+            refuse_plain_http(tcp).await;
+            return Ok(None);
+        }
+        acceptor.accept(tcp).await.map(Some)
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(Ok(Some(stream))) => Some((stream, peer)),
+        Ok(Ok(None)) => {
+            tracing::debug!(%peer, "REST API: plain HTTP on the HTTPS port, answered 400");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "REST API: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "REST API: TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Answers a plain-HTTP client with [`plain_http_answer`], then reads a little of what
+/// it sent so closing does not reset the connection before the answer is read.
+async fn refuse_plain_http(mut tcp: TcpStream) {
+    if tcp.write_all(plain_http_answer().as_bytes()).await.is_err() || tcp.shutdown().await.is_err()
+    {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match tcp.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_http_answer_has_the_right_length() {
+        let text = plain_http_answer();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert!(json["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("https://"));
+    }
+}

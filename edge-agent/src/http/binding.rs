@@ -1,0 +1,132 @@
+//! Is the asker the machine it names? PXE has no client authentication, so the edge binds
+//! what a request may get to the address the machine booted with: in server mode the
+//! address the edge's DHCP leased to the MAC (the lease store is written before the
+//! client hears of its address), in ProxyDHCP mode the MAC the kernel's neighbour table
+//! shows at the request's source address. A request from any other address is not bound
+//! (see [`super`] for what it gets instead). An attacker on the same segment who spoofs
+//! both the MAC and the address still passes: that is the limit of PXE.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use substruct_wire::Mac;
+
+use crate::dhcp::LeaseStore;
+
+/// The kernel's IPv4 neighbour table, in the format [`neighbour_has`] reads.
+pub const PROC_NET_ARP: &str = "/proc/net/arp";
+
+/// How the edge decides whether a source address belongs to a MAC.
+#[derive(Debug, Clone, Default)]
+pub enum Binding {
+    /// Nothing is bound: no request gets a credential, an install file or a callback.
+    #[default]
+    Nobody,
+    /// Server mode: the unexpired lease of the MAC is the source address.
+    Leases(LeaseStore),
+    /// ProxyDHCP mode: a complete entry of the neighbour table at this path (normally
+    /// [`PROC_NET_ARP`]) maps the source address to the MAC.
+    Neighbours(PathBuf),
+}
+
+impl Binding {
+    /// Whether `peer` is the address bound to `mac` now. Failures to read the lease store
+    /// or the neighbour table count as "not bound" (and are logged).
+    pub fn holds(&self, peer: IpAddr, mac: &Mac) -> bool {
+        let IpAddr::V4(peer) = peer.to_canonical() else {
+            // Leases and the ARP table are IPv4 only.
+            return false;
+        };
+        match self {
+            Binding::Nobody => false,
+            Binding::Leases(store) => match store.lease_of(mac) {
+                Ok(Some(lease)) => lease.ip == peer && lease.expires > unix_now(),
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %substruct_runtime::error_chain(&e),
+                        "cannot read the lease store; request not bound");
+                    false
+                }
+            },
+            Binding::Neighbours(path) => match std::fs::read_to_string(path) {
+                Ok(table) => neighbour_has(&table, peer, mac),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "cannot read the neighbour table; request not bound");
+                    false
+                }
+            },
+        }
+    }
+
+    /// Whether `peer` is bound to any of `macs`.
+    pub fn holds_any<'a>(&self, peer: IpAddr, macs: impl IntoIterator<Item = &'a Mac>) -> bool {
+        macs.into_iter().any(|m| self.holds(peer, m))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `ATF_COM`: the entry is complete (the MAC was learnt, not just asked for).
+const ATF_COM: u32 = 0x2;
+
+/// Whether a `/proc/net/arp` text has a complete entry mapping `ip` to `mac`:
+/// `IP address  HW type  Flags  HW address  Mask  Device`, one entry a line after a header.
+pub fn neighbour_has(table: &str, ip: Ipv4Addr, mac: &Mac) -> bool {
+    table.lines().skip(1).any(|line| {
+        let mut cols = line.split_whitespace();
+        let (Some(addr), Some(_hw_type), Some(flags), Some(hw)) =
+            (cols.next(), cols.next(), cols.next(), cols.next())
+        else {
+            return false;
+        };
+        let complete =
+            u32::from_str_radix(flags.trim_start_matches("0x"), 16).is_ok_and(|f| f & ATF_COM != 0);
+        complete
+            && addr.parse::<Ipv4Addr>().is_ok_and(|a| a == ip)
+            && Mac::parse(hw).is_ok_and(|m| m == *mac)
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "\
+IP address       HW type     Flags       HW address            Mask     Device
+10.77.0.10       0x1         0x2         52:54:00:77:00:0a     *        br0
+10.77.0.11       0x1         0x0         52:54:00:77:00:0b     *        br0
+garbage
+";
+
+    #[test]
+    fn neighbour_entries_must_be_complete_and_match() {
+        let a = Mac::parse("52:54:00:77:00:0a").unwrap();
+        let b = Mac::parse("52:54:00:77:00:0b").unwrap();
+        assert!(neighbour_has(TABLE, "10.77.0.10".parse().unwrap(), &a));
+        assert!(!neighbour_has(TABLE, "10.77.0.11".parse().unwrap(), &a));
+        // Incomplete entry: not bound.
+        assert!(!neighbour_has(TABLE, "10.77.0.11".parse().unwrap(), &b));
+        assert!(!neighbour_has("", "10.77.0.10".parse().unwrap(), &a));
+    }
+
+    #[test]
+    fn nobody_binds_nothing_and_ipv6_is_never_bound() {
+        let a = Mac::parse("52:54:00:77:00:0a").unwrap();
+        assert!(!Binding::Nobody.holds("10.77.0.10".parse().unwrap(), &a));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("arp");
+        std::fs::write(&path, TABLE).unwrap();
+        let n = Binding::Neighbours(path);
+        assert!(n.holds("10.77.0.10".parse().unwrap(), &a));
+        assert!(n.holds("::ffff:10.77.0.10".parse().unwrap(), &a));
+        assert!(!n.holds("fe80::1".parse().unwrap(), &a));
+    }
+}
