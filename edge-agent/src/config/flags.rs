@@ -73,8 +73,8 @@ pub struct Flags {
     /// `[http] max_connections_per_source`).
     #[arg(long, value_name = "N")]
     pub http_max_connections_per_source: Option<usize>,
-    /// File holding the site's signing key seed (`SA…`, from `substruct-edge keygen` or
-    /// deploy/nats/gen-site): every boot script carries a credential signed with it.
+    /// File holding the site's signing key seed (`SA…`, from `substruct-edge keygen FILE`):
+    /// every boot script carries a credential signed with it.
     #[arg(long, value_name = "FILE")]
     pub site_key: Option<PathBuf>,
     #[command(subcommand)]
