@@ -19,7 +19,7 @@ use substruct_testkit::qemu::{
     acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec,
 };
 use substruct_testkit::try_poll_blocking;
-use substruct_tests::{workspace_root, Site, SiteOptions, EDGE_IP};
+use substruct_tests::{workspace_root, Site, SiteOptions, BRIDGE, EDGE_IP};
 
 const DI: &str = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
 const MAC: &str = "52:54:00:77:40:0a";
@@ -60,6 +60,22 @@ fn curl(site: &Site, args: &[&str]) -> Result<(u16, String)> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
     Ok((code.trim().parse()?, body.to_owned()))
+}
+
+/// The address the machine with `mac` talks from, as the site's neighbour table shows it
+/// (the address the edge leased to it: d-i fetched its preseed from there).
+fn neighbour_ip(site: &Site, mac: &str) -> Result<String> {
+    let out = run(site
+        .ns
+        .command("ip")
+        .args(["-4", "neigh", "show", "dev", BRIDGE]))?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    table
+        .lines()
+        .find(|l| l.contains(&format!("lladdr {mac}")))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .with_context(|| format!("no neighbour entry for {mac} in:\n{table}"))
 }
 
 #[test]
@@ -186,9 +202,29 @@ fn flow(site: &mut Site) -> Result<()> {
         "d-i fetched its preseed: installing", waited
     );
 
-    // The callback the preseed's late_command sends, through the edge.
+    // The callback the preseed's late_command sends, through the edge. The installer cannot
+    // finish offline, so the test stops the VM and sends the callback from the machine's
+    // own address (the edge serves callbacks only to the address it leased to the machine).
+    let machine_ip = neighbour_ip(site, MAC)?;
+    drop(vm);
+    run(site
+        .ns
+        .command("ip")
+        .args(["addr", "add", &format!("{machine_ip}/32"), "dev", BRIDGE]))?;
     let done = format!("http://{EDGE_IP}/api/v1/machines/{token}/done");
-    let (status, body) = curl(site, &["-X", "POST", "--data", "", &done])?;
+    let from_machine = ["--interface", machine_ip.as_str()];
+    let (status, body) = curl(
+        site,
+        &[
+            "--interface",
+            &machine_ip,
+            "-X",
+            "POST",
+            "--data",
+            "",
+            &done,
+        ],
+    )?;
     assert_eq!(status, 200, "{body}");
     let reply: Value = serde_json::from_str(&body)?;
     assert_eq!(reply["state"], "deployed");
@@ -203,12 +239,15 @@ fn flow(site: &mut Site) -> Result<()> {
         Duration::from_secs(10),
         Duration::from_millis(200),
         || {
-            status = curl(site, &[&preseed_url])?.0;
+            status = curl(site, &[&from_machine[..], &[preseed_url.as_str()]].concat())?.0;
             Ok((status == 403).then_some(()))
         },
     )
     .with_context(|| format!("last status {status}"))?;
-    let (status, _) = curl(site, &["-X", "POST", "--data", "", &done])?;
+    let (status, _) = curl(
+        site,
+        &[&from_machine[..], &["-X", "POST", "--data", "", &done]].concat(),
+    )?;
     assert_eq!(
         status, 403,
         "a second callback with the expired token is refused"
@@ -233,6 +272,5 @@ fn flow(site: &mut Site) -> Result<()> {
     )
     .with_context(|| format!("last script: {last}"))?;
     println!("edge answers the machine with:\n{script}");
-    drop(vm);
     Ok(())
 }
