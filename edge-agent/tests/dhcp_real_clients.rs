@@ -260,6 +260,34 @@ fn rss_kib() -> Result<u64> {
         .context("no VmRSS in /proc/self/status")
 }
 
+/// The receive queue (bytes) of the UDP socket bound to `port` in `ns`, from
+/// `/proc/net/udp`; `None` while no socket is bound there.
+fn udp_rx_queue(ns: &Netns, port: u16) -> Result<Option<u64>> {
+    let table = ns.exec("cat", &["/proc/net/udp"])?;
+    let wanted = format!(":{port:04X}");
+    Ok(table.lines().skip(1).find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let local = cols.nth(1)?;
+        let queues = cols.nth(2)?;
+        if !local.ends_with(&wanted) {
+            return None;
+        }
+        let rx = queues.split_once(':')?.1;
+        u64::from_str_radix(rx, 16).ok()
+    }))
+}
+
+/// Waits (bounded) until a socket is bound to `port` in `ns` and its receive queue is empty.
+async fn wait_for_udp_queue(ns: &Netns, port: u16, what: &str) -> Result<()> {
+    substruct_testkit::try_poll(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async { Ok((udp_rx_queue(ns, port)? == Some(0)).then_some(())) },
+    )
+    .await
+}
+
 /// UDP datagrams the namespace dropped for a full receive buffer.
 fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
     let snmp = ns.exec("cat", &["/proc/net/snmp"])?;
@@ -323,7 +351,7 @@ async fn decline_sweep_leaves_memory_bounded_and_clients_get_leases() -> Result<
         Arc::new(sweep_settings()?),
         LeaseStore::open(dir.path().join("l.redb"))?,
     )?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_udp_queue(&srv, 67, "the server's socket to be bound").await?;
     let rss_before = rss_kib()?;
     let dropped_before = udp_rcvbuf_errors(&srv)?;
 
@@ -342,7 +370,7 @@ async fn decline_sweep_leaves_memory_bounded_and_clients_get_leases() -> Result<
     let sent = tokio::task::spawn_blocking(move || sender.join())
         .await?
         .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_udp_queue(&srv, 67, "the server to drain its socket").await?;
     let rss_after = rss_kib()?;
     let dropped = udp_rcvbuf_errors(&srv)?.saturating_sub(dropped_before);
     println!(
