@@ -4,6 +4,7 @@
 //! * [`ids`] — validated newtypes for machines, sites, MAC addresses and tokens;
 //! * [`names`] — validated image names, SHA-256 digests and profile/rule names;
 //! * [`nats_url`] — the NATS server list every binary takes;
+//! * [`power`] — power states, actions, boot devices and BMC driver kinds;
 //! * [`report`] — the hardware report a prospector sends;
 //! * [`messages`] — request/reply/command/event bodies;
 //! * [`intent`] — the boot intent the controller writes and every edge reads;
@@ -23,6 +24,7 @@ pub mod intent;
 pub mod messages;
 pub mod names;
 pub mod nats_url;
+pub mod power;
 pub mod report;
 pub mod subjects;
 
