@@ -3,6 +3,7 @@
 # ensure_packages installs whichever are missing (needs root, network to Debian's mirror).
 SUBSTRUCT_PACKAGES=(
   nats-server                      # NATS + JetStream (2.9.10 on Debian 12)
+  apache2-utils                    # htpasswd: bcrypt hashes of the hub's passwords (deploy/nats/gen-site)
   qemu-system-x86 ipxe-qemu ovmf   # real PXE clients: SeaBIOS + iPXE ROM, OVMF
   ipxe pxelinux syslinux-common    # loaders the edge serves
   linux-image-amd64 busybox-static # the live image's kernel; busybox for its debug shell
@@ -15,7 +16,12 @@ SUBSTRUCT_PACKAGES=(
   iproute2 curl procps psmisc socat openssl   # openssl: TLS certificates for the leaf-node tests
   syslinux syslinux-efi mtools dosfstools  # the marker disk image (deploy/disk-image/build)
   debian-installer-12-netboot-amd64        # d-i kernel + initrd (the preseed system test)
+  openipmi                         # ipmi_sim: the real IPMI 2.0 LAN BMC the BMC driver tests drive
+  python3-pip                      # pip, for sushy-tools (the Redfish emulator) below
 )
+
+# sushy-tools' Redfish emulator (fake driver, no libvirt needed) for the Redfish driver tests.
+SUBSTRUCT_SUSHY_TOOLS_VERSION=2.2.0
 
 ensure_packages() {
   local missing=() p
@@ -34,6 +40,13 @@ ensure_packages() {
     chmod 755 "$prc" 2>/dev/null || true
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
     [ "$had_prc" = 1 ] || rm -f "$prc"
+  fi
+  # The Redfish emulator: not packaged in Debian 12, so from PyPI at a pinned version. Debian's
+  # Python is "externally managed" (PEP 668): pip installs into /usr/local, beside Debian's modules.
+  if ! command -v sushy-emulator >/dev/null || ! python3 -c 'import bcrypt' 2>/dev/null; then
+    echo "installing sushy-tools==$SUBSTRUCT_SUSHY_TOOLS_VERSION (pip)"
+    python3 -m pip install --quiet --break-system-packages "sushy-tools==$SUBSTRUCT_SUSHY_TOOLS_VERSION" \
+      || python3 -m pip install --quiet "sushy-tools==$SUBSTRUCT_SUSHY_TOOLS_VERSION"
   fi
   # The static prospector is built for musl; the image build falls back to static glibc without it.
   if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then

@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use async_nats::{Client, ConnectOptions};
+use async_nats::Client;
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use substruct_runtime::jetstream::{ensure_kv, BucketSpec};
@@ -590,14 +590,18 @@ async fn leaf_nodes(knobs: &Knobs, reports: &[HardwareReport]) -> Result<Outcome
     let mut clients: Vec<Vec<Client>> = Vec::new();
     let mut warm = Vec::new();
     for (site, leaf) in sites.iter().zip(&leaves) {
-        let prefix = hub
-            .site(site.as_str())
-            .with_context(|| format!("the hub has no credentials for {site}"))?
-            .inbox_prefix();
         let mut site_clients = Vec::new();
-        for _ in 0..per_leaf {
-            let client = ConnectOptions::new()
-                .custom_inbox_prefix(prefix.clone())
+        for n in 0..per_leaf {
+            // Each connection logs in as a booting prospector does: a boot credential the
+            // site key signed (publish discover/callback/event, read its own inbox).
+            let mac = substruct_wire::Mac([0x02, 0x5b, 0, 0, (n >> 8) as u8, n as u8]);
+            let (_, login) = leaf
+                .boot_login(mac, substruct_testkit::nats_topology::unix_now(), 3600)
+                .with_context(|| format!("a boot login for {site}"))?;
+            let prefix = subjects::boot_inbox_prefix(site, &login.user_key);
+            let client = login
+                .options()?
+                .custom_inbox_prefix(prefix)
                 .connect(leaf.url())
                 .await
                 .with_context(|| format!("connecting to the leaf node of {site}"))?;
@@ -628,7 +632,8 @@ async fn leaf_nodes(knobs: &Knobs, reports: &[HardwareReport]) -> Result<Outcome
     let outcome = measure("leaf", &controller, &nats_pids, requests, knobs.in_flight).await;
     let setup = format!(
         "hub + {} leaf nodes (deploy/nats); controller on the hub with its credentials; \
-         {} prospector connections per leaf (inbox _INBOX_{{site}}); {} sites",
+         {} prospector connections per leaf, each with a boot login (inbox \
+         _INBOX_{{site}}.{{boot key}}); {} sites",
         leaves.len(),
         per_leaf,
         sites.len()

@@ -12,6 +12,7 @@
 //! * [`provision`] — assignment, callbacks, and the boot intents / install files
 //!   derived from each machine record;
 //! * [`events`] — site events (edge heartbeats);
+//! * [`power`] — BMC settings and power requests to the edges, their results;
 //! * [`store`] — the only module that knows JetStream;
 //! * [`api`] — the only module that knows axum;
 //! * [`tls`] — HTTPS for the API: certificate loading, handshakes;
@@ -27,6 +28,7 @@ pub mod events;
 pub mod images;
 pub mod lifecycle;
 pub mod matching;
+pub mod power;
 pub mod profile;
 pub mod provision;
 pub mod record;
@@ -150,6 +152,12 @@ impl Controller {
             subjects::CONTROLLER_QUEUE,
         )
         .await?;
+        let power_results = Requests::subscribe(
+            &client,
+            subjects::power_result_all(),
+            subjects::CONTROLLER_QUEUE,
+        )
+        .await?;
         let site_events = client
             .queue_subscribe(subjects::event_all(), subjects::CONTROLLER_QUEUE.into())
             .await
@@ -189,9 +197,18 @@ impl Controller {
             cancel.clone(),
         ));
         tracker.spawn(events::maintain(provisioner.clone(), cancel.clone()));
+        let power = power::PowerControl::new(provisioner.clone(), client.clone());
+        tracker.spawn(power::serve_results(
+            client.clone(),
+            power_results,
+            power.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        ));
         let router = api::router(api::ApiState {
             store: store.clone(),
             provisioner,
+            power,
             client,
             tokens: Arc::new(config.tokens.clone()),
         });

@@ -249,10 +249,12 @@ fn agrees(ours: &[Fact], theirs: &[Fact], shared: &[Fact]) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proof {
     /// A boot credential signed by the reporting site's registered key, for that site,
-    /// unexpired, for this MAC, which the report has.
-    Credential(Mac),
-    /// No valid credential, but the site allows unauthenticated reports.
-    SiteAllows,
+    /// unexpired, for this MAC, which the report has; `boot_key` is its boot user key
+    /// (where the machine's commands go).
+    Credential { mac: Mac, boot_key: String },
+    /// The site allows unauthenticated reports; `boot_key` is the boot user key of a
+    /// credential that verified anyway (its commands then go to its inbox).
+    SiteAllows { boot_key: Option<String> },
     /// Neither: why not (the prospector is told).
     Missing(String),
 }
@@ -267,21 +269,38 @@ pub fn proof(
     report: &HardwareReport,
     now_unix_s: u64,
 ) -> Proof {
-    if allow_unauthenticated {
-        // The site's opt-out: any report may speak for a machine, as before credentials.
-        return Proof::SiteAllows;
-    }
     let verdict = match (credential, key) {
         (None, _) => Err("the report carries no boot credential".to_owned()),
         (Some(_), None) => Err(format!("site {site} has no registered key")),
         (Some(c), Some(k)) => c
             .verify(k, site, now_unix_s)
-            .and_then(|claims| claims.require_mac(report.macs().iter()))
+            .and_then(|claims| {
+                claims
+                    .require_mac(report.macs().iter())
+                    .map(|mac| (mac, claims.boot_key))
+            })
             .map_err(|e| e.to_string()),
     };
     match verdict {
-        Ok(mac) => Proof::Credential(mac),
+        // The site's opt-out: any report may speak for a machine, as before credentials
+        // (a valid credential still names the inbox its commands go to).
+        Ok((_, boot_key)) if allow_unauthenticated => Proof::SiteAllows {
+            boot_key: Some(boot_key),
+        },
+        Err(_) if allow_unauthenticated => Proof::SiteAllows { boot_key: None },
+        Ok((mac, boot_key)) => Proof::Credential { mac, boot_key },
         Err(why) => Proof::Missing(why),
+    }
+}
+
+impl Proof {
+    /// The verified boot user key, if the report proved one.
+    pub fn boot_key(&self) -> Option<&str> {
+        match self {
+            Proof::Credential { boot_key, .. } => Some(boot_key),
+            Proof::SiteAllows { boot_key } => boot_key.as_deref(),
+            Proof::Missing(_) => None,
+        }
     }
 }
 
@@ -291,8 +310,8 @@ pub fn proof(
 /// says why not.
 pub fn may_speak_for(record: &MachineRecord, proof: &Proof) -> Result<(), String> {
     match proof {
-        Proof::SiteAllows => Ok(()),
-        Proof::Credential(mac) => {
+        Proof::SiteAllows { .. } => Ok(()),
+        Proof::Credential { mac, .. } => {
             if identity_facts(&record.facts).contains(&Fact::Mac(*mac)) {
                 Ok(())
             } else {

@@ -6,8 +6,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use substruct_wire::messages::WipeMode;
+use substruct_wire::power::{BmcDriverKind, PowerState};
 use substruct_wire::report::HardwareReport;
-use substruct_wire::{BootToken, MachineId, SiteId};
+use substruct_wire::{BootToken, MachineId, PowerRequestId, SiteId};
 
 pub use crate::lifecycle::State as MachineState;
 
@@ -75,6 +76,50 @@ pub struct MachineRecord {
     pub conflicts: Vec<Conflict>,
     /// The latest hardware report.
     pub facts: HardwareReport,
+    /// The machine's power as its BMC last said (`unknown` without a BMC).
+    #[serde(default = "unknown_power")]
+    pub power: PowerState,
+    /// The last power operation's error, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_error: Option<String>,
+    /// The machine's BMC, without its password (KV `bmc` holds that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<BmcInfo>,
+    /// The latest power results applied (newest last, at most
+    /// [`RECENT_POWER_REQUESTS`]): a result delivered twice is applied once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub power_requests: Vec<PowerRequestId>,
+    /// The boot user key (`U…`) of the boot credential the latest accepted report
+    /// carried: commands go to `_INBOX_{site}.{key}.cmd`, the one subject that
+    /// prospector may read (`None`: a report without a verified credential; commands go
+    /// to the machine's `machine.{id}.cmd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_user_key: Option<String>,
+}
+
+/// How many applied power request ids a record remembers.
+pub const RECENT_POWER_REQUESTS: usize = 32;
+
+fn unknown_power() -> PowerState {
+    PowerState::Unknown
+}
+
+/// A machine's BMC as the record and the API show it: never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcInfo {
+    pub driver: BmcDriverKind,
+    pub address: String,
+    pub user: String,
+    /// Always true once set: the password is stored (KV `bmc`), never shown back.
+    pub password_set: bool,
+    /// The site whose KV `bmc` key holds the settings.
+    pub site: SiteId,
+    /// Redfish: the BMC certificate's sha256, pinned on first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pin: Option<String>,
+    /// Redfish: the member of the BMC's Systems collection, when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_id: Option<String>,
 }
 
 impl MachineRecord {
@@ -98,6 +143,11 @@ impl MachineRecord {
             report_count: 0,
             conflicts: Vec::new(),
             facts: HardwareReport::default(),
+            power: PowerState::Unknown,
+            power_error: None,
+            bmc: None,
+            power_requests: Vec::new(),
+            boot_user_key: None,
         };
         unseen.updated(site, facts, conflicts, now_unix_ms)
     }
@@ -166,6 +216,25 @@ pub enum MachineEventKind {
         reason: Option<String>,
         by: String,
     },
+    /// A power operation or status read finished at the edge (or a state change the
+    /// edge's poll saw): who asked, what, and the result.
+    Power {
+        request_id: PowerRequestId,
+        /// `status`, `on`, `off`, `softoff` or `cycle`.
+        op: String,
+        /// The power state after.
+        state: PowerState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        by: String,
+    },
+    /// The operator set the machine's BMC (never the password).
+    Bmc {
+        driver: BmcDriverKind,
+        address: String,
+        user: String,
+        by: String,
+    },
 }
 
 impl MachineEvent {
@@ -176,6 +245,11 @@ impl MachineEvent {
             MachineEventKind::Updated { .. } => "updated",
             MachineEventKind::Conflict { .. } => "conflict",
             MachineEventKind::Transition { .. } => "transition",
+            MachineEventKind::Bmc { .. } => "bmc",
+            // One event per request, however often its result is delivered.
+            MachineEventKind::Power { ref request_id, .. } => {
+                return format!("{}-power-{request_id}", self.machine_id)
+            }
         };
         format!("{}-{}-{kind}", self.machine_id, self.revision)
     }

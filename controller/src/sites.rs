@@ -68,6 +68,11 @@ pub struct SiteRecord {
     /// credentials (labs, migrating a site). Off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_unauthenticated: bool,
+    /// A discovered machine that no rule assigns, and a machine whose wipe finished,
+    /// is told to power off after its report (as MAAS does after commissioning); a
+    /// machine with a BMC is powered on again by `assign`. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub power_off_after_discovery: bool,
 }
 
 /// The latest heartbeat of a site's edge and what its image cache holds (KV

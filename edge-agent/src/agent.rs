@@ -72,6 +72,8 @@ pub enum AgentError {
     SiteKey(#[source] crate::site_key::SiteKeyFileError),
     #[error("opening the image cache")]
     ImageCache(#[source] crate::image_cache::CacheError),
+    #[error("cannot make the edge's NATS login")]
+    NatsLogin(#[source] crate::site_key::EdgeLoginError),
     #[error("connecting to NATS at {url}")]
     Nats {
         url: String,
@@ -100,6 +102,7 @@ pub struct Bound {
     image_cache: ImageCache,
     cache_task: CacheTask,
     nats: Option<async_nats::Client>,
+    bmcs: (crate::power::BmcTable, crate::power::BmcCache),
 }
 
 /// `state_dir/install.json`: the disk copy of the site's install files (mode 0600).
@@ -148,15 +151,22 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
             })?;
     let mut http_state = HttpState::new(HttpSettings::from_config(&config), intents.clone())
         .map_err(AgentError::HttpSetup)?;
+    // The edge's NATS login: a user JWT it signs itself with the site key.
+    let mut nats_login = None;
     match &config.site_key {
         Some(path) => {
             let key = crate::site_key::load(path).map_err(AgentError::SiteKey)?;
             tracing::info!(path = %path.display(), key = %key.public_key(), "boot credentials are signed with the site key");
+            nats_login = Some(
+                crate::site_key::edge_login(&key, &config.site).map_err(AgentError::NatsLogin)?,
+            );
             http_state = http_state.with_site_key(Arc::new(key));
         }
         None => tracing::warn!(
             "no site key (--site-key): boot scripts carry unsigned tokens, so the controller \
-             will not let reports update known machines unless the site allows unauthenticated reports"
+             will not let reports update known machines unless the site allows unauthenticated reports, \
+             and the edge connects to NATS anonymously (a development server only: the site's \
+             leaf node refuses anonymous clients)"
         ),
     }
 
@@ -195,9 +205,11 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
 
     let nats = match &config.nats_url {
         Some(url) => {
-            let options =
-                substruct_runtime::nats_options(&format!("substruct-edge {}", config.site))
-                    .custom_inbox_prefix(subjects::site_inbox_prefix(&config.site));
+            let options = substruct_runtime::nats_options_login(
+                &format!("substruct-edge {}", config.site),
+                nats_login.as_ref(),
+            )
+            .custom_inbox_prefix(subjects::site_inbox_prefix(&config.site));
             let client = substruct_runtime::connect(options, url)
                 .await
                 .map_err(|source| AgentError::Nats {
@@ -235,6 +247,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         .with_cache(image_cache.clone())
         .with_binding(binding);
 
+    let bmcs = crate::power::load_table(&config);
     Ok(Bound {
         config,
         http_listener,
@@ -249,6 +262,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         image_cache,
         cache_task,
         nats,
+        bmcs,
     })
 }
 
@@ -369,6 +383,14 @@ impl Bound {
                 self.config.images_dir.clone(),
                 inner.clone(),
             ));
+            crate::power::spawn(
+                client.clone(),
+                &self.config,
+                self.bmcs,
+                &tracker,
+                inner.clone(),
+            )
+            .await;
             tracker.spawn(heartbeat(client, self.config.site.clone(), inner.clone()));
         }
         drop(fail_tx);

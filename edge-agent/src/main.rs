@@ -10,10 +10,20 @@ use substruct_edge::{agent, site_key};
 async fn main() -> anyhow::Result<()> {
     substruct_runtime::init_tracing();
     let mut flags = Flags::parse();
-    if let Some(Command::Keygen { file }) = flags.command.take() {
-        let key = site_key::generate(&file).context("substruct-edge keygen failed")?;
-        println!("{}", key.public_key());
-        return Ok(());
+    match flags.command.take() {
+        Some(Command::Keygen { file }) => {
+            let key = site_key::generate(&file).context("substruct-edge keygen failed")?;
+            println!("{}", key.public_key());
+            return Ok(());
+        }
+        Some(Command::LeafAuth { site, site_key }) => {
+            let site = substruct_wire::SiteId::new(site).context("substruct-edge leaf-auth")?;
+            let key = site_key::load(&site_key).context("substruct-edge leaf-auth")?;
+            let trust = site_key::leaf_trust(&key, &site).context("substruct-edge leaf-auth")?;
+            print!("{}", trust.config());
+            return Ok(());
+        }
+        None => {}
     }
     let config = flags.into_config().context("invalid configuration")?;
     let cancel = substruct_runtime::shutdown_token();

@@ -1,6 +1,6 @@
 //! The `substruct.*` kernel arguments the edge puts on the live image's command line:
-//! `substruct.site=NAME substruct.nats=URL substruct.token=TOKEN substruct.edge=URL
-//! substruct.debug=1`.
+//! `substruct.site=NAME substruct.nats=URL substruct.token=TOKEN substruct.seed=SEED
+//! substruct.edge=URL substruct.debug=1`.
 //!
 //! Pure: takes the text of `/proc/cmdline`, returns what it found. Unknown arguments
 //! (the kernel's own, other `substruct.*` keys) are ignored; the last occurrence of a
@@ -12,6 +12,9 @@ pub struct KernelArgs {
     pub site: Option<String>,
     pub nats: Option<String>,
     pub token: Option<String>,
+    /// The boot user key's seed (`SU…`): with the token (a NATS user JWT) it is this
+    /// boot's login to the site's leaf node.
+    pub seed: Option<String>,
     /// The edge's HTTP base URL (`http://10.77.0.1:8080`): disk images come from
     /// `{edge}/images/…`.
     pub edge: Option<String>,
@@ -24,6 +27,8 @@ pub const ARG_SITE: &str = "substruct.site";
 pub const ARG_NATS: &str = "substruct.nats";
 /// Kernel argument carrying the one-time boot token.
 pub const ARG_TOKEN: &str = "substruct.token";
+/// Kernel argument carrying the boot user key's seed (`SU…`) that goes with the token.
+pub const ARG_SEED: &str = "substruct.seed";
 /// Kernel argument naming the edge's HTTP base URL.
 pub const ARG_EDGE: &str = "substruct.edge";
 /// Kernel argument turning on debug logging.
@@ -43,6 +48,7 @@ pub fn parse(line: &str) -> KernelArgs {
             ARG_SITE => args.site = non_empty(value),
             ARG_NATS => args.nats = non_empty(value),
             ARG_TOKEN => args.token = non_empty(value),
+            ARG_SEED => args.seed = non_empty(value),
             ARG_EDGE => args.edge = non_empty(value),
             ARG_DEBUG => {
                 args.debug = match value.as_deref() {
@@ -97,13 +103,14 @@ mod tests {
         let line = "BOOT_IMAGE=/vmlinuz initrd=initrd.img console=ttyS0,115200 \
                     substruct.site=dc1 substruct.nats=nats://10.77.0.1:4222 \
                     substruct.token=3f9a0c substruct.edge=http://10.77.0.1:8080 \
-                    substruct.debug=1 quiet\n";
+                    substruct.seed=SUABC substruct.debug=1 quiet\n";
         assert_eq!(
             parse(line),
             KernelArgs {
                 site: Some("dc1".into()),
                 nats: Some("nats://10.77.0.1:4222".into()),
                 token: Some("3f9a0c".into()),
+                seed: Some("SUABC".into()),
                 edge: Some("http://10.77.0.1:8080".into()),
                 debug: true,
             }

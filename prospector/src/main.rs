@@ -73,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nats: cli.nats,
             site: cli.site,
             token: cli.token,
+            seed: None,
             edge: cli.edge,
             once: cli.once,
         },

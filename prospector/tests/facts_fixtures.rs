@@ -226,6 +226,7 @@ fn dell_r740() {
             site: s("dc1"),
             nats: s("nats://10.77.0.1:4222"),
             token: s("a1b2c3d4e5f6"),
+            seed: None,
             edge: None,
             debug: false
         }
@@ -463,6 +464,7 @@ fn qemu_vm() {
             site: s("lab1"),
             nats: s("nats://10.77.0.1:4222"),
             token: s("t0k3n"),
+            seed: None,
             edge: None,
             debug: true
         }
@@ -601,6 +603,7 @@ fn dup_uuid_is_a_different_machine_with_the_same_uuid() {
             site: s("dc2"),
             nats: s("nats://10.78.0.1:4222"),
             token: None,
+            seed: None,
             edge: None,
             debug: false
         }

@@ -75,6 +75,25 @@ impl FleetSite {
     }
 }
 
+/// The provisioning network of every site of a [`Fleet`] (the default: [`EDGE_CIDR`],
+/// [`POOL`]; the leaf and the edge's HTTP stay at [`EDGE_IP`], which must be in `edge_cidr`).
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// The edge's address and prefix on the site bridge (`--address`).
+    pub edge_cidr: String,
+    /// The edge's DHCP pool (`--pool`).
+    pub pool: String,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            edge_cidr: EDGE_CIDR.into(),
+            pool: POOL.into(),
+        }
+    }
+}
+
 /// A hub site ("core") and any number of edge sites, each in its own namespace.
 #[derive(Debug)]
 pub struct Fleet {
@@ -98,6 +117,11 @@ impl Fleet {
     /// waits until every leaf node has linked to the hub and every edge serves HTTP.
     /// Site names must be valid site ids (`gen-site`: lowercase letters, digits, `-`).
     pub fn start(tag: &str, sites: &[&str]) -> Result<Self> {
+        Self::start_with(tag, sites, FleetOptions::default())
+    }
+
+    /// [`Fleet::start`] with another provisioning network (a bigger pool, say).
+    pub fn start_with(tag: &str, sites: &[&str], opts: FleetOptions) -> Result<Self> {
         if sites.len() > 250 {
             bail!("at most 250 sites (one /30 per site under 10.201.0.0/16)");
         }
@@ -129,7 +153,7 @@ impl Fleet {
                 "dev",
                 SITE_WAN_IF,
             ])?;
-            ns.add_bridge(BRIDGE, EDGE_CIDR)?;
+            ns.add_bridge(BRIDGE, &opts.edge_cidr)?;
             nets.push((name.to_string(), n, ns, core_if));
         }
 
@@ -169,7 +193,7 @@ impl Fleet {
             api_tls: tls,
             dir,
         };
-        let result = fleet.start_sites(nets);
+        let result = fleet.start_sites(nets, &opts);
         if result.is_err() {
             fleet.dump_logs();
         }
@@ -177,7 +201,11 @@ impl Fleet {
         Ok(fleet)
     }
 
-    fn start_sites(&mut self, nets: Vec<(String, usize, Netns, String)>) -> Result<()> {
+    fn start_sites(
+        &mut self,
+        nets: Vec<(String, usize, Netns, String)>,
+        opts: &FleetOptions,
+    ) -> Result<()> {
         {
             let mut procs: Vec<&mut NsProcess> = self.controller.iter_mut().collect();
             self.core
@@ -194,17 +222,20 @@ impl Fleet {
                 std::fs::copy(image.join(f), images.join("prospector").join(f))
                     .with_context(|| format!("copying the live image's {f}"))?;
             }
+            // The edge signs boot credentials and its own NATS login; the controller
+            // knows the site's key; the leaf node admits only users the key signed.
+            let (key_file, public_key) = crate::site_key(&site_dir)?;
             let leaf = Leaf::start(
                 &self.hub,
                 &name,
-                LeafOptions::default().in_netns(&ns, leaf_ip, self.hub.leaf_urls()),
+                LeafOptions::default()
+                    .in_netns(&ns, leaf_ip, self.hub.leaf_urls())
+                    .site_key(&key_file),
             )
             .with_context(|| format!("starting site {name}'s leaf node"))?;
             leaf.wait_linked(Duration::from_secs(30))?;
             let nats_url = leaf.url();
             let state_dir = site_dir.join("edge-state");
-            // The edge signs boot credentials; the controller knows the site's key.
-            let (key_file, public_key) = crate::site_key(&site_dir)?;
             self.cli(&["sites", "add", &name, "--key", &public_key])
                 .with_context(|| format!("registering site {name}'s key"))?;
             let key_arg = key_file.display().to_string();
@@ -217,9 +248,9 @@ impl Fleet {
                 "--interface",
                 BRIDGE,
                 "--address",
-                EDGE_CIDR,
+                &opts.edge_cidr,
                 "--pool",
-                POOL,
+                &opts.pool,
                 "--images",
                 &images_arg,
                 "--site",

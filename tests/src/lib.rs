@@ -172,13 +172,23 @@ impl Default for SiteOptions {
     }
 }
 
+/// The shipped NATS topology inside a site's namespace: the hub (JetStream, the
+/// controller's) and the site's leaf node on the edge's address, port 4222.
+#[derive(Debug)]
+pub struct SiteNats {
+    pub hub: substruct_testkit::nats_topology::Hub,
+    pub leaf: substruct_testkit::nats_topology::Leaf,
+}
+
 /// A whole site in one namespace: bridge, NATS, controller, edge agent, images.
 #[derive(Debug)]
 pub struct Site {
     // Declared first so processes stop before the namespace goes.
     pub edge: Option<NsProcess>,
     pub controller: Option<NsProcess>,
-    pub nats: Option<NsProcess>,
+    /// The hub (the controller's) and the site's leaf node (the edge's and the
+    /// prospectors', operator mode: only logins the site key signed).
+    pub nats: Option<SiteNats>,
     pub ns: Netns,
     pub dir: tempfile::TempDir,
     pub images: PathBuf,
@@ -213,27 +223,30 @@ impl Site {
             api_tls: None,
             taps: 0,
         };
+        // The edge signs boot credentials and its own NATS login with the site key; the
+        // leaf node admits only users it signed; the controller knows the public key.
+        let (key_file, public_key) = site_key(site.dir.path())?;
         let nats_url = format!("nats://{EDGE_IP}:4222");
         if opts.with_nats {
-            let js = site.dir.path().join("jetstream");
-            let log = site.dir.path().join("nats.log");
-            let p = NsProcess::spawn(
-                &site.ns,
-                "nats-server",
-                "nats-server",
-                &[
-                    "-a",
-                    EDGE_IP,
-                    "-p",
-                    "4222",
-                    "-js",
-                    "-sd",
-                    js.to_str().unwrap_or("/tmp/js"),
-                ],
-                log,
-            )?;
-            site.nats = Some(p);
-            site.wait_tcp(EDGE_IP, 4222, Duration::from_secs(15))?;
+            use substruct_testkit::nats_topology::{Hub, HubOptions, Leaf, LeafOptions};
+            let ip: std::net::IpAddr = EDGE_IP.parse().context("EDGE_IP")?;
+            let hub = Hub::start(
+                HubOptions::default()
+                    .sites([opts.site.as_str()])
+                    .in_netns(&site.ns, ip),
+            )
+            .context("starting the NATS hub")?;
+            let leaf = Leaf::start(
+                &hub,
+                &opts.site,
+                LeafOptions::default()
+                    .in_netns(&site.ns, ip, hub.leaf_urls())
+                    .site_key(&key_file)
+                    .port(4222),
+            )
+            .context("starting the site's leaf node")?;
+            leaf.wait_linked(Duration::from_secs(30))?;
+            site.nats = Some(SiteNats { hub, leaf });
         }
         if opts.with_controller {
             let bin = binary("substruct-controller")?;
@@ -242,21 +255,23 @@ impl Site {
             let mut cmd = site
                 .ns
                 .command(bin.to_str().unwrap_or("substruct-controller"));
+            let hub = &site.nats.as_ref().context("a controller needs NATS")?.hub;
+            let (user, password) = hub.controller_credentials();
             cmd.args([
                 "--nats".to_string(),
-                nats_url.clone(),
+                hub.url(),
                 "--listen".into(),
                 format!("{EDGE_IP}:{API_PORT}"),
             ])
             .args(api_tls_args(&tls)?)
-            .env("SUBSTRUCT_TOKEN", API_TOKEN);
+            .env("SUBSTRUCT_TOKEN", API_TOKEN)
+            .env("SUBSTRUCT_NATS_USER", user)
+            .env("SUBSTRUCT_NATS_PASSWORD", password);
             let p = NsProcess::spawn_command("substruct-controller", cmd, log)?;
             site.controller = Some(p);
             site.api_tls = Some(tls);
             site.wait_tcp(EDGE_IP, API_PORT, Duration::from_secs(20))?;
         }
-        // The edge signs boot credentials; the controller knows the site's key.
-        let (key_file, public_key) = site_key(site.dir.path())?;
         if opts.with_controller {
             site.cli(&["sites", "add", &opts.site, "--key", &public_key])
                 .context("registering the site's key")?;
@@ -280,7 +295,12 @@ impl Site {
             state.display().to_string(),
         ];
         if opts.with_nats {
-            args.extend(["--nats".into(), nats_url]);
+            args.extend([
+                "--nats".into(),
+                nats_url,
+                "--js-domain".into(),
+                substruct_testkit::nats_topology::HUB_JS_DOMAIN.into(),
+            ]);
         }
         args.extend(opts.edge_args.iter().cloned());
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -300,7 +320,7 @@ impl Site {
     /// Waits until something listens on `ip:port` inside the namespace, failing early
     /// when one of the site's servers exits.
     pub fn wait_tcp(&mut self, ip: &str, port: u16, timeout: Duration) -> Result<()> {
-        let mut procs: Vec<&mut NsProcess> = [&mut self.nats, &mut self.controller, &mut self.edge]
+        let mut procs: Vec<&mut NsProcess> = [&mut self.controller, &mut self.edge]
             .into_iter()
             .flatten()
             .collect();
@@ -344,10 +364,20 @@ impl Site {
 
     /// Prints every server log (call on failure).
     pub fn dump_logs(&self) {
-        for p in [&self.nats, &self.controller, &self.edge]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(n) = &self.nats {
+            for (name, p) in [
+                ("hub", n.hub.nodes().first().map(|n| &n.process)),
+                ("leaf", Some(n.leaf.process())),
+            ] {
+                if let Some(p) = p {
+                    eprintln!(
+                        "----- nats {name} -----\n{}",
+                        substruct_testkit::qemu::tail(&p.log_text(), 60)
+                    );
+                }
+            }
+        }
+        for p in [&self.controller, &self.edge].into_iter().flatten() {
             eprintln!(
                 "----- {} ({}) -----\n{}",
                 p.name,

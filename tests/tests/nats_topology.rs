@@ -8,6 +8,9 @@
 //!   it reads the shared image registry and object store, and writes nothing;
 //! - TLS on the leaf link: traffic crosses with the right CA, the link is refused with
 //!   another CA;
+//! - the leaf node runs in operator mode: it refuses anonymous clients, passwords and
+//!   logins another key signed; a boot's login reaches only its own requests, inbox and
+//!   command subject; an expired one is refused, a live one cut at expiry;
 //! - the 3-node cluster variant serves a leaf; a site added to a running hub links after
 //!   the reload; hub and leaf in network namespaces relink after kills and restarts.
 //!
@@ -23,11 +26,11 @@ use async_nats::{Client, ConnectOptions, Event};
 use futures::{FutureExt as _, StreamExt as _};
 use substruct_runtime::jetstream::{ensure_kv, BucketSpec};
 use substruct_testkit::nats_topology::{
-    Hub, HubOptions, Leaf, LeafOptions, TlsFiles, HUB_JS_DOMAIN,
+    unix_now, Hub, HubOptions, Leaf, LeafOptions, TlsFiles, HUB_JS_DOMAIN,
 };
 use substruct_testkit::{poll, wait_for};
 use substruct_wire::subjects::{self, KV_BOOT, KV_INSTALL};
-use substruct_wire::{MachineId, SiteId};
+use substruct_wire::{Mac, MachineId, SiteId};
 use tokio::sync::mpsc;
 
 const LINK: Duration = Duration::from_secs(20);
@@ -49,11 +52,21 @@ struct Conn {
 
 impl Conn {
     async fn open(url: &str, inbox_prefix: Option<String>, user: Option<(&str, &str)>) -> Self {
-        let (tx, errors) = mpsc::unbounded_channel();
         let opts = match user {
             Some((u, p)) => ConnectOptions::with_user_and_password(u.into(), p.into()),
             None => ConnectOptions::new(),
         };
+        Self::open_with(url, inbox_prefix, opts).await
+    }
+
+    /// A client of `leaf` logged in as the edge is (a user JWT the site key signed).
+    async fn leaf(leaf: &Leaf, inbox_prefix: Option<String>) -> Self {
+        let login = leaf.edge_login().unwrap();
+        Self::open_with(&leaf.url(), inbox_prefix, login.options().unwrap()).await
+    }
+
+    async fn open_with(url: &str, inbox_prefix: Option<String>, opts: ConnectOptions) -> Self {
+        let (tx, errors) = mpsc::unbounded_channel();
         let mut opts = opts.event_callback(move |event| {
             let tx = tx.clone();
             async move {
@@ -96,6 +109,13 @@ impl Conn {
         }
         v
     }
+}
+
+/// A client of `leaf` logged in as the edge is (a user JWT the site key signed), with
+/// the default inbox prefix.
+async fn leaf_client(leaf: &Leaf) -> Client {
+    let login = leaf.edge_login().unwrap();
+    login.options().unwrap().connect(leaf.url()).await.unwrap()
 }
 
 /// A hub with users for sites `a` and `b`, and both sites' leaf nodes linked.
@@ -189,7 +209,7 @@ async fn leaf_client_reaches_the_controller_on_the_hub() {
     let _controller = controller_answering(&hub).await;
     let creds = hub.site("a").unwrap();
     // No credentials on the leaf; the site's inbox prefix so replies come back.
-    let client = Conn::open(&leaf_a.url(), Some(creds.inbox_prefix()), None).await;
+    let client = Conn::leaf(&leaf_a, Some(creds.inbox_prefix())).await;
     let a = site("a");
     let answer = discover_until_answered(&client.client, &a).await;
     assert_eq!(
@@ -199,7 +219,7 @@ async fn leaf_client_reaches_the_controller_on_the_hub() {
 
     // The same request with the default `_INBOX.` prefix gets no reply: the hub does not
     // forward other inboxes to site a (this is why site clients must set the prefix).
-    let plain = async_nats::connect(leaf_a.url()).await.unwrap();
+    let plain = leaf_client(&leaf_a).await;
     let r = tokio::time::timeout(
         Duration::from_secs(2),
         plain.request(subjects::discover(&a), "hello".into()),
@@ -280,8 +300,8 @@ async fn leaf_of_site_a_neither_receives_nor_sends_site_b_traffic() {
     let (hub, leaf_a, leaf_b) = topology(None);
     let controller = controller(&hub).await;
     let (sa, sb) = (site("a"), site("b"));
-    let a = async_nats::connect(leaf_a.url()).await.unwrap();
-    let b = async_nats::connect(leaf_b.url()).await.unwrap();
+    let a = leaf_client(&leaf_a).await;
+    let b = leaf_client(&leaf_b).await;
     let mut a_sees_b = a.subscribe("substruct.v1.b.>").await.unwrap();
     let mut a_sees_a = a.subscribe("substruct.v1.a.>").await.unwrap();
     let mut b_sees_b = b.subscribe("substruct.v1.b.>").await.unwrap();
@@ -505,7 +525,7 @@ async fn site_reads_and_watches_only_its_own_kv_keys() {
     check_site_a_kv(&direct.client, "$JS.API", &keys).await;
 
     // Behind leaf a, through the hub's domain.
-    let behind = Conn::open(&leaf_a.url(), Some(creds.inbox_prefix()), None).await;
+    let behind = Conn::leaf(&leaf_a, Some(creds.inbox_prefix())).await;
     let prefix = format!("$JS.{HUB_JS_DOMAIN}.API");
     let js = js_with_prefix(&behind.client, &prefix);
     wait_for("the hub's JetStream behind leaf a", LINK, || {
@@ -519,7 +539,7 @@ async fn site_reads_and_watches_only_its_own_kv_keys() {
     // Site b, behind its leaf, reads its own key: the refusals above are about a, not
     // about leaf nodes.
     let b_creds = hub.site("b").unwrap().clone();
-    let b = Conn::open(&leaf_b.url(), Some(b_creds.inbox_prefix()), None).await;
+    let b = Conn::leaf(&leaf_b, Some(b_creds.inbox_prefix())).await;
     let js = js_with_prefix(&b.client, &prefix);
     let got = kv_value_once_readable(&js, KV_BOOT, "b.y").await;
     assert_eq!(got, b"boot-b");
@@ -531,7 +551,7 @@ async fn tls_leaf_link_carries_traffic_and_refuses_another_ca() {
     let (hub, leaf_a, _leaf_b) = topology(Some(&tls));
     let _controller = controller_answering(&hub).await;
     let creds = hub.site("a").unwrap();
-    let client = Conn::open(&leaf_a.url(), Some(creds.inbox_prefix()), None).await;
+    let client = Conn::leaf(&leaf_a, Some(creds.inbox_prefix())).await;
     let a = site("a");
     let answer = discover_until_answered(&client.client, &a).await;
     assert_eq!(
@@ -600,7 +620,7 @@ async fn cluster_hub_serves_a_leaf_on_any_node() {
     });
     controller.flush().await.unwrap();
     let creds = hub.site("a").unwrap();
-    let client = Conn::open(&leaf.url(), Some(creds.inbox_prefix()), None).await;
+    let client = Conn::leaf(&leaf, Some(creds.inbox_prefix())).await;
     let answer = discover_until_answered(&client.client, &site("a")).await;
     assert_eq!(answer, b"from n3");
 
@@ -697,7 +717,7 @@ async fn site_reads_the_shared_image_registry_and_objects_but_cannot_write() {
         .unwrap();
 
     let creds = hub.site("a").unwrap();
-    let a = Conn::open(&leaf_a.url(), Some(creds.inbox_prefix()), None).await;
+    let a = Conn::leaf(&leaf_a, Some(creds.inbox_prefix())).await;
     let site_js = js_with_prefix(&a.client, &format!("$JS.{HUB_JS_DOMAIN}.API"));
     let registry_a = poll(
         "site a to open the image registry",
@@ -721,4 +741,212 @@ async fn site_reads_the_shared_image_registry_and_objects_but_cannot_write() {
     let put = objects_a.put("forged", &mut &b"x"[..]).await;
     assert!(put.is_err(), "site a wrote the object store");
     assert_eq!(registry.get("debian").await.unwrap().unwrap(), "meta");
+}
+
+// ---- Logins on the leaf node (operator mode; issue 11) ---------------------------------
+
+fn mac(last: u8) -> Mac {
+    Mac([0x52, 0x54, 0, 0, 0, last])
+}
+
+/// The leaf node admits only users the site key signed: no anonymous client, no
+/// password, no JWT signed by another key; the edge-like login gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaf_refuses_anonymous_and_foreign_logins() {
+    let (hub, leaf_a, leaf_b) = topology(None);
+    let anonymous = async_nats::ConnectOptions::new()
+        .connect(leaf_a.url())
+        .await;
+    assert!(anonymous.is_err(), "anonymous client admitted");
+    let creds = hub.site("a").unwrap();
+    let password =
+        ConnectOptions::with_user_and_password(creds.user.clone(), creds.password.clone())
+            .connect(leaf_a.url())
+            .await;
+    assert!(
+        password.is_err(),
+        "the hub's site password admitted on the leaf"
+    );
+    // Site b's key signs a perfectly good login, for the wrong leaf.
+    let foreign = leaf_b.edge_login().unwrap();
+    let r = foreign.options().unwrap().connect(leaf_a.url()).await;
+    assert!(
+        r.is_err(),
+        "a login signed by site b's key admitted on a's leaf"
+    );
+    // The JWT without its seed (a bearer login) is refused too: sign with another key.
+    let (_, stolen) = leaf_a.boot_login(mac(1), unix_now(), 600).unwrap();
+    let mut wrong_seed = leaf_a.edge_login().unwrap();
+    wrong_seed.jwt = stolen.jwt;
+    let r = wrong_seed.options().unwrap().connect(leaf_a.url()).await;
+    assert!(
+        r.is_err(),
+        "a boot JWT admitted with another key's nonce signature"
+    );
+    // The site's own login gets in and reaches the hub.
+    let _controller = controller_answering(&hub).await;
+    let ok = Conn::leaf(&leaf_a, Some(creds.inbox_prefix())).await;
+    let answer = discover_until_answered(&ok.client, &site("a")).await;
+    assert_eq!(
+        answer,
+        format!("reply:{}", subjects::discover(&site("a"))).as_bytes()
+    );
+}
+
+/// A boot's login (the credential the edge issues for one MAC, with its seed) may send
+/// its site's discover/callback/event requests and read its own inbox and command
+/// subject, and nothing else: not another boot's inbox or commands, not the
+/// machine-id command subjects, not the KV or JetStream API, not publishing commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_login_reaches_only_its_own_requests_inbox_and_commands() {
+    let (hub, leaf_a, _leaf_b) = topology(None);
+    let controller = controller_answering(&hub).await;
+    let a = site("a");
+    let (_, login_a) = leaf_a.boot_login(mac(0xa), unix_now(), 600).unwrap();
+    let (_, login_b) = leaf_a.boot_login(mac(0xb), unix_now(), 600).unwrap();
+    let prefix_a = subjects::boot_inbox_prefix(&a, &login_a.user_key);
+    let prefix_b = subjects::boot_inbox_prefix(&a, &login_b.user_key);
+    let mut ca = Conn::open_with(
+        &leaf_a.url(),
+        Some(prefix_a.clone()),
+        login_a.options().unwrap(),
+    )
+    .await;
+    let cb = Conn::open_with(
+        &leaf_a.url(),
+        Some(prefix_b.clone()),
+        login_b.options().unwrap(),
+    )
+    .await;
+
+    // Its own request/reply works (the reply comes to its own inbox through the hub).
+    let answer = discover_until_answered(&ca.client, &a).await;
+    assert_eq!(
+        answer,
+        format!("reply:{}", subjects::discover(&a)).as_bytes()
+    );
+
+    // Its own command subject: the controller's command arrives.
+    let mut own_cmd = ca
+        .client
+        .subscribe(subjects::boot_cmd(&a, &login_a.user_key))
+        .await
+        .unwrap();
+    let mut b_cmd = cb
+        .client
+        .subscribe(subjects::boot_cmd(&a, &login_b.user_key))
+        .await
+        .unwrap();
+    ca.client.flush().await.unwrap();
+    cb.client.flush().await.unwrap();
+    // Interest takes a moment to reach the hub: publish until one arrives.
+    let mut got = None;
+    for _ in 0..100 {
+        controller
+            .publish(
+                subjects::boot_cmd(&a, &login_a.user_key),
+                "cmd-for-a".into(),
+            )
+            .await
+            .unwrap();
+        controller.flush().await.unwrap();
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), own_cmd.next()).await {
+            got = m;
+            break;
+        }
+    }
+    let got = got.expect("a's command never crossed");
+    assert_eq!(got.payload, "cmd-for-a");
+    // b's command reaches b (so b's subject works), never a.
+    controller
+        .publish(
+            subjects::boot_cmd(&a, &login_b.user_key),
+            "cmd-for-b".into(),
+        )
+        .await
+        .unwrap();
+    controller.flush().await.unwrap();
+    let got_b = tokio::time::timeout(LINK, b_cmd.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got_b.payload, "cmd-for-b");
+
+    // Refused subscriptions: b's inbox and commands, the whole site inbox, the machine-id
+    // command subjects, everything.
+    for subject in [
+        format!("{prefix_b}.>"),
+        subjects::boot_cmd(&a, &login_b.user_key),
+        format!("{}.>", subjects::site_inbox_prefix(&a)),
+        subjects::machine_cmd(&a, &MachineId::new("m-1").unwrap()),
+        "substruct.v1.a.>".to_owned(),
+        ">".to_owned(),
+    ] {
+        let _s = ca.client.subscribe(subject.clone()).await.unwrap();
+        ca.client.flush().await.unwrap();
+        ca.expect_error(&format!(
+            "Permissions Violation for Subscription to \"{subject}\""
+        ))
+        .await;
+    }
+    // Refused publishes: commands (to b or any machine), KV and JetStream API, another
+    // site's requests, replies into b's inbox.
+    for subject in [
+        subjects::boot_cmd(&a, &login_b.user_key),
+        subjects::machine_cmd(&a, &MachineId::new("m-1").unwrap()),
+        "$KV.machines.m-1".to_owned(),
+        "$JS.hub.API.STREAM.INFO.KV_boot".to_owned(),
+        "$JS.API.STREAM.INFO.KV_boot".to_owned(),
+        subjects::discover(&site("b")),
+        format!("{prefix_b}.x"),
+    ] {
+        ca.client
+            .publish(subject.clone(), "x".into())
+            .await
+            .unwrap();
+        ca.client.flush().await.unwrap();
+        ca.expect_error(&format!(
+            "Permissions Violation for Publish to \"{subject}\""
+        ))
+        .await;
+    }
+    // Nothing a sent reached b's command subscription.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b_cmd.next())
+            .await
+            .is_err(),
+        "a reached b's command subject"
+    );
+    // The default inbox prefix is not the boot's: a client that ignores it cannot even
+    // subscribe for its replies.
+    let (_, login_c) = leaf_a.boot_login(mac(0xc), unix_now(), 600).unwrap();
+    let mut cc = Conn::open_with(&leaf_a.url(), None, login_c.options().unwrap()).await;
+    let _ = cc.client.request(subjects::discover(&a), "x".into()).await;
+    cc.expect_error("Permissions Violation for Subscription to \"_INBOX.")
+        .await;
+}
+
+/// An expired boot credential is refused at connect; a live one is disconnected by the
+/// leaf node when it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_boot_login_is_refused_and_a_live_one_ends_at_expiry() {
+    let (_hub, leaf_a, _leaf_b) = topology(None);
+    let a = site("a");
+    let (_, old) = leaf_a.boot_login(mac(1), unix_now() - 7200, 3600).unwrap();
+    let r = old
+        .options()
+        .unwrap()
+        .custom_inbox_prefix(subjects::boot_inbox_prefix(&a, &old.user_key))
+        .connect(leaf_a.url())
+        .await;
+    assert!(r.is_err(), "an expired credential admitted");
+    // Valid for 2 s: admitted now, cut by the server when it expires.
+    let (_, short) = leaf_a.boot_login(mac(2), unix_now(), 2).unwrap();
+    let mut c = Conn::open_with(
+        &leaf_a.url(),
+        Some(subjects::boot_inbox_prefix(&a, &short.user_key)),
+        short.options().unwrap().max_reconnects(Some(1)),
+    )
+    .await;
+    c.expect_error("Expired").await;
 }

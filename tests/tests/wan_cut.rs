@@ -87,12 +87,13 @@ fn report(mac: &str, serial: &str) -> Result<HardwareReport> {
     })
 }
 
-/// A client of the site's leaf node, as a prospector connects: no credentials, the
-/// site's inbox prefix.
-async fn site_client(url: &str, site: &str) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .name(format!("wan-cut test ({site})"))
-        .custom_inbox_prefix(subjects::site_inbox_prefix(&SiteId::new(site)?))
+/// A client of the site's leaf node, as a prospector connects: logged in with its boot
+/// credential and seed, its boot's own inbox prefix.
+async fn site_client(url: &str, site: &str, login: &BootLogin) -> Result<async_nats::Client> {
+    let nats_login = substruct_runtime::NatsLogin::new(login.credential.as_str(), &login.seed)?;
+    let prefix = subjects::boot_inbox_prefix(&SiteId::new(site)?, &nats_login.user_key());
+    substruct_runtime::nats_options_login(&format!("wan-cut test ({site})"), Some(&nats_login))
+        .custom_inbox_prefix(prefix)
         .connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))
@@ -128,9 +129,16 @@ async fn request_until(
     answer.with_context(|| format!("last: {}", last.borrow()))
 }
 
+/// A boot's login: its credential and the boot user key's seed.
+struct BootLogin {
+    credential: BootCredential,
+    seed: String,
+}
+
 /// What site `site`'s edge would put on the command line of a boot of `mac`: a boot
-/// credential signed with the site's key (the seed the fleet made for its edge).
-fn boot_credential(fleet: &Fleet, site: &str, mac: &str) -> Result<BootCredential> {
+/// credential signed with the site's key (the seed the fleet made for its edge), and
+/// the boot user key's seed.
+fn boot_credential(fleet: &Fleet, site: &str, mac: &str) -> Result<BootLogin> {
     let seed = std::fs::read_to_string(fleet.dir.path().join(site).join("site.nk"))?;
     let key = SiteKey::from_seed(&seed)?;
     let now = std::time::SystemTime::now()
@@ -138,14 +146,18 @@ fn boot_credential(fleet: &Fleet, site: &str, mac: &str) -> Result<BootCredentia
         .as_secs();
     let mut boot_seed = [0u8; 32];
     boot_seed[..6].copy_from_slice(&Mac::parse(mac)?.0);
-    Ok(BootCredential::issue(
+    let credential = BootCredential::issue(
         &key,
         &SiteId::new(site)?,
         Mac::parse(mac)?,
         now,
         substruct_wire::credential::DEFAULT_LIFETIME_SECS,
         boot_seed,
-    )?)
+    )?;
+    Ok(BootLogin {
+        credential,
+        seed: substruct_wire::credential::boot_user_seed(boot_seed)?,
+    })
 }
 
 /// Plays the prospector: one discover request through the site's leaf node, with the
@@ -154,13 +166,13 @@ async fn discover(
     url: &str,
     site: &str,
     report: HardwareReport,
-    credential: BootCredential,
+    login: BootLogin,
 ) -> Result<DiscoverReply> {
-    let client = site_client(url, site).await?;
+    let client = site_client(url, site, &login).await?;
     let site_id = SiteId::new(site)?;
     let request = DiscoverRequest {
         site: site_id.clone(),
-        boot_token: Some(credential),
+        boot_token: Some(login.credential.clone()),
         report,
     };
     let bytes = request_until(
@@ -181,8 +193,13 @@ async fn discover(
 }
 
 /// Plays the prospector's `done` callback after an image deploy.
-async fn callback_done(url: &str, site: &str, token: BootToken) -> Result<CallbackReply> {
-    let client = site_client(url, site).await?;
+async fn callback_done(
+    url: &str,
+    site: &str,
+    token: BootToken,
+    login: BootLogin,
+) -> Result<CallbackReply> {
+    let client = site_client(url, site, &login).await?;
     let site_id = SiteId::new(site)?;
     let request = CallbackRequest {
         site: site_id.clone(),
@@ -413,10 +430,10 @@ fn wan_cut(fleet: &mut Fleet) -> Result<()> {
     };
     let done = {
         let (url, token) = (url_a.clone(), deploy.token.clone());
-        fleet.in_site(
-            "a",
-            move || async move { callback_done(&url, "a", token).await },
-        )?
+        let login = boot_credential(fleet, "a", K_MAC)?;
+        fleet.in_site("a", move || async move {
+            callback_done(&url, "a", token, login).await
+        })?
     };
     assert_eq!(done.machine_id, k_id);
     assert_eq!(done.state, "deployed");

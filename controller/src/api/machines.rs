@@ -59,6 +59,26 @@ pub(super) fn actor(role: Option<Role>) -> String {
 #[serde(deny_unknown_fields)]
 pub(super) struct AssignBody {
     profile: String,
+    /// Leave the machine's power alone (by default a machine with a BMC is set to PXE
+    /// for its next boot and cycled).
+    #[serde(default)]
+    no_power: bool,
+}
+
+/// The body of `reinstall`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PowerBody {
+    #[serde(default)]
+    no_power: bool,
+}
+
+/// After an admin action that needs the machine to PXE boot: unless `no_power`, a
+/// machine with a BMC is set to PXE and cycled (in the background).
+fn power_follow(state: &ApiState, record: &MachineRecord, no_power: bool) {
+    if !no_power && state.power.cycle_to_pxe(record, &actor(None)) {
+        tracing::info!(machine = %record.id, "PXE next boot and power cycle ordered");
+    }
 }
 
 pub(super) async fn assign(
@@ -67,12 +87,12 @@ pub(super) async fn assign(
     body: Result<Json<AssignBody>, JsonRejection>,
 ) -> Result<Json<MachineRecord>, ApiError> {
     let Json(body) = body?;
-    Ok(Json(
-        state
-            .provisioner
-            .assign(&id, &body.profile, &actor(None))
-            .await?,
-    ))
+    let record = state
+        .provisioner
+        .assign(&id, &body.profile, &actor(None))
+        .await?;
+    power_follow(&state, &record, body.no_power);
+    Ok(Json(record))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +100,8 @@ pub(super) async fn assign(
 pub(super) struct ReleaseBody {
     #[serde(default)]
     wipe: Option<String>,
+    #[serde(default)]
+    no_power: bool,
 }
 
 /// `quick` or `discard` (or none).
@@ -101,16 +123,23 @@ pub(super) async fn release(
 ) -> Result<Json<MachineRecord>, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let wipe = parse_wipe(body.wipe.as_deref()).map_err(ApiError::BadRequest)?;
-    Ok(Json(
-        state.provisioner.release(&id, wipe, &actor(None)).await?,
-    ))
+    let record = state.provisioner.release(&id, wipe, &actor(None)).await?;
+    // A wipe runs in the prospector: the machine must PXE boot.
+    if wipe.is_some() {
+        power_follow(&state, &record, body.no_power);
+    }
+    Ok(Json(record))
 }
 
 pub(super) async fn reinstall(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    body: Option<Json<PowerBody>>,
 ) -> Result<Json<MachineRecord>, ApiError> {
-    Ok(Json(state.provisioner.reinstall(&id, &actor(None)).await?))
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let record = state.provisioner.reinstall(&id, &actor(None)).await?;
+    power_follow(&state, &record, body.no_power);
+    Ok(Json(record))
 }
 
 pub(super) async fn retire(

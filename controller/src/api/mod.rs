@@ -7,6 +7,11 @@
 //! * `POST /api/v1/machines/{ref}/assign` `{"profile": NAME}`, `…/release`
 //!   `{"wipe": null|"quick"|"discard"}`, `…/reinstall`, `…/retire` — `ref` is a machine
 //!   id, SMBIOS UUID, serial or MAC;
+//! * `GET /api/v1/machines/{ref}/power` — asks the machine's BMC (through its site's
+//!   edge) and records the answer; `POST …/power` `{"action": "on|off|softoff|cycle",
+//!   "next_boot": null|"pxe"|"disk"}`; `GET|PUT /api/v1/machines/{ref}/bmc` — the BMC
+//!   without its password / `{"driver", "address", "user", "password"}`. `assign`,
+//!   `reinstall` and `release` take `"no_power": true` to leave power alone;
 //! * `GET|PUT|DELETE /api/v1/profiles[/{name}]` — PUT validates (the template must
 //!   render against a sample machine, or the error names the line);
 //! * `GET|PUT|DELETE /api/v1/rules[/{name}]`, `POST /api/v1/rules/dry-run`;
@@ -42,6 +47,7 @@ use crate::store::{Store, StoreError};
 mod docs;
 mod images;
 mod machines;
+mod power;
 mod sites;
 
 pub use docs::{DryRun, REDACTED};
@@ -54,6 +60,7 @@ pub use sites::SiteBody;
 pub struct ApiState {
     pub store: Store,
     pub provisioner: Provisioner,
+    pub power: crate::power::PowerControl,
     pub client: async_nats::Client,
     pub tokens: Arc<Vec<ApiToken>>,
 }
@@ -79,6 +86,11 @@ pub enum ApiError {
     Conflict(String),
     #[error(transparent)]
     Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Power(#[from] crate::power::PowerError),
+    /// The BMC answered with an error (after the edge's bounded retries).
+    #[error("{0}")]
+    Bmc(String),
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
 }
@@ -91,7 +103,12 @@ impl From<JsonRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self {
+        // A provisioning error inside a power error maps as itself.
+        let this = match self {
+            Self::Power(crate::power::PowerError::Provision(e)) => Self::Provision(e),
+            other => other,
+        };
+        let status = match &this {
             Self::MissingToken | Self::BadToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::Missing { .. } => StatusCode::NOT_FOUND,
@@ -111,9 +128,25 @@ impl IntoResponse for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
             },
+            Self::Power(e) => {
+                use crate::power::PowerError as P;
+                match e {
+                    // Unwrapped above.
+                    P::Provision(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    P::NoBmc(_) => StatusCode::CONFLICT,
+                    P::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    P::NoEdge(_) | P::Request { .. } | P::Contention(_) | P::Store(_) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    P::Refused { .. } | P::BadReply(_) | P::WrongSite { .. } => {
+                        StatusCode::BAD_GATEWAY
+                    }
+                }
+            }
+            Self::Bmc(_) => StatusCode::BAD_GATEWAY,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let message = crate::error_chain(&self);
+        let message = crate::error_chain(&this);
         if status.is_server_error() {
             tracing::error!(error = %message, "API request failed");
         } else {
@@ -139,6 +172,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/machines/{id}/release", post(machines::release))
         .route("/api/v1/machines/{id}/reinstall", post(machines::reinstall))
         .route("/api/v1/machines/{id}/retire", post(machines::retire))
+        .route(
+            "/api/v1/machines/{id}/power",
+            get(power::status).post(power::act),
+        )
+        .route(
+            "/api/v1/machines/{id}/bmc",
+            get(power::show_bmc).put(power::set_bmc),
+        )
         .route("/api/v1/profiles", get(docs::list_profiles))
         .route(
             "/api/v1/profiles/{name}",

@@ -58,6 +58,9 @@ pub struct SiteBody {
     /// `None` keeps the registered setting (default off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_unauthenticated: Option<bool>,
+    /// Whether idle discovered machines are powered off; `None` keeps the setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_off_after_discovery: Option<bool>,
 }
 
 pub(super) async fn put_site(
@@ -91,6 +94,10 @@ pub(super) async fn put_site(
         allow_unauthenticated: body
             .allow_unauthenticated
             .or(old.as_ref().map(|o| o.allow_unauthenticated))
+            .unwrap_or(false),
+        power_off_after_discovery: body
+            .power_off_after_discovery
+            .or(old.as_ref().map(|o| o.power_off_after_discovery))
             .unwrap_or(false),
     };
     state

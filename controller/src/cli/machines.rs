@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::client::Api;
 use super::output::{human_bytes, or_dash, write_json, write_rows};
+use super::power::{run_bmc, run_power, write_bmc, BmcCommand, PowerCommand};
 use super::CliError;
 use crate::record::MachineRecord;
 
@@ -24,17 +25,43 @@ pub enum MachinesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Ties a profile to a machine (by id, serial, SMBIOS UUID or MAC).
-    Assign { machine: String, profile: String },
-    /// Returns a machine to `discovered`, optionally wiping its disks first.
+    /// Ties a profile to a machine (by id, serial, SMBIOS UUID or MAC). A machine with
+    /// a BMC is set to PXE for its next boot and power cycled (on, when it is off).
+    Assign {
+        machine: String,
+        profile: String,
+        /// Leave the machine's power alone.
+        #[arg(long)]
+        no_power: bool,
+    },
+    /// Returns a machine to `discovered`, optionally wiping its disks first (a machine
+    /// with a BMC is then PXE booted to wipe them).
     Release {
         machine: String,
         /// `quick`: signatures and the first/last MiB; `discard`: the whole disk.
         #[arg(long)]
         wipe: Option<String>,
+        /// Leave the machine's power alone.
+        #[arg(long)]
+        no_power: bool,
     },
-    /// Installs the machine's profile again.
-    Reinstall { machine: String },
+    /// Installs the machine's profile again (a machine with a BMC is PXE booted).
+    Reinstall {
+        machine: String,
+        /// Leave the machine's power alone.
+        #[arg(long)]
+        no_power: bool,
+    },
+    /// Power through the machine's BMC: status, on, off, cycle.
+    Power {
+        #[command(subcommand)]
+        command: PowerCommand,
+    },
+    /// The machine's BMC settings.
+    Bmc {
+        #[command(subcommand)]
+        command: BmcCommand,
+    },
     /// Takes the machine out of service for good.
     Retire { machine: String },
 }
@@ -70,13 +97,22 @@ pub(super) async fn run(
                 write_machine(out, &machine)
             }
         }
-        MachinesCommand::Assign { machine, profile } => {
-            let body = json!({ "profile": profile });
+        MachinesCommand::Assign {
+            machine,
+            profile,
+            no_power,
+        } => {
+            let body = json!({ "profile": profile, "no_power": no_power });
             let m = action(api, &machine, "assign", Some(body)).await?;
             writeln!(out, "machine {} is {}", m.id, m.state)
         }
-        MachinesCommand::Release { machine, wipe } => {
-            let m = action(api, &machine, "release", Some(json!({ "wipe": wipe }))).await?;
+        MachinesCommand::Release {
+            machine,
+            wipe,
+            no_power,
+        } => {
+            let body = json!({ "wipe": wipe, "no_power": no_power });
+            let m = action(api, &machine, "release", Some(body)).await?;
             match m.pending_wipe {
                 Some(mode) => writeln!(
                     out,
@@ -86,10 +122,13 @@ pub(super) async fn run(
                 None => writeln!(out, "machine {} is {}", m.id, m.state),
             }
         }
-        MachinesCommand::Reinstall { machine } => {
-            let m = action(api, &machine, "reinstall", None).await?;
+        MachinesCommand::Reinstall { machine, no_power } => {
+            let body = json!({ "no_power": no_power });
+            let m = action(api, &machine, "reinstall", Some(body)).await?;
             writeln!(out, "machine {} is {}", m.id, m.state)
         }
+        MachinesCommand::Power { command } => return run_power(api, command, out).await,
+        MachinesCommand::Bmc { command } => return run_bmc(api, command, out).await,
         MachinesCommand::Retire { machine } => {
             let m = action(api, &machine, "retire", None).await?;
             writeln!(out, "machine {} is {}", m.id, m.state)
@@ -122,6 +161,7 @@ fn table_row(m: &MachineRecord) -> Vec<String> {
         m.id.to_string(),
         m.state.to_string(),
         m.site.to_string(),
+        m.power.to_string(),
         or_dash(f.dmi.sys_vendor.as_deref()),
         or_dash(f.dmi.product_name.as_deref()),
         or_dash(f.usable_serial()),
@@ -146,7 +186,8 @@ pub fn write_table(out: &mut dyn Write, machines: &[MachineRecord]) -> std::io::
     write_rows(
         out,
         &[
-            "ID", "STATE", "SITE", "VENDOR", "PRODUCT", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS",
+            "ID", "STATE", "SITE", "POWER", "VENDOR", "PRODUCT", "SERIAL", "MACS", "CPUS",
+            "MEMORY", "DISKS",
         ],
         rows,
     )
@@ -162,6 +203,13 @@ pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<
         writeln!(out, "pending wipe: {wipe:?}")?;
     }
     writeln!(out, "site:         {}", m.site)?;
+    writeln!(out, "power:        {}", m.power)?;
+    if let Some(e) = &m.power_error {
+        writeln!(out, "power error:  {e}")?;
+    }
+    if let Some(bmc) = &m.bmc {
+        write_bmc(out, bmc)?;
+    }
     writeln!(out, "first seen:   {} (unix ms)", m.first_seen_unix_ms)?;
     writeln!(out, "last seen:    {} (unix ms)", m.last_seen_unix_ms)?;
     writeln!(out, "reports:      {}", m.report_count)?;

@@ -6,6 +6,9 @@
 //! substruct machines assign MACHINE PROFILE     # MACHINE: id, serial, SMBIOS UUID or MAC
 //! substruct machines release MACHINE [--wipe quick|discard]
 //! substruct machines reinstall|retire MACHINE
+//! substruct machines power status|on|off|cycle MACHINE [--pxe-next] [--json]
+//! substruct machines bmc set MACHINE --driver ipmi|redfish --address A --user U --password-file F
+//! substruct machines bmc show MACHINE [--json]
 //! substruct profiles add FILE.toml | list [--json] | show NAME | delete NAME
 //! substruct rules add FILE.toml | list [--json] | dry-run FILE.toml | delete NAME
 //! substruct images add FILE --kind kernel|initrd|disk|loader [--name NAME] | list [--json]
@@ -25,6 +28,7 @@ mod client;
 mod images;
 mod machines;
 mod output;
+mod power;
 mod profiles;
 mod rules;
 mod sites;
@@ -38,6 +42,7 @@ use reqwest::StatusCode;
 pub use images::ImagesCommand;
 pub use machines::{write_machine, write_table, MachinesCommand};
 pub use output::{human_bytes, write_rows};
+pub use power::{BmcCommand, PowerCommand};
 pub use profiles::ProfilesCommand;
 pub use rules::RulesCommand;
 pub use sites::SitesCommand;

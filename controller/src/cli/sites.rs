@@ -31,6 +31,10 @@ pub enum SitesCommand {
         /// migration): `true` or `false`.
         #[arg(long, value_name = "BOOL")]
         allow_unauthenticated: Option<bool>,
+        /// Power off discovered machines that no rule assigns, and wiped machines, after
+        /// their report (`true` or `false`).
+        #[arg(long, value_name = "BOOL")]
+        power_off_after_discovery: Option<bool>,
     },
     /// Every site, with its edge's state (online/offline), version and last heartbeat.
     List {
@@ -52,12 +56,14 @@ pub(super) async fn run(
             description,
             key,
             allow_unauthenticated,
+            power_off_after_discovery,
         } => {
             let body = serde_json::to_value(SiteBody {
                 description,
                 local_boot,
                 key,
                 allow_unauthenticated,
+                power_off_after_discovery,
             })
             .map_err(|e| CliError::Invalid {
                 path: PathBuf::from(&name),

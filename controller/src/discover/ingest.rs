@@ -157,13 +157,18 @@ impl Inventory {
                     }
                 }
                 if claimed.revisions.len() == keys.len() {
-                    let record = MachineRecord::new(
+                    let mut record = MachineRecord::new(
                         id.clone(),
                         site.clone(),
                         report.clone(),
                         vec![],
                         now_unix_ms,
                     );
+                    // A verified credential names the inbox its commands go to (nats-auth).
+                    if credential.is_some() {
+                        let proof = self.proof(site, credential, &report, now_unix_ms).await?;
+                        record.boot_user_key = proof.boot_key().map(str::to_owned);
+                    }
                     match self.store.create_machine(&record).await? {
                         Write::Done(revision) => {
                             self.hints.add(&keys);
@@ -281,13 +286,15 @@ impl Inventory {
                         machine: id.clone(),
                         reason,
                     })?;
-                    proven = Some(proof);
-                    let new = old.updated(
+                    let mut new = old.updated(
                         site.clone(),
                         report.clone(),
                         resolution.conflicts.clone(),
                         now_unix_ms,
                     );
+                    // This boot's commands go to its credential's inbox (nats-auth).
+                    new.boot_user_key = proof.boot_key().map(str::to_owned);
+                    proven = Some(proof);
                     let added: Vec<Conflict> = new
                         .conflicts
                         .iter()
@@ -305,13 +312,23 @@ impl Inventory {
                     }
                 }
                 Action::Create(id) => {
-                    let new = MachineRecord::new(
+                    let mut new = MachineRecord::new(
                         id.clone(),
                         site.clone(),
                         report.clone(),
                         resolution.conflicts.clone(),
                         now_unix_ms,
                     );
+                    // A new machine needs no proof, but a verified credential names the
+                    // inbox its commands go to (nats-auth).
+                    if credential.is_some() {
+                        let proof = match proven.take() {
+                            Some(p) => p,
+                            None => self.proof(site, credential, report, now_unix_ms).await?,
+                        };
+                        new.boot_user_key = proof.boot_key().map(str::to_owned);
+                        proven = Some(proof);
+                    }
                     match store.create_machine(&new).await? {
                         Write::Done(r) => (id.clone(), r, true, new.conflicts.clone(), new),
                         Write::Lost => {

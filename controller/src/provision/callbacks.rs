@@ -72,7 +72,8 @@ impl Provisioner {
         match (&request.kind, ticket.purpose) {
             (CallbackKind::Wiped, TicketPurpose::Wipe) => {
                 let record = self.finish_wipe(&id, &request.token).await?;
-                Ok(reply(&record, Some(Instruction::Wait)))
+                let next = crate::power::idle_instruction(self, &record).await;
+                Ok(reply(&record, Some(next)))
             }
             (CallbackKind::Fetched { file }, TicketPurpose::Install) => {
                 tracing::info!(machine = %id, file, "install file fetched");

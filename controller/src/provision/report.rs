@@ -33,7 +33,11 @@ impl Provisioner {
         };
         match substruct_wire::encode(&command) {
             Ok(bytes) => {
-                let subject = subjects::machine_cmd(&record.site, &record.id);
+                // The credentialled prospector reads only its own inbox (nats-auth).
+                let subject = match &record.boot_user_key {
+                    Some(key) => subjects::boot_cmd(&record.site, key),
+                    None => subjects::machine_cmd(&record.site, &record.id),
+                };
                 if let Err(e) = self.client.publish(subject, bytes.into()).await {
                     tracing::debug!(error = %e, "command not published");
                 }
@@ -93,11 +97,9 @@ impl Provisioner {
                     return Ok(Instruction::Wait);
                 }
                 let rules = self.rules.rules();
-                if rules.is_empty() {
-                    return Ok(Instruction::Wait);
-                }
+                // No rule assigns it: wait, or power off where the site asks for it.
                 let Some(rule) = crate::rules::first_match(&rules, &record) else {
-                    return Ok(Instruction::Wait);
+                    return Ok(crate::power::idle_instruction(self, &record).await);
                 };
                 let by = format!("rule {}", rule.name);
                 let profile = self.profile(&rule.profile).await?;

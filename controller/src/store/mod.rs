@@ -7,6 +7,8 @@
 //! * stream `EVENTS`: [`MachineEvent`]s as JSON on `substruct.v1.events.{id}`.
 //!
 //! * KV `profiles`, `rules`, `images`, `sites`, `site_status`: JSON documents by name;
+//! * KV `bmc` (`{site}.{machine}` → BMC settings, password included; only the
+//!   controller and that site read it);
 //! * KV `boot` (`{site}.{mac}` → boot intent) and `install` (`{site}.{sha256(token)[..32]}` → the
 //!   rendered install files), envelope-encoded for the edges.
 //!
@@ -31,6 +33,7 @@ use substruct_wire::{subjects, MachineId};
 
 use crate::config::StorageLimits;
 
+mod bmc;
 mod docs;
 mod edge;
 mod machines;
@@ -39,6 +42,9 @@ pub use docs::{DocEvent, DocWatch, Docs, KV_SITE_STATUS};
 pub use machines::IndexEntry;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Most bytes of KV `bmc` (less when `bucket_max_bytes` is less).
+const BMC_MAX_BYTES: i64 = 16 << 20;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +121,7 @@ pub struct Store {
     site_status: kv::Store,
     boot: kv::Store,
     install: kv::Store,
+    bmc: kv::Store,
     objects: Objects,
 }
 
@@ -161,6 +168,9 @@ impl Store {
         let site_status = open(KV_SITE_STATUS, each).await?;
         let boot = open(subjects::KV_BOOT, each).await?;
         let install = open(subjects::KV_INSTALL, each).await?;
+        // BMC settings are ~200 bytes a machine: 16 MiB hold ~80k machines, and keep the
+        // bucket's reservation of JetStream storage small.
+        let bmc = open(subjects::KV_BMC, each.min(BMC_MAX_BYTES)).await?;
         let objects = ensure_object_store(&js, subjects::OBJ_IMAGES)
             .await
             .map_err(StoreError::Setup)?;
@@ -185,6 +195,7 @@ impl Store {
             site_status,
             boot,
             install,
+            bmc,
             objects: Objects(objects),
             js,
             machines,

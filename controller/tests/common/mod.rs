@@ -207,6 +207,7 @@ pub async fn register_site_key(client: &async_nats::Client, site: &str) {
                 .as_millis() as u64,
             key: None,
             allow_unauthenticated: false,
+            power_off_after_discovery: false,
         },
     };
     let key = site_key(site).public_key();
@@ -282,4 +283,38 @@ where
         .unwrap()
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+/// Every `power` event of a machine in `EVENTS`.
+pub async fn power_events(
+    client: &async_nats::Client,
+    id: &substruct_wire::MachineId,
+) -> Vec<serde_json::Value> {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(subjects::STREAM_EVENTS).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: subjects::machine_event(id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::new();
+    if pending == 0 {
+        return out;
+    }
+    let mut batch = consumer
+        .fetch()
+        .max_messages(pending)
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(msg)) = futures::StreamExt::next(&mut batch).await {
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        if v["kind"]["type"] == "power" {
+            out.push(v);
+        }
+    }
+    out
 }

@@ -37,6 +37,23 @@ pub struct RawConfig {
     pub dhcp: RawDhcp,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub power: RawPower,
+}
+
+/// The `[power]` table: how the edge drives the site's BMCs (defaults in
+/// `crate::power::PowerSettings`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPower {
+    /// BMC sessions open at once for the site (default 4).
+    pub max_sessions: Option<usize>,
+    /// Attempts per operation on retryable errors (default 3).
+    pub attempts: Option<u32>,
+    /// Bound of one exchange with a BMC (default 3 s).
+    pub bmc_timeout: Option<RawDuration>,
+    /// How often every BMC's state is read (default 60 s; 0: never).
+    pub poll_interval: Option<RawDuration>,
 }
 
 /// The `[http]` table: the HTTP server's timeouts and connection caps (defaults in

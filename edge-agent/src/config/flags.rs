@@ -92,6 +92,17 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print the trust block of SITE's leaf-node config (operator mode: an operator made
+    /// for this site alone, the site key's account, preloaded), for
+    /// `deploy/nats/gen-site SITE --leaf-auth FILE`. The operator's seed is not kept.
+    LeafAuth {
+        /// The site id.
+        #[arg(value_name = "SITE")]
+        site: String,
+        /// The site key's seed file (as for --site-key).
+        #[arg(long, value_name = "FILE")]
+        site_key: PathBuf,
+    },
 }
 
 impl Flags {

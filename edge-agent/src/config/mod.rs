@@ -33,7 +33,9 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use file::{RawConfig, RawDhcp, RawDuration, RawHttp, RawReservation, RawSubnet, Sourced};
+pub use file::{
+    RawConfig, RawDhcp, RawDuration, RawHttp, RawPower, RawReservation, RawSubnet, Sourced,
+};
 pub use flags::{Command, Flags};
 
 /// Where the agent keeps its leases database and intent cache unless told otherwise.
@@ -103,6 +105,8 @@ pub struct EdgeConfig {
     /// The site's signing key seed file; `None`: boot scripts carry unsigned tokens, which
     /// the controller does not accept as a machine's proof of identity.
     pub site_key: Option<PathBuf>,
+    /// The `[power]` table: BMC sessions, retries, the status poll.
+    pub power: crate::power::PowerSettings,
 }
 
 impl EdgeConfig {

@@ -516,3 +516,30 @@ fn tftp_limits_default_and_are_checked() {
         "edge.toml: tftp_max_per_source: must be 1 ..= tftp_max_transfers (4)"
     );
 }
+
+#[test]
+fn the_power_table_has_defaults_and_refuses_zeros_by_name() {
+    let c = EdgeConfig::from_toml_str("edge.toml", GOOD).unwrap();
+    assert_eq!(c.power, crate::power::PowerSettings::default());
+    assert_eq!(c.power.max_sessions, 4);
+    let text = format!(
+        "{GOOD}\n[power]\nmax_sessions = 2\nattempts = 5\nbmc_timeout = \"2s\"\npoll_interval = 0\n"
+    );
+    let c = EdgeConfig::from_toml_str("edge.toml", &text).unwrap();
+    assert_eq!(c.power.max_sessions, 2);
+    assert_eq!(c.power.attempts, 5);
+    assert_eq!(c.power.bmc_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(c.power.poll_interval, None, "0 turns the poll off");
+    for (bad, field) in [
+        ("max_sessions = 0", "power.max_sessions"),
+        ("attempts = 0", "power.attempts"),
+        ("attempts = 11", "power.attempts"),
+        ("bmc_timeout = 0", "power.bmc_timeout"),
+        ("sessions = 3", "sessions"),
+    ] {
+        let e = EdgeConfig::from_toml_str("edge.toml", &format!("{GOOD}\n[power]\n{bad}\n"))
+            .unwrap_err();
+        let e = substruct_runtime::error_chain(&e);
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}

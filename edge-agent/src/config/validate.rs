@@ -74,6 +74,7 @@ impl TryFrom<Sourced> for EdgeConfig {
             js_domain: raw.js_domain.filter(|d| !d.is_empty()),
             http: http_limits(&ctx, &raw.http)?,
             site_key: raw.site_key,
+            power: power_settings(&ctx, &raw.power)?,
         })
     }
 }
@@ -98,6 +99,39 @@ fn tftp_limits(
         ));
     }
     Ok(s)
+}
+
+/// `[power]` over [`PowerSettings::default`](crate::power::PowerSettings): sessions,
+/// attempts and the BMC timeout must be more than 0; a `poll_interval` of 0 turns the
+/// poll off.
+fn power_settings(
+    ctx: &Ctx<'_>,
+    raw: &super::RawPower,
+) -> Result<crate::power::PowerSettings, ConfigError> {
+    let mut p = crate::power::PowerSettings::default();
+    if let Some(n) = raw.max_sessions {
+        if n == 0 {
+            return Err(ctx.err("power.max_sessions", "must be more than 0"));
+        }
+        p.max_sessions = n;
+    }
+    if let Some(n) = raw.attempts {
+        if n == 0 || n > 10 {
+            return Err(ctx.err("power.attempts", "must be 1 ..= 10"));
+        }
+        p.attempts = n;
+    }
+    if let Some(d) = &raw.bmc_timeout {
+        p.bmc_timeout = ctx.duration("power.bmc_timeout", d)?;
+        if p.bmc_timeout.is_zero() {
+            return Err(ctx.err("power.bmc_timeout", "must be more than 0"));
+        }
+    }
+    if let Some(d) = &raw.poll_interval {
+        let d = ctx.duration("power.poll_interval", d)?;
+        p.poll_interval = (!d.is_zero()).then_some(d);
+    }
+    Ok(p)
 }
 
 /// `[http]` over [`HttpLimits::default`]: no timeout or cap may be zero.

@@ -31,6 +31,7 @@
 pub mod binding;
 pub mod files;
 pub mod limits;
+pub mod renew;
 pub mod script;
 
 use std::collections::HashMap;
@@ -235,6 +236,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/", get(health))
         .route("/healthz", get(health))
         .route("/boot.ipxe", get(boot_ipxe))
+        .route(renew::PATH, get(renew::renew_credential))
         .route("/images/{*path}", get(image))
         .route("/install/{*path}", get(install_file))
         .route(
@@ -328,35 +330,37 @@ async fn health(State(state): State<HttpState>) -> String {
 }
 
 /// The credential for one boot of `mac`: claims signed by the site's key, valid for
-/// [`DEFAULT_LIFETIME_SECS`](substruct_wire::credential::DEFAULT_LIFETIME_SECS);
-/// without a key, 32 lowercase hex characters (proves nothing). Randomness from the
-/// OS-seeded thread RNG.
+/// [`DEFAULT_LIFETIME_SECS`](substruct_wire::credential::DEFAULT_LIFETIME_SECS), and the
+/// boot user key's seed (`SU…`) that lets the prospector log in to the leaf node with it;
+/// without a key, 32 lowercase hex characters (proves nothing) and no seed. Randomness
+/// from the OS-seeded thread RNG.
 fn new_token(
     key: Option<&SiteKey>,
     site: &SiteId,
     mac: Mac,
-) -> Result<BootCredential, substruct_wire::CredentialError> {
+) -> Result<(BootCredential, Option<String>), substruct_wire::CredentialError> {
     let mut rng = rand::thread_rng();
     match key {
         Some(key) => {
             let mut boot_seed = [0u8; 32];
             rng.fill_bytes(&mut boot_seed);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            BootCredential::issue(
+            let credential = BootCredential::issue(
                 key,
                 site,
                 mac,
-                now,
+                crate::site_key::unix_now(),
                 substruct_wire::credential::DEFAULT_LIFETIME_SECS,
                 boot_seed,
-            )
+            )?;
+            let seed = substruct_wire::credential::boot_user_seed(boot_seed)?;
+            Ok((credential, Some(seed)))
         }
         None => {
             let mut bytes = [0u8; 16];
             rng.fill_bytes(&mut bytes);
-            BootCredential::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            let token =
+                BootCredential::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
+            Ok((token, None))
         }
     }
 }
@@ -405,9 +409,9 @@ async fn boot_ipxe(
     let record = state.inner.intents.get(&mac);
     let intent = record.as_ref().map(|r| &r.intent);
     let bound = state.inner.binding.holds(peer.ip(), &mac);
-    let token = if bound {
+    let (token, login_seed) = if bound {
         match new_token(state.inner.site_key.as_deref(), &s.site, mac) {
-            Ok(t) => Some(t),
+            Ok((t, seed)) => (Some(t), seed),
             Err(e) => {
                 tracing::error!(error = %e, "boot.ipxe: cannot make a boot token");
                 return script_response(render_retry_script(
@@ -427,13 +431,14 @@ async fn boot_ipxe(
     } else {
         tracing::warn!(%peer, %mac, "boot.ipxe: asker is not the address bound to this MAC; \
             script without a boot token");
-        None
+        (None, None)
     };
     let ctx = ScriptContext {
         base: s.base.clone(),
         site: s.site.clone(),
         nats_url: s.nats_url.clone(),
         token,
+        login_seed,
         mac,
         platform,
         extra_args: s.extra_args.clone(),

@@ -42,6 +42,9 @@ pub struct ScriptContext {
     /// `None`: the asker is not bound to `mac` (see `http::binding`); the script then
     /// carries no credential.
     pub token: Option<BootCredential>,
+    /// The boot user key's seed (`SU…`) that goes with `token`: the prospector signs its
+    /// NATS login with it (`substruct.seed=`). `None` without a site key or a token.
+    pub login_seed: Option<String>,
     pub mac: Mac,
     pub platform: Platform,
     /// Appended to the prospector's kernel command line.
@@ -93,7 +96,13 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
                 ctx.token
                     .as_ref()
                     .map(|t| format!(" substruct.token={t}"))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    + &ctx
+                        .login_seed
+                        .as_ref()
+                        .filter(|_| ctx.token.is_some())
+                        .map(|seed| format!(" substruct.seed={seed}"))
+                        .unwrap_or_default(),
                 ctx.mac.to_string().replace(':', "-")
             );
             if let Some(extra) = &ctx.extra_args {
@@ -200,6 +209,7 @@ mod tests {
             site: SiteId::new("s1").unwrap(),
             nats_url: "nats://10.77.0.1:4222".into(),
             token: Some(BootCredential::new("0123456789abcdef0123456789abcdef").unwrap()),
+            login_seed: None,
             mac: Mac::parse("52:54:00:77:00:0a").unwrap(),
             platform,
             extra_args: None,

@@ -8,7 +8,7 @@ use substruct_wire::nats_url::NatsUrlError;
 use substruct_wire::{BootCredential, CredentialError, IdError, NatsUrl, SiteId};
 
 use crate::blockdev::Storage;
-use crate::cmdline::{KernelArgs, ARG_EDGE, ARG_NATS, ARG_SITE, ARG_TOKEN};
+use crate::cmdline::{KernelArgs, ARG_EDGE, ARG_NATS, ARG_SEED, ARG_SITE, ARG_TOKEN};
 use crate::http_get::{BaseUrl, UrlError};
 
 /// Everything the agent needs to know about its place.
@@ -18,6 +18,10 @@ pub struct AgentConfig {
     pub nats_url: NatsUrl,
     pub site: SiteId,
     pub token: Option<BootCredential>,
+    /// This boot's NATS login: the token (a user JWT the site key signed) and the boot
+    /// user key's seed ([`login_from`]). `None`: connect anonymously (a development
+    /// server; the site's leaf node refuses anonymous clients).
+    pub login: Option<substruct_runtime::NatsLogin>,
     /// Return after the first acknowledgement instead of waiting for commands.
     pub once: bool,
     /// The edge's HTTP base URL, where disk images come from; without it an image
@@ -34,6 +38,8 @@ pub struct ConfigSources {
     pub nats: Option<String>,
     pub site: Option<String>,
     pub token: Option<String>,
+    /// The boot user key's seed (`SU…`) that goes with `token`.
+    pub seed: Option<String>,
     pub edge: Option<String>,
     pub once: bool,
 }
@@ -66,12 +72,43 @@ pub enum ConfigError {
         #[source]
         source: CredentialError,
     },
+    #[error("invalid NATS login (the seed from {flag} or {ARG_SEED}, with the boot token)")]
+    Login {
+        flag: &'static str,
+        #[source]
+        source: LoginProblem,
+    },
     #[error("invalid edge URL (from {flag} or {ARG_EDGE})")]
     Edge {
         flag: &'static str,
         #[source]
         source: UrlError,
     },
+}
+
+/// Why the boot's NATS login could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginProblem {
+    #[error("a seed without a boot token")]
+    SeedWithoutToken,
+    #[error("the seed is not a NATS user seed")]
+    Seed(#[source] substruct_runtime::LoginError),
+}
+
+/// This boot's NATS login from the boot token (`substruct.token=`, a user JWT) and the
+/// boot user key's seed (`substruct.seed=`): `None` without a seed (an edge without a
+/// site key, or a development set-up: the agent connects anonymously).
+pub fn login_from(
+    token: Option<&BootCredential>,
+    seed: Option<&str>,
+) -> Result<Option<substruct_runtime::NatsLogin>, LoginProblem> {
+    match (token, seed) {
+        (_, None) => Ok(None),
+        (None, Some(_)) => Err(LoginProblem::SeedWithoutToken),
+        (Some(token), Some(seed)) => substruct_runtime::NatsLogin::new(token.as_str(), seed)
+            .map(Some)
+            .map_err(LoginProblem::Seed),
+    }
 }
 
 impl AgentConfig {
@@ -112,6 +149,13 @@ impl AgentConfig {
                 flag: "--token",
                 source,
             })?;
+        let seed = flags.seed.or_else(|| kernel.seed.clone());
+        let login = login_from(token.as_ref(), seed.as_deref()).map_err(|source| {
+            ConfigError::Login {
+                flag: "--seed",
+                source,
+            }
+        })?;
         let edge = flags
             .edge
             .or_else(|| kernel.edge.clone())
@@ -125,6 +169,7 @@ impl AgentConfig {
             nats_url,
             site,
             token,
+            login,
             once: flags.once,
             edge,
             storage: Some(Storage::default()),
@@ -201,6 +246,7 @@ mod tests {
                 site: Some("dc2".into()),
                 nats: Some("nats://f:1".into()),
                 token: None,
+                seed: None,
                 edge: Some("http://[fd00::1]:81".into()),
                 once: true,
             },

@@ -135,7 +135,7 @@ pub fn describe(event: &AgentEvent) -> String {
 }
 
 /// One console line (the live image's only UI) and the same line in the log.
-pub(super) fn progress(args: std::fmt::Arguments<'_>) {
+pub(crate) fn progress(args: std::fmt::Arguments<'_>) {
     println!("substruct-prospector: {args}");
     tracing::info!("{args}");
 }

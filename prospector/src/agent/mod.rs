@@ -6,6 +6,7 @@
 //! * [`protocol`] — the pure decisions: what a reply or a command means and which
 //!   [`Step`] follows;
 //! * [`console`] — what happened, as [`AgentEvent`]s, and the line each one prints;
+//! * [`renew`] — keeps the boot's NATS login (its credential) valid while it waits;
 //! * this module — [`run`], the thin shell that owns the NATS client, the clock and
 //!   the console lines.
 //!
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod console;
 pub mod protocol;
+pub mod renew;
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,7 +29,7 @@ use substruct_wire::report::HardwareReport;
 use substruct_wire::{subjects, BootToken, MachineId, WireError};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AgentConfig, AgentTuning, ConfigError, ConfigSources};
+pub use config::{login_from, AgentConfig, AgentTuning, ConfigError, ConfigSources, LoginProblem};
 pub use console::{describe, AgentEvent};
 pub use protocol::{
     after_callback, after_reply, callback_answer, callback_kind_name, callback_refusal_is_final,
@@ -90,15 +92,12 @@ pub async fn run_with(
     let payload = bytes::Bytes::from(substruct_wire::encode(&request).map_err(AgentError::Encode)?);
     let subject = subjects::discover(&cfg.site);
 
-    // `nats://a:4222,nats://b:4222` names several servers of one cluster.
-    let servers: Vec<&str> = cfg.nats_url.servers().collect();
-    let connect = substruct_runtime::nats_options(CLIENT_NAME)
-        .custom_inbox_prefix(subjects::site_inbox_prefix(&cfg.site))
-        .connect(servers);
     let client = tokio::select! {
         _ = cancel.cancelled() => return Ok(Outcome::Cancelled),
-        c = connect => c.map_err(|source| AgentError::Connect { url: cfg.nats_url.to_string(), source })?,
+        c = connect(&cfg) => c?,
     };
+    // Keeps the login's JWT fresh while the agent runs (it may wait for days).
+    let _renewal = renew::spawn(&cfg, tuning.http_timeout, cancel.child_token());
     progress(format_args!(
         "reporting {} bytes to {} on {subject}",
         payload.len(),
@@ -184,6 +183,40 @@ pub async fn run_with(
     }
 }
 
+/// The reply-inbox prefix of the agent's client: with a login, this boot's own
+/// (`_INBOX_{site}.{boot user key}`, the only one its credential may subscribe to), else
+/// the site's.
+pub fn inbox_prefix(cfg: &AgentConfig) -> String {
+    match &cfg.login {
+        Some(login) => subjects::boot_inbox_prefix(&cfg.site, &login.user_key()),
+        None => subjects::site_inbox_prefix(&cfg.site),
+    }
+}
+
+/// Where the controller sends this boot's commands: with a login, the subject bound to
+/// the boot user key (`_INBOX_{site}.{key}.cmd`), else the machine's
+/// `substruct.v1.{site}.machine.{id}.cmd`.
+pub fn command_subject(cfg: &AgentConfig, machine_id: &MachineId) -> String {
+    match &cfg.login {
+        Some(login) => subjects::boot_cmd(&cfg.site, &login.user_key()),
+        None => subjects::machine_cmd(&cfg.site, machine_id),
+    }
+}
+
+/// Connects to `cfg.nats_url` (every server of the list) as the agent does: logged in
+/// with `cfg.login` when there is one, with [`inbox_prefix`], reconnecting forever.
+/// What a simulated prospector (the boot-storm bench) calls too.
+pub async fn connect(cfg: &AgentConfig) -> Result<async_nats::Client, AgentError> {
+    let options = substruct_runtime::nats_options_login(CLIENT_NAME, cfg.login.as_ref())
+        .custom_inbox_prefix(inbox_prefix(cfg));
+    substruct_runtime::connect(options, &cfg.nats_url)
+        .await
+        .map_err(|source| AgentError::Connect {
+            url: cfg.nats_url.to_string(),
+            source,
+        })
+}
+
 /// One connected run of the agent: the client, its settings, the observer, and the
 /// command subscription once there is one. Its methods return `None` when cancelled.
 struct Session<'a> {
@@ -209,7 +242,7 @@ impl Session<'_> {
     /// command that asks for more than waiting; ignored commands are reported.
     async fn next_command(&mut self, machine_id: &MachineId) -> Result<Option<Step>, AgentError> {
         if self.commands.is_none() {
-            let cmd_subject = subjects::machine_cmd(&self.cfg.site, machine_id);
+            let cmd_subject = command_subject(self.cfg, machine_id);
             let subscribe = self.client.subscribe(cmd_subject.clone());
             let sub = tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(None),

@@ -13,6 +13,8 @@ pub struct BootConfig {
     /// The NATS server(s) from `substruct.nats=`.
     pub nats_url: NatsUrl,
     pub token: Option<BootCredential>,
+    /// The boot user key's seed (`substruct.seed=`): with the token, the NATS login.
+    pub seed: Option<String>,
     /// The edge's HTTP base URL (`substruct.edge=`); optional: only image deploys need it.
     pub edge: Option<BaseUrl>,
     pub debug: bool,
@@ -105,6 +107,7 @@ pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
             site,
             nats_url,
             token,
+            seed: args.seed.clone(),
             edge,
             debug: args.debug,
         }),
@@ -121,6 +124,7 @@ mod tests {
             site: site.map(str::to_owned),
             nats: nats.map(str::to_owned),
             token: token.map(str::to_owned),
+            seed: None,
             edge: None,
             debug: false,
         }

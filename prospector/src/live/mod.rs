@@ -199,10 +199,21 @@ async fn report_and_obey(cfg: &BootConfig, cancel: &CancellationToken) -> Never 
             if reported { "listening" } else { "reporting" },
             cfg.nats_url
         ));
+        let login = match crate::agent::login_from(cfg.token.as_ref(), cfg.seed.as_deref()) {
+            Ok(login) => login,
+            Err(e) => {
+                console::error(&format!(
+                    "substruct.seed: {}; connecting without a login",
+                    substruct_runtime::error_chain(&e)
+                ));
+                None
+            }
+        };
         let agent_cfg = AgentConfig {
             nats_url: cfg.nats_url.clone(),
             site: cfg.site.clone(),
             token: cfg.token.clone(),
+            login,
             once: false,
             edge: cfg.edge.clone(),
             storage: Some(crate::blockdev::Storage::default()),

@@ -8,11 +8,14 @@
 
 pub mod backoff;
 pub mod jetstream;
+pub mod login;
 pub mod serve;
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+pub use login::{LoginError, NatsLogin};
 
 /// An error and every `source()` under it on one line, `outer: middle: root`, for
 /// log and console lines (the cause is never folded into an error's own message).
@@ -98,8 +101,24 @@ pub fn unique_consumer_name(prefix: &str) -> String {
 /// jittered [`backoff::Backoff`] (100 ms doubling up to 3 s), so a NATS outage is
 /// survived rather than fatal and clients do not reconnect in lockstep.
 pub fn nats_options(name: &str) -> async_nats::ConnectOptions {
+    with_common_options(async_nats::ConnectOptions::new(), name)
+}
+
+/// [`nats_options`] logging in with `login` (a user JWT and its key) when given, else
+/// anonymously (a development server without authorization).
+pub fn nats_options_login(name: &str, login: Option<&NatsLogin>) -> async_nats::ConnectOptions {
+    match login {
+        Some(l) => with_common_options(l.options(), name),
+        None => nats_options(name),
+    }
+}
+
+fn with_common_options(
+    options: async_nats::ConnectOptions,
+    name: &str,
+) -> async_nats::ConnectOptions {
     let backoff = backoff::Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
-    async_nats::ConnectOptions::new()
+    options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))

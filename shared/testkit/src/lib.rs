@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod gate;
+pub mod ipmi_sim;
 pub mod nats_topology;
 pub mod netns;
 pub mod qemu;

@@ -19,7 +19,8 @@
 //! let hub = Hub::start(HubOptions::default().sites(["a", "b"]))?;
 //! let leaf_a = Leaf::start(&hub, "a", LeafOptions::default())?;
 //! // hub.url() + hub.controller_credentials(): the controller; leaf_a.url(): site a's
-//! // edge and prospectors (no credentials),
+//! // edge and prospectors, each with a user JWT the site key signed
+//! // (leaf_a.edge_login()?.options(), leaf_a.boot_login(mac, lifetime)?),
 //! // with ConnectOptions::custom_inbox_prefix(hub.site("a").unwrap().inbox_prefix())
 //! // and jetstream::with_domain(client, HUB_JS_DOMAIN).
 //! # anyhow::Ok(())
@@ -34,6 +35,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use substruct_wire::credential::{sign_user_jwt, user_key_pair, UserJwt, UserPermissions};
+use substruct_wire::{BootCredential, LeafTrust, Mac, SiteId, SiteKey};
 
 use crate::netns::Netns;
 use crate::{free_port, nats_server_bin, wait_for_blocking};
@@ -55,11 +58,66 @@ pub fn deploy_dir() -> PathBuf {
 
 /// 24 random bytes as hex: passwords for test users.
 fn random_password() -> Result<String> {
-    let mut buf = [0u8; 24];
+    let buf: [u8; 24] = random_bytes()?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `N` bytes from /dev/urandom.
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut buf = [0u8; N];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .context("reading /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(buf)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A NATS user login to a site's leaf node: a user JWT the site key signed and the user
+/// key's seed.
+#[derive(Debug, Clone)]
+pub struct UserLogin {
+    /// The user JWT.
+    pub jwt: String,
+    /// The user key's seed (`SU…`).
+    pub seed: String,
+    /// The user's public key (`U…`).
+    pub user_key: String,
+}
+
+impl UserLogin {
+    /// async-nats connect options logging in as this user (JWT + nonce signed with the
+    /// seed).
+    pub fn options(&self) -> Result<async_nats::ConnectOptions> {
+        let key = std::sync::Arc::new(
+            nkeys::KeyPair::from_seed(&self.seed).context("the login's seed")?,
+        );
+        Ok(async_nats::ConnectOptions::with_jwt(
+            self.jwt.clone(),
+            move |nonce| {
+                let key = key.clone();
+                async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+            },
+        ))
+    }
+}
+
+/// A site's signing key as the harness uses it: read from a seed file, or made here.
+fn load_or_make_site_key(path: Option<&Path>) -> Result<SiteKey> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the site key {}", p.display()))?;
+            SiteKey::from_seed(&text).with_context(|| format!("site key {}", p.display()))
+        }
+        None => SiteKey::from_raw(random_bytes()?).context("making a site key"),
+    }
 }
 
 /// A `nats-server` process with its log, killable and restartable on the same config.
@@ -485,7 +543,7 @@ impl Hub {
                     format!(
                         "HUB_NAME: \"substruct-hub\"\nHUB_LISTEN: \"{ipq}:{client}\"\n\
                          HUB_LEAF_LISTEN: \"{ipq}:{leaf}\"\nHUB_JS_DOMAIN: \"{HUB_JS_DOMAIN}\"\n\
-                         HUB_STORE_DIR: \"{}\"\n",
+                         HUB_STORE_DIR: \"{}\"\nHUB_MAX_FILE_STORE: 8G\n",
                         d.join("js").display()
                     ),
                 )
@@ -699,6 +757,11 @@ pub struct LeafOptions<'a> {
     /// Leave the TLS block out although the hub wants TLS (the leaf node then starts
     /// TLS anyway, verifies the hub with the system's CAs only, and fails).
     pub skip_tls: bool,
+    /// The site key's seed file (`substruct-edge keygen`); default: a key made here
+    /// ([`Leaf::site_key`]).
+    pub site_key: Option<PathBuf>,
+    /// The client port (default: one the server picks).
+    pub port: Option<u16>,
 }
 
 impl<'a> LeafOptions<'a> {
@@ -715,13 +778,27 @@ impl<'a> LeafOptions<'a> {
         self.tls_ca = Some(ca.to_owned());
         self
     }
+
+    /// Trust users signed by the site key in `seed_file` (the edge's `--site-key`).
+    pub fn site_key(mut self, seed_file: &Path) -> Self {
+        self.site_key = Some(seed_file.to_owned());
+        self
+    }
+
+    /// Listen for clients on `port`.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
 }
 
 /// A site's leaf node: `deploy/nats/leaf.conf.tmpl` rendered by `gen-site` with the
-/// site's credentials. Killed on drop.
+/// site's credentials and its trust block (operator mode: users the site key signs, as
+/// `substruct-edge leaf-auth` writes it). Killed on drop.
 #[derive(Debug)]
 pub struct Leaf {
     site: String,
+    site_key: SiteKey,
     process: ServerProcess,
     ip: IpAddr,
     port: u16,
@@ -760,6 +837,13 @@ impl Leaf {
         let ip = opts.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let hubs = hub_urls.join(",");
         let ca = opts.tls_ca.as_ref().map(|p| path_str(p)).transpose()?;
+        let site_key = load_or_make_site_key(opts.site_key.as_deref())?;
+        let site_id = SiteId::new(site).with_context(|| format!("site id {site:?}"))?;
+        let trust = LeafTrust::new(&site_key, &site_id, random_bytes()?, unix_now())
+            .context("signing the leaf's trust")?;
+        let auth_file = d.join("leaf-auth.conf");
+        std::fs::write(&auth_file, trust.config()).context("writing leaf-auth.conf")?;
+        let auth_arg = path_str(&auth_file)?.to_owned();
         let render = |port: &str| -> Result<()> {
             let listen = format!("{}:{port}", quote_host(ip));
             let mut args = vec![
@@ -770,6 +854,8 @@ impl Leaf {
                 &hubs,
                 "--listen",
                 &listen,
+                "--leaf-auth",
+                &auth_arg,
                 "--out",
                 path_str(&d)?,
             ];
@@ -779,7 +865,8 @@ impl Leaf {
             gen_site(&args)?;
             Ok(())
         };
-        render("-1")?;
+        let first_port = opts.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        render(&first_port)?;
         let process = ServerProcess::start(
             &format!("leaf-{site}"),
             &d.join(format!("leaf-{site}.conf")),
@@ -791,6 +878,7 @@ impl Leaf {
         render(&port.to_string())?;
         Ok(Self {
             site: site.to_owned(),
+            site_key,
             process,
             ip,
             port,
@@ -798,9 +886,74 @@ impl Leaf {
         })
     }
 
-    /// `nats://IP:PORT`: where the site's edge and prospectors connect (no credentials).
+    /// `nats://IP:PORT`: where the site's edge and prospectors connect (each with a
+    /// user JWT the site key signed: [`Leaf::edge_login`], [`Leaf::boot_login`]).
     pub fn url(&self) -> String {
         format!("nats://{}:{}", quote_host(self.ip), self.port)
+    }
+
+    /// The site key this leaf node trusts.
+    pub fn site_key(&self) -> &SiteKey {
+        &self.site_key
+    }
+
+    /// A login signed by the site key: `permissions` (`None`: anything in the site's
+    /// account, as the edge's own login), expiring `lifetime_secs` from now (`None`:
+    /// never).
+    pub fn login(
+        &self,
+        name: &str,
+        permissions: Option<UserPermissions>,
+        lifetime_secs: Option<u64>,
+    ) -> Result<UserLogin> {
+        let (seed, user_key) = user_key_pair(random_bytes()?).context("a user key")?;
+        let now = unix_now();
+        let jwt = sign_user_jwt(
+            &self.site_key,
+            &UserJwt {
+                user_key: &user_key,
+                name,
+                audience: Some(&self.site),
+                issued_unix: now,
+                expires_unix: lifetime_secs.map(|l| now + l),
+                permissions,
+            },
+        )
+        .context("signing a user JWT")?;
+        Ok(UserLogin {
+            jwt,
+            seed,
+            user_key,
+        })
+    }
+
+    /// A login like the edge's own (no expiry, anything in the site's account).
+    pub fn edge_login(&self) -> Result<UserLogin> {
+        self.login(&format!("edge {}", self.site), None, None)
+    }
+
+    /// A boot credential for `mac` as the edge issues it (issued `issued_unix`, valid
+    /// `lifetime_secs`), and the login it makes with its seed.
+    pub fn boot_login(
+        &self,
+        mac: Mac,
+        issued_unix: u64,
+        lifetime_secs: u64,
+    ) -> Result<(BootCredential, UserLogin)> {
+        let site = SiteId::new(self.site.as_str()).context("site id")?;
+        let raw: [u8; 32] = random_bytes()?;
+        let credential =
+            BootCredential::issue(&self.site_key, &site, mac, issued_unix, lifetime_secs, raw)
+                .context("issuing a boot credential")?;
+        let (seed, user_key) = user_key_pair(raw).context("the boot key")?;
+        Ok((
+            credential.clone(),
+            UserLogin {
+                jwt: credential.as_str().to_owned(),
+                seed,
+                user_key,
+            },
+        ))
     }
 
     /// The site this leaf node serves.

@@ -13,9 +13,13 @@
 //! padding, header `{"typ":"JWT","alg":"ed25519-nkey"}`, signature by the issuer's nkey
 //! over `header.claims`): `iss` is the site's key, `aud` the site, `name` the MAC, `sub` a
 //! per-boot user nkey, `iat`/`exp` unix seconds, `jti` the hash of the claims as the NATS
-//! tools compute it, and `nats: {type: user, version: 2}`. So the same credential can
-//! later be what a leaf node verifies, once the edge also hands the boot key's seed to
-//! the machine and the site's key becomes its NATS account's signing key.
+//! tools compute it, and `nats` the user's permissions ([`boot_permissions`]). The same
+//! credential is the prospector's login to the site's leaf node: the leaf runs in
+//! operator mode with the site key's account ([`LeafTrust`]), the edge hands the boot
+//! key's seed ([`boot_user_seed`]) to the machine next to the credential, and the leaf
+//! verifies each login against the site key with no reload. [`sign_user_jwt`] signs the
+//! edge's own login the same way; [`BootCredential::renew`] extends a boot's credential
+//! for the same user key.
 //!
 //! Pure: time and randomness come in as arguments; no I/O.
 
@@ -27,8 +31,10 @@ use sha2::{Digest, Sha512_256};
 use crate::ids::{Mac, SiteId};
 use crate::names::string_newtype;
 
-/// Longest credential the wire accepts (a real one is about 560 characters).
-pub const MAX_CREDENTIAL_LEN: usize = 1024;
+/// Longest credential the wire accepts (a real one, with its NATS permissions, is about
+/// 880 characters, about 1,200 for a 32-character site name; the kernel's command line
+/// holds 2,048 on x86).
+pub const MAX_CREDENTIAL_LEN: usize = 1400;
 
 /// How long a credential issued by the edge is valid by default: a boot, its report and
 /// its retries through a short WAN cut.
@@ -97,6 +103,8 @@ impl BootCredential {
 
     /// Signs claims for one boot of `mac` at `site`, issued at `now` (unix seconds), valid
     /// for `lifetime_secs`. `boot_seed` is 32 random bytes: the per-boot user key (`sub`).
+    /// The JWT carries [`boot_permissions`], so the leaf node lets a prospector logged in
+    /// with it (and the boot key's seed, [`boot_user_seed`]) do only what a boot needs.
     pub fn issue(
         key: &SiteKey,
         site: &SiteId,
@@ -105,45 +113,56 @@ impl BootCredential {
         lifetime_secs: u64,
         boot_seed: [u8; 32],
     ) -> Result<Self, CredentialError> {
-        let boot_key = KeyPair::new_from_raw(KeyPairType::User, boot_seed).map_err(|e| {
-            CredentialError::BadKey {
-                what: "boot key",
-                reason: e.to_string(),
-            }
-        })?;
-        let mut claims = JwtClaims {
-            jti: String::new(),
-            iat: now,
-            iss: key.public_key().0,
-            name: mac.to_string(),
-            sub: boot_key.public_key(),
-            exp: now.saturating_add(lifetime_secs),
-            aud: site.as_str().to_owned(),
-            nats: NatsClaims {
-                kind: "user".to_owned(),
-                version: 2,
+        let boot_key = boot_key_pair(boot_seed)?;
+        Self::issue_for(key, site, mac, now, lifetime_secs, &boot_key.public_key())
+    }
+
+    /// [`BootCredential::issue`] for a known boot user key (`U…`): what a renewal signs.
+    fn issue_for(
+        key: &SiteKey,
+        site: &SiteId,
+        mac: Mac,
+        now: u64,
+        lifetime_secs: u64,
+        boot_user_key: &str,
+    ) -> Result<Self, CredentialError> {
+        let jwt = sign_user_jwt(
+            key,
+            &UserJwt {
+                user_key: boot_user_key,
+                name: &mac.to_string(),
+                audience: Some(site.as_str()),
+                issued_unix: now,
+                expires_unix: Some(now.saturating_add(lifetime_secs)),
+                permissions: Some(boot_permissions(site, boot_user_key)),
             },
+        )?;
+        Self::new(jwt)
+    }
+
+    /// A fresh credential for the same boot (same MAC, same boot user key, so the same
+    /// inbox and command subject), valid `lifetime_secs` from `now`: what the edge's
+    /// renewal route hands a prospector that waits longer than a credential lives. The
+    /// old credential must verify with `key` for `site` except for its expiry (an expired
+    /// one renews too: whoever may ask for a renewal, the address leased to its MAC, may
+    /// also fetch a whole new boot script).
+    pub fn renew(
+        &self,
+        key: &SiteKey,
+        site: &SiteId,
+        now: u64,
+        lifetime_secs: u64,
+    ) -> Result<(Self, BootClaims), CredentialError> {
+        let claims = match self.verify(&key.public_key(), site, now) {
+            Ok(c) => c,
+            Err(CredentialError::Expired { expires, .. }) => {
+                self.verify(&key.public_key(), site, expires.saturating_sub(1))?
+            }
+            Err(e) => return Err(e),
         };
-        // As the NATS tools do: jti = base32(sha512/256(claims with an empty jti)).
-        let unsigned = serde_json::to_vec(&claims).map_err(|_| json_error())?;
-        claims.jti = BASE32_NOPAD.encode(&Sha512_256::digest(&unsigned));
-        let body = serde_json::to_vec(&claims).map_err(|_| json_error())?;
-        let signing_input = format!(
-            "{}.{}",
-            BASE64URL_NOPAD.encode(HEADER_JSON.as_bytes()),
-            BASE64URL_NOPAD.encode(&body)
-        );
-        let signature =
-            key.0
-                .sign(signing_input.as_bytes())
-                .map_err(|e| CredentialError::BadKey {
-                    what: "site key",
-                    reason: e.to_string(),
-                })?;
-        Self::new(format!(
-            "{signing_input}.{}",
-            BASE64URL_NOPAD.encode(&signature)
-        ))
+        let renewed = Self::issue_for(key, site, claims.mac, now, lifetime_secs, &claims.boot_key)?;
+        let claims = renewed.verify(&key.public_key(), site, now)?;
+        Ok((renewed, claims))
     }
 
     /// Checks the credential against the site's registered key at `now` (unix seconds):
@@ -223,6 +242,17 @@ impl BootCredential {
     }
 }
 
+impl BootCredential {
+    /// `(iat, exp)` read from the claims WITHOUT checking the signature: for the holder
+    /// deciding when to renew, never for trusting anything. `None` if unreadable.
+    pub fn unverified_times(&self) -> Option<(u64, u64)> {
+        let body = self.0.split('.').nth(1)?;
+        let body = BASE64URL_NOPAD.decode(body.as_bytes()).ok()?;
+        let claims: JwtClaims = serde_json::from_slice(&body).ok()?;
+        Some((claims.iat, claims.exp))
+    }
+}
+
 /// Length of the signature part, with its separating '.'.
 fn signature_len(credential: &str) -> usize {
     credential
@@ -268,7 +298,7 @@ struct JwtHeader {
     alg: String,
 }
 
-/// The JWT claims, in the field order the NATS tools write.
+/// The JWT claims, in the field order the NATS tools write (what `verify` reads back).
 #[derive(Debug, Serialize, Deserialize)]
 struct JwtClaims {
     jti: String,
@@ -286,6 +316,242 @@ struct NatsClaims {
     #[serde(rename = "type")]
     kind: String,
     version: u32,
+}
+
+/// The boot user's subscription cap: its reply inbox and its command subscription, with
+/// room for the client's re-subscriptions.
+pub const BOOT_MAX_SUBSCRIPTIONS: i64 = 16;
+
+/// What a NATS user may do, as its JWT's `nats.pub`/`nats.sub` allow lists.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserPermissions {
+    /// Subjects it may publish to (wildcards allowed).
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Most subscriptions at once (`None`: no limit).
+    pub max_subscriptions: Option<i64>,
+}
+
+/// The permissions of a boot's user: publish only the site's `discover`, `callback` and
+/// `event` requests, subscribe only under its own inbox prefix
+/// ([`crate::subjects::boot_inbox_prefix`]: replies and its commands), at most
+/// [`BOOT_MAX_SUBSCRIPTIONS`] subscriptions. No `$JS`/`$KV` API, no other machine's
+/// subjects, no answering requests.
+pub fn boot_permissions(site: &SiteId, boot_user_key: &str) -> UserPermissions {
+    UserPermissions {
+        publish: vec![
+            crate::subjects::discover(site),
+            crate::subjects::callback(site),
+            crate::subjects::event(site),
+        ],
+        subscribe: vec![format!(
+            "{}.>",
+            crate::subjects::boot_inbox_prefix(site, boot_user_key)
+        )],
+        max_subscriptions: Some(BOOT_MAX_SUBSCRIPTIONS),
+    }
+}
+
+/// A user JWT to sign with a site key ([`sign_user_jwt`]).
+#[derive(Debug, Clone)]
+pub struct UserJwt<'a> {
+    /// The user's public nkey (`U…`): who must sign the server's nonce to log in.
+    pub user_key: &'a str,
+    /// The JWT's `name` (a boot's MAC, or e.g. `edge dc1`).
+    pub name: &'a str,
+    /// The JWT's `aud` (a boot credential: the site).
+    pub audience: Option<&'a str>,
+    /// `iat`, unix seconds.
+    pub issued_unix: u64,
+    /// `exp`, unix seconds (`None`: does not expire).
+    pub expires_unix: Option<u64>,
+    /// `None`: anything within the site's account.
+    pub permissions: Option<UserPermissions>,
+}
+
+/// Signs a NATS user JWT with the site's key (the issuer: the site's account). The user
+/// may connect only as a normal client (not as a leaf node or over websockets) and must
+/// prove it holds the user key's seed (no bearer login).
+pub fn sign_user_jwt(key: &SiteKey, user: &UserJwt<'_>) -> Result<String, CredentialError> {
+    let mut nats = serde_json::Map::new();
+    let list = |v: &[String]| serde_json::json!({ "allow": v });
+    let mut subs = -1;
+    if let Some(p) = &user.permissions {
+        nats.insert("pub".into(), list(&p.publish));
+        nats.insert("sub".into(), list(&p.subscribe));
+        subs = p.max_subscriptions.unwrap_or(-1);
+    }
+    // Limits are explicit: nats-server reads a missing `subs` as 0 (no subscription).
+    nats.insert("subs".into(), subs.into());
+    nats.insert("data".into(), (-1).into());
+    nats.insert("payload".into(), (-1).into());
+    nats.insert(
+        "allowed_connection_types".into(),
+        serde_json::json!(["STANDARD"]),
+    );
+    nats.insert("type".into(), "user".into());
+    nats.insert("version".into(), 2.into());
+    let mut claims = serde_json::Map::new();
+    claims.insert("jti".into(), "".into());
+    claims.insert("iat".into(), user.issued_unix.into());
+    claims.insert("iss".into(), key.public_key().0.into());
+    claims.insert("name".into(), user.name.into());
+    claims.insert("sub".into(), user.user_key.into());
+    if let Some(exp) = user.expires_unix {
+        claims.insert("exp".into(), exp.into());
+    }
+    if let Some(aud) = user.audience {
+        claims.insert("aud".into(), aud.into());
+    }
+    claims.insert("nats".into(), nats.into());
+    sign_jwt(&key.0, claims)
+}
+
+/// Signs `claims` (with an empty `jti`) as an nkey JWT: `jti` = base32(sha512/256(claims
+/// with an empty jti)), as the NATS tools compute it.
+fn sign_jwt(
+    signer: &KeyPair,
+    mut claims: serde_json::Map<String, serde_json::Value>,
+) -> Result<String, CredentialError> {
+    let unsigned = serde_json::to_vec(&claims).map_err(|_| json_error())?;
+    claims.insert(
+        "jti".into(),
+        BASE32_NOPAD.encode(&Sha512_256::digest(&unsigned)).into(),
+    );
+    let body = serde_json::to_vec(&claims).map_err(|_| json_error())?;
+    let signing_input = format!(
+        "{}.{}",
+        BASE64URL_NOPAD.encode(HEADER_JSON.as_bytes()),
+        BASE64URL_NOPAD.encode(&body)
+    );
+    let signature = signer
+        .sign(signing_input.as_bytes())
+        .map_err(|e| CredentialError::BadKey {
+            what: "signing key",
+            reason: e.to_string(),
+        })?;
+    Ok(format!(
+        "{signing_input}.{}",
+        BASE64URL_NOPAD.encode(&signature)
+    ))
+}
+
+/// The boot user's key pair from the 32 random bytes the edge drew for that boot.
+fn boot_key_pair(boot_seed: [u8; 32]) -> Result<KeyPair, CredentialError> {
+    KeyPair::new_from_raw(KeyPairType::User, boot_seed).map_err(|e| CredentialError::BadKey {
+        what: "boot key",
+        reason: e.to_string(),
+    })
+}
+
+/// The boot user key's seed (`SU…`) from the edge's 32 random bytes: what the edge puts on
+/// the kernel command line next to the credential, so the prospector can log in.
+pub fn boot_user_seed(boot_seed: [u8; 32]) -> Result<String, CredentialError> {
+    boot_key_pair(boot_seed)?
+        .seed()
+        .map_err(|e| CredentialError::BadKey {
+            what: "boot key",
+            reason: e.to_string(),
+        })
+}
+
+/// A fresh user key pair (seed `SU…`, public `U…`) from 32 random bytes: the edge's own
+/// NATS login, made at each start.
+pub fn user_key_pair(random: [u8; 32]) -> Result<(String, String), CredentialError> {
+    let pair = boot_key_pair(random)?;
+    let seed = pair.seed().map_err(|e| CredentialError::BadKey {
+        what: "user key",
+        reason: e.to_string(),
+    })?;
+    Ok((seed, pair.public_key()))
+}
+
+/// The trust a site's leaf node runs with (operator mode): an operator made for this
+/// site alone, and the site's account (its public key: the site key's), signed by that
+/// operator. The leaf node then accepts exactly the users the site key signs, with no
+/// reload when a new one logs in; the operator's seed is dropped after signing, so
+/// nothing else can ever be trusted by this leaf node.
+#[derive(Debug, Clone)]
+pub struct LeafTrust {
+    /// The operator JWT (self-signed).
+    pub operator_jwt: String,
+    /// The site account's JWT, signed by the operator.
+    pub account_jwt: String,
+    /// The site account: the site key's public key.
+    pub account: SitePublicKey,
+}
+
+impl LeafTrust {
+    /// Signs the operator and account JWTs for `site`'s key at `now` (unix seconds);
+    /// `operator_random` (32 random bytes) becomes the throw-away operator key.
+    pub fn new(
+        key: &SiteKey,
+        site: &SiteId,
+        operator_random: [u8; 32],
+        now: u64,
+    ) -> Result<Self, CredentialError> {
+        let operator =
+            KeyPair::new_from_raw(KeyPairType::Operator, operator_random).map_err(|e| {
+                CredentialError::BadKey {
+                    what: "operator key",
+                    reason: e.to_string(),
+                }
+            })?;
+        let op = operator.public_key();
+        let operator_jwt = sign_jwt(
+            &operator,
+            serde_json::json!({
+                "jti": "", "iat": now, "iss": op, "name": format!("substruct-site-{site}"),
+                "sub": op, "nats": {"type": "operator", "version": 2}
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        )?;
+        let account = key.public_key();
+        let account_jwt = sign_jwt(
+            &operator,
+            serde_json::json!({
+                "jti": "", "iat": now, "iss": op, "name": format!("site-{site}"),
+                "sub": account.as_str(),
+                "nats": {
+                    // -1 = no limit; a missing limit reads as 0. No JetStream here: the
+                    // hub's is reached through the leaf link. Bearer JWTs are refused:
+                    // every login proves it holds its user key's seed.
+                    "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1,
+                               "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+                               "disallow_bearer": true},
+                    "default_permissions": {"pub": {}, "sub": {}},
+                    "type": "account", "version": 2
+                }
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        )?;
+        Ok(Self {
+            operator_jwt,
+            account_jwt,
+            account,
+        })
+    }
+
+    /// The leaf config's trust block (`operator`, the in-memory resolver with the site's
+    /// account preloaded) and the variable `SITE_ACCOUNT` that the template's leaf
+    /// remote binds to (deploy/nats/leaf.conf.tmpl).
+    pub fn config(&self) -> String {
+        format!(
+            "# The site's trust (substruct-edge leaf-auth): users signed by the site key.\n\
+             SITE_ACCOUNT: \"{account}\"\n\
+             operator: \"{operator}\"\n\
+             resolver: MEMORY\n\
+             resolver_preload: {{\n  {account}: \"{jwt}\"\n}}\n",
+            account = self.account,
+            operator = self.operator_jwt,
+            jwt = self.account_jwt,
+        )
+    }
 }
 
 /// A site's signing key (an account nkey; its seed starts with `SA`). Held by the edge.
@@ -383,7 +649,7 @@ mod tests {
     fn a_credential_verifies_and_names_its_mac() {
         let k = key(1);
         let c = issue(&k);
-        assert!(c.as_str().len() <= 600, "{} chars", c.as_str().len());
+        assert!(c.as_str().len() <= 1000, "{} chars", c.as_str().len());
         let claims = c.verify(&k.public_key(), &site(), NOW + 60).unwrap();
         assert_eq!(claims.mac, mac());
         assert_eq!(claims.expires_unix, NOW + DEFAULT_LIFETIME_SECS);
@@ -407,6 +673,91 @@ mod tests {
         assert_eq!(body["aud"], "dc1");
         assert_eq!(body["name"], "52:54:00:12:34:56");
         assert_eq!(body["jti"].as_str().unwrap().len(), 52);
+    }
+
+    #[test]
+    fn the_longest_site_name_still_fits() {
+        let long = SiteId::new("a".repeat(32)).unwrap();
+        let c = BootCredential::issue(&key(1), &long, mac(), NOW, 60, [9; 32]).unwrap();
+        assert!(c.as_str().len() <= MAX_CREDENTIAL_LEN);
+    }
+
+    #[test]
+    fn the_boot_jwt_confines_the_user_to_its_requests_and_inbox() {
+        let c = issue(&key(1));
+        let parts: Vec<&str> = c.as_str().split('.').collect();
+        let body: serde_json::Value =
+            serde_json::from_slice(&BASE64URL_NOPAD.decode(parts[1].as_bytes()).unwrap()).unwrap();
+        let sub = body["sub"].as_str().unwrap().to_owned();
+        assert_eq!(
+            body["nats"]["pub"]["allow"],
+            serde_json::json!([
+                "substruct.v1.dc1.discover",
+                "substruct.v1.dc1.callback",
+                "substruct.v1.dc1.event"
+            ])
+        );
+        assert_eq!(
+            body["nats"]["sub"]["allow"],
+            serde_json::json!([format!("_INBOX_dc1.{sub}.>")])
+        );
+        assert_eq!(body["nats"]["subs"], BOOT_MAX_SUBSCRIPTIONS);
+        assert_eq!(
+            body["nats"]["allowed_connection_types"],
+            serde_json::json!(["STANDARD"])
+        );
+        // The seed the edge hands out is this user's.
+        let seed = boot_user_seed([9; 32]).unwrap();
+        assert_eq!(KeyPair::from_seed(&seed).unwrap().public_key(), sub);
+        assert_eq!(
+            c.unverified_times(),
+            Some((NOW, NOW + DEFAULT_LIFETIME_SECS))
+        );
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_boot_and_needs_the_key() {
+        let k = key(1);
+        let c = issue(&k);
+        let first = c.verify(&k.public_key(), &site(), NOW).unwrap();
+        // Expired credentials renew too (see `renew`).
+        let later = NOW + DEFAULT_LIFETIME_SECS + 10;
+        let (r, claims) = c.renew(&k, &site(), later, 60).unwrap();
+        assert_eq!(claims.boot_key, first.boot_key);
+        assert_eq!(claims.mac, first.mac);
+        assert_eq!(claims.expires_unix, later + 60);
+        assert!(r.verify(&k.public_key(), &site(), later).is_ok());
+        // Another key's or another site's credential does not renew.
+        assert!(c.renew(&key(2), &site(), later, 60).is_err());
+        let dc2 = SiteId::new("dc2").unwrap();
+        assert!(c.renew(&k, &dc2, later, 60).is_err());
+    }
+
+    #[test]
+    fn the_leaf_trust_names_the_site_key_as_its_account() {
+        let k = key(1);
+        let t = LeafTrust::new(&k, &site(), [3; 32], NOW).unwrap();
+        assert_eq!(t.account, k.public_key());
+        let body = |jwt: &str| -> serde_json::Value {
+            let part = jwt.split('.').nth(1).unwrap();
+            serde_json::from_slice(&BASE64URL_NOPAD.decode(part.as_bytes()).unwrap()).unwrap()
+        };
+        let op = body(&t.operator_jwt);
+        let acc = body(&t.account_jwt);
+        assert_eq!(op["iss"], op["sub"]);
+        assert_eq!(acc["iss"], op["sub"]);
+        assert_eq!(acc["sub"], k.public_key().as_str());
+        assert_eq!(acc["nats"]["limits"]["disallow_bearer"], true);
+        // Both signed by the operator.
+        let operator = KeyPair::from_public_key(op["sub"].as_str().unwrap()).unwrap();
+        for jwt in [&t.operator_jwt, &t.account_jwt] {
+            let (signed, sig) = jwt.rsplit_once('.').unwrap();
+            let sig = BASE64URL_NOPAD.decode(sig.as_bytes()).unwrap();
+            operator.verify(signed.as_bytes(), &sig).unwrap();
+        }
+        let conf = t.config();
+        assert!(conf.contains(&format!("SITE_ACCOUNT: \"{}\"", k.public_key())));
+        assert!(conf.contains("resolver: MEMORY"));
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum MessageKind {
     CallbackRequest = 7,
     CallbackReply = 8,
     InstallFiles = 9,
+    PowerRequest = 10,
+    PowerResult = 11,
+    BmcSettings = 12,
+    PowerAck = 13,
 }
 
 impl MessageKind {
@@ -46,6 +50,10 @@ impl MessageKind {
             7 => Self::CallbackRequest,
             8 => Self::CallbackReply,
             9 => Self::InstallFiles,
+            10 => Self::PowerRequest,
+            11 => Self::PowerResult,
+            12 => Self::BmcSettings,
+            13 => Self::PowerAck,
             _ => return None,
         })
     }

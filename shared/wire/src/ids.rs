@@ -134,6 +134,14 @@ token_id!(
     "boot token",
     64
 );
+token_id!(
+    /// One power request (`PowerRequest`), chosen by whoever orders it and echoed in its
+    /// result, so a result delivered twice is applied once. Lowercase letters, digits and
+    /// '-', at most 64 characters.
+    PowerRequestId,
+    "power request id",
+    64
+);
 
 /// An Ethernet MAC address. Displays as `aa:bb:cc:dd:ee:ff`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

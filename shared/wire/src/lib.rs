@@ -5,6 +5,7 @@
 //! * [`names`] — validated image names, SHA-256 digests and profile/rule names;
 //! * [`nats_url`] — the NATS server list every binary takes;
 //! * [`power`] — power states, actions, boot devices and BMC driver kinds;
+//! * [`power_msg`] — power requests and results, BMC settings (controller ↔ edge);
 //! * [`report`] — the hardware report a prospector sends;
 //! * [`messages`] — request/reply/command/event bodies;
 //! * [`intent`] — the boot intent the controller writes and every edge reads;
@@ -25,12 +26,16 @@ pub mod messages;
 pub mod names;
 pub mod nats_url;
 pub mod power;
+pub mod power_msg;
 pub mod report;
 pub mod subjects;
 
-pub use credential::{BootClaims, BootCredential, CredentialError, SiteKey, SitePublicKey};
+pub use credential::{
+    BootClaims, BootCredential, CredentialError, LeafTrust, SiteKey, SitePublicKey, UserJwt,
+    UserPermissions,
+};
 pub use envelope::{decode, encode, peek, Envelope, MessageKind, WireError, WireMessage};
-pub use ids::{BootToken, IdError, Mac, MachineId, SiteId};
+pub use ids::{BootToken, IdError, Mac, MachineId, PowerRequestId, SiteId};
 pub use names::{
     DigestError, DigestProblem, ImageName, ImageNameError, ImageNameProblem, ResourceName,
     ResourceNameError, Sha256Digest,

@@ -22,6 +22,11 @@ pub const KV_RULES: &str = "rules";
 pub const KV_IMAGES: &str = "images";
 /// Object store: image content, one object per image named by its lowercase hex sha256.
 pub const OBJ_IMAGES: &str = "images";
+/// KV bucket: `{site}.{machine}` → a machine's [`crate::power_msg::BmcSettings`]
+/// (envelope-encoded; readable only by that site and the controller).
+pub const KV_BMC: &str = "bmc";
+/// Queue group of a site's edges serving power requests.
+pub const EDGE_POWER_QUEUE: &str = "substruct-edge-power";
 /// KV bucket: site name → site registration.
 pub const KV_SITES: &str = "sites";
 /// Stream holding every machine state change (the audit log).
@@ -57,6 +62,32 @@ pub fn callback(site: &SiteId) -> String {
 /// `substruct.v1.*.callback` — what the controllers subscribe to.
 pub fn callback_all() -> String {
     format!("{PREFIX}.*.callback")
+}
+
+/// `substruct.v1.{site}.power` — controller → edge, request/reply: a power request.
+pub fn power(site: &SiteId) -> String {
+    format!("{PREFIX}.{site}.power")
+}
+
+/// `substruct.v1.{site}.power.result` — edge → controller, request/reply: a power
+/// result, acknowledged once recorded.
+pub fn power_result(site: &SiteId) -> String {
+    format!("{PREFIX}.{site}.power.result")
+}
+
+/// `substruct.v1.*.power.result` — what the controllers subscribe to.
+pub fn power_result_all() -> String {
+    format!("{PREFIX}.*.power.result")
+}
+
+/// KV key in [`KV_BMC`]: `{site}.{machine}`.
+pub fn bmc_key(site: &SiteId, machine: &MachineId) -> String {
+    format!("{site}.{machine}")
+}
+
+/// The machine a [`KV_BMC`] key of `site` names: the inverse of [`bmc_key`].
+pub fn parse_bmc_key(site: &SiteId, key: &str) -> Option<MachineId> {
+    MachineId::new(site_key_rest(site, key)?).ok()
 }
 
 /// KV key in [`KV_INSTALL`]: `{site}.{h}`, where `h` is the first 32 lowercase hex digits
@@ -149,6 +180,22 @@ pub fn site_inbox_prefix(site: &SiteId) -> String {
     format!("_INBOX_{site}")
 }
 
+/// The inbox prefix of one boot's prospector, `_INBOX_{site}.{boot user key}`: its boot
+/// credential lets it subscribe under this prefix only (see
+/// [`crate::credential::boot_permissions`]), so it receives its own replies and commands
+/// and no other machine's.
+pub fn boot_inbox_prefix(site: &SiteId, boot_user_key: &str) -> String {
+    format!("_INBOX_{site}.{boot_user_key}")
+}
+
+/// `_INBOX_{site}.{boot user key}.cmd` — controller → the prospector that logged in with
+/// that boot's credential (the key the controller stored with the machine's record when
+/// it accepted the credentialled report). Bound to the credential, not to the machine id,
+/// so a prospector can subscribe only to its own commands.
+pub fn boot_cmd(site: &SiteId, boot_user_key: &str) -> String {
+    format!("{}.cmd", boot_inbox_prefix(site, boot_user_key))
+}
+
 /// True when `subject` may be published to as a reply: non-empty `.`-separated tokens,
 /// no wildcard (`*`, `>`), no whitespace or control character, at most 1024 bytes. A
 /// request whose reply subject fails this is dropped, not answered.
@@ -220,6 +267,13 @@ mod tests {
         let mac = Mac::parse("52:54:00:00:00:0a").unwrap();
         assert_eq!(boot_key(&site, &mac), "dc1.52540000000a");
         assert_eq!(callback(&site), "substruct.v1.dc1.callback");
+        assert_eq!(power(&site), "substruct.v1.dc1.power");
+        assert_eq!(power_result(&site), "substruct.v1.dc1.power.result");
+        assert_eq!(power_result_all(), "substruct.v1.*.power.result");
+        assert_eq!(bmc_key(&site, &id), "dc1.m-1");
+        assert_eq!(parse_bmc_key(&site, "dc1.m-1"), Some(id.clone()));
+        assert_eq!(parse_bmc_key(&site, "dc10.m-1"), None);
+        assert_eq!(parse_bmc_key(&site, "dc1.M"), None);
         let token = BootToken::new("t-1").unwrap();
         assert_eq!(
             install_key(&site, &token),
