@@ -150,12 +150,11 @@ impl AgentConfig {
                 source,
             })?;
         let seed = flags.seed.or_else(|| kernel.seed.clone());
-        let login = login_from(token.as_ref(), seed.as_deref()).map_err(|source| {
-            ConfigError::Login {
+        let login =
+            login_from(token.as_ref(), seed.as_deref()).map_err(|source| ConfigError::Login {
                 flag: "--seed",
                 source,
-            }
-        })?;
+            })?;
         let edge = flags
             .edge
             .or_else(|| kernel.edge.clone())

@@ -15,8 +15,8 @@ use substruct_runtime::{error_chain, NatsLogin};
 use substruct_wire::BootCredential;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::AgentConfig;
 use super::console::progress;
+use super::AgentConfig;
 use crate::http_get::{self, BaseUrl};
 
 /// The edge's renewal route (edge-agent `http::renew`).

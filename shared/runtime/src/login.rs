@@ -80,12 +80,7 @@ impl NatsLogin {
             let login = login.clone();
             async move {
                 let mut auth = async_nats::Auth::new();
-                auth.signature = Some(
-                    login
-                        .key
-                        .sign(&nonce)
-                        .map_err(async_nats::AuthError::new)?,
-                );
+                auth.signature = Some(login.key.sign(&nonce).map_err(async_nats::AuthError::new)?);
                 auth.jwt = Some(login.jwt());
                 Ok(auth)
             }

@@ -95,9 +95,8 @@ impl UserLogin {
     /// async-nats connect options logging in as this user (JWT + nonce signed with the
     /// seed).
     pub fn options(&self) -> Result<async_nats::ConnectOptions> {
-        let key = std::sync::Arc::new(
-            nkeys::KeyPair::from_seed(&self.seed).context("the login's seed")?,
-        );
+        let key =
+            std::sync::Arc::new(nkeys::KeyPair::from_seed(&self.seed).context("the login's seed")?);
         Ok(async_nats::ConnectOptions::with_jwt(
             self.jwt.clone(),
             move |nonce| {
