@@ -20,6 +20,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use substruct_runtime::serve::{serve_requests, ReplyPolicy, Requests, ServeOptions};
 use substruct_wire::messages::{ErrorCode, ErrorReply, Instruction};
 use substruct_wire::power::{BmcDriverKind, BootDevice, PowerAction};
@@ -67,7 +69,7 @@ pub enum PowerError {
     Request {
         site: SiteId,
         #[source]
-        source: async_nats::RequestError,
+        source: async_nats::Error,
     },
     #[error(
         "a power result from site {site} for machine {machine}, which that site does not hold"
@@ -286,27 +288,35 @@ impl PowerControl {
         };
         let payload = substruct_wire::encode(&request).map_err(PowerError::BadReply)?;
         tracing::info!(machine = %record.id, %site, %op, next_boot = ?next_boot, request = %request.request_id, by, "power request");
-        let sent = self
+        // The answer comes on the site's own reply subject, which crosses its leaf node
+        // (the hub's `_INBOX.…` does not: subjects::site_reply).
+        let reply_to = subjects::site_reply(&site, request.request_id.as_str());
+        let request_failed = |source: async_nats::Error| PowerError::Request {
+            site: site.clone(),
+            source,
+        };
+        let mut answers = self
             .client
-            .send_request(
-                subjects::power(&site),
-                async_nats::Request::new()
-                    .payload(payload.into())
-                    .timeout(Some(self.timeout)),
-            )
-            .await;
-        let reply = match sent {
-            Ok(reply) => reply,
-            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+            .subscribe(reply_to.clone())
+            .await
+            .map_err(|e| request_failed(e.into()))?;
+        self.client
+            .publish_with_reply(subjects::power(&site), reply_to, payload.into())
+            .await
+            .map_err(|e| request_failed(e.into()))?;
+        let reply = match tokio::time::timeout(self.timeout, answers.next()).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(request_failed("the reply subscription ended".into())),
+            Err(_) => {
                 tracing::warn!(machine = %record.id, request = %request.request_id, "the edge did not answer in time; the result is pending");
                 outcome.pending = true;
                 return Ok(outcome);
             }
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                return Err(PowerError::NoEdge(site));
-            }
-            Err(source) => return Err(PowerError::Request { site, source }),
         };
+        drop(answers);
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Err(PowerError::NoEdge(site));
+        }
         let env = substruct_wire::peek(&reply.payload).map_err(PowerError::BadReply)?;
         if env.kind == MessageKind::ErrorReply {
             let e = substruct_wire::decode::<ErrorReply>(&reply.payload)

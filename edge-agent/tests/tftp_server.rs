@@ -336,6 +336,39 @@ async fn new_request_from_same_port_replaces_a_live_transfer_without_error() {
 }
 
 #[tokio::test]
+async fn a_retransmitted_request_leaves_the_transfer_the_client_talks_to_alone() {
+    // A boot storm: the OACK was slow, the client asked again, then took the first
+    // transfer's OACK. The retransmission must not cancel that transfer (it did: the
+    // client then timed out and started over, the storm's slow tail).
+    let loader = pattern(60_000, 9);
+    let root = root_with(&[("lpxelinux.0", &loader)]);
+    let server = Server::start(TftpFiles::new(vec![root.path().to_owned()])).await;
+    let client = Client::new(server.addr).await;
+    let options = [("blksize", "1024".to_string()), ("tsize", "0".to_string())];
+    client.rrq("lpxelinux.0", &options).await;
+    let (first_oack, tid1) = client.recv().await.unwrap();
+    assert!(matches!(packet::decode(&first_oack), Ok(Packet::Oack(_))));
+    client.rrq("lpxelinux.0", &options).await;
+    // The retransmission gets its own transfer; the client ends it as RFC 1350 says.
+    let (second_oack, tid2) = client.recv().await.unwrap();
+    assert!(matches!(packet::decode(&second_oack), Ok(Packet::Oack(_))));
+    assert_ne!(tid1, tid2);
+    client
+        .socket
+        .send_to(&packet::encode_error(5, "unknown transfer ID"), tid2)
+        .await
+        .unwrap();
+    client
+        .socket
+        .send_to(&packet::encode_ack(0), tid1)
+        .await
+        .unwrap();
+    let got = client.receive_file(tid1, 1024, 1, None).await.unwrap();
+    assert!(got == loader, "loader contents differ");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn windowsize_is_negotiated_and_blksize_capped() {
     let data = pattern(200_000, 8);
     let root = root_with(&[("big.bin", &data)]);

@@ -423,19 +423,16 @@ fn ipmi_bmc_enroll_assign_reinstall_release_wipe() -> Result<()> {
             &site,
             &["machines", "power", "status", MAC, "--json"],
         )?)?;
-        // KNOWN GAP (/tmp/coord/e2e-needs.md): the edge reads the BMC (the session and
-        // the status exchange complete) but its reply does not reach the controller, which
-        // answers "pending"; and a status read is not queued as a result, so the record
-        // keeps `unknown`. Accept pending here; the actions below report through the
-        // acknowledged result queue.
-        if status["pending"] == true {
-            println!(
-                "(KNOWN GAP: status read pending: the edge's reply did not reach the controller)"
-            );
-        } else {
-            ensure!(status["power"] == "off", "power status: {status}");
-        }
+        // The edge's answer crosses the leaf on the site's reply subject; the record learns.
+        ensure!(
+            status["pending"] != true && status["power"] == "off",
+            "power status: {status}"
+        );
         let m = show(&site)?;
+        ensure!(
+            m["power"] == "off",
+            "the record's power after a status read: {m}"
+        );
         ensure!(
             !m.to_string().contains(BMC_PASSWORD),
             "the BMC password is shown back: {m}"

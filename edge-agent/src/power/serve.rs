@@ -97,7 +97,8 @@ impl<C: Connector> PowerService<C> {
     }
 
     /// The answer to one request on `subject`: a [`PowerResult`] once the operation
-    /// ended, or an [`ErrorReply`]. Actions' results also go to the result queue.
+    /// ended, or an [`ErrorReply`]. Actions' results, and status reads that differ from
+    /// the last one reported, also go to the result queue.
     pub async fn answer(&self, subject: &str, payload: &[u8]) -> Vec<u8> {
         let refuse = |code, message: String| {
             tracing::warn!(subject, %message, "power request refused");
@@ -143,8 +144,10 @@ impl<C: Connector> PowerService<C> {
             &request.by,
             outcome,
         );
-        self.remember(&result);
-        if matches!(request.op, PowerOp::Act(_)) || result.cert_pin.is_some() {
+        // A status read goes to the queue too when it tells something new, so the record
+        // learns it even if this reply is lost (the poll would not: it is remembered).
+        let changed = self.remember(&result);
+        if matches!(request.op, PowerOp::Act(_)) || result.cert_pin.is_some() || changed {
             self.results.send(result.clone());
         }
         substruct_wire::encode(&result).unwrap_or_default()

@@ -12,9 +12,11 @@
 //! roots is served.
 //!
 //! PXE ROM behaviour handled on purpose: many ROMs send a read request with `tsize`, read the
-//! OACK, abort with ERROR 8 and send the real request from the same source port. A new read
-//! request from an address that has a live transfer cancels that transfer at once and starts
-//! the new one; an ERROR from the client ends its transfer at once.
+//! OACK, abort with ERROR 8 and send the real request from the same source port. A different
+//! read request from an address (and port) with a live transfer cancels that transfer at once
+//! and starts the new one; the same request again (a retransmission: the answer was slow) leaves
+//! the live transfer alone, which the client may already be talking to, and starts at most one
+//! more beside it. An ERROR from the client ends its transfer at once.
 //!
 //! Bounded against a hostile LAN (see [`TftpSettings`]): the `timeout` option is accepted only
 //! up to a few seconds, transfers are capped per client address and in total, and when the

@@ -43,12 +43,18 @@ struct Live {
     cancel: CancellationToken,
     /// Set once the client acknowledged something: it is really at that address.
     confirmed: Arc<AtomicBool>,
+    /// The read request as received, to tell a retransmission from a new request.
+    request: Box<[u8]>,
 }
+
+/// Transfers one client address (address and port) may hold for the same request: the
+/// first and one for a retransmitted read request (see [`LiveTable::admit`]).
+const MAX_SAME_REQUEST: usize = 2;
 
 /// The live transfers, by client address (address and port).
 #[derive(Debug, Default)]
 struct LiveTable {
-    by_peer: HashMap<SocketAddr, Live>,
+    by_peer: HashMap<SocketAddr, Vec<Live>>,
 }
 
 /// Why a read request gets no slot.
@@ -58,27 +64,102 @@ enum NoSlot {
     Total,
 }
 
+/// What a read request does to its client's live transfers ([`LiveTable::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Start a transfer (the client's other transfers, if any, were cancelled).
+    Start,
+    /// Start a transfer beside the client's live one for the same request.
+    Beside,
+    /// Nothing: the client already has [`MAX_SAME_REQUEST`] transfers of it.
+    Ignore,
+}
+
 impl LiveTable {
+    fn len(&self) -> usize {
+        self.by_peer.values().map(Vec::len).sum()
+    }
+
+    fn insert(&mut self, peer: SocketAddr, live: Live) {
+        self.by_peer.entry(peer).or_default().push(live);
+    }
+
+    /// Forgets transfer `id` of `peer` (it ended).
+    fn remove(&mut self, peer: SocketAddr, id: u64) {
+        if let Some(lives) = self.by_peer.get_mut(&peer) {
+            lives.retain(|l| l.id != id);
+            if lives.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// Cancels and forgets every transfer of `peer`; true when there was one.
+    fn cancel_peer(&mut self, peer: SocketAddr) -> bool {
+        let lives = self.by_peer.remove(&peer).unwrap_or_default();
+        for l in &lives {
+            l.cancel.cancel();
+        }
+        !lives.is_empty()
+    }
+
+    /// What the read request `raw` from `peer` does to `peer`'s live transfers.
+    ///
+    /// The same request again (byte for byte) is a retransmission: a client whose answer
+    /// was slow (a boot storm) asks again, and may by then be talking to the first
+    /// transfer's port, so that transfer goes on and a second one starts beside it (the
+    /// client ends the one it does not use with ERROR 5, or it times out within seconds);
+    /// at most [`MAX_SAME_REQUEST`]. A different request from the same port is a client
+    /// that started over (a PXE ROM's `tsize` probe, then the real request, with or
+    /// without an ERROR in between): its old transfers are cancelled.
+    fn admit(&mut self, peer: SocketAddr, raw: &[u8]) -> Admit {
+        let Some(lives) = self.by_peer.get(&peer) else {
+            return Admit::Start;
+        };
+        if lives.iter().all(|l| *l.request == *raw) {
+            if lives.len() >= MAX_SAME_REQUEST {
+                return Admit::Ignore;
+            }
+            return Admit::Beside;
+        }
+        info!(%peer, "new read request from an address with a live transfer: abandoning the old one");
+        self.cancel_peer(peer);
+        Admit::Start
+    }
+
     /// Makes room for a transfer to `peer` within `settings`' limits: the per-source cap
     /// refuses; a full table lets its oldest unconfirmed transfer go, or refuses.
     fn make_room(&mut self, peer: SocketAddr, settings: &TftpSettings) -> Result<(), NoSlot> {
-        let same_source = self.by_peer.keys().filter(|p| p.ip() == peer.ip()).count();
+        let same_source: usize = self
+            .by_peer
+            .iter()
+            .filter(|(p, _)| p.ip() == peer.ip())
+            .map(|(_, lives)| lives.len())
+            .sum();
         if same_source >= settings.max_per_source {
             return Err(NoSlot::PerSource);
         }
-        if self.by_peer.len() < settings.max_transfers {
+        if self.len() < settings.max_transfers {
             return Ok(());
         }
         let oldest_unconfirmed = self
             .by_peer
             .iter()
+            .flat_map(|(p, lives)| lives.iter().map(move |l| (*p, l)))
             .filter(|(_, l)| !l.confirmed.load(Ordering::Relaxed))
             .min_by_key(|(_, l)| l.id)
-            .map(|(p, _)| *p);
-        match oldest_unconfirmed.and_then(|p| self.by_peer.remove(&p).map(|l| (p, l))) {
-            Some((old_peer, old)) => {
+            .map(|(p, l)| (p, l.id));
+        match oldest_unconfirmed {
+            Some((old_peer, id)) => {
                 debug!(%old_peer, "TFTP table full: a transfer its client never acknowledged makes room");
-                old.cancel.cancel();
+                if let Some(old) = self
+                    .by_peer
+                    .get(&old_peer)
+                    .and_then(|lives| lives.iter().find(|l| l.id == id))
+                {
+                    old.cancel.cancel();
+                }
+                self.remove(old_peer, id);
                 Ok(())
             }
             None => Err(NoSlot::Total),
@@ -110,11 +191,7 @@ pub async fn serve_with(
     let result = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
-            Some((peer, id)) = done_rx.recv() => {
-                if live.by_peer.get(&peer).is_some_and(|l| l.id == id) {
-                    live.by_peer.remove(&peer);
-                }
-            }
+            Some((peer, id)) = done_rx.recv() => live.remove(peer, id),
             received = socket.recv_from(&mut buf) => {
                 let (len, peer) = match received {
                     Ok(v) => v,
@@ -126,9 +203,9 @@ pub async fn serve_with(
                 };
                 match packet::decode(&buf[..len]) {
                     Ok(Packet::Rrq(request)) => {
-                        if let Some(old) = live.by_peer.remove(&peer) {
-                            info!(%peer, "new read request from an address with a live transfer: abandoning the old one");
-                            old.cancel.cancel();
+                        if live.admit(peer, &buf[..len]) == Admit::Ignore {
+                            debug!(%peer, "retransmitted read request: its transfers are live");
+                            continue;
                         }
                         if let Err(why) = live.make_room(peer, &ctx.settings) {
                             let message = match why {
@@ -145,7 +222,12 @@ pub async fn serve_with(
                         let id = next_id;
                         let token = cancel.child_token();
                         let confirmed = Arc::new(AtomicBool::new(false));
-                        live.by_peer.insert(peer, Live { id, cancel: token.clone(), confirmed: confirmed.clone() });
+                        live.insert(peer, Live {
+                            id,
+                            cancel: token.clone(),
+                            confirmed: confirmed.clone(),
+                            request: buf[..len].into(),
+                        });
                         let ctx = ctx.clone();
                         let done_tx = done_tx.clone();
                         tracker.spawn(async move {
@@ -160,9 +242,8 @@ pub async fn serve_with(
                     }
                     Ok(Packet::Error { code, message }) => {
                         // Errors belong on the transfer's own port, but honour them here too.
-                        if let Some(old) = live.by_peer.remove(&peer) {
-                            debug!(%peer, code, %message, "client error on the main port ends its transfer");
-                            old.cancel.cancel();
+                        if live.cancel_peer(peer) {
+                            debug!(%peer, code, %message, "client error on the main port ends its transfers");
                         }
                     }
                     Ok(other) => {
@@ -177,8 +258,10 @@ pub async fn serve_with(
             }
         }
     };
-    for (_, l) in live.by_peer.drain() {
-        l.cancel.cancel();
+    for (_, lives) in live.by_peer.drain() {
+        for l in lives {
+            l.cancel.cancel();
+        }
     }
     tracker.close();
     tracker.wait().await;
@@ -543,13 +626,24 @@ mod tests {
     use super::*;
 
     fn live(table: &mut LiveTable, peer: &str, id: u64, confirmed: bool) -> CancellationToken {
+        live_for(table, peer, id, confirmed, b"rrq")
+    }
+
+    fn live_for(
+        table: &mut LiveTable,
+        peer: &str,
+        id: u64,
+        confirmed: bool,
+        request: &[u8],
+    ) -> CancellationToken {
         let cancel = CancellationToken::new();
-        table.by_peer.insert(
+        table.insert(
             peer.parse().unwrap_or_else(|_| unreachable!()),
             Live {
                 id,
                 cancel: cancel.clone(),
                 confirmed: Arc::new(AtomicBool::new(confirmed)),
+                request: request.into(),
             },
         );
         cancel
@@ -573,10 +667,10 @@ mod tests {
         assert_eq!(t.make_room(peer("10.0.0.9:1000"), &settings), Ok(()));
         assert!(spoof_old.is_cancelled());
         assert!(!spoof_new.is_cancelled() && !real.is_cancelled());
-        assert_eq!(t.by_peer.len(), 2);
+        assert_eq!(t.len(), 2);
         // all confirmed: refused
         live(&mut t, "10.0.0.4:1000", 4, true);
-        t.by_peer.remove(&peer("10.0.0.3:1000"));
+        t.remove(peer("10.0.0.3:1000"), 3);
         live(&mut t, "10.0.0.5:1000", 5, true);
         assert_eq!(
             t.make_room(peer("10.0.0.9:1000"), &settings),
@@ -591,5 +685,37 @@ mod tests {
             Err(NoSlot::PerSource)
         );
         assert_eq!(t.make_room(peer("10.0.0.8:3"), &settings), Ok(()));
+    }
+
+    #[test]
+    fn a_retransmitted_request_keeps_the_live_transfer_and_a_new_one_replaces_it() {
+        let mut t = LiveTable::default();
+        let p = peer("10.0.0.1:2000");
+        // The same request again, even after the client acknowledged (a late duplicate
+        // from a backed-up socket): the live transfer goes on, one more starts beside it.
+        let first = live_for(&mut t, "10.0.0.1:2000", 1, true, b"rrq a");
+        assert_eq!(t.admit(p, b"rrq a"), Admit::Beside);
+        let second = live_for(&mut t, "10.0.0.1:2000", 2, false, b"rrq a");
+        assert_eq!(
+            t.admit(p, b"rrq a"),
+            Admit::Ignore,
+            "at most two per request"
+        );
+        assert!(!first.is_cancelled() && !second.is_cancelled());
+        assert_eq!(t.len(), 2);
+        // Another request from the same port: the client started over.
+        assert_eq!(t.admit(p, b"rrq b"), Admit::Start);
+        assert!(first.is_cancelled() && second.is_cancelled());
+        assert_eq!(t.len(), 0);
+        // Another port of the same address is another client.
+        live_for(&mut t, "10.0.0.1:2000", 3, false, b"rrq a");
+        assert_eq!(t.admit(peer("10.0.0.1:2001"), b"rrq b"), Admit::Start);
+        assert_eq!(t.len(), 1);
+        // The ended transfer leaves; its sibling stays.
+        live_for(&mut t, "10.0.0.1:2000", 4, false, b"rrq a");
+        t.remove(p, 3);
+        assert_eq!(t.by_peer[&p].len(), 1);
+        assert_eq!(t.by_peer[&p][0].id, 4);
+        assert!(t.cancel_peer(p) && !t.cancel_peer(p));
     }
 }

@@ -66,9 +66,11 @@ pub enum ReplyPolicy {
     AnyPlain,
     /// Only the inbox of the site the request subject names
     /// (`substruct.v1.{site}.…` → `_INBOX_{site}.…`, [`subjects::site_inbox_prefix`]),
-    /// or a hub client's default inbox (`_INBOX.…`), which no site may subscribe to
-    /// (deploy/nats/gen-site); hub clients' inbox tokens are random, and the hub never
-    /// sends a request to a site, so a site cannot learn one to aim at.
+    /// the site's reply subjects (`substruct.v1.{site}.reply.{token}`,
+    /// [`subjects::site_reply`]: how the controller asks a site's edge through its leaf
+    /// node), or a hub client's default inbox (`_INBOX.…`), which no site may subscribe to
+    /// (deploy/nats/gen-site); hub clients' inbox tokens are random, and the hub sends
+    /// its requests to sites with a site reply subject, so a site cannot learn one to aim at.
     SiteInbox,
 }
 
@@ -93,9 +95,15 @@ impl ReplyPolicy {
                 else {
                     return false;
                 };
-                reply
-                    .strip_prefix(subjects::site_inbox_prefix(&site).as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
+                let after = |prefix: String| {
+                    reply
+                        .strip_prefix(prefix.as_str())
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .map(str::to_owned)
+                };
+                after(subjects::site_inbox_prefix(&site)).is_some()
+                    || after(subjects::site_reply_prefix(&site))
+                        .is_some_and(|token| !token.contains('.'))
             }
         }
     }
@@ -191,11 +199,19 @@ mod tests {
     fn site_inbox_policy_allows_only_the_requesters_inbox() {
         let on_s1 = "substruct.v1.s1.discover";
         let policy = ReplyPolicy::SiteInbox;
-        for good in ["_INBOX_s1.abc.1", "_INBOX.abc.def"] {
+        for good in [
+            "_INBOX_s1.abc.1",
+            "_INBOX.abc.def",
+            "substruct.v1.s1.reply.p-0123",
+        ] {
             assert!(policy.allows(on_s1, good), "{good}");
         }
         for bad in [
             "_INBOX_s10.abc",
+            "substruct.v1.s2.reply.p-0123",
+            "substruct.v1.s1.reply",
+            "substruct.v1.s1.reply.a.b",
+            "substruct.v1.s1.power",
             "_INBOX_s2.abc",
             "_INBOX_s1",
             "_INBOX_s1x.abc",

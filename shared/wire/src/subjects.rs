@@ -64,9 +64,23 @@ pub fn callback_all() -> String {
     format!("{PREFIX}.*.callback")
 }
 
-/// `substruct.v1.{site}.power` — controller → edge, request/reply: a power request.
+/// `substruct.v1.{site}.power` — controller → edge, request/reply: a power request,
+/// answered on a [`site_reply`] subject.
 pub fn power(site: &SiteId) -> String {
     format!("{PREFIX}.{site}.power")
+}
+
+/// `substruct.v1.{site}.reply.{token}` — where a hub client asks a site's edge to answer
+/// a request (a power request): a subject the site may publish to (its own namespace),
+/// so the answer crosses the site's leaf node, which carries no hub client's `_INBOX.…`
+/// replies. `token` is the request's random id (one token, no `.`).
+pub fn site_reply(site: &SiteId, token: &str) -> String {
+    format!("{}.{token}", site_reply_prefix(site))
+}
+
+/// `substruct.v1.{site}.reply`: the prefix of [`site_reply`].
+pub fn site_reply_prefix(site: &SiteId) -> String {
+    format!("{PREFIX}.{site}.reply")
 }
 
 /// `substruct.v1.{site}.power.result` — edge → controller, request/reply: a power
