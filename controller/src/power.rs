@@ -86,6 +86,9 @@ pub enum PowerError {
 #[serde(deny_unknown_fields)]
 pub struct BmcInput {
     pub driver: BmcDriverKind,
+    /// Empty or missing: the address the machine reported for its BMC (its first LAN
+    /// channel with one, read in-band by the prospector).
+    #[serde(default)]
     pub address: String,
     pub user: String,
     pub password: String,
@@ -168,6 +171,22 @@ pub struct PowerControl {
     timeout: Duration,
 }
 
+/// The BMC address the machine reported in-band (its first LAN channel with an
+/// address), in the form `driver` takes: `A.B.C.D` for IPMI, `https://A.B.C.D` for Redfish.
+fn reported_bmc_address(record: &MachineRecord, driver: BmcDriverKind) -> Option<String> {
+    let ip = record
+        .facts
+        .bmc
+        .as_ref()?
+        .lan
+        .iter()
+        .find_map(|lan| lan.ip)?;
+    Some(match driver {
+        BmcDriverKind::Ipmi => ip.to_string(),
+        BmcDriverKind::Redfish => format!("https://{ip}"),
+    })
+}
+
 /// A new request id: `p-` and 24 hex digits.
 fn new_request_id() -> PowerRequestId {
     let token = crate::provision::new_token();
@@ -200,9 +219,18 @@ impl PowerControl {
         input: BmcInput,
         by: &str,
     ) -> Result<MachineRecord, PowerError> {
-        input.validate()?;
+        let mut input = input;
         let store = self.provisioner.store();
         let (record, _) = self.provisioner.find(reference).await?;
+        if input.address.is_empty() {
+            input.address = reported_bmc_address(&record, input.driver).ok_or_else(|| {
+                PowerError::Invalid(format!(
+                    "no address given, and machine {} reported no BMC address (give --address)",
+                    record.id
+                ))
+            })?;
+        }
+        input.validate()?;
         // The pin belongs to the BMC it was learned from: kept only for the same address.
         let cert_pin = record
             .bmc

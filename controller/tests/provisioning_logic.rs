@@ -100,6 +100,7 @@ fn qemu_vm() -> MachineRecord {
             carrier: Some(true),
         }],
         pci: Vec::new(),
+        bmc: None,
     };
     MachineRecord::new(
         MachineId::new("8d2e4f1a-6b3c-4d5e-9f70-1a2b3c4d5e6f").unwrap(),

@@ -4,9 +4,11 @@
 //! Gathering never fails: a missing or unreadable file is a missing fact (logged at
 //! `debug`), never an error. Values are reported as read (trimmed); judging them (bogus
 //! serials, placeholder UUIDs) is the controller's job. The parsers of file contents
-//! (`cpuinfo`, `meminfo`, the SMBIOS table) are pure functions over bytes; the sysfs
-//! walkers only read files and follow symlinks, they never write anything.
+//! (`cpuinfo`, `meminfo`, the SMBIOS table, the BMC's answers) are pure functions over bytes;
+//! the sysfs walkers only read files and follow symlinks, they never write anything; the
+//! BMC is asked only "Get" commands through `dev/ipmi0` under the root.
 
+pub mod bmc;
 pub mod cpu;
 pub mod disks;
 pub mod dmi;
@@ -37,6 +39,7 @@ pub fn gather(root: &Path) -> HardwareReport {
         disks: disks::gather(root),
         nics: nics::gather(root),
         pci: pci::gather(root),
+        bmc: bmc::gather(root),
     }
 }
 

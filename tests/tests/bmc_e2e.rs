@@ -37,6 +37,8 @@ const MAC: &str = "52:54:00:77:40:01";
 /// The BMC's address on the site network (outside the DHCP pool).
 const BMC_IP: &str = "10.77.0.250";
 const BMC_PORT: u16 = 623;
+/// The BMC's own MAC, as it reports it (in-band and over the LAN).
+const BMC_MAC: &str = "52:54:00:77:40:fe";
 /// Where `ipmi_sim` waits for QEMU's `ipmi-bmc-extern` (the in-band side).
 const BMC_VM_PORT: u16 = 9002;
 const BMC_USER: &str = "admin";
@@ -370,6 +372,7 @@ fn ipmi_bmc_enroll_assign_reinstall_release_wipe() -> Result<()> {
         opts.port = BMC_PORT;
         opts.user = BMC_USER.into();
         opts.vm_port = Some(BMC_VM_PORT);
+        opts.lan_mac = BMC_MAC.into();
         opts.power_on_cmd = Some(format!("exec sh {}", script.display()));
         let sim = sim_keep.insert(IpmiSim::start(Some(&site.ns), &opts)?);
         let console = Console {
@@ -399,7 +402,22 @@ fn ipmi_bmc_enroll_assign_reinstall_release_wipe() -> Result<()> {
             t0.elapsed().as_secs_f64()
         );
 
-        // The operator enrolls the BMC: the password comes from a file, never shown back.
+        // The prospector read the BMC in-band (ipmi_si over the VM's KCS interface, which
+        // QEMU forwards to ipmi_sim) and reported its LAN settings.
+        let lan = &m["facts"]["bmc"]["lan"][0];
+        ensure!(
+            lan["ip"] == BMC_IP
+                && lan["mac"]
+                    .as_str()
+                    .is_some_and(|mac| mac.eq_ignore_ascii_case(BMC_MAC))
+                && lan["ip_source"] == "static",
+            "the BMC found in-band: {}",
+            m["facts"]["bmc"]
+        );
+        println!("BMC found in-band: {}", m["facts"]["bmc"]);
+
+        // The operator enrolls the BMC at the address it reported: the password comes
+        // from a file, never shown back.
         let pw_file = site.dir.path().join("bmc-password");
         std::fs::write(&pw_file, format!("{BMC_PASSWORD}\n"))?;
         cli(
@@ -411,8 +429,6 @@ fn ipmi_bmc_enroll_assign_reinstall_release_wipe() -> Result<()> {
                 MAC,
                 "--driver",
                 "ipmi",
-                "--address",
-                &format!("{BMC_IP}:{BMC_PORT}"),
                 "--user",
                 BMC_USER,
                 "--password-file",

@@ -258,6 +258,29 @@ pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<
             or_dash(nic.driver.as_deref())
         )?;
     }
+    if let Some(bmc) = &f.bmc {
+        writeln!(
+            out,
+            "bmc found:    IPMI {} manufacturer {} firmware {}",
+            or_dash(bmc.ipmi_version.as_deref()),
+            bmc.manufacturer_id
+                .map_or_else(|| "-".to_owned(), |m| m.to_string()),
+            or_dash(bmc.firmware.as_deref())
+        )?;
+        for lan in &bmc.lan {
+            let show = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+            writeln!(
+                out,
+                "bmc lan:      channel {} {} ({}) mac {} netmask {} gateway {}",
+                lan.channel,
+                show(lan.ip.map(|a| a.to_string())),
+                or_dash(lan.ip_source.as_deref()),
+                show(lan.mac.map(|m| m.to_string())),
+                show(lan.netmask.map(|a| a.to_string())),
+                show(lan.gateway.map(|a| a.to_string())),
+            )?;
+        }
+    }
     for c in &m.conflicts {
         writeln!(out, "conflict:     {c}")?;
     }

@@ -60,9 +60,10 @@ pub enum BmcCommand {
         machine: String,
         #[arg(long)]
         driver: BmcDriverKind,
-        /// `host`, `host:port` or (Redfish) `https://host[:port]`.
+        /// `host`, `host:port` or (Redfish) `https://host[:port]`. Default: the address
+        /// the machine reported for its BMC (read in-band by the prospector).
         #[arg(long)]
-        address: String,
+        address: Option<String>,
         #[arg(long)]
         user: String,
         /// A file holding the password (one trailing newline is dropped).
@@ -173,12 +174,13 @@ pub(super) async fn run_bmc(
         } => {
             let password = read_password(&password_file)?;
             let body = json!({
-                "driver": driver, "address": address, "user": user, "password": password,
-                "system_id": system,
+                "driver": driver, "address": address.unwrap_or_default(), "user": user,
+                "password": password, "system_id": system,
             });
             let m: MachineRecord = api
                 .call(Method::PUT, &["machines", &machine, "bmc"], Some(body))
                 .await?;
+            let address = m.bmc.as_ref().map(|b| b.address.as_str()).unwrap_or("-");
             writeln!(
                 out,
                 "machine {}: BMC set ({driver} {address}, user {user}, password set)",

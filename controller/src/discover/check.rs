@@ -32,7 +32,9 @@ pub fn check_request(
 ) -> Result<DiscoverRequest, Refusal> {
     let request = substruct_wire::decode::<DiscoverRequest>(payload).map_err(|e| {
         let code = match e {
-            WireError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            WireError::UnsupportedVersion(_) | WireError::NewerKind { .. } => {
+                ErrorCode::UnsupportedVersion
+            }
             _ => ErrorCode::Malformed,
         };
         Refusal::new(
@@ -79,6 +81,11 @@ pub fn check_limits(report: &HardwareReport, limits: &Limits) -> Result<(), Stri
         ("pci", report.pci.len(), limits.max_pci),
         ("memory.dimms", report.memory.dimms.len(), limits.max_dimms),
         ("cpu.flags", report.cpu.flags.len(), limits.max_cpu_flags),
+        (
+            "bmc.lan",
+            report.bmc.as_ref().map_or(0, |b| b.lan.len()),
+            MAX_BMC_CHANNELS,
+        ),
     ];
     for (field, n, max) in counts {
         if n > max {
@@ -149,8 +156,21 @@ pub fn check_limits(report: &HardwareReport, limits: &Limits) -> Result<(), Stri
     for (i, p) in report.pci.iter().enumerate() {
         check(&|| format!("pci[{i}].address"), Some(&p.address))?;
     }
+    if let Some(b) = &report.bmc {
+        check(&|| "bmc.ipmi_version".into(), b.ipmi_version.as_deref())?;
+        check(&|| "bmc.firmware".into(), b.firmware.as_deref())?;
+        for (i, lan) in b.lan.iter().enumerate() {
+            check(
+                &|| format!("bmc.lan[{i}].ip_source"),
+                lan.ip_source.as_deref(),
+            )?;
+        }
+    }
     Ok(())
 }
+
+/// An IPMI BMC has at most 11 LAN channels (1–11); a report naming more is not a BMC's.
+const MAX_BMC_CHANNELS: usize = 11;
 
 #[cfg(test)]
 mod tests {
@@ -199,6 +219,23 @@ mod tests {
         assert_eq!(
             check_limits(&report, &limits).unwrap_err(),
             "report has 2 entries in nics, more than the limit of 1"
+        );
+        report.nics.clear();
+        report.bmc = Some(substruct_wire::report::Bmc {
+            lan: vec![Default::default(); 12],
+            ..Default::default()
+        });
+        assert_eq!(
+            check_limits(&report, &limits).unwrap_err(),
+            "report has 12 entries in bmc.lan, more than the limit of 11"
+        );
+        report.bmc = Some(substruct_wire::report::Bmc {
+            firmware: Some("1".repeat(9)),
+            ..Default::default()
+        });
+        assert_eq!(
+            check_limits(&report, &limits).unwrap_err(),
+            "report field bmc.firmware is 9 bytes, more than the limit of 8"
         );
     }
 

@@ -2,7 +2,6 @@
 //! HTTPS with a self-signed certificate, bcrypt basic-auth users), and against a
 //! small axum BMC for what sushy does not do (sessions, 503, garbage).
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,157 +16,13 @@ use serde_json::{json, Value};
 use substruct_bmc::{
     Bmc, BmcConfig, BmcDriverKind, BmcError, BootDevice, CertPin, PowerAction, PowerState,
 };
-use substruct_testkit::gate::{gate, system_test, Need};
-use substruct_testkit::{free_port, ChildGuard};
+use substruct_testkit::sushy::Sushy;
 
 const SYSTEMS: [&str; 3] = [
     "11111111-0000-4000-8000-000000000001",
     "22222222-0000-4000-8000-000000000002",
     "33333333-0000-4000-8000-000000000003",
 ];
-
-/// A running `sushy-emulator --fake` on HTTPS with one bcrypt user.
-struct Sushy {
-    _child: ChildGuard,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Sushy {
-    /// Starts it, or `None` when the gate says skip.
-    fn start(systems: &[&str]) -> Result<Option<Self>> {
-        Self::start_on(systems, free_port())
-    }
-
-    /// Starts it on `port`, with a certificate of its own.
-    fn start_on(systems: &[&str], port: u16) -> Result<Option<Self>> {
-        if !system_test(&[
-            Need::Tool("sushy-emulator"),
-            Need::Tool("openssl"),
-            Need::Tool("curl"),
-        ]) {
-            return Ok(None);
-        }
-        let dir = tempfile::Builder::new().prefix("sushy-").tempdir()?;
-        let d = dir.path();
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=bmc.test"])
-            .arg("-keyout")
-            .arg(d.join("key.pem"))
-            .arg("-out")
-            .arg(d.join("cert.pem")))?;
-        let hash = run(Command::new("python3").args([
-            "-c",
-            "import bcrypt; print(bcrypt.hashpw(b'secret', bcrypt.gensalt(4)).decode())",
-        ]));
-        let hash = match hash {
-            Ok(h) => h,
-            Err(e) => {
-                gate(Some(format!(
-                    "python3 bcrypt (a sushy-tools dependency) is missing: {e}"
-                )));
-                return Ok(None);
-            }
-        };
-        std::fs::write(d.join("htpasswd"), format!("admin:{}\n", hash.trim()))?;
-        std::fs::create_dir(d.join("state"))?;
-        let systems_py: Vec<String> = systems
-            .iter()
-            .enumerate()
-            .map(|(i, uuid)| {
-                format!(
-                    "{{'uuid': '{uuid}', 'name': 'node-{i}', 'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '52:54:00:00:00:0{i}', 'ip': '10.0.0.{i}'}}]}}"
-                )
-            })
-            .collect();
-        let conf = format!(
-            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_LISTEN_PORT = {port}\n\
-             SUSHY_EMULATOR_SSL_CERT = '{cert}'\nSUSHY_EMULATOR_SSL_KEY = '{key}'\n\
-             SUSHY_EMULATOR_AUTH_FILE = '{auth}'\nSUSHY_EMULATOR_STATE_DIR = '{state}'\n\
-             SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{systems}]\n",
-            cert = d.join("cert.pem").display(),
-            key = d.join("key.pem").display(),
-            auth = d.join("htpasswd").display(),
-            state = d.join("state").display(),
-            systems = systems_py.join(", "),
-        );
-        std::fs::write(d.join("sushy.conf"), conf)?;
-        let log = std::fs::File::create(d.join("sushy.log"))?;
-        let child = Command::new("sushy-emulator")
-            .arg("--config")
-            .arg(d.join("sushy.conf"))
-            .env("SUSHY_EMULATOR_CONFIG", d.join("sushy.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting sushy-emulator")?;
-        let sushy = Self {
-            _child: ChildGuard(child),
-            dir,
-            port,
-        };
-        substruct_testkit::wait_for_blocking(
-            "sushy-emulator to answer",
-            Duration::from_secs(20),
-            || sushy.curl(&["/redfish/v1/"]).is_ok(),
-        )
-        .with_context(|| sushy.log())?;
-        Ok(Some(sushy))
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sushy.log")).unwrap_or_default()
-    }
-
-    /// `curl -k -u admin:secret` on a path (plus extra curl args), as JSON.
-    fn curl(&self, args: &[&str]) -> Result<Value> {
-        let (path, extra) = args.split_first().context("no path")?;
-        let out = run(Command::new("curl")
-            .args(["-sfk", "--max-time", "5", "-u", "admin:secret"])
-            .args(extra)
-            .arg(format!("https://127.0.0.1:{}{path}", self.port)))?;
-        Ok(serde_json::from_str(&out)?)
-    }
-
-    /// What the emulator itself says of a system.
-    fn system(&self, uuid: &str) -> Result<Value> {
-        self.curl(&[&format!("/redfish/v1/Systems/{uuid}")])
-    }
-
-    /// The sha256 of the certificate, computed by openssl (not by our code).
-    fn cert_pin(&self) -> Result<CertPin> {
-        let out = run(Command::new("openssl")
-            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-            .arg(self.dir.path().join("cert.pem")))?;
-        out.trim()
-            .parse::<CertPin>()
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn cfg(address: &str, password: &str) -> BmcConfig {
     let mut c = BmcConfig::new(BmcDriverKind::Redfish, address, "admin", password);
@@ -257,7 +112,7 @@ async fn wrong_credentials_pins_and_a_dead_emulator_are_told_apart() -> Result<(
     // computes it; connecting again with it works.
     let bmc = Bmc::connect(&cfg(&sushy.address(), "secret")).await?;
     let seen = bmc.cert_pin_seen();
-    assert_eq!(seen, Some(sushy.cert_pin()?));
+    assert_eq!(seen, Some(sushy.cert_pin()?.parse::<CertPin>()?));
     bmc.close().await;
     let mut pinned = cfg(&sushy.address(), "secret");
     pinned.cert_pin = seen;
@@ -297,7 +152,7 @@ async fn wrong_credentials_pins_and_a_dead_emulator_are_told_apart() -> Result<(
             expected, found, ..
         }) => {
             assert_eq!(Some(expected), seen);
-            assert_eq!(found, imposter.cert_pin()?);
+            assert_eq!(found, imposter.cert_pin()?.parse::<CertPin>()?);
         }
         other => panic!("expected CertMismatch, got {other:?}"),
     }

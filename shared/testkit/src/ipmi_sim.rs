@@ -44,6 +44,9 @@ pub struct IpmiSimOptions {
     pub vm_port: Option<u16>,
     /// Power on when the simulator starts.
     pub start_on: bool,
+    /// The LAN channel's MAC address as the BMC reports it (LAN configuration
+    /// parameter 5, in-band or over the LAN); its IP address is `addr`.
+    pub lan_mac: String,
 }
 
 impl IpmiSimOptions {
@@ -57,6 +60,7 @@ impl IpmiSimOptions {
             power_on_cmd: None,
             vm_port: None,
             start_on: false,
+            lan_mac: "02:00:00:00:06:23".to_owned(),
         }
     }
 }
@@ -71,6 +75,26 @@ pub struct IpmiSim {
     /// Its UDP port.
     pub port: u16,
 }
+
+/// The LAN configuration program `ipmi_sim` runs as `PROG DEVICE get PARM...`: the
+/// channel's address settings, from the environment the simulator is started with.
+const LAN_SCRIPT: &str = r#"#!/bin/sh
+shift
+op=$1
+shift
+[ "$op" = get ] || { echo "read-only simulated LAN settings"; exit 1; }
+for p in "$@"; do
+  case $p in
+    ip_addr) echo "ip_addr:$SUBSTRUCT_BMC_IP" ;;
+    ip_addr_src) echo "ip_addr_src:static" ;;
+    mac_addr) echo "mac_addr:$SUBSTRUCT_BMC_MAC" ;;
+    subnet_mask) echo "subnet_mask:255.255.255.0" ;;
+    default_gw_ip_addr | backup_gw_ip_addr) echo "$p:0.0.0.0" ;;
+    default_gw_mac_addr | backup_gw_mac_addr) echo "$p:00:00:00:00:00:00" ;;
+    *) echo "Invalid parameter: $p"; exit 1 ;;
+  esac
+done
+"#;
 
 /// The chassis control program `ipmi_sim` runs as `PROG DEVICE get|set PARM [VAL]...`.
 const CHASSIS_SCRIPT: &str = r#"#!/bin/sh
@@ -170,19 +194,26 @@ impl IpmiSim {
         };
         let script = dir.path().join("chassis");
         std::fs::write(&script, CHASSIS_SCRIPT)?;
+        let lan_script = dir.path().join("lan");
+        std::fs::write(&lan_script, LAN_SCRIPT)?;
         Command::new("chmod")
             .args(["755"])
             .arg(&script)
+            .arg(&lan_script)
             .status()
             .context("chmod")?;
+        if opts.lan_mac.parse::<substruct_wire::Mac>().is_err() {
+            bail!("lan_mac {:?} is not a MAC address", opts.lan_mac);
+        }
         if let Some(cmd) = &opts.power_on_cmd {
             std::fs::write(dir.path().join("power_on_cmd"), format!("{cmd}\n"))?;
         }
         std::fs::write(dir.path().join("power"), "0\n")?;
         std::fs::create_dir(dir.path().join("state"))?;
         let mut conf = format!(
-            "name \"substruct\"\nset_working_mc 0x20\n  startlan 1\n    addr {} {port}\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789abcdef\n  endlan\n  chassis_control {}\n",
+            "name \"substruct\"\nset_working_mc 0x20\n  startlan 1\n    addr {} {port}\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789abcdef\n    lan_config_program {}\n  endlan\n  chassis_control {}\n",
             opts.addr,
+            quote(&format!("{} lan1", lan_script.display()))?,
             quote(&format!("{} 0x20", script.display()))?,
         );
         if let Some(vm) = opts.vm_port {
@@ -210,15 +241,20 @@ impl IpmiSim {
             "-n".to_owned(),
         ];
         let log = dir.path().join("ipmi_sim.log");
+        // What the LAN configuration program reports.
+        let lan_env = [
+            ("SUBSTRUCT_BMC_IP", opts.addr.clone()),
+            ("SUBSTRUCT_BMC_MAC", opts.lan_mac.clone()),
+        ];
         let proc = match netns {
             Some(ns) => {
                 let mut cmd = ns.command("ipmi_sim");
-                cmd.args(&args);
+                cmd.args(&args).envs(lan_env.clone());
                 NsProcess::spawn_command("ipmi_sim", cmd, log)?
             }
             None => {
                 let mut cmd = Command::new("ipmi_sim");
-                cmd.args(&args);
+                cmd.args(&args).envs(lan_env);
                 NsProcess::spawn_command("ipmi_sim", cmd, log)?
             }
         };

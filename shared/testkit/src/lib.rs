@@ -14,6 +14,7 @@ pub mod ipmi_sim;
 pub mod nats_topology;
 pub mod netns;
 pub mod qemu;
+pub mod sushy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -10,10 +10,13 @@ use serde::Serialize;
 
 /// The four bytes every Substruct message starts with.
 pub const MAGIC: [u8; 4] = *b"SBST";
-/// The wire version this build writes. It reads every version in [`SUPPORTED_VERSIONS`].
-pub const WIRE_VERSION: u16 = 1;
+/// The newest wire version this build writes. Each kind is written in its own
+/// [`WireMessage::VERSION`] (the version in which its shape last changed), so a change to
+/// one kind does not make older readers refuse every other kind; every version in
+/// [`SUPPORTED_VERSIONS`] up to a kind's own is read.
+pub const WIRE_VERSION: u16 = 2;
 /// Versions this build can read.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Upper bound on an encoded message (NATS default max_payload is 1 MiB).
@@ -62,6 +65,16 @@ impl MessageKind {
 /// A body type that travels in an envelope.
 pub trait WireMessage: Serialize + DeserializeOwned {
     const KIND: MessageKind;
+    /// The wire version this kind is written in: the one in which its shape last
+    /// changed. A body of a newer version is refused (this build cannot know its shape).
+    const VERSION: u16 = 1;
+
+    /// Decodes a body written in an older `version` than [`Self::VERSION`] (one whose
+    /// shape differs): kinds that changed shape override this.
+    fn take_older(version: u16, body: &[u8]) -> Result<(Self, &[u8]), postcard::Error> {
+        let _ = version;
+        postcard::take_from_bytes::<Self>(body)
+    }
 }
 
 /// Why bytes were refused.
@@ -77,6 +90,12 @@ pub enum WireError {
     UnsupportedVersion(u16),
     #[error("unknown message kind {0}")]
     UnknownKind(u16),
+    #[error("{kind:?} in wire version {version}: this build reads it up to version {newest}")]
+    NewerKind {
+        kind: MessageKind,
+        version: u16,
+        newest: u16,
+    },
     #[error("expected a {expected:?} message, got {got:?}")]
     WrongKind {
         expected: MessageKind,
@@ -110,7 +129,7 @@ pub struct Envelope<'a> {
 pub fn encode<M: WireMessage>(msg: &M) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&WIRE_VERSION.to_le_bytes());
+    out.extend_from_slice(&M::VERSION.to_le_bytes());
     out.extend_from_slice(&(M::KIND as u16).to_le_bytes());
     let out = postcard::to_extend(msg, out).map_err(|source| WireError::Encode {
         kind: M::KIND,
@@ -156,11 +175,22 @@ pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, WireError> {
             got: env.kind,
         });
     }
-    let (msg, rest) =
-        postcard::take_from_bytes::<M>(env.body).map_err(|source| WireError::Body {
+    if env.version > M::VERSION {
+        return Err(WireError::NewerKind {
             kind: M::KIND,
-            source,
-        })?;
+            version: env.version,
+            newest: M::VERSION,
+        });
+    }
+    let taken = if env.version == M::VERSION {
+        postcard::take_from_bytes::<M>(env.body)
+    } else {
+        M::take_older(env.version, env.body)
+    };
+    let (msg, rest) = taken.map_err(|source| WireError::Body {
+        kind: M::KIND,
+        source,
+    })?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes {
             kind: M::KIND,
@@ -226,10 +256,12 @@ mod tests {
                 device_id: 0x1000,
                 class: 0x020000,
             }],
+            bmc: None,
         }
     }
 
-    const GOLDEN_DISCOVER_REQUEST: &str = "53425354010001000273310102743005302e312e3001010451454d55000001025331012431313131313131312d323232322d333333332d343434342d35353535353535353535353500000000000000000000011051454d55205669727475616c204350550102020000010361657380808080020001037664618080808004000102443100000400010465746830525400000001010a76697274696f5f6e657400000101010c303030303a30303a30332e30f4358020808008";
+    /// Wire version 1 (before `bmc`): still decodes, with `bmc: None`.
+    const GOLDEN_DISCOVER_REQUEST_V1: &str = "53425354010001000273310102743005302e312e3001010451454d55000001025331012431313131313131312d323232322d333333332d343434342d35353535353535353535353500000000000000000000011051454d55205669727475616c204350550102020000010361657380808080020001037664618080808004000102443100000400010465746830525400000001010a76697274696f5f6e657400000101010c303030303a30303a30332e30f4358020808008";
 
     /// Pins today's encoding: if this fails, the wire format changed and
     /// [`WIRE_VERSION`] must go up (and old versions stay readable).
@@ -270,8 +302,58 @@ mod tests {
         };
         let bytes = encode(&msg).unwrap();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, GOLDEN_DISCOVER_REQUEST);
+        // Version 2: the v1 body, then `bmc` (None: one zero byte).
+        let v2 = format!(
+            "{}0200{}00",
+            &GOLDEN_DISCOVER_REQUEST_V1[..8],
+            &GOLDEN_DISCOVER_REQUEST_V1[12..]
+        );
+        assert_eq!(hex, v2);
         assert_eq!(decode::<DiscoverRequest>(&bytes).unwrap(), msg);
+        let v1: Vec<u8> = (0..GOLDEN_DISCOVER_REQUEST_V1.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&GOLDEN_DISCOVER_REQUEST_V1[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(decode::<DiscoverRequest>(&v1).unwrap(), msg, "a v1 report");
+        // A v2 body labelled v1 (or the reverse) does not decode into garbage.
+        let mut mislabelled = bytes.clone();
+        mislabelled[4] = 1;
+        assert!(decode::<DiscoverRequest>(&mislabelled).is_err());
+        // A version newer than this build knows is refused by name.
+        let mut newer = bytes.clone();
+        newer[4] = 3;
+        assert!(matches!(
+            decode::<DiscoverRequest>(&newer),
+            Err(WireError::UnsupportedVersion(3))
+        ));
+        // Other kinds stay at version 1, which older readers take (golden_bytes_discover_reply).
+    }
+
+    #[test]
+    fn a_report_with_a_bmc_round_trips() {
+        let mut report = sample_report();
+        report.bmc = Some(Bmc {
+            ipmi_version: Some("2.0".into()),
+            manufacturer_id: Some(674),
+            firmware: Some("1.2".into()),
+            lan: vec![BmcLan {
+                channel: 1,
+                ip: Some("10.77.0.250".parse().unwrap()),
+                ip_source: Some("static".into()),
+                mac: Some(Mac([0x52, 0x54, 0, 0x77, 0x40, 0x99])),
+                netmask: Some("255.255.255.0".parse().unwrap()),
+                gateway: None,
+            }],
+        });
+        let msg = DiscoverRequest {
+            site: SiteId::new("s1").unwrap(),
+            boot_token: None,
+            report,
+        };
+        assert_eq!(
+            decode::<DiscoverRequest>(&encode(&msg).unwrap()).unwrap(),
+            msg
+        );
     }
 
     /// The image fields (typed [`crate::ImageName`] / [`crate::Sha256Digest`]) encode as
@@ -367,7 +449,14 @@ mod tests {
         let err = decode::<DiscoverReply>(&v9).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported wire version 9 (this build reads [1])"
+            "unsupported wire version 9 (this build reads [1, 2])"
+        );
+        // A known version that is newer than this build's shape of the kind.
+        let mut v2 = good.clone();
+        v2[4] = 2;
+        assert_eq!(
+            decode::<DiscoverReply>(&v2).unwrap_err().to_string(),
+            "DiscoverReply in wire version 2: this build reads it up to version 1"
         );
 
         let mut k99 = good.clone();
@@ -427,6 +516,7 @@ mod tests {
                     speed_mbps: Some(1000), carrier: None,
                 }).collect(),
                 pci: vec![],
+                bmc: None,
             }
         }
     }
@@ -445,6 +535,8 @@ mod tests {
             let mut framed = MAGIC.to_vec();
             framed.extend_from_slice(&[1, 0, 1, 0]);
             framed.extend_from_slice(&bytes);
+            let _ = decode::<DiscoverRequest>(&framed);
+            framed[4] = 2;
             let _ = decode::<DiscoverRequest>(&framed);
         }
     }

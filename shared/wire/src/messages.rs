@@ -20,6 +20,29 @@ pub struct DiscoverRequest {
 
 impl WireMessage for DiscoverRequest {
     const KIND: MessageKind = MessageKind::DiscoverRequest;
+    /// 2: the report carries `bmc`.
+    const VERSION: u16 = 2;
+
+    fn take_older(version: u16, body: &[u8]) -> Result<(Self, &[u8]), postcard::Error> {
+        debug_assert_eq!(version, 1);
+        let (v1, rest) = postcard::take_from_bytes::<DiscoverRequestV1>(body)?;
+        Ok((
+            Self {
+                site: v1.site,
+                boot_token: v1.boot_token,
+                report: v1.report.into(),
+            },
+            rest,
+        ))
+    }
+}
+
+/// [`DiscoverRequest`] as wire version 1 carried it.
+#[derive(Debug, Deserialize)]
+struct DiscoverRequestV1 {
+    site: SiteId,
+    boot_token: Option<BootCredential>,
+    report: crate::report::HardwareReportV1,
 }
 
 /// Controller → prospector: the report is stored; do this next.

@@ -21,6 +21,67 @@ pub struct HardwareReport {
     pub disks: Vec<Disk>,
     pub nics: Vec<Nic>,
     pub pci: Vec<PciDevice>,
+    /// The BMC as the host sees it in-band (IPMI system interface), when there is one
+    /// (wire version 2; older reports decode with `None`).
+    #[serde(default)]
+    pub bmc: Option<Bmc>,
+}
+
+/// The report as wire version 1 carried it (no `bmc`): still read from older
+/// prospectors ([`crate::envelope::WireMessage::take_older`]).
+#[derive(Debug, Deserialize)]
+pub(crate) struct HardwareReportV1 {
+    prospector_version: String,
+    boot_mode: BootMode,
+    dmi: Dmi,
+    cpu: Cpu,
+    memory: Memory,
+    disks: Vec<Disk>,
+    nics: Vec<Nic>,
+    pci: Vec<PciDevice>,
+}
+
+impl From<HardwareReportV1> for HardwareReport {
+    fn from(v1: HardwareReportV1) -> Self {
+        Self {
+            prospector_version: v1.prospector_version,
+            boot_mode: v1.boot_mode,
+            dmi: v1.dmi,
+            cpu: v1.cpu,
+            memory: v1.memory,
+            disks: v1.disks,
+            nics: v1.nics,
+            pci: v1.pci,
+            bmc: None,
+        }
+    }
+}
+
+/// The machine's BMC, read in-band over the IPMI system interface (`/dev/ipmi0`): what
+/// an operator needs to enroll it (`substruct machines bmc set`). Values as the BMC
+/// reports them; nothing here is a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Bmc {
+    /// IPMI version the BMC implements (`"2.0"`).
+    pub ipmi_version: Option<String>,
+    /// IANA enterprise number of the BMC's manufacturer (Get Device ID).
+    pub manufacturer_id: Option<u32>,
+    /// Firmware revision (`"1.23"`).
+    pub firmware: Option<String>,
+    /// Its LAN channels' settings, by channel number.
+    pub lan: Vec<BmcLan>,
+}
+
+/// One LAN channel of a BMC (IPMI LAN configuration parameters).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BmcLan {
+    pub channel: u8,
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// `static`, `dhcp`, `bios`, `other` or `unspecified`.
+    pub ip_source: Option<String>,
+    pub mac: Option<Mac>,
+    pub netmask: Option<std::net::Ipv4Addr>,
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
