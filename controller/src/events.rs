@@ -118,14 +118,45 @@ async fn update_status(
     }
 }
 
-/// Syncs every machine once at start (the rules need no upkeep: a KV watch feeds them,
-/// [`crate::provision::RulesCache::follow`]).
+/// Once the machine list is loaded, syncs every machine's boot intents once (the
+/// rules need no upkeep: a KV watch feeds them, [`crate::provision::RulesCache::follow`]).
 pub(crate) async fn maintain(provisioner: Provisioner, cancel: CancellationToken) {
+    let sweep = async {
+        let mut backoff = substruct_runtime::backoff::Backoff::new(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(10),
+        );
+        loop {
+            let loaded = provisioner
+                .fleet()
+                .catch_up(provisioner.store(), std::time::Duration::from_secs(60))
+                .await;
+            let result = match loaded {
+                Ok(()) => provisioner
+                    .sync_all()
+                    .await
+                    .map_err(|e| crate::error_chain(&e)),
+                Err(e) => Err(crate::error_chain(&e)),
+            };
+            match result {
+                Ok(sweep) => {
+                    tracing::info!(
+                        machines = sweep.checked,
+                        synced = sweep.synced,
+                        "boot intents checked"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "start-up sync failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    };
     tokio::select! {
         _ = cancel.cancelled() => {}
-        synced = provisioner.sync_all() => match synced {
-            Ok(n) => tracing::info!(machines = n, "boot intents synced"),
-            Err(e) => tracing::warn!(error = %crate::error_chain(&e), "start-up sync failed"),
-        },
+        () = sweep => {}
     }
 }

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod discover;
 pub mod events;
+pub mod fleet;
 pub mod images;
 pub mod lifecycle;
 pub mod matching;
@@ -167,6 +168,12 @@ impl Controller {
         tracker.spawn(
             provisioner
                 .rules_cache()
+                .clone()
+                .follow(store.clone(), cancel.clone()),
+        );
+        tracker.spawn(
+            provisioner
+                .fleet()
                 .clone()
                 .follow(store.clone(), cancel.clone()),
         );

@@ -95,6 +95,10 @@ pub struct MachineRecord {
     /// to the machine's `machine.{id}.cmd`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_user_key: Option<String>,
+    /// The hostname the profile's pattern gave this machine at its latest assign or
+    /// reinstall (`None` without a profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// How many applied power request ids a record remembers.
@@ -148,6 +152,7 @@ impl MachineRecord {
             bmc: None,
             power_requests: Vec::new(),
             boot_user_key: None,
+            hostname: None,
         };
         unseen.updated(site, facts, conflicts, now_unix_ms)
     }

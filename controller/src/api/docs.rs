@@ -161,19 +161,20 @@ pub(super) async fn delete_profile(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = stored_name("profile", name)?;
-    let users: Vec<String> = state
-        .store
-        .list_machines()
-        .await?
-        .into_iter()
-        .filter(|m| m.state.profile() == Some(name.as_str()))
-        .map(|m| m.id.to_string())
-        .collect();
+    /// Machines named in the refusal; the count covers the rest.
+    const NAMED: usize = 20;
+    let users = super::current_fleet(&state).await?.using_profile(&name);
     if !users.is_empty() {
+        let more = users.len().saturating_sub(NAMED);
         return Err(ApiError::Conflict(format!(
-            "profile {name:?} is in use by {} machine(s): {}",
+            "profile {name:?} is in use by {} machine(s): {}{}",
             users.len(),
-            users.join(", ")
+            users[..users.len().min(NAMED)].join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         )));
     }
     delete(&state.store, Docs::Profiles, "profile", name).await

@@ -1,15 +1,23 @@
 //! `/api/v1/machines`: machine records and the operator's actions on them.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use substruct_wire::messages::WipeMode;
+use substruct_wire::MachineId;
 
 use super::{ApiError, ApiState};
 use crate::config::Role;
+use crate::fleet::{Page, Query, DEFAULT_LIMIT};
 use crate::provision::ProvisionError;
 use crate::record::MachineRecord;
+use crate::store::Store;
 
 /// A machine record as the API shows it: a viewer never sees the install token
 /// (with it one could fetch the install files, which hold secrets, or call back).
@@ -23,19 +31,164 @@ pub(super) fn machine_view(record: &MachineRecord, role: Role) -> serde_json::Va
     value
 }
 
+/// Records read from KV at once by an export or a `full` page.
+const READ_AHEAD: usize = 64;
+
+/// The query of `GET /api/v1/machines`. Any of them makes the answer a page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    site: Option<String>,
+    state: Option<String>,
+    vendor: Option<String>,
+    q: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// Whole records in the page instead of summaries.
+    full: Option<bool>,
+}
+
+impl ListParams {
+    fn is_empty(&self) -> bool {
+        matches!(
+            self,
+            Self {
+                site: None,
+                state: None,
+                vendor: None,
+                q: None,
+                limit: None,
+                cursor: None,
+                full: None,
+            }
+        )
+    }
+
+    fn query(&self) -> Query {
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        Query {
+            site: nonempty(&self.site),
+            state: nonempty(&self.state),
+            vendor: nonempty(&self.vendor),
+            q: nonempty(&self.q),
+            limit: self.limit.unwrap_or(DEFAULT_LIMIT),
+            cursor: nonempty(&self.cursor),
+        }
+    }
+}
+
+/// `GET /api/v1/machines`: without parameters every record (streamed, sorted by id,
+/// `X-Total-Count` says how many), as since the first wave; with any of `site`,
+/// `state`, `vendor`, `q`, `limit`, `cursor`, `full` a page (summaries, or records
+/// with `full=true`) with `next_cursor`, the fleet's `total` and its `counts`.
+/// Either way from this controller's machine list ([`crate::fleet::Fleet`]): no
+/// scan of the bucket.
 pub(super) async fn list_machines(
     State(state): State<ApiState>,
     axum::Extension(role): axum::Extension<Role>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    Ok(Json(
-        state
-            .store
-            .list_machines()
-            .await?
+    params: Result<axum::extract::Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(params) = params.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let fleet = super::current_fleet(&state).await?;
+    if params.is_empty() {
+        let ids = fleet.ids(&Query::default());
+        let total = ids.len();
+        let mut response =
+            Body::from_stream(export(state.store.clone(), ids, role)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert("x-total-count", header::HeaderValue::from(total));
+        return Ok(response);
+    }
+    let query = params.query();
+    query
+        .check()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let page = fleet.page(&query);
+    if params.full != Some(true) {
+        return Ok(Json(page).into_response());
+    }
+    let ids: Vec<MachineId> = page
+        .machines
+        .iter()
+        .filter_map(|m| MachineId::new(m.id.as_str()).ok())
+        .collect();
+    let store = &state.store;
+    let records: Vec<Option<(MachineRecord, u64)>> = futures::stream::iter(ids)
+        .map(|id| async move { store.machine(&id).await })
+        .buffered(READ_AHEAD)
+        .try_collect()
+        .await?;
+    Ok(Json(Page {
+        machines: records
             .iter()
-            .map(|m| machine_view(m, role))
+            .flatten()
+            .map(|(r, _)| machine_view(r, role))
             .collect(),
-    ))
+        next_cursor: page.next_cursor,
+        total: page.total,
+        counts: page.counts,
+    })
+    .into_response())
+}
+
+/// Every record of `ids`, in their order, as one JSON array, read `READ_AHEAD` at a
+/// time: the controller holds a few records at once whatever the fleet's size. A
+/// record gone meanwhile is left out; a read that fails ends the body early (the
+/// client sees a truncated response, never a short but well-formed list).
+fn export(
+    store: Store,
+    ids: Vec<std::sync::Arc<str>>,
+    role: Role,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let records = futures::stream::iter(ids)
+        .map(move |id| {
+            let store = store.clone();
+            async move {
+                let Ok(id) = MachineId::new(&*id) else {
+                    return Ok(None);
+                };
+                store.machine(&id).await.map(|found| found.map(|(r, _)| r))
+            }
+        })
+        .buffered(READ_AHEAD)
+        .try_filter_map(|r| async move { Ok(r) })
+        .enumerate()
+        .map(move |(i, record)| {
+            let record = record.map_err(|e| {
+                tracing::warn!(error = %crate::error_chain(&e), "machine export cut short");
+                std::io::Error::other(e)
+            })?;
+            let mut bytes = if i == 0 { b"[".to_vec() } else { b",".to_vec() };
+            // An admin sees the record as stored: no detour through a JSON tree.
+            if role >= Role::Admin {
+                serde_json::to_writer(&mut bytes, &record)
+            } else {
+                serde_json::to_writer(&mut bytes, &machine_view(&record, role))
+            }
+            .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(bytes)
+        });
+    // `[` comes with the first record; an empty fleet gets `[]`.
+    records
+        .map(|chunk| chunk.map(Bytes::from))
+        .chain(futures::stream::once(async move { Ok(Bytes::new()) }))
+        .scan(false, |started, chunk| {
+            let out = match chunk {
+                Ok(b) if b.is_empty() => {
+                    Ok(Bytes::from_static(if *started { b"]" } else { b"[]" }))
+                }
+                Ok(b) => {
+                    *started = true;
+                    Ok(b)
+                }
+                Err(e) => Err(e),
+            };
+            futures::future::ready(Some(out))
+        })
 }
 
 pub(super) async fn show_machine(

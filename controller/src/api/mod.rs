@@ -1,7 +1,11 @@
 //! The REST API, and the only code in the controller that knows axum.
 //!
 //! * `GET /healthz` — unauthenticated; 200 when NATS is connected, else 503;
-//! * `GET /api/v1/machines` — every machine record (JSON list, sorted by id);
+//! * `GET /api/v1/machines` — every machine record (JSON list, sorted by id, streamed;
+//!   `X-Total-Count`); with any of `site`, `state`, `vendor`, `q`, `limit` (1–1000,
+//!   default 100), `cursor`, `full` a page `{"machines", "next_cursor", "total",
+//!   "counts": {"state", "site"}}` of summaries (records with `full=true`), from the
+//!   controller's in-memory machine list ([`crate::fleet`]);
 //! * `GET /api/v1/machines/{id}` — one record, 404 naming the id when absent.
 //!
 //! * `POST /api/v1/machines/{ref}/assign` `{"profile": NAME}`, `…/release`
@@ -93,6 +97,9 @@ pub enum ApiError {
     Bmc(String),
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
+    /// Not answerable now (the machine list is loading); retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<JsonRejection> for ApiError {
@@ -144,7 +151,7 @@ impl IntoResponse for ApiError {
                 }
             }
             Self::Bmc(_) => StatusCode::BAD_GATEWAY,
-            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let message = crate::error_chain(&this);
         if status.is_server_error() {
@@ -236,6 +243,20 @@ impl axum::serve::Listener for crate::tls::TlsIncoming {
         Ok(crate::tls::TlsIncoming::local_addr(self))
     }
 }
+
+/// This controller's machine list, once it holds every write made before the call.
+async fn current_fleet(state: &ApiState) -> Result<&crate::fleet::Fleet, ApiError> {
+    let fleet = state.provisioner.fleet();
+    fleet
+        .catch_up(&state.store, FLEET_CATCH_UP)
+        .await
+        .map_err(|e| ApiError::Unavailable(crate::error_chain(&e)))?;
+    Ok(fleet)
+}
+
+/// How long a request waits for this controller's machine list to hold every write
+/// made before it (at start: to be loaded).
+const FLEET_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Compares in time independent of where the first difference is.
 fn same(a: &[u8], b: &[u8]) -> bool {

@@ -105,9 +105,19 @@ pub(super) async fn put_site(
         .doc_put(Docs::Sites, &name, &record, None)
         .await?;
     // Deployed machines there boot locally the site's way.
-    let machines = state.store.list_machines().await?;
-    for m in machines.iter().filter(|m| m.site.as_str() == name) {
-        state.provisioner.sync(m).await?;
+    let at_site = super::current_fleet(&state)
+        .await?
+        .select(&crate::fleet::Query {
+            site: Some(name.clone()),
+            ..crate::fleet::Query::default()
+        });
+    for m in at_site
+        .iter()
+        .filter(|m| m.state != "discovered" || m.pending_wipe)
+    {
+        if let Ok(id) = substruct_wire::MachineId::new(m.id.as_str()) {
+            state.provisioner.sync_id(&id).await?;
+        }
     }
     let status = if old.is_some() {
         StatusCode::OK

@@ -110,6 +110,23 @@ impl Api {
         self.call(Method::GET, segments, None).await
     }
 
+    /// `GET` a JSON value with query parameters (empty values are left out).
+    pub(super) async fn get_query<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<T, CliError> {
+        let mut url = self.url(segments)?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query.iter().filter(|(_, v)| !v.is_empty()) {
+                pairs.append_pair(k, v);
+            }
+        }
+        let request = self.request(Method::GET, url.clone());
+        self.send(request, url).await
+    }
+
     /// Calls the API with an optional JSON body and decodes the JSON answer.
     pub(super) async fn call<T: DeserializeOwned>(
         &self,

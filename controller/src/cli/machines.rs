@@ -10,14 +10,32 @@ use super::client::Api;
 use super::output::{human_bytes, or_dash, write_json, write_rows};
 use super::power::{run_bmc, run_power, write_bmc, BmcCommand, PowerCommand};
 use super::CliError;
+use crate::fleet::{MachineSummary, Page};
 use crate::record::MachineRecord;
 
 #[derive(Debug, Subcommand)]
 pub enum MachinesCommand {
-    /// Every machine, as a table (or JSON records with --json).
+    /// Every machine, as a table (or JSON records with --json), paged through the
+    /// controller's machine list; filters narrow it.
     List {
         #[arg(long)]
         json: bool,
+        /// Only machines at this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only machines in this state (discovered, assigned, installing, deployed,
+        /// failed, retired).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only machines whose vendor contains this (any case).
+        #[arg(long)]
+        vendor: Option<String>,
+        /// Only machines whose id, serial, SMBIOS UUID, hostname or a MAC contains this.
+        #[arg(long)]
+        search: Option<String>,
+        /// Machines asked for per request.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        page_size: u16,
     },
     /// One machine (by id, serial, SMBIOS UUID or MAC), with its facts.
     Show {
@@ -73,11 +91,30 @@ pub(super) async fn run(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let output = match command {
-        MachinesCommand::List { json } => {
-            let machines: Vec<MachineRecord> = api.get(&["machines"]).await?;
+        MachinesCommand::List {
+            json,
+            site,
+            state,
+            vendor,
+            search,
+            page_size,
+        } => {
+            let filters = Filters {
+                site: site.unwrap_or_default(),
+                state: state.unwrap_or_default(),
+                vendor: vendor.unwrap_or_default(),
+                search: search.unwrap_or_default(),
+            };
             if json {
+                let machines: Vec<MachineRecord> = if filters.is_empty() {
+                    // The whole inventory, streamed by the controller in one answer.
+                    api.get(&["machines"]).await?
+                } else {
+                    pages(api, &filters, page_size, true).await?
+                };
                 write_json(out, &machines)
             } else {
+                let machines: Vec<MachineSummary> = pages(api, &filters, page_size, false).await?;
                 write_table(out, &machines)
             }
         }
@@ -148,40 +185,91 @@ async fn action(
         .await
 }
 
-fn table_row(m: &MachineRecord) -> Vec<String> {
-    let f = &m.facts;
-    let macs: Vec<String> = f.macs().iter().map(ToString::to_string).collect();
-    let cpus = if f.cpu.threads > 0 {
-        f.cpu.threads
-    } else {
-        f.cpu.cores
+fn table_row(m: &MachineSummary) -> Vec<String> {
+    // As the record's state prints: `deployed (debian12)`, `failed (disk not found)`.
+    let state = match (&m.profile, &m.reason) {
+        (_, Some(reason)) => format!("{} ({reason})", m.state),
+        (Some(p), None) if m.state != "failed" => format!("{} ({p})", m.state),
+        _ => m.state.clone(),
     };
-    let disk_total: u64 = f.disks.iter().map(|d| d.size_bytes).sum();
     vec![
-        m.id.to_string(),
-        m.state.to_string(),
-        m.site.to_string(),
+        m.id.clone(),
+        state,
+        m.site.clone(),
         m.power.to_string(),
-        or_dash(f.dmi.sys_vendor.as_deref()),
-        or_dash(f.dmi.product_name.as_deref()),
-        or_dash(f.usable_serial()),
-        if macs.is_empty() {
+        or_dash(m.vendor.as_deref()),
+        or_dash(m.product.as_deref()),
+        or_dash(m.serial.as_deref()),
+        if m.macs.is_empty() {
             "-".into()
         } else {
-            macs.join(",")
+            m.macs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         },
-        cpus.to_string(),
-        human_bytes(f.memory.total_bytes),
-        if f.disks.is_empty() {
+        m.cpus.to_string(),
+        human_bytes(m.memory_bytes),
+        if m.disks == 0 {
             "-".into()
         } else {
-            format!("{} ({})", f.disks.len(), human_bytes(disk_total))
+            format!("{} ({})", m.disks, human_bytes(m.disk_bytes))
         },
     ]
 }
 
+/// The filters of `machines list`.
+struct Filters {
+    site: String,
+    state: String,
+    vendor: String,
+    search: String,
+}
+
+impl Filters {
+    fn is_empty(&self) -> bool {
+        [&self.site, &self.state, &self.vendor, &self.search]
+            .iter()
+            .all(|s| s.is_empty())
+    }
+}
+
+/// Every machine matching `filters`, page after page (`full`: whole records).
+async fn pages<T: serde::de::DeserializeOwned>(
+    api: &Api,
+    filters: &Filters,
+    page_size: u16,
+    full: bool,
+) -> Result<Vec<T>, CliError> {
+    let limit = page_size.to_string();
+    let mut cursor = String::new();
+    let mut all = Vec::new();
+    loop {
+        let page: Page<T> = api
+            .get_query(
+                &["machines"],
+                &[
+                    ("site", &filters.site),
+                    ("state", &filters.state),
+                    ("vendor", &filters.vendor),
+                    ("q", &filters.search),
+                    ("limit", &limit),
+                    ("cursor", &cursor),
+                    ("full", if full { "true" } else { "" }),
+                ],
+            )
+            .await?;
+        all.extend(page.machines);
+        match page.next_cursor {
+            Some(next) if next != cursor => cursor = next,
+            _ => return Ok(all),
+        }
+    }
+}
+
 /// The `machines list` table.
-pub fn write_table(out: &mut dyn Write, machines: &[MachineRecord]) -> std::io::Result<()> {
+pub fn write_table(out: &mut dyn Write, machines: &[MachineSummary]) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = machines.iter().map(table_row).collect();
     write_rows(
         out,

@@ -135,25 +135,23 @@ pub(crate) async fn serve(
         max_in_flight: config.max_in_flight,
         reply: ReplyPolicy::SiteInbox,
     };
-    let rates = Arc::new(SiteRates::default());
+    // One reference count per request, not a clone of every handle.
+    let shared = Arc::new((inventory, provisioner, config, SiteRates::default()));
     serve_requests(client, requests, options, cancel, tracker, move |msg| {
-        let (inventory, provisioner, config, rates) = (
-            inventory.clone(),
-            provisioner.clone(),
-            config.clone(),
-            rates.clone(),
-        );
-        async move {
+        let shared = shared.clone();
+        // Boxed: the answer's state machine is large; the task holds a pointer to it.
+        Box::pin(async move {
+            let (inventory, provisioner, config, rates) = &*shared;
             answer(
-                &inventory,
-                &provisioner,
-                &config,
-                &rates,
+                inventory,
+                provisioner,
+                config,
+                rates,
                 msg.subject.as_str(),
                 &msg.payload,
             )
             .await
-        }
+        })
     })
     .await;
 }

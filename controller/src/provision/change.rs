@@ -71,6 +71,8 @@ impl Provisioner {
                 if let Some(name) = new.state.profile() {
                     let profile = self.profile(name).await?;
                     files = Some(self.render(&profile, &new, &token)?);
+                    // Rendered above with the same facts: this cannot fail now.
+                    new.hostname = profile.hostname_for(&new).ok();
                 }
                 new.ticket = Some(Ticket {
                     token: token.clone(),
@@ -84,6 +86,9 @@ impl Provisioner {
                 && new.ticket.as_ref().map(|t| t.purpose) == Some(TicketPurpose::Install)
             {
                 new.ticket = None;
+            }
+            if new.state.profile().is_none() {
+                new.hostname = None;
             }
             if matches!(change.event, Event::Assign { .. }) {
                 // The install overwrites the disks anyway.

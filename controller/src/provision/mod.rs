@@ -22,6 +22,7 @@ use rand::RngCore;
 use substruct_wire::messages::ErrorCode;
 use substruct_wire::{BootToken, Mac, MachineId, SiteId};
 
+use crate::fleet::Fleet;
 use crate::images::ImageRecord;
 use crate::lifecycle::{Event, IllegalTransition};
 use crate::matching::Fact;
@@ -39,7 +40,7 @@ mod sync;
 
 pub use callbacks::{answer_callback, CallbackError};
 pub use rules_cache::{CatchUpError, RulesCache};
-pub use sync::desired_intent;
+pub use sync::{desired_intent, SyncSweep};
 
 /// Compare-and-set attempts before giving up on a busy record.
 const MAX_ATTEMPTS: usize = 16;
@@ -127,6 +128,7 @@ pub struct Provisioner {
     store: Store,
     client: async_nats::Client,
     rules: RulesCache,
+    fleet: Fleet,
 }
 
 impl Provisioner {
@@ -135,7 +137,13 @@ impl Provisioner {
             store,
             client,
             rules: RulesCache::new(),
+            fleet: Fleet::new(),
         }
+    }
+
+    /// This controller's machine list; [`Fleet::follow`] keeps it current.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
     }
 
     pub fn store(&self) -> &Store {

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use substruct_runtime::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::rules::Rule;
@@ -93,27 +92,10 @@ impl RulesCache {
     /// Keeps the copy equal to KV `rules` until `cancel`: watch, and after a failure
     /// start again (a new snapshot) with a jittered backoff.
     pub async fn follow(self, store: Store, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-        loop {
-            let (error, synced) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                failure = self.watch_once(&store) => failure,
-            };
-            if synced {
-                backoff.reset();
-            }
-            let delay = backoff.next_delay();
-            tracing::warn!(
-                error = %crate::error_chain(&error),
-                retry_in = ?delay,
-                rules = self.rules().len(),
-                "rules watch failed; the last copy of the rules stays in use"
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
+        crate::store::keep_watching("rules", RETRY_MIN, RETRY_MAX, &cancel, || {
+            self.watch_once(&store)
+        })
+        .await;
     }
 
     /// One watch: the snapshot, swapped in whole, then live changes until it fails.

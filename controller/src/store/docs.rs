@@ -123,42 +123,86 @@ impl Store {
         &self,
         docs: Docs,
     ) -> Result<DocWatch<T>, StoreError> {
-        /// Every key of the bucket (the NATS full wildcard).
-        const EVERY_KEY: &str = ">";
-        let bucket = docs.bucket();
-        let kv = self.docs(docs);
-        let err = |source: BoxError| StoreError::List { bucket, source };
-        // Read before the watch starts: everything up to here is in its snapshot.
-        let state = kv.stream.get_info().await.map_err(|e| err(e.into()))?.state;
-        let watch = kv
-            .watch_with_history(EVERY_KEY)
-            .await
-            .map_err(|e| err(e.into()))?;
-        let empty = state.messages == 0;
-        Ok(DocWatch {
-            bucket,
-            watch,
-            current: empty.then_some(state.last_sequence),
-            snapshot_done: empty,
-            start_revision: state.last_sequence,
-            _doc: std::marker::PhantomData,
-        })
+        watch_bucket(self.docs(docs), docs.bucket()).await
     }
 
     /// The bucket's latest revision now: a [`DocWatch`] that reported a revision at or
     /// past it has seen every write made before this call.
     pub async fn doc_revision(&self, docs: Docs) -> Result<u64, StoreError> {
-        let bucket = docs.bucket();
-        let info = self
-            .docs(docs)
-            .stream
-            .get_info()
-            .await
-            .map_err(|e| StoreError::List {
-                bucket,
-                source: e.into(),
-            })?;
-        Ok(info.state.last_sequence)
+        bucket_revision(self.docs(docs), docs.bucket()).await
+    }
+}
+
+/// Watches a bucket of JSON values: its current values, then every change.
+pub(super) async fn watch_bucket<T: DeserializeOwned>(
+    kv: &kv::Store,
+    bucket: &'static str,
+) -> Result<DocWatch<T>, StoreError> {
+    /// Every key of the bucket (the NATS full wildcard).
+    const EVERY_KEY: &str = ">";
+    let err = |source: BoxError| StoreError::List { bucket, source };
+    // Read before the watch starts: everything up to here is in its snapshot.
+    let state = kv.stream.get_info().await.map_err(|e| err(e.into()))?.state;
+    let watch = kv
+        .watch_with_history(EVERY_KEY)
+        .await
+        .map_err(|e| err(e.into()))?;
+    let empty = state.messages == 0;
+    Ok(DocWatch {
+        bucket,
+        watch,
+        current: empty.then_some(state.last_sequence),
+        snapshot_done: empty,
+        start_revision: state.last_sequence,
+        _doc: std::marker::PhantomData,
+    })
+}
+
+/// A bucket's latest revision now.
+pub(super) async fn bucket_revision(
+    kv: &kv::Store,
+    bucket: &'static str,
+) -> Result<u64, StoreError> {
+    let info = kv.stream.get_info().await.map_err(|e| StoreError::List {
+        bucket,
+        source: e.into(),
+    })?;
+    Ok(info.state.last_sequence)
+}
+
+/// Runs `watch_once` (a watch that returns its failure, and whether its snapshot was
+/// in) again and again until `cancel`, with a jittered backoff between failures; the
+/// backoff starts over after a watch whose snapshot was in. `what` names the copy in
+/// the log.
+pub async fn keep_watching<F, Fut>(
+    what: &str,
+    min: std::time::Duration,
+    max: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut watch_once: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (StoreError, bool)>,
+{
+    let mut backoff = substruct_runtime::backoff::Backoff::new(min, max);
+    loop {
+        let (error, synced) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            failure = watch_once() => failure,
+        };
+        if synced {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            error = %substruct_runtime::error_chain(&error),
+            retry_in = ?delay,
+            "{what} watch failed; the last copy stays in use"
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
     }
 }
 

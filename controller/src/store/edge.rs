@@ -9,7 +9,19 @@ use async_nats::jetstream::kv;
 use substruct_wire::intent::{BootIntentRecord, InstallFilesRecord};
 use substruct_wire::{subjects, BootToken, Mac, Sha256Digest, SiteId, WireMessage};
 
-use super::{delete, get, write_err, Store, StoreError};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use futures::StreamExt;
+
+use super::{delete, get, write_err, BoxError, Store, StoreError};
+
+/// A 64-bit digest of bytes (not cryptographic: it compares values the controller wrote).
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
 
 impl Store {
     /// Writes (or with `None`, deletes) the boot intent of one MAC at one site.
@@ -34,6 +46,40 @@ impl Store {
             return Ok(None);
         };
         Ok(substruct_wire::decode(&value).ok())
+    }
+
+    /// A digest of every boot intent now in KV `boot`: hash of key → hash of value
+    /// (16 bytes an intent, whatever the values weigh). Read through one watch, not a
+    /// get per key: what the start-up sync compares against.
+    pub async fn boot_intent_digests(&self) -> Result<HashMap<u64, u64>, StoreError> {
+        let bucket = subjects::KV_BOOT;
+        let err = |e: BoxError| StoreError::List { bucket, source: e };
+        let mut out = HashMap::new();
+        let Some(mut snapshot) = super::snapshot(&self.boot, bucket).await? else {
+            return Ok(out);
+        };
+        let prefix = format!("$KV.{bucket}.");
+        while let Some(message) = snapshot.next().await {
+            let message = message.map_err(|e| err(e.into()))?;
+            let pending = message
+                .info()
+                .map_err(|e| err(e.to_string().into()))?
+                .pending;
+            let key = message
+                .subject
+                .as_str()
+                .strip_prefix(prefix.as_str())
+                .unwrap_or_default();
+            if super::is_put(&message) {
+                out.insert(digest(key.as_bytes()), digest(&message.payload));
+            } else {
+                out.remove(&digest(key.as_bytes()));
+            }
+            if pending == 0 {
+                return Ok(out);
+            }
+        }
+        Err(err("the snapshot ended early".into()))
     }
 
     /// Publishes (or with `None`, withdraws) the install files behind a token.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use substruct_wire::{subjects, MachineId};
 
-use super::{create, delete, get, update, BoxError, Store, StoreError, Write};
+use super::{create, delete, get, update, BoxError, DocEvent, Store, StoreError, Write};
 use crate::record::{MachineEvent, MachineEventKind, MachineRecord};
 
 /// One key of `machine_index`.
@@ -71,6 +71,42 @@ impl Store {
             .await?;
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records)
+    }
+
+    /// Watches KV `machines`: every record, then every change (the read model,
+    /// [`crate::fleet::Fleet`]). The snapshot is read through a pull consumer, a batch at
+    /// a time, so a large fleet is never buffered whole in the client (a push watch
+    /// lets the server send tens of MB ahead of the decoder); the live watch starts
+    /// where the snapshot ended.
+    pub async fn machines_watch<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<RecordWatch<T>, StoreError> {
+        let bucket = subjects::KV_MACHINES;
+        let err = |e: BoxError| StoreError::List { bucket, source: e };
+        // Before the snapshot: every write up to here is in it.
+        let start_revision = self
+            .machines
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| err(e.into()))?
+            .state
+            .last_sequence;
+        let snapshot = super::snapshot(&self.machines, bucket).await?;
+        Ok(RecordWatch {
+            kv: self.machines.clone(),
+            live: None,
+            seen: 0,
+            current_due: snapshot.is_none(),
+            snapshot,
+            start_revision,
+            _doc: std::marker::PhantomData,
+        })
+    }
+
+    /// KV `machines`' latest revision now.
+    pub async fn machines_revision(&self) -> Result<u64, StoreError> {
+        super::docs::bucket_revision(&self.machines, subjects::KV_MACHINES).await
     }
 
     /// Number of keys in `machines` and in `machine_index`.
@@ -198,6 +234,116 @@ impl Store {
             seq = msg.sequence + 1;
         }
         Ok(false)
+    }
+}
+
+/// A watch of KV `machines` from [`Store::machines_watch`]: the snapshot (every key's
+/// latest value, ended by [`DocEvent::Current`]), then every change.
+pub struct RecordWatch<T> {
+    kv: async_nats::jetstream::kv::Store,
+    snapshot: Option<async_nats::jetstream::consumer::pull::Ordered>,
+    live: Option<async_nats::jetstream::kv::Watch>,
+    /// The last revision delivered.
+    seen: u64,
+    /// The bucket's last revision when the watch began.
+    start_revision: u64,
+    /// The snapshot is over and [`DocEvent::Current`] not yet reported.
+    current_due: bool,
+    _doc: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for RecordWatch<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordWatch")
+            .field("in_snapshot", &self.snapshot.is_some())
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> RecordWatch<T> {
+    /// The next change, or the end of the snapshot. An error ends the watch (start a
+    /// new one: its snapshot replaces everything this one delivered).
+    pub async fn next(&mut self) -> Result<DocEvent<T>, StoreError> {
+        use async_nats::jetstream::kv::Operation;
+        let bucket = subjects::KV_MACHINES;
+        let err = |e: BoxError| StoreError::List { bucket, source: e };
+        if self.current_due {
+            self.current_due = false;
+            let revision = self.start_revision.max(self.seen);
+            self.seen = revision;
+            return Ok(DocEvent::Current { revision });
+        }
+        if let Some(snapshot) = &mut self.snapshot {
+            let message = match snapshot.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(err(e.into())),
+                None => return Err(err("the snapshot ended early".into())),
+            };
+            let info = message.info().map_err(|e| err(e.to_string().into()))?;
+            let (revision, pending) = (info.stream_sequence, info.pending);
+            let prefix = format!("$KV.{bucket}.");
+            let key = message
+                .subject
+                .as_str()
+                .strip_prefix(prefix.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let doc = if super::is_put(&message) {
+                decode_logged(&key, &message.payload)
+            } else {
+                None
+            };
+            self.seen = self.seen.max(revision);
+            if pending == 0 {
+                self.snapshot = None;
+                self.current_due = true;
+            }
+            return Ok(DocEvent::Change { key, revision, doc });
+        }
+        if self.live.is_none() {
+            let from = self.start_revision.max(self.seen) + 1;
+            self.live = Some(
+                self.kv
+                    .watch_from_revision(">", from)
+                    .await
+                    .map_err(|e| err(e.into()))?,
+            );
+        }
+        let Some(live) = &mut self.live else {
+            return Err(err("no live watch".into()));
+        };
+        let entry = match live.next().await {
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => return Err(err(e.into())),
+            None => return Err(err("the watch ended".into())),
+        };
+        self.seen = self.seen.max(entry.revision);
+        let doc = match entry.operation {
+            Operation::Put => decode_logged(&entry.key, &entry.value),
+            Operation::Delete | Operation::Purge => None,
+        };
+        Ok(DocEvent::Change {
+            key: entry.key,
+            revision: entry.revision,
+            doc,
+        })
+    }
+}
+
+/// A stored record's JSON as `T`; `None` (logged) when it does not decode.
+fn decode_logged<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
+    match serde_json::from_slice(value) {
+        Ok(doc) => Some(doc),
+        Err(source) => {
+            let e = StoreError::Decode {
+                bucket: subjects::KV_MACHINES,
+                key: key.to_owned(),
+                source,
+            };
+            tracing::warn!(error = %substruct_runtime::error_chain(&e), "machine record not listed");
+            None
+        }
     }
 }
 

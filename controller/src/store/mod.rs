@@ -38,8 +38,9 @@ mod docs;
 mod edge;
 mod machines;
 
-pub use docs::{DocEvent, DocWatch, Docs, KV_SITE_STATUS};
-pub use machines::IndexEntry;
+pub use docs::{keep_watching, DocEvent, DocWatch, Docs, KV_SITE_STATUS};
+pub use edge::digest;
+pub use machines::{IndexEntry, RecordWatch};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -108,9 +109,24 @@ pub enum Write {
     Lost,
 }
 
-/// The controller's durable state, shareable across tasks (cheap to clone).
+/// The controller's durable state, shareable across tasks (cheap to clone: one
+/// reference count, not a dozen bucket handles).
 #[derive(Debug, Clone)]
 pub struct Store {
+    buckets: std::sync::Arc<Buckets>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Buckets;
+
+    fn deref(&self) -> &Buckets {
+        &self.buckets
+    }
+}
+
+/// The handles behind a [`Store`].
+#[derive(Debug)]
+pub struct Buckets {
     js: jetstream::Context,
     machines: kv::Store,
     index: kv::Store,
@@ -188,18 +204,20 @@ impl Store {
         .await
         .map_err(StoreError::Setup)?;
         Ok(Self {
-            profiles,
-            rules,
-            images,
-            sites,
-            site_status,
-            boot,
-            install,
-            bmc,
-            objects: Objects(objects),
-            js,
-            machines,
-            index,
+            buckets: std::sync::Arc::new(Buckets {
+                profiles,
+                rules,
+                images,
+                sites,
+                site_status,
+                boot,
+                install,
+                bmc,
+                objects: Objects(objects),
+                js,
+                machines,
+                index,
+            }),
         })
     }
 
@@ -212,6 +230,48 @@ impl Store {
             .await
             .map_err(|e| list_err(e.into()))
     }
+}
+
+/// Every key's latest message of a KV bucket, read through an ordered pull consumer
+/// (a batch at a time: a large bucket is never buffered whole in the client); `None`
+/// when the bucket holds no message. The stream also delivers what is written while it
+/// is read; a message whose `pending` is 0 is the last one so far.
+async fn snapshot(
+    kv: &kv::Store,
+    bucket: &'static str,
+) -> Result<Option<jetstream::consumer::pull::Ordered>, StoreError> {
+    use jetstream::consumer::{pull, DeliverPolicy};
+    let err = |e: BoxError| StoreError::List { bucket, source: e };
+    let messages = kv
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| err(e.into()))?
+        .state
+        .messages;
+    if messages == 0 {
+        return Ok(None);
+    }
+    let consumer = kv
+        .stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("$KV.{bucket}.>"),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            description: Some(format!("substruct-controller {bucket} snapshot")),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.into()))?;
+    Ok(Some(consumer.messages().await.map_err(|e| err(e.into()))?))
+}
+
+/// A KV message that is a value, not a delete or purge marker.
+fn is_put(message: &jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .is_none_or(|op| op.as_str() == "PUT")
 }
 
 fn write_err(bucket: &'static str, key: String, e: impl Into<BoxError>) -> StoreError {
