@@ -33,8 +33,8 @@ use std::process::{Command, Stdio};
 
 use std::time::{Duration, Instant};
 use support::{
-    cpu_seconds, env_usize, kv_put_rate, mb, ms, nats_pid, percentile, proc_status_kb,
-    random_report, Controller,
+    cpu_seconds, env_usize, kv_put_rate, mb, ms, percentile, proc_status_kb, random_report,
+    Controller,
 };
 
 use anyhow::{bail, Context, Result};
@@ -353,7 +353,7 @@ async fn single_server(
             })
             .collect())
     };
-    let nats_pids: Vec<u32> = nats_pid(nats.port()).into_iter().collect();
+    let nats_pids: Vec<u32> = nats.pid().into_iter().collect();
     let first = measure(
         "single",
         &controller,

@@ -523,16 +523,12 @@ impl PowerControl {
 /// its wipe finished): power off where the site asks for it
 /// ([`SiteRecord::power_off_after_discovery`](crate::sites::SiteRecord)), else wait.
 pub async fn idle_instruction(provisioner: &Provisioner, record: &MachineRecord) -> Instruction {
-    match provisioner
-        .store()
-        .doc_get::<crate::sites::SiteRecord>(crate::store::Docs::Sites, record.site.as_str())
-        .await
-    {
-        Ok(Some((site, _))) if site.power_off_after_discovery => {
+    match provisioner.power_off_after_discovery(&record.site).await {
+        Ok(true) => {
             tracing::info!(machine = %record.id, site = %record.site, "idle after its report: told to power off (site setting)");
             Instruction::PowerOff
         }
-        Ok(_) => Instruction::Wait,
+        Ok(false) => Instruction::Wait,
         Err(e) => {
             tracing::warn!(machine = %record.id, error = %crate::error_chain(&e), "cannot read the site's settings; the machine waits");
             Instruction::Wait

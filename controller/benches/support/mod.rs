@@ -119,18 +119,6 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// The pid of the nats-server listening on `port` (from /proc cmdlines).
-pub fn nats_pid(port: u16) -> Option<u32> {
-    let port = port.to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_nats = args.first()?.ends_with(b"nats-server");
-        (is_nats && args.contains(&port.as_bytes())).then_some(pid)
-    })
-}
-
 pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {

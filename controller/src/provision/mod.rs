@@ -16,7 +16,9 @@
 //!
 //! [`lifecycle::transition`]: crate::lifecycle::transition
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use substruct_wire::messages::ErrorCode;
@@ -129,7 +131,14 @@ pub struct Provisioner {
     client: async_nats::Client,
     rules: RulesCache,
     fleet: Fleet,
+    /// Each site's `power_off_after_discovery`, as read at most [`SITE_SETTING_TTL`] ago.
+    power_off: Arc<Mutex<HashMap<SiteId, (Instant, bool)>>>,
 }
+
+/// How long a site's `power_off_after_discovery` is reused before it is read again: an
+/// idle machine's next step is not worth a read per report in a discovery storm, and a
+/// changed setting applies within this. (Nothing that guards access is cached.)
+const SITE_SETTING_TTL: Duration = Duration::from_secs(2);
 
 impl Provisioner {
     pub fn new(store: Store, client: async_nats::Client) -> Self {
@@ -138,7 +147,36 @@ impl Provisioner {
             client,
             rules: RulesCache::new(),
             fleet: Fleet::new(),
+            power_off: Arc::default(),
         }
+    }
+
+    /// Whether `site` powers off machines idle after their report (read at most
+    /// [`SITE_SETTING_TTL`] ago).
+    pub async fn power_off_after_discovery(&self, site: &SiteId) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let cached = self
+            .power_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site)
+            .filter(|(at, _)| now.duration_since(*at) < SITE_SETTING_TTL)
+            .map(|(_, on)| *on);
+        if let Some(on) = cached {
+            return Ok(on);
+        }
+        let on = self
+            .store
+            .doc_get::<SiteRecord>(Docs::Sites, site.as_str())
+            .await?
+            .is_some_and(|(s, _)| s.power_off_after_discovery);
+        let mut map = self.power_off.lock().unwrap_or_else(|p| p.into_inner());
+        // Site names are checked and few; a flood of made-up ones is refused before this.
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.insert(site.clone(), (now, on));
+        Ok(on)
     }
 
     /// This controller's machine list; [`Fleet::follow`] keeps it current.

@@ -288,6 +288,11 @@ impl NatsServer {
     }
 
     /// The client port the server chose.
+    /// The running server's process id (benches read its CPU time from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
