@@ -158,7 +158,7 @@ fn state_index(name: &str) -> Option<usize> {
     STATES.iter().position(|s| *s == name)
 }
 
-/// The parts of a stored [`MachineRecord`] a row needs, decoded straight from its JSON
+/// The parts of a stored [`MachineRecord`](crate::record::MachineRecord) a row needs, decoded straight from its JSON
 /// (everything else is skipped without being built): the snapshot of a large fleet
 /// costs a fraction of decoding whole records.
 #[derive(Debug, Deserialize)]

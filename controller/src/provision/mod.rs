@@ -151,8 +151,8 @@ impl Provisioner {
         }
     }
 
-    /// Whether `site` powers off machines idle after their report (read at most
-    /// [`SITE_SETTING_TTL`] ago).
+    /// Whether `site` powers off machines idle after their report (read at most two
+    /// seconds ago).
     pub async fn power_off_after_discovery(&self, site: &SiteId) -> Result<bool, StoreError> {
         let now = Instant::now();
         let cached = self
