@@ -653,6 +653,11 @@ impl Fleet {
         self.len() == 0
     }
 
+    /// The site machine `id` last reported from, if the table holds it.
+    pub fn site_of(&self, id: &str) -> Option<Arc<str>> {
+        self.read().rows.get(id).map(|row| row.site.clone())
+    }
+
     /// Waits (up to `within`) until the table holds every write made to KV `machines`
     /// before this call.
     pub async fn catch_up(&self, store: &Store, within: Duration) -> Result<(), FleetError> {

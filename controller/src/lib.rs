@@ -218,6 +218,7 @@ impl Controller {
             power,
             client,
             tokens: Arc::new(config.tokens.clone()),
+            cancel: cancel.clone(),
         });
         let scheme = if tls.is_some() { "https" } else { "http" };
         let api_task = match tls {

@@ -36,12 +36,20 @@ struct Args {
     /// An admin API token, in addition to those in the file.
     #[arg(long, env = "SUBSTRUCT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Log lines as `text` or `json` (one object per line), to stderr.
+    #[arg(
+        long,
+        env = "SUBSTRUCT_LOG_FORMAT",
+        default_value_t,
+        value_name = "text|json"
+    )]
+    log_format: substruct_runtime::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    substruct_runtime::init_tracing();
     let args = Args::parse();
+    substruct_runtime::init_logging(args.log_format);
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),

@@ -242,6 +242,69 @@ pub enum MachineEventKind {
     },
 }
 
+impl MachineEventKind {
+    /// The event's type, as in its JSON `type`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Discovered { .. } => "discovered",
+            Self::Updated { .. } => "updated",
+            Self::Conflict { .. } => "conflict",
+            Self::Transition { .. } => "transition",
+            Self::Power { .. } => "power",
+            Self::Bmc { .. } => "bmc",
+        }
+    }
+
+    /// One line saying what happened (the CLI's `events` table).
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Discovered { site } => format!("first report, from site {site}"),
+            Self::Updated { site, report_count } => {
+                format!("report #{report_count}, from site {site}")
+            }
+            Self::Conflict { conflicts } => conflicts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            Self::Transition {
+                from,
+                event,
+                to,
+                profile,
+                reason,
+                by,
+            } => {
+                let mut line = format!("{from} --{event}--> {to}");
+                if let Some(p) = profile {
+                    line.push_str(&format!(" (profile {p})"));
+                }
+                if let Some(r) = reason {
+                    line.push_str(&format!(": {r}"));
+                }
+                line.push_str(&format!(" by {by}"));
+                line
+            }
+            Self::Power {
+                op,
+                state,
+                error,
+                by,
+                ..
+            } => match error {
+                Some(e) => format!("{op} failed ({e}), power {state}, by {by}"),
+                None => format!("{op}: power {state}, by {by}"),
+            },
+            Self::Bmc {
+                driver,
+                address,
+                user,
+                by,
+            } => format!("{driver} BMC {address} user {user}, set by {by}"),
+        }
+    }
+}
+
 impl MachineEvent {
     /// The `Nats-Msg-Id` that makes retries of this event idempotent.
     pub fn dedup_id(&self) -> String {

@@ -8,8 +8,8 @@ use substruct_edge::{agent, site_key};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    substruct_runtime::init_tracing();
     let mut flags = Flags::parse();
+    substruct_runtime::init_logging(flags.log_format);
     match flags.command.take() {
         Some(Command::Keygen { file }) => {
             let key = site_key::generate(&file).context("substruct-edge keygen failed")?;

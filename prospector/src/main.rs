@@ -43,6 +43,14 @@ struct Cli {
     /// Exit after the controller's acknowledgement instead of waiting for commands.
     #[arg(long)]
     once: bool,
+    /// Log lines as `text` or `json` (one object per line), to stderr.
+    #[arg(
+        long,
+        env = "SUBSTRUCT_LOG_FORMAT",
+        default_value_t,
+        value_name = "text|json"
+    )]
+    log_format: substruct_runtime::LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +58,7 @@ fn main() -> ExitCode {
         live::run_as_init();
     }
     let cli = Cli::parse();
-    substruct_runtime::init_tracing();
+    substruct_runtime::init_logging(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -23,13 +23,18 @@
 //!   whether the content is stored and which sites' edges cache it;
 //! * `PUT /api/v1/images/content/{sha256}` — the content (streamed into the object
 //!   store `images`; refused when its sha256 differs);
-//! * `GET /api/v1/sites`, `PUT /api/v1/sites/{name}` — sites and their edges' state.
+//! * `GET /api/v1/sites`, `PUT /api/v1/sites/{name}` — sites and their edges' state;
+//! * `GET /api/v1/events` — the audit log: `{"events": [{"seq", "machine_id",
+//!   "at_unix_ms", "revision", "kind"}], "last_seq"}`, filtered by `machine` (any
+//!   reference) or `site`, the last `limit` (1–1000, default 100) or the first after
+//!   `after`; `follow=true` keeps the answer open as server-sent events.
 //!
 //! `/api/` requires `Authorization: Bearer <token>`: GET needs role viewer, every
 //! other method role admin. Errors are JSON `{"error": "..."}`, mapped to status
 //! codes in one place ([`ApiError`]).
 //!
-//! The handlers, by noun: `machines`, `docs` (profiles and rules), `images`, `sites`.
+//! The handlers, by noun: `machines`, `docs` (profiles and rules), `images`, `sites`,
+//! `events`.
 
 use std::sync::Arc;
 
@@ -49,6 +54,7 @@ use crate::provision::{ProvisionError, Provisioner};
 use crate::store::{Store, StoreError};
 
 mod docs;
+mod events;
 mod images;
 mod machines;
 mod power;
@@ -67,6 +73,8 @@ pub struct ApiState {
     pub power: crate::power::PowerControl,
     pub client: async_nats::Client,
     pub tokens: Arc<Vec<ApiToken>>,
+    /// Cancelled at shutdown: ends long-lived answers (an events follow stream).
+    pub cancel: CancellationToken,
 }
 
 /// Every way an API request fails; [`IntoResponse`] is the one status mapping.
@@ -210,6 +218,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/images/content/{sha256}",
             axum::routing::put(images::upload_image),
         )
+        .route("/api/v1/events", get(events::list_events))
         .route("/api/v1/sites", get(sites::list_sites))
         .route("/api/v1/sites/{name}", axum::routing::put(sites::put_site))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));

@@ -104,6 +104,7 @@ pub(super) async fn put_site(
         .store
         .doc_put(Docs::Sites, &name, &record, None)
         .await?;
+    state.provisioner.site_changed(&name);
     // Deployed machines there boot locally the site's way.
     let at_site = super::current_fleet(&state)
         .await?

@@ -157,6 +157,39 @@ impl Api {
         request: RequestBuilder,
         url: Url,
     ) -> Result<T, CliError> {
+        let response = self.checked(request).await?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return serde_json::from_value(serde_json::Value::Null).map_err(|e| CliError::Status {
+                status,
+                message: e.to_string(),
+            });
+        }
+        response.json().await.map_err(|source| CliError::Decode {
+            url: url.to_string(),
+            source,
+        })
+    }
+
+    /// `GET` with query parameters (empty values left out) whose answer is read as it
+    /// comes, for as long as the controller keeps it open (no overall timeout).
+    pub(super) async fn open_stream(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, CliError> {
+        let mut url = self.url(segments)?;
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().filter(|(_, v)| !v.is_empty()));
+        let request = self
+            .request(Method::GET, url)
+            .timeout(std::time::Duration::from_secs(10 * 365 * 86_400));
+        self.checked(request).await
+    }
+
+    /// Sends a request: its response when the status is 2xx, else the error carrying
+    /// the controller's message.
+    async fn checked(&self, request: RequestBuilder) -> Result<reqwest::Response, CliError> {
         let response = request
             .send()
             .await
@@ -172,17 +205,8 @@ impl Api {
                 },
             })?;
         let status = response.status();
-        if status == StatusCode::NO_CONTENT {
-            return serde_json::from_value(serde_json::Value::Null).map_err(|e| CliError::Status {
-                status,
-                message: e.to_string(),
-            });
-        }
         if status.is_success() {
-            return response.json().await.map_err(|source| CliError::Decode {
-                url: url.to_string(),
-                source,
-            });
+            return Ok(response);
         }
         let body = response.text().await.unwrap_or_default();
         let message = serde_json::from_str::<serde_json::Value>(&body)

@@ -13,18 +13,20 @@
 //! substruct rules add FILE.toml | list [--json] | dry-run FILE.toml | delete NAME
 //! substruct images add FILE --kind kernel|initrd|disk|loader [--name NAME] | list [--json]
 //! substruct sites add NAME [--local-boot ipxe-exit|no-boot-file] [--description TEXT] | list [--json]
+//! substruct events [--machine MACHINE] [--site S] [--limit N] [--follow] [--json]
 //! ```
 //! `SUBSTRUCT_CONTROLLER` (default `http://127.0.0.1:8080`), `SUBSTRUCT_TOKEN` and
 //! `SUBSTRUCT_CA` stand in for the flags. An `https://` controller's certificate is
 //! verified against the public web roots plus the CA given with `--ca FILE` (PEM); there
 //! is no way to skip the check.
 //!
-//! One module per noun (`machines`, `profiles`, `rules`, `images`, `sites`), each
+//! One module per noun (`machines`, `profiles`, `rules`, `images`, `sites`, `events`), each
 //! with its subcommands and their handler; `client` is the one place that builds
 //! URLs (names escaped into path segments) and turns answers into values or errors;
 //! `output` prints tables and JSON.
 
 mod client;
+mod events;
 mod images;
 mod machines;
 mod output;
@@ -39,6 +41,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use reqwest::StatusCode;
 
+pub use events::EventsArgs;
 pub use images::ImagesCommand;
 pub use machines::{write_machine, write_table, MachinesCommand};
 pub use output::{human_bytes, write_rows};
@@ -96,6 +99,9 @@ pub enum Command {
         #[command(subcommand)]
         command: SitesCommand,
     },
+    /// The audit log: discoveries, reports, lifecycle transitions, conflicts, power
+    /// and BMC changes, oldest first; `--follow` keeps printing new ones.
+    Events(EventsArgs),
 }
 
 /// Why a CLI command failed; the message is what the operator sees.
@@ -161,6 +167,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Rules { command } => rules::run(&api, command, out).await,
         Command::Images { command } => images::run(&api, command, out).await,
         Command::Sites { command } => sites::run(&api, command, out).await,
+        Command::Events(args) => events::run(&api, args, out).await,
     }
 }
 

@@ -151,6 +151,14 @@ impl Provisioner {
         }
     }
 
+    /// Forgets the cached site setting: this controller just wrote the site.
+    pub fn site_changed(&self, site: &str) {
+        self.power_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| name.as_str() != site);
+    }
+
     /// Whether `site` powers off machines idle after their report (read at most two
     /// seconds ago).
     pub async fn power_off_after_discovery(&self, site: &SiteId) -> Result<bool, StoreError> {

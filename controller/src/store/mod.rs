@@ -36,10 +36,12 @@ use crate::config::StorageLimits;
 mod bmc;
 mod docs;
 mod edge;
+mod events;
 mod machines;
 
 pub use docs::{keep_watching, DocEvent, DocWatch, Docs, KV_SITE_STATUS};
 pub use edge::digest;
+pub use events::{EventFeed, EventStart, FeedItem, LoggedEvent};
 pub use machines::{IndexEntry, RecordWatch};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -21,6 +21,15 @@ pub struct Flags {
     /// TOML config file; flags override its values.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line), to stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "SUBSTRUCT_LOG_FORMAT",
+        default_value_t,
+        value_name = "text|json"
+    )]
+    pub log_format: substruct_runtime::LogFormat,
     /// Interface on the provisioning network (DHCP binds to it).
     #[arg(long, value_name = "IF")]
     pub interface: Option<String>,

@@ -30,14 +30,54 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Installs the global `tracing` subscriber: `RUST_LOG` (default `info`) to stderr.
+/// How log lines are written: `text` (one human line per event) or `json` (one JSON
+/// object per line: `timestamp`, `level`, `target`, `fields`, and the spans).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("log format must be text or json, not {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// Installs the global `tracing` subscriber: `RUST_LOG` (default `info`) to stderr,
+/// as text.
 pub fn init_tracing() {
+    init_logging(LogFormat::Text);
+}
+
+/// Installs the global `tracing` subscriber: `RUST_LOG` (default `info`) to stderr,
+/// in `format`.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(false).try_init(),
+    };
 }
 
 /// The root cancellation token, cancelled on SIGINT or SIGTERM.
