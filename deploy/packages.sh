@@ -18,10 +18,13 @@ SUBSTRUCT_PACKAGES=(
   debian-installer-12-netboot-amd64        # d-i kernel + initrd (the preseed system test)
   openipmi                         # ipmi_sim: the real IPMI 2.0 LAN BMC the BMC driver tests drive
   python3-pip                      # pip, for sushy-tools (the Redfish emulator) below
+  chromium chromium-driver         # headless browser + WebDriver: the web UI tests
 )
 
 # sushy-tools' Redfish emulator (fake driver, no libvirt needed) for the Redfish driver tests.
 SUBSTRUCT_SUSHY_TOOLS_VERSION=2.2.0
+# schemathesis replays the committed OpenAPI document against a real controller (contract test).
+SUBSTRUCT_SCHEMATHESIS_VERSION=4.32.5
 
 ensure_packages() {
   local missing=() p
@@ -47,6 +50,12 @@ ensure_packages() {
     echo "installing sushy-tools==$SUBSTRUCT_SUSHY_TOOLS_VERSION (pip)"
     python3 -m pip install --quiet --break-system-packages "sushy-tools==$SUBSTRUCT_SUSHY_TOOLS_VERSION" \
       || python3 -m pip install --quiet "sushy-tools==$SUBSTRUCT_SUSHY_TOOLS_VERSION"
+  fi
+  if ! command -v schemathesis >/dev/null \
+    || ! schemathesis --version 2>/dev/null | grep -q "$SUBSTRUCT_SCHEMATHESIS_VERSION"; then
+    echo "installing schemathesis==$SUBSTRUCT_SCHEMATHESIS_VERSION (pip)"
+    python3 -m pip install --quiet --break-system-packages "schemathesis==$SUBSTRUCT_SCHEMATHESIS_VERSION" \
+      || python3 -m pip install --quiet "schemathesis==$SUBSTRUCT_SCHEMATHESIS_VERSION"
   fi
   # The static prospector is built for musl; the image build falls back to static glibc without it.
   if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then

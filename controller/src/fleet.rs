@@ -54,7 +54,7 @@ pub const MAX_QUERY_BYTES: usize = 128;
 const MAX_INTERNED: usize = 16_384;
 
 /// One machine as lists show it: no facts beyond these, no ticket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineSummary {
     pub id: String,
     /// The state's name (`discovered`, `assigned`, …).
@@ -136,14 +136,14 @@ impl Query {
 }
 
 /// Machines per state and per site, over the whole fleet.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counts {
     pub state: BTreeMap<String, usize>,
     pub site: BTreeMap<String, usize>,
 }
 
 /// One page of a query.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub machines: Vec<T>,
     /// Pass as `cursor` for the next page; absent on the last page.

@@ -16,7 +16,19 @@ use substruct_wire::{
 pub const MAX_IMAGE_NAME: usize = ImageName::MAX_LEN;
 
 /// What an image is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageKind {
     /// An installer kernel (`vmlinuz`, `linux`).
@@ -64,7 +76,7 @@ impl FromStr for ImageKind {
 
 /// One registered image, as stored (JSON) in KV bucket `images` under its name. The
 /// name and the digest are the wire types, checked when a record is read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageRecord {
     /// The image's path under the edge's `/images/`.
     pub name: ImageName,

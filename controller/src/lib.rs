@@ -14,7 +14,9 @@
 //! * [`events`] — site events (edge heartbeats);
 //! * [`power`] — BMC settings and power requests to the edges, their results;
 //! * [`store`] — the only module that knows JetStream;
-//! * [`api`] — the only module that knows axum;
+//! * [`api`] — the REST API (axum);
+//! * [`ui`] — the web UI: HTML pages over the API, served by the same listener;
+//! * [`metrics`] — Prometheus counters, `GET /metrics`;
 //! * [`tls`] — HTTPS for the API: certificate loading, handshakes;
 //! * [`cli`] — the `substruct` admin CLI (a REST client).
 //!
@@ -29,6 +31,7 @@ pub mod fleet;
 pub mod images;
 pub mod lifecycle;
 pub mod matching;
+pub mod metrics;
 pub mod power;
 pub mod profile;
 pub mod provision;
@@ -37,6 +40,7 @@ pub mod rules;
 pub mod sites;
 pub mod store;
 pub mod tls;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -212,14 +216,29 @@ impl Controller {
             cancel.clone(),
             tracker.clone(),
         ));
-        let router = api::router(api::ApiState {
+        let tokens = Arc::new(config.tokens.clone());
+        let client_for_metrics = client.clone();
+        let fleet_for_metrics = provisioner.fleet().clone();
+        let api_router = api::router(api::ApiState {
             store: store.clone(),
             provisioner,
             power,
             client,
-            tokens: Arc::new(config.tokens.clone()),
+            tokens: tokens.clone(),
             cancel: cancel.clone(),
+            followers: Arc::new(tokio::sync::Semaphore::new(api::MAX_FOLLOWERS)),
         });
+        let metrics_router = axum::Router::new()
+            .route("/metrics", axum::routing::get(serve_metrics))
+            .with_state((store.clone(), client_for_metrics, fleet_for_metrics));
+        let router = api_router
+            .clone()
+            .merge(ui::router(api_router, tokens, tls.is_some()))
+            .merge(metrics_router)
+            .layer(axum::middleware::from_fn_with_state(
+                store.clone(),
+                count_request,
+            ));
         let scheme = if tls.is_some() { "https" } else { "http" };
         let api_task = match tls {
             Some(tls) => {
@@ -269,6 +288,58 @@ impl Controller {
             Err(e) => Err(ControllerError::Serve(std::io::Error::other(e))),
         }
     }
+}
+
+/// `GET /metrics`: this controller's counters and scrape-time values.
+async fn serve_metrics(
+    axum::extract::State((store, client, fleet)): axum::extract::State<(
+        Store,
+        async_nats::Client,
+        fleet::Fleet,
+    )>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let nats_connected = matches!(
+        client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    // Counts that hold every write made before the scrape (bounded: a slow store
+    // gives the counts as they are).
+    if let Err(e) = fleet.catch_up(&store, Duration::from_secs(2)).await {
+        tracing::debug!(error = %error_chain(&e), "metrics: machine list not caught up");
+    }
+    let counts = fleet.page(&fleet::Query {
+        limit: 1,
+        ..fleet::Query::default()
+    });
+    let now = metrics::Snapshot {
+        nats_connected,
+        machines: counts
+            .counts
+            .state
+            .into_iter()
+            .map(|(state, n)| (state, n as u64))
+            .collect(),
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        store.metrics().encode(&now),
+    )
+        .into_response()
+}
+
+/// Counts every HTTP request by method and status class.
+async fn count_request(
+    axum::extract::State(store): axum::extract::State<Store>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    store
+        .metrics()
+        .request(method.as_str(), response.status().as_u16());
+    response
 }
 
 /// Starts a controller and runs it until `cancel`.

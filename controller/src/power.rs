@@ -82,7 +82,7 @@ pub enum PowerError {
 }
 
 /// What the operator gives to `machines bmc set`. `Debug` never shows the password.
-#[derive(Clone, serde::Deserialize)]
+#[derive(Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BmcInput {
     pub driver: BmcDriverKind,
@@ -145,7 +145,7 @@ impl BmcInput {
 }
 
 /// The outcome of [`PowerControl::request`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PowerOutcome {
     pub machine_id: MachineId,
     pub request_id: PowerRequestId,

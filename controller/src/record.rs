@@ -15,7 +15,7 @@ pub use crate::lifecycle::State as MachineState;
 /// A per-machine secret that gates the install files and the callbacks. It is valid
 /// while the machine is `assigned` or `installing` (or, for a wipe, until `Wiped`),
 /// and removed from the record, the index and the edges when the machine leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ticket {
     pub token: BootToken,
     /// What the token is for.
@@ -25,7 +25,7 @@ pub struct Ticket {
     pub issued_unix_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TicketPurpose {
     Install,
@@ -33,7 +33,9 @@ pub enum TicketPurpose {
 }
 
 /// One identity fact another machine also reports: flagged, never merged.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct Conflict {
     /// The fact, described for humans: `smbios uuid …`, `serial …`, `mac …`, `disk serial …`.
     pub fact: String,
@@ -52,7 +54,7 @@ impl fmt::Display for Conflict {
 }
 
 /// A machine as the controller knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineRecord {
     pub id: MachineId,
     /// The lifecycle state, flattened: `"state": "assigned", "profile": "…"`.
@@ -109,7 +111,7 @@ fn unknown_power() -> PowerState {
 }
 
 /// A machine's BMC as the record and the API show it: never the password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BmcInfo {
     pub driver: BmcDriverKind,
     pub address: String,
@@ -191,7 +193,7 @@ impl MachineRecord {
 }
 
 /// What happened to a machine; one message on `substruct.v1.events.{id}` (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineEvent {
     pub machine_id: MachineId,
     pub at_unix_ms: u64,
@@ -200,7 +202,7 @@ pub struct MachineEvent {
     pub kind: MachineEventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum MachineEventKind {
     /// First report of a new machine.

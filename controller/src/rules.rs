@@ -27,7 +27,7 @@ use crate::record::MachineRecord;
 const MAX_PATTERN: usize = 256;
 
 /// One rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// `[a-z0-9-]{1,63}`; the rule's key in KV `rules`.
@@ -53,7 +53,7 @@ fn yes() -> bool {
 }
 
 /// The criteria of a rule; each is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Glob on the SMBIOS system vendor (`Dell*`, `QEMU`).

@@ -10,7 +10,7 @@ use substruct_wire::intent::LocalBootWay;
 use substruct_wire::{SiteId, SitePublicKey};
 
 /// How a deployed machine at this site boots its disk (DESIGN.md, boot path step 4).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LocalBoot {
     /// iPXE leaves network boot: `sanboot --drive 0x80` (BIOS) or `exit` (UEFI).
@@ -52,7 +52,7 @@ impl FromStr for LocalBoot {
 }
 
 /// A registered site (KV `sites`, JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteRecord {
     pub name: SiteId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,7 +90,7 @@ pub struct EdgeStatus {
 pub const ONLINE_WITHIN_MS: u64 = 15_000;
 
 /// What `GET /api/v1/sites` returns per site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteView {
     pub name: SiteId,
     /// False for a site whose edge reports but that nobody registered.

@@ -2,6 +2,7 @@
 //! advertisements, the boot-intent and install-file watchers, the "file fetched"
 //! callback queue, the image cache and the heartbeat, each as a task in one
 //! [`TaskTracker`] under one [`CancellationToken`], and drains them (bounded) on shutdown.
+//! One [`Metrics`] is shared by the servers and the cache and served at `/metrics`.
 //!
 //! [`bind`] does everything that can fail at start-up, with errors naming what failed
 //! ("binding TFTP on 10.77.0.1:69"); [`Bound::run`] serves until cancelled. A server
@@ -26,6 +27,7 @@ use crate::http::{self, HttpSettings, HttpState};
 use crate::image_cache::{CacheSettings, CacheTask, ImageCache};
 use crate::install::{self, CallbackClient, FetchedQueue, InstallCache, InstallTable};
 use crate::intents::{self, IntentCache, IntentTable, WatchSettings};
+use crate::metrics::Metrics;
 use crate::ra;
 use crate::tftp::{self, TftpFiles};
 
@@ -103,6 +105,7 @@ pub struct Bound {
     cache_task: CacheTask,
     nats: Option<async_nats::Client>,
     bmcs: (crate::power::BmcTable, crate::power::BmcCache),
+    metrics: Arc<Metrics>,
 }
 
 /// `state_dir/install.json`: the disk copy of the site's install files (mode 0600).
@@ -139,6 +142,9 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
             InstallTable::new()
         }
     };
+
+    let metrics = Arc::new(Metrics::new());
+    metrics.watch_intents(intents.clone());
 
     let ip = IpAddr::V4(config.server_ip());
     let http_addr = SocketAddr::new(ip, config.http_port);
@@ -216,6 +222,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
                     url: url.to_string(),
                     source,
                 })?;
+            metrics.watch_nats(client.clone());
             Some(client)
         }
         None => {
@@ -231,7 +238,8 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
             config.image_cache_bytes,
             nats.clone(),
         )
-        .with_js_domain(config.js_domain.clone()),
+        .with_js_domain(config.js_domain.clone())
+        .with_metrics(metrics.clone()),
     )
     .map_err(AgentError::ImageCache)?;
     // Who may get a machine's boot credential, install files and callbacks: the address
@@ -245,7 +253,8 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
     let http_state = http_state
         .with_install(installs.clone(), callbacks)
         .with_cache(image_cache.clone())
-        .with_binding(binding);
+        .with_binding(binding)
+        .with_metrics(metrics.clone());
 
     let bmcs = crate::power::load_table(&config);
     Ok(Bound {
@@ -263,6 +272,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         cache_task,
         nats,
         bmcs,
+        metrics,
     })
 }
 
@@ -287,6 +297,11 @@ impl Bound {
         self.installs.clone()
     }
 
+    /// The metrics every server counts into (served at `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Serves until `cancel` (or until a server fails), then drains for at most
     /// [`DRAIN_TIMEOUT`].
     pub async fn run(self, cancel: CancellationToken) -> Result<(), AgentError> {
@@ -307,8 +322,11 @@ impl Bound {
 
         if let Some((socket, files, settings)) = self.tftp {
             let (c, tx) = (inner.clone(), fail_tx.clone());
+            let metrics = self.metrics.clone();
             tracker.spawn(async move {
-                if let Err(e) = tftp::serve_with(socket, files, settings, c.clone()).await {
+                if let Err(e) =
+                    tftp::serve_with_metrics(socket, files, settings, metrics, c.clone()).await
+                {
                     let _ = tx.send(AgentError::Tftp(e)).await;
                     c.cancel();
                 }
@@ -320,13 +338,15 @@ impl Bound {
             let (settings, sockets, leases) = self.dhcp;
             let (lease_tx, lease_rx) = mpsc::channel::<dhcp::LeaseEvent>(1024);
             let intents = self.intents.clone();
+            let metrics = self.metrics.clone();
             tracker.spawn(async move {
-                if let Err(e) = dhcp::serve_with_events(
+                if let Err(e) = dhcp::serve_with_metrics(
                     settings,
                     sockets,
                     intents,
                     leases,
                     Some(lease_tx),
+                    metrics,
                     c.clone(),
                 )
                 .await

@@ -9,6 +9,7 @@ pub mod image_cache;
 pub mod install;
 pub mod intents;
 pub mod kv_mirror;
+pub mod metrics;
 pub mod power;
 pub mod ra;
 pub mod site_key;

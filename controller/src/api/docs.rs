@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use substruct_wire::MachineId;
 
 use super::images::images_by_name;
-use super::{ApiError, ApiState};
+use super::openapi::{Forbidden, Unauthorized, Unavailable};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::config::Role;
 use crate::profile::Profile;
 use crate::rules::Rule;
@@ -40,6 +41,18 @@ pub(super) fn profile_view(mut profile: Profile, role: Role) -> Profile {
     profile
 }
 
+/// Every profile, sorted by name (a viewer's copies have their secrets redacted).
+#[utoipa::path(
+    get,
+    path = "/api/v1/profiles",
+    tag = "profiles",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<Profile>, description = "The profiles"),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn list_profiles(
     State(state): State<ApiState>,
     axum::Extension(role): axum::Extension<Role>,
@@ -104,6 +117,20 @@ pub(super) fn stored_name(what: &'static str, name: String) -> Result<String, Ap
     }
 }
 
+/// One profile (a viewer's copy has its secrets redacted).
+#[utoipa::path(
+    get,
+    path = "/api/v1/profiles/{name}",
+    tag = "profiles",
+    params(("name" = String, Path, description = "The profile's name (`[a-z0-9-]{1,63}`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Profile, description = "The profile"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody, description = "No such profile"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn show_profile(
     State(state): State<ApiState>,
     axum::Extension(role): axum::Extension<Role>,
@@ -113,6 +140,29 @@ pub(super) async fn show_profile(
     Ok(Json(profile_view(profile, role)))
 }
 
+/// Creates or replaces a profile.
+///
+/// Once it validates: its template must render for a sample machine, its images must be
+/// registered with the right kinds.
+#[utoipa::path(
+    put,
+    path = "/api/v1/profiles/{name}",
+    tag = "profiles",
+    params(("name" = String, Path, description = "The profile's name (`[a-z0-9-]{1,63}`)")),
+    request_body = Profile,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Profile, description = "Replaced"),
+        (status = 201, body = Profile, description = "Created"),
+        (status = 400, body = ErrorBody, description = "The body is not a profile, or it \
+            names another profile than the URL"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, body = ErrorBody, description = "The profile does not validate (the \
+            error names the field or the template line)"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn put_profile(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -156,6 +206,23 @@ pub(super) async fn save<T: Serialize>(
     }
 }
 
+/// Deletes a profile no machine uses.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/profiles/{name}",
+    tag = "profiles",
+    params(("name" = String, Path, description = "The profile's name (`[a-z0-9-]{1,63}`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, body = ErrorBody, description = "No such profile"),
+        (status = 409, body = ErrorBody, description = "Machines use the profile (the error \
+            names them)"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn delete_profile(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -180,12 +247,38 @@ pub(super) async fn delete_profile(
     delete(&state.store, Docs::Profiles, "profile", name).await
 }
 
+/// Every rule, in the order they run (priority, then name).
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules",
+    tag = "rules",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<Rule>, description = "The rules"),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn list_rules(State(state): State<ApiState>) -> Result<Json<Vec<Rule>>, ApiError> {
     let mut rules = list::<Rule>(&state.store, Docs::Rules).await?;
     rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
     Ok(Json(rules))
 }
 
+/// One rule.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules/{name}",
+    tag = "rules",
+    params(("name" = String, Path, description = "The rule's name (`[a-z0-9-]{1,63}`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Rule, description = "The rule"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody, description = "No such rule"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn show_rule(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -211,6 +304,26 @@ pub(super) async fn check_rule(state: &ApiState, rule: &Rule) -> Result<(), ApiE
     Ok(())
 }
 
+/// Creates or replaces a rule, once it validates and its profile exists.
+#[utoipa::path(
+    put,
+    path = "/api/v1/rules/{name}",
+    tag = "rules",
+    params(("name" = String, Path, description = "The rule's name (`[a-z0-9-]{1,63}`)")),
+    request_body = Rule,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Rule, description = "Replaced"),
+        (status = 201, body = Rule, description = "Created"),
+        (status = 400, body = ErrorBody, description = "The body is not a rule, or it names \
+            another rule than the URL"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, body = ErrorBody, description = "The rule does not validate, or its \
+            profile does not exist"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn put_rule(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -225,6 +338,21 @@ pub(super) async fn put_rule(
     Ok((status, Json(rule)))
 }
 
+/// Deletes a rule.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/rules/{name}",
+    tag = "rules",
+    params(("name" = String, Path, description = "The rule's name (`[a-z0-9-]{1,63}`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, body = ErrorBody, description = "No such rule"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn delete_rule(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -243,7 +371,7 @@ async fn catch_up_rules(state: &ApiState) {
 }
 
 /// What a dry run answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DryRun {
     pub rule: String,
     pub profile: String,
@@ -251,6 +379,23 @@ pub struct DryRun {
     pub machines: Vec<MachineId>,
 }
 
+/// Which machines a rule would take now (nothing is saved).
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/dry-run",
+    tag = "rules",
+    request_body = Rule,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = DryRun, description = "The machines the rule would take"),
+        (status = 400, body = ErrorBody, description = "The body is not a rule"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, body = ErrorBody, description = "The rule does not validate, or its \
+            profile does not exist"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn dry_run(
     State(state): State<ApiState>,
     body: Result<Json<Rule>, JsonRejection>,

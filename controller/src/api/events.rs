@@ -14,7 +14,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use substruct_wire::MachineId;
 
-use super::{ApiError, ApiState};
+use super::openapi::{Unauthorized, Unavailable};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::fleet::Fleet;
 use crate::provision::ProvisionError;
 use crate::record::MachineEventKind;
@@ -33,12 +34,16 @@ const BACKLOG_QUIET: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The query of `GET /api/v1/events`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventParams {
-    /// A machine id, SMBIOS UUID, serial or MAC.
+    /// Only this machine's events: a machine id, SMBIOS UUID, serial or MAC.
     machine: Option<String>,
+    /// Only the events of the machines at this site.
     site: Option<String>,
+    /// Events in the page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Only events after this sequence number (a page's `last_seq`).
     after: Option<u64>,
@@ -47,7 +52,7 @@ pub(super) struct EventParams {
 }
 
 /// A page of the log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct EventPage {
     events: Vec<LoggedEvent>,
     /// The sequence number of the last message looked at: `after` for the next page.
@@ -82,6 +87,38 @@ impl Filter {
 /// after that sequence number. Oldest first. With `follow=true` the same events, then
 /// every new one, as server-sent events (`id:` is the sequence number; a
 /// `Last-Event-ID` header resumes after it).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "The audit log",
+    description = "Without `after`, the last `limit` events (of `machine`, of the machines \
+        at `site`, or of all); with `after`, the first `limit` events after that sequence \
+        number. Oldest first. With `follow=true` the same events, then every new one, as \
+        server-sent events (`id:` is the sequence number; a `Last-Event-ID` header \
+        resumes after it).",
+    params(
+        EventParams,
+        ("Last-Event-ID" = Option<u64>, Header, description = "With `follow=true`: resume \
+            after this sequence number (what a reconnecting `EventSource` sends)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the log, oldest first; with `follow=true` \
+            a stream of server-sent events instead (`id:` the sequence number, `data:` one \
+            `LoggedEvent` as JSON) that stays open",
+            content(
+                (EventPage = "application/json"),
+                (String = "text/event-stream"),
+            )),
+        (status = 400, body = ErrorBody, description = "An unknown parameter, a limit outside \
+            1–1000, or a `Last-Event-ID` that is not a sequence number"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody, description = "`machine` names no machine and is not \
+            a well-formed machine id"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn list_events(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -122,6 +159,17 @@ pub(super) async fn list_events(
         (None, Some(_)) => EventStart::Last(SITE_SCAN),
         (None, None) => EventStart::Last(limit as u64),
     };
+    // A follower takes a slot before its consumer exists, and keeps it while it is open.
+    let slot = if follow {
+        Some(state.followers.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Unavailable(format!(
+                "too many event streams open (at most {} per controller); retry later",
+                super::MAX_FOLLOWERS
+            ))
+        })?)
+    } else {
+        None
+    };
     let mut feed = state.store.events(machine.as_ref(), start).await?;
     let filter = Filter { site, fleet };
     let (events, last_seq) = if follow && after.is_some() {
@@ -135,20 +183,23 @@ pub(super) async fn list_events(
     }
     let cancel = state.cancel.clone();
     let first = futures::stream::iter(events.into_iter().map(sse_event));
-    let live = futures::stream::unfold((feed, filter), |(mut feed, filter)| async move {
-        loop {
-            match feed.next().await? {
-                Ok(FeedItem::Event(e)) if filter.admits(&e) => {
-                    return Some((sse_event(e), (feed, filter)))
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "events follow stream ended");
-                    return None;
+    let live = futures::stream::unfold(
+        (feed, filter, slot),
+        |(mut feed, filter, slot)| async move {
+            loop {
+                match feed.next().await? {
+                    Ok(FeedItem::Event(e)) if filter.admits(&e) => {
+                        return Some((sse_event(e), (feed, filter, slot)))
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error_chain(&e), "events follow stream ended");
+                        return None;
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     let stream = futures::StreamExt::take_until(
         futures::StreamExt::chain(first, live),
         cancel.cancelled_owned(),

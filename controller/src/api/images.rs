@@ -11,7 +11,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use substruct_wire::Sha256Digest;
 
-use super::{ApiError, ApiState};
+use super::openapi::{Forbidden, ImageContent, Unauthorized, Unavailable};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::images::{ImageKind, ImageRecord};
 use crate::sites::EdgeStatus;
 use crate::store::{Docs, Store, StoreError, Write};
@@ -27,7 +28,7 @@ pub(super) async fn images_by_name(
 }
 
 /// One image as `GET /api/v1/images` shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageView {
     #[serde(flatten)]
     pub image: ImageRecord,
@@ -38,6 +39,18 @@ pub struct ImageView {
     pub sites: Vec<String>,
 }
 
+/// Every registered image, sorted by name, with where its content is.
+#[utoipa::path(
+    get,
+    path = "/api/v1/images",
+    tag = "images",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<ImageView>, description = "The images"),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn list_images(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<ImageView>>, ApiError> {
@@ -64,7 +77,7 @@ pub(super) async fn list_images(
 }
 
 /// What an upload answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Uploaded {
     pub sha256: String,
     pub size: u64,
@@ -72,6 +85,29 @@ pub struct Uploaded {
     pub created: bool,
 }
 
+/// Stores an image's content.
+///
+/// In the controller's object store, where edges fetch it. The content must hash to
+/// the URL's sha256, else nothing is stored.
+#[utoipa::path(
+    put,
+    path = "/api/v1/images/content/{sha256}",
+    tag = "images",
+    params(("sha256" = String, Path, pattern = "^[0-9a-f]{64}$",
+        description = "The content's SHA-256: 64 lowercase hex digits")),
+    request_body(content = inline(ImageContent), content_type = "application/octet-stream",
+        description = "The image's bytes"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Uploaded, description = "The same content was already stored"),
+        (status = 201, body = Uploaded, description = "Stored"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, body = ErrorBody, description = "The sha256 is not 64 lowercase hex \
+            digits, or the content hashes to another"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn upload_image(
     State(state): State<ApiState>,
     Path(sha256): Path<String>,
@@ -120,24 +156,63 @@ pub(super) async fn upload_image(
     ))
 }
 
+/// Whether `c` may be part of a NATS KV key (`[-/_=.a-zA-Z0-9]`). An image name may
+/// also hold `+` and `~` ([`substruct_wire::ImageName`]), which KV `images` cannot key.
+fn storable_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.')
+}
+
 /// `POST /api/v1/images`: an image's metadata.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewImage {
+    /// The image's path under the edge's `/images/` (`debian-12/linux`).
     pub name: String,
     pub kind: ImageKind,
+    /// SHA-256 of the whole file: 64 lowercase hex digits.
     pub sha256: String,
+    /// Size in bytes.
     pub size: u64,
 }
 
+/// Registers an image.
+///
+/// Its name, kind, sha256 and size. Images are immutable: the same registration again
+/// is a no-op, another content under the name a conflict.
+#[utoipa::path(
+    post,
+    path = "/api/v1/images",
+    tag = "images",
+    request_body = NewImage,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ImageRecord, description = "Already registered, the same"),
+        (status = 201, body = ImageRecord, description = "Registered"),
+        (status = 400, body = ErrorBody, description = "The body is not a `NewImage`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, body = ErrorBody, description = "The name is registered with another content"),
+        (status = 422, body = ErrorBody, description = "The name or the sha256 is malformed, \
+            or the name holds a character a store key cannot (`+`, `~`)"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn add_image(
     State(state): State<ApiState>,
     body: Result<Json<NewImage>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ImageRecord>), ApiError> {
     let Json(new) = body?;
     let invalid = |e: crate::images::ImageError| ApiError::Invalid(crate::error_chain(&e));
+    let name = crate::images::validate_image_name(&new.name).map_err(invalid)?;
+    if let Some(bad) = new.name.chars().find(|c| !storable_key_char(*c)) {
+        return Err(ApiError::Invalid(format!(
+            "image name {:?}: {bad:?} cannot be part of a KV key (images are registered \
+             under their name; use letters, digits, '.', '_', '-' and '/')",
+            new.name
+        )));
+    }
     let record = ImageRecord {
-        name: crate::images::validate_image_name(&new.name).map_err(invalid)?,
+        name,
         kind: new.kind,
         sha256: crate::images::validate_sha256(&new.sha256).map_err(invalid)?,
         size: new.size,

@@ -2,8 +2,9 @@
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -12,7 +13,8 @@ use serde::Deserialize;
 use substruct_wire::messages::WipeMode;
 use substruct_wire::MachineId;
 
-use super::{ApiError, ApiState};
+use super::openapi::{Forbidden, MachineList, Unauthorized, Unavailable};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::config::Role;
 use crate::fleet::{Page, Query, DEFAULT_LIMIT};
 use crate::provision::ProvisionError;
@@ -35,14 +37,24 @@ pub(super) fn machine_view(record: &MachineRecord, role: Role) -> serde_json::Va
 const READ_AHEAD: usize = 64;
 
 /// The query of `GET /api/v1/machines`. Any of them makes the answer a page.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
+    /// Only machines whose latest report came from this site.
     site: Option<String>,
+    /// Only machines in this state: `discovered`, `assigned`, `installing`,
+    /// `deployed`, `failed` or `retired`.
     state: Option<String>,
+    /// Case-insensitive substring of the SMBIOS vendor.
     vendor: Option<String>,
+    /// Case-insensitive substring of the id, serial, SMBIOS UUID, hostname or a MAC
+    /// (at most 128 bytes).
     q: Option<String>,
+    /// Machines per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Whole records in the page instead of summaries.
     full: Option<bool>,
@@ -83,6 +95,31 @@ impl ListParams {
 /// with `full=true`) with `next_cursor`, the fleet's `total` and its `counts`.
 /// Either way from this controller's machine list ([`crate::fleet::Fleet`]): no
 /// scan of the bucket.
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines",
+    tag = "machines",
+    summary = "Every machine record, or a page of them",
+    description = "Without parameters every record (a JSON list, sorted by id, streamed; \
+        `X-Total-Count` says how many). With any of `site`, `state`, `vendor`, `q`, \
+        `limit`, `cursor`, `full` a page: summaries (whole records with `full=true`), \
+        `next_cursor` for the next page, the fleet's `total` and its `counts` per state \
+        and per site.",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MachineList,
+            description = "Without parameters: every machine record, sorted by id (a JSON \
+                list; `X-Total-Count` says how many). With any parameter: a page of \
+                summaries, or of records with `full=true`.",
+            headers(("X-Total-Count" = u64, description = "Records in the list (only \
+                without parameters)"))),
+        (status = 400, body = ErrorBody, description = "An unknown parameter, an unknown \
+            state, a limit outside 1–1000 or a `q` longer than 128 bytes"),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn list_machines(
     State(state): State<ApiState>,
     axum::Extension(role): axum::Extension<Role>,
@@ -191,10 +228,24 @@ fn export(
         })
 }
 
+/// One machine record (a viewer's copy has no `ticket`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}",
+    tag = "machines",
+    params(("id" = String, Path, description = "A machine id, SMBIOS UUID, serial or MAC")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MachineRecord, description = "The record"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody, description = "No such machine"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn show_machine(
     State(state): State<ApiState>,
     axum::Extension(role): axum::Extension<Role>,
-    Path(id): Path<String>,
+    MachineRef(id): MachineRef,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     match state.provisioner.find(&id).await {
         Ok((record, _)) => Ok(Json(machine_view(&record, role))),
@@ -203,14 +254,36 @@ pub(super) async fn show_machine(
     }
 }
 
+/// The machine reference of a URL (`/api/v1/machines/{id}/…`): an id, SMBIOS UUID,
+/// serial or MAC. One that is blank once trimmed names no machine and is not looked up
+/// (it would make an empty index key, which the store refuses as unavailable).
+#[derive(Debug)]
+pub(super) struct MachineRef(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for MachineRef {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::BadRequest(r.body_text()))?;
+        if id.trim().is_empty() {
+            return Err(ApiError::NotFound(id));
+        }
+        Ok(Self(id))
+    }
+}
+
 /// Who asked, for the audit log.
 pub(super) fn actor(role: Option<Role>) -> String {
     format!("api ({})", role.unwrap_or(Role::Admin))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `assign`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AssignBody {
+    /// The profile's name.
     profile: String,
     /// Leave the machine's power alone (by default a machine with a BMC is set to PXE
     /// for its next boot and cycled).
@@ -219,9 +292,11 @@ pub(super) struct AssignBody {
 }
 
 /// The body of `reinstall`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PowerBody {
+    /// Leave the machine's power alone (by default a machine with a BMC is set to PXE
+    /// for its next boot and cycled).
     #[serde(default)]
     no_power: bool,
 }
@@ -234,12 +309,36 @@ fn power_follow(state: &ApiState, record: &MachineRecord, no_power: bool) {
     }
 }
 
+/// Ties a profile to the machine: it installs at its next network boot.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/assign",
+    tag = "machines",
+    params(("id" = String, Path, description = "A machine id, SMBIOS UUID, serial or MAC")),
+    request_body = AssignBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MachineRecord, description = "The record after"),
+        (status = 400, body = ErrorBody, description = "The body is not an `AssignBody`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, body = ErrorBody, description = "No such machine or profile"),
+        (status = 409, body = ErrorBody, description = "The machine's state does not allow it"),
+        (status = 422, body = ErrorBody, description = "The profile names an image that is \
+            not registered, or does not render for this machine"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn assign(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    MachineRef(id): MachineRef,
     body: Result<Json<AssignBody>, JsonRejection>,
 ) -> Result<Json<MachineRecord>, ApiError> {
     let Json(body) = body?;
+    // A name no profile can have is not looked up (it is no valid store key either).
+    if substruct_wire::ResourceName::parse(&body.profile).is_err() {
+        return Err(ProvisionError::UnknownProfile(body.profile).into());
+    }
     let record = state
         .provisioner
         .assign(&id, &body.profile, &actor(None))
@@ -248,11 +347,15 @@ pub(super) async fn assign(
     Ok(Json(record))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The body of `release`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReleaseBody {
+    /// Wipe the disks first: `quick` or `discard` (`none` or null: no wipe).
     #[serde(default)]
     wipe: Option<String>,
+    /// Leave the machine's power alone (by default a machine with a BMC that is to be
+    /// wiped is set to PXE for its next boot and cycled).
     #[serde(default)]
     no_power: bool,
 }
@@ -269,12 +372,32 @@ pub fn parse_wipe(value: Option<&str>) -> Result<Option<WipeMode>, String> {
     }
 }
 
+/// Back to `discovered`, optionally wiping the disks first.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/release",
+    tag = "machines",
+    params(("id" = String, Path, description = "A machine id, SMBIOS UUID, serial or MAC")),
+    request_body(content = ReleaseBody, description = "Optional: without a body (or without \
+        `Content-Type: application/json`) no wipe, and power as by default"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MachineRecord, description = "The record after"),
+        (status = 400, body = ErrorBody, description = "The body is not a `ReleaseBody`, or \
+            the wipe mode is unknown"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, body = ErrorBody, description = "No such machine"),
+        (status = 409, body = ErrorBody, description = "The machine's state does not allow it"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn release(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
-    body: Option<Json<ReleaseBody>>,
+    MachineRef(id): MachineRef,
+    body: Result<Option<Json<ReleaseBody>>, JsonRejection>,
 ) -> Result<Json<MachineRecord>, ApiError> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body?.map(|Json(b)| b).unwrap_or_default();
     let wipe = parse_wipe(body.wipe.as_deref()).map_err(ApiError::BadRequest)?;
     let record = state.provisioner.release(&id, wipe, &actor(None)).await?;
     // A wipe runs in the prospector: the machine must PXE boot.
@@ -284,20 +407,56 @@ pub(super) async fn release(
     Ok(Json(record))
 }
 
+/// The same profile again, with a new install token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/reinstall",
+    tag = "machines",
+    params(("id" = String, Path, description = "A machine id, SMBIOS UUID, serial or MAC")),
+    request_body(content = PowerBody, description = "Optional: without a body (or without \
+        `Content-Type: application/json`) power as by default"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MachineRecord, description = "The record after"),
+        (status = 400, body = ErrorBody, description = "The body is not a `PowerBody`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, body = ErrorBody, description = "No such machine, or its profile is gone"),
+        (status = 409, body = ErrorBody, description = "The machine's state does not allow it"),
+        (status = 422, body = ErrorBody, description = "The profile does not render for this machine"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn reinstall(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
-    body: Option<Json<PowerBody>>,
+    MachineRef(id): MachineRef,
+    body: Result<Option<Json<PowerBody>>, JsonRejection>,
 ) -> Result<Json<MachineRecord>, ApiError> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body?.map(|Json(b)| b).unwrap_or_default();
     let record = state.provisioner.reinstall(&id, &actor(None)).await?;
     power_follow(&state, &record, body.no_power);
     Ok(Json(record))
 }
 
+/// Out of service for good.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/retire",
+    tag = "machines",
+    params(("id" = String, Path, description = "A machine id, SMBIOS UUID, serial or MAC")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MachineRecord, description = "The record after"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, body = ErrorBody, description = "No such machine"),
+        (status = 409, body = ErrorBody, description = "The machine's state does not allow it"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn retire(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    MachineRef(id): MachineRef,
 ) -> Result<Json<MachineRecord>, ApiError> {
     Ok(Json(state.provisioner.retire(&id, &actor(None)).await?))
 }

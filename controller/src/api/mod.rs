@@ -1,6 +1,8 @@
 //! The REST API, and the only code in the controller that knows axum.
 //!
 //! * `GET /healthz` — unauthenticated; 200 when NATS is connected, else 503;
+//! * `GET /api/v1/openapi.json` — unauthenticated; this API's OpenAPI 3.1 document
+//!   ([`openapi_json`]), generated from the handlers' annotations;
 //! * `GET /api/v1/machines` — every machine record (JSON list, sorted by id, streamed;
 //!   `X-Total-Count`); with any of `site`, `state`, `vendor`, `q`, `limit` (1–1000,
 //!   default 100), `cursor`, `full` a page `{"machines", "next_cursor", "total",
@@ -34,7 +36,7 @@
 //! codes in one place ([`ApiError`]).
 //!
 //! The handlers, by noun: `machines`, `docs` (profiles and rules), `images`, `sites`,
-//! `events`.
+//! `events`; `openapi` describes them all.
 
 use std::sync::Arc;
 
@@ -46,7 +48,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApiToken, Role};
@@ -57,13 +59,19 @@ mod docs;
 mod events;
 mod images;
 mod machines;
+mod openapi;
 mod power;
 mod sites;
 
 pub use docs::{DryRun, REDACTED};
 pub use images::{ImageView, NewImage, Uploaded};
 pub use machines::parse_wipe;
+pub use openapi::{openapi_json, ApiDoc};
 pub use sites::SiteBody;
+
+/// Events follow streams (`GET /api/v1/events?follow=true`, the UI's live pages) one
+/// controller keeps open at once.
+pub const MAX_FOLLOWERS: usize = 256;
 
 /// Everything a handler may need.
 #[derive(Debug, Clone)]
@@ -75,6 +83,16 @@ pub struct ApiState {
     pub tokens: Arc<Vec<ApiToken>>,
     /// Cancelled at shutdown: ends long-lived answers (an events follow stream).
     pub cancel: CancellationToken,
+    /// Follow streams open at once ([`MAX_FOLLOWERS`]): each holds a connection and a
+    /// consumer on nats-server, so past the cap a new one is refused with 503.
+    pub followers: Arc<tokio::sync::Semaphore>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, with its causes.
+    pub error: String,
 }
 
 /// Every way an API request fails; [`IntoResponse`] is the one status mapping.
@@ -167,7 +185,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %message, %status, "API request refused");
         }
-        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        let mut response = (status, Json(ErrorBody { error: message })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -224,6 +242,7 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi_document))
         .merge(api)
         .with_state(state)
 }
@@ -309,6 +328,25 @@ async fn authenticate(
     Ok(next.run(request).await)
 }
 
+/// What `GET /healthz` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: String,
+    /// `connected` or `disconnected`.
+    pub nats: String,
+}
+
+/// Whether the controller is connected to NATS.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Connected to NATS", body = Health),
+        (status = 503, description = "Not connected to NATS", body = Health),
+    )
+)]
 async fn healthz(State(state): State<ApiState>) -> Response {
     let connected = matches!(
         state.client.connection_state(),
@@ -319,9 +357,31 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if connected { "ok" } else { "degraded" },
-        "nats": if connected { "connected" } else { "disconnected" },
-    });
+    let body = Health {
+        status: if connected { "ok" } else { "degraded" }.to_owned(),
+        nats: if connected {
+            "connected"
+        } else {
+            "disconnected"
+        }
+        .to_owned(),
+    };
     (status, Json(body)).into_response()
+}
+
+/// This API's OpenAPI 3.1 document (no token needed).
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses(
+        (status = 200, description = "This document", body = Object, content_type = "application/json"),
+    )
+)]
+async fn openapi_document() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::openapi_json(),
+    )
+        .into_response()
 }

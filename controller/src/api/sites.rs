@@ -9,10 +9,23 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use substruct_wire::{SiteId, SitePublicKey};
 
-use super::{ApiError, ApiState};
+use super::openapi::{Forbidden, Unauthorized, Unavailable};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::sites::{EdgeStatus, LocalBoot, SiteRecord, SiteView};
 use crate::store::Docs;
 
+/// Every site, registered or with an edge that reports, sorted by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sites",
+    tag = "sites",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<SiteView>, description = "The sites"),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn list_sites(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<SiteView>>, ApiError> {
@@ -44,11 +57,13 @@ pub(super) async fn list_sites(
 }
 
 /// `PUT /api/v1/sites/{name}`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteBody {
+    /// `None` keeps the registered one.
     #[serde(default)]
     pub description: Option<String>,
+    /// `None` keeps the registered setting (default `ipxe-exit`).
     #[serde(default)]
     pub local_boot: Option<LocalBoot>,
     /// The site's public key (`A…`); `None` keeps the registered one.
@@ -63,6 +78,25 @@ pub struct SiteBody {
     pub power_off_after_discovery: Option<bool>,
 }
 
+/// Registers a site or changes its settings (a field left out keeps its value).
+#[utoipa::path(
+    put,
+    path = "/api/v1/sites/{name}",
+    tag = "sites",
+    params(("name" = String, Path, description = "The site's name: lowercase letters, digits \
+        and '-', at most 32 characters")),
+    request_body = SiteBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = SiteRecord, description = "Changed"),
+        (status = 201, body = SiteRecord, description = "Registered"),
+        (status = 400, body = ErrorBody, description = "The body is not a `SiteBody`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, body = ErrorBody, description = "The site name is malformed or reserved"),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn put_site(
     State(state): State<ApiState>,
     Path(name): Path<String>,

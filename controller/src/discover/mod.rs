@@ -59,6 +59,7 @@ pub(crate) async fn answer(
     subject: &str,
     payload: &[u8],
 ) -> Vec<u8> {
+    let started = Instant::now();
     let site = subjects::site_of(subject).unwrap_or_default();
     let checked = match rates.check(site, Instant::now(), &config.limits) {
         Ok(()) => check_request(subject, payload, config),
@@ -106,6 +107,14 @@ pub(crate) async fn answer(
             }
         },
     };
+    let result = match &reply {
+        Ok(_) => "ok".to_owned(),
+        Err(r) => crate::metrics::code_label(r.code),
+    };
+    provisioner
+        .store()
+        .metrics()
+        .report(&result, started.elapsed());
     let encoded = match &reply {
         Ok(r) => substruct_wire::encode(r),
         Err(r) => substruct_wire::encode(r),

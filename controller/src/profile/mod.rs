@@ -57,7 +57,7 @@ const MAX_POST_INSTALL: usize = 64 * 1024;
 pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// How a profile installs a machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Anaconda (RHEL, Rocky, Alma, Fedora): renders `ks.cfg`.
@@ -94,7 +94,7 @@ impl std::fmt::Display for Method {
 }
 
 /// Values for the template (`params.*`). All optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// A template for the host name; default [`DEFAULT_HOSTNAME_PATTERN`].
@@ -122,7 +122,7 @@ pub struct Params {
 }
 
 /// A profile. See the module docs for the template context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// `[a-z0-9-]{1,63}`; the profile's key in KV `profiles`.

@@ -205,6 +205,7 @@ impl Provisioner {
 
 /// Answers one raw callback request: the encoded `CallbackReply` or `ErrorReply`.
 pub async fn answer_callback(provisioner: &Provisioner, subject: &str, payload: &[u8]) -> Vec<u8> {
+    let started = std::time::Instant::now();
     let result = match substruct_wire::decode::<CallbackRequest>(payload) {
         Err(e) => Err(ErrorReply {
             code: ErrorCode::Malformed,
@@ -235,6 +236,14 @@ pub async fn answer_callback(provisioner: &Provisioner, subject: &str, payload: 
             }
         }
     };
+    let label = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(r) => crate::metrics::code_label(r.code),
+    };
+    provisioner
+        .store()
+        .metrics()
+        .callback(&label, started.elapsed());
     let encoded = match &result {
         Ok(r) => substruct_wire::encode(r),
         Err(r) => substruct_wire::encode(r),

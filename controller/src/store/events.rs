@@ -11,7 +11,7 @@ use crate::record::MachineEvent;
 
 /// An event as the log holds it: its stream sequence number (a reader's resume point)
 /// and the event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoggedEvent {
     pub seq: u64,
     #[serde(flatten)]

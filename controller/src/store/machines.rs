@@ -195,6 +195,11 @@ impl Store {
             .await
             .map_err(|e| publish_err(e.into()))?
             .map_err(|e| publish_err(e.into()))?;
+        let to = match &event.kind {
+            crate::record::MachineEventKind::Transition { to, .. } => Some(to.as_str()),
+            _ => None,
+        };
+        self.metrics().event(event.kind.name(), to);
         Ok(())
     }
 

@@ -141,6 +141,8 @@ pub struct Buckets {
     install: kv::Store,
     bmc: kv::Store,
     objects: Objects,
+    /// This controller's counters ([`crate::metrics`]): every part reaches the store.
+    metrics: crate::metrics::Metrics,
 }
 
 /// The object store (its type has no `Debug`).
@@ -219,8 +221,14 @@ impl Store {
                 js,
                 machines,
                 index,
+                metrics: crate::metrics::Metrics::default(),
             }),
         })
+    }
+
+    /// This controller's counters.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.buckets.metrics
     }
 
     async fn keys(&self, kv: &kv::Store, bucket: &'static str) -> Result<Vec<String>, StoreError> {

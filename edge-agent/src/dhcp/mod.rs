@@ -21,7 +21,9 @@ mod tests;
 
 pub use self::core::{boot_choice, decide, decide_raw, Action, BootChoice, Decision};
 pub use packet::{DropReason, ReplyPacket, Request};
-pub use server::{bind_socket, serve, serve_with_events, DhcpError, LeaseEvent};
+pub use server::{
+    bind_socket, serve, serve_with_events, serve_with_metrics, DhcpError, LeaseEvent,
+};
 pub use settings::{
     BiosChain, DhcpConfig, DhcpMode, DhcpSettings, Loader, Reservation, SettingsError, Subnet,
     UefiLoader,

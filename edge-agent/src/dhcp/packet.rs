@@ -12,6 +12,8 @@ use dhcproto::{Encodable, Encoder};
 use substruct_wire::dhcp::{Op, OptionIter, Packet, PacketError, OPTIONS_AT};
 use substruct_wire::Mac;
 
+use crate::metrics::{DhcpMessage, DhcpReply, DhcpResult};
+
 /// The BOOTP minimum size of a reply (RFC 1542); dhcproto does not pad.
 pub const MIN_REPLY_LEN: usize = 300;
 
@@ -75,6 +77,55 @@ impl DropReason {
                 | DropReason::DeclineNotTheClients(_)
                 | DropReason::RelayNotAllowed { .. }
         )
+    }
+}
+
+impl DropReason {
+    /// What the drop counts as in the metrics.
+    pub fn result(&self) -> DhcpResult {
+        match self {
+            DropReason::Malformed(_)
+            | DropReason::BadMac(_)
+            | DropReason::BadOptionLength { .. }
+            | DropReason::MissingMessageType
+            | DropReason::UnexpectedMessageType(_)
+            | DropReason::DeclineNotTheClients(_)
+            | DropReason::RelayNotAllowed { .. } => DhcpResult::Refused,
+            DropReason::Released | DropReason::Declined(_) => DhcpResult::Accepted,
+            DropReason::PoolExhausted(_) => DhcpResult::Exhausted,
+            DropReason::Encode(_) => DhcpResult::Error,
+            DropReason::OtherServer(_)
+            | DropReason::NoSubnet(_)
+            | DropReason::MissingOption(..)
+            | DropReason::ProxyNotPxe
+            | DropReason::ProxyIgnored(..)
+            | DropReason::ProxyNoBootFile
+            | DropReason::ReleaseUnknown
+            | DropReason::InformWithoutCiaddr
+            | DropReason::RequestWithoutAddress => DhcpResult::Ignored,
+        }
+    }
+}
+
+/// The metrics' name for a request's message type.
+pub fn message_label(t: MessageType) -> DhcpMessage {
+    match t {
+        MessageType::Discover => DhcpMessage::Discover,
+        MessageType::Request => DhcpMessage::Request,
+        MessageType::Release => DhcpMessage::Release,
+        MessageType::Decline => DhcpMessage::Decline,
+        MessageType::Inform => DhcpMessage::Inform,
+        _ => DhcpMessage::Other,
+    }
+}
+
+/// The metrics' name for a reply's message type (`None`: not a reply type).
+pub fn reply_label(t: MessageType) -> Option<DhcpReply> {
+    match t {
+        MessageType::Offer => Some(DhcpReply::Offer),
+        MessageType::Ack => Some(DhcpReply::Ack),
+        MessageType::Nak => Some(DhcpReply::Nak),
+        _ => None,
     }
 }
 

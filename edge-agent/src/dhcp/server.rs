@@ -21,17 +21,22 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::core::{decide, Action};
-use super::packet::{DropReason, Request};
+use super::packet::{message_label, reply_label, DropReason, Request};
 use super::settings::DhcpSettings;
 use super::store::{LeaseStore, LeaseStoreError};
 use super::table::{LeaseChange, LeaseTable, UnixSecs};
 use crate::intents::IntentTable;
+use crate::metrics::{DhcpFailure, DhcpMessage, DhcpReply, DhcpResult, Metrics, SubnetGauges};
 
 /// Largest batch the decider takes at once.
 const MAX_BATCH: usize = 64;
 /// Requests waiting for the decider. Short on purpose (a late answer is as useless
 /// to a client as none); when it is full the receivers stop reading.
 const INBOUND_QUEUE: usize = 1024;
+/// How often the active-lease gauges are recounted when no batch did it (leases expire).
+const LEASE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// Least time between two recounts after batches of requests.
+const LEASE_GAUGE_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// A lease the server granted or renewed (durable by the time it is sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,13 +90,29 @@ pub async fn serve(
 
 /// Serves DHCP on `sockets` (one bound to port 67; in proxy mode also one on 4011)
 /// until `cancel`. Leases are loaded from `leases` first; each granted lease is
-/// reported on `events` (best effort: dropped when the channel is full).
+/// reported on `events` (best effort: dropped when the channel is full). Counts into
+/// metrics of its own; see [`serve_with_metrics`].
 pub async fn serve_with_events(
     settings: Arc<DhcpSettings>,
     sockets: Vec<UdpSocket>,
     intents: IntentTable,
     leases: LeaseStore,
     events: Option<mpsc::Sender<LeaseEvent>>,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    let metrics = Arc::new(Metrics::new());
+    serve_with_metrics(settings, sockets, intents, leases, events, metrics, cancel).await
+}
+
+/// [`serve_with_events`], counting packets, replies, failures and active leases into
+/// `metrics`.
+pub async fn serve_with_metrics(
+    settings: Arc<DhcpSettings>,
+    sockets: Vec<UdpSocket>,
+    intents: IntentTable,
+    leases: LeaseStore,
+    events: Option<mpsc::Sender<LeaseEvent>>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> Result<(), DhcpError> {
     if sockets.is_empty() {
@@ -132,6 +153,7 @@ pub async fn serve_with_events(
             i,
             port,
             in_tx.clone(),
+            metrics.clone(),
             cancel.clone(),
         ));
     }
@@ -143,9 +165,10 @@ pub async fn serve_with_events(
         sockets.clone(),
         in_rx,
         commit_tx,
+        metrics.clone(),
         cancel.clone(),
     ));
-    tracker.spawn(commit_loop(leases, sockets, commit_rx, events));
+    tracker.spawn(commit_loop(leases, sockets, commit_rx, events, metrics));
     tracker.close();
     tracker.wait().await;
     info!("dhcp: stopped");
@@ -163,6 +186,8 @@ struct Outbound {
     bytes: Vec<u8>,
     dest: SocketAddr,
     socket: usize,
+    /// The reply's type, for the metrics.
+    kind: Option<DhcpReply>,
 }
 
 #[derive(Debug, Default)]
@@ -216,6 +241,7 @@ async fn receive_loop(
     index: usize,
     port: u16,
     tx: mpsc::Sender<Inbound>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let Some(sock) = sockets.get(index) else {
@@ -238,6 +264,7 @@ async fn receive_loop(
             r = sock.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    metrics.dhcp.failure(DhcpFailure::Receive);
                     if limit.allow().is_some() {
                         warn!(error = %e, port, "dhcp: receive failed");
                     }
@@ -247,7 +274,12 @@ async fn receive_loop(
         };
         match Request::parse(&buf[..n], from, port) {
             Ok(req) => permit.send(Inbound { req, socket: index }),
-            Err(reason) => log_drop(&mut limit, from, None, &reason),
+            Err(reason) => {
+                metrics
+                    .dhcp
+                    .packet(DhcpMessage::Malformed, DhcpResult::Refused);
+                log_drop(&mut limit, from, None, &reason)
+            }
         }
     }
 }
@@ -259,15 +291,46 @@ fn unix_now() -> UnixSecs {
         .unwrap_or(0)
 }
 
-async fn send_reply(sockets: &[UdpSocket], out: &Outbound, limit: &mut WarnLimit) {
+async fn send_reply(
+    sockets: &[UdpSocket],
+    out: &Outbound,
+    limit: &mut WarnLimit,
+    metrics: &Metrics,
+) {
     let Some(sock) = sockets.get(out.socket) else {
         return;
     };
-    if let Err(e) = sock.send_to(&out.bytes, out.dest).await {
-        if limit.allow().is_some() {
-            warn!(dest = %out.dest, error = %e, "dhcp: send failed");
+    match sock.send_to(&out.bytes, out.dest).await {
+        Ok(_) => {
+            if let Some(kind) = out.kind {
+                metrics.dhcp.reply_sent(kind);
+            }
+        }
+        Err(e) => {
+            metrics.dhcp.failure(DhcpFailure::Send);
+            if limit.allow().is_some() {
+                warn!(dest = %out.dest, error = %e, "dhcp: send failed");
+            }
         }
     }
+}
+
+/// The active-lease gauges of `settings`' subnets (pool sizes set).
+fn subnet_gauges(settings: &DhcpSettings, metrics: &Metrics) -> Vec<SubnetGauges> {
+    settings
+        .config()
+        .subnets
+        .iter()
+        .map(|s| metrics.dhcp.subnet(s.network, s.pool_size()))
+        .collect()
+}
+
+/// Recounts the unexpired leases per subnet.
+fn count_leases(table: &LeaseTable, gauges: &[SubnetGauges], now: UnixSecs) {
+    SubnetGauges::set_counts(
+        gauges,
+        table.leases().filter(|l| l.expires > now).map(|l| l.ip),
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -278,15 +341,25 @@ async fn decide_loop(
     sockets: Arc<Vec<UdpSocket>>,
     mut rx: mpsc::Receiver<Inbound>,
     commit_tx: mpsc::Sender<CommitBatch>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut limit = WarnLimit::new();
     let mut send_limit = WarnLimit::new();
     let mut now_out = Vec::with_capacity(MAX_BATCH);
+    let gauges = subnet_gauges(&settings, &metrics);
+    let mut recount = tokio::time::interval(LEASE_GAUGE_INTERVAL);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counted = Instant::now();
     loop {
         let n = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = recount.tick() => {
+                count_leases(&table, &gauges, unix_now());
+                counted = Instant::now();
+                continue;
+            }
             n = rx.recv_many(&mut batch, MAX_BATCH) => n,
         };
         if n == 0 {
@@ -299,16 +372,24 @@ async fn decide_loop(
             let d = decide(&req, &settings, &mut table, intent.as_ref(), now);
             let has_changes = !d.changes.is_empty();
             pending.changes.extend(d.changes);
+            let message = message_label(req.msg_type);
             match d.action {
                 Action::Reply { packet, dest } => match packet.encode() {
                     Ok(bytes) => {
                         debug!(mac = %req.mac, xid = req.xid, request = ?req.msg_type,
                             guid = ?req.guid_string(), arch = ?req.arch, %dest,
                             yiaddr = %packet.message.yiaddr(), "dhcp: reply");
+                        let kind = packet.message.opts().msg_type().and_then(reply_label);
+                        let result = match kind {
+                            Some(DhcpReply::Nak) => DhcpResult::Nak,
+                            _ => DhcpResult::Answered,
+                        };
+                        metrics.dhcp.packet(message, result);
                         let out = Outbound {
                             bytes,
                             dest,
                             socket,
+                            kind,
                         };
                         if has_changes {
                             pending.replies.push(out);
@@ -316,13 +397,24 @@ async fn decide_loop(
                             now_out.push(out);
                         }
                     }
-                    Err(reason) => log_drop(&mut limit, req.source, Some(req.mac), &reason),
+                    Err(reason) => {
+                        metrics.dhcp.packet(message, reason.result());
+                        metrics.dhcp.failure(DhcpFailure::Encode);
+                        log_drop(&mut limit, req.source, Some(req.mac), &reason)
+                    }
                 },
-                Action::Drop { reason } => log_drop(&mut limit, req.source, Some(req.mac), &reason),
+                Action::Drop { reason } => {
+                    metrics.dhcp.packet(message, reason.result());
+                    log_drop(&mut limit, req.source, Some(req.mac), &reason)
+                }
             }
         }
+        if counted.elapsed() >= LEASE_GAUGE_MIN_GAP {
+            count_leases(&table, &gauges, now);
+            counted = Instant::now();
+        }
         for out in now_out.drain(..) {
-            send_reply(&sockets, &out, &mut send_limit).await;
+            send_reply(&sockets, &out, &mut send_limit, &metrics).await;
         }
         if (!pending.changes.is_empty() || !pending.replies.is_empty())
             && commit_tx.send(pending).await.is_err()
@@ -338,6 +430,7 @@ async fn commit_loop(
     sockets: Arc<Vec<UdpSocket>>,
     mut rx: mpsc::Receiver<CommitBatch>,
     events: Option<mpsc::Sender<LeaseEvent>>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batches = Vec::new();
     let mut send_limit = WarnLimit::new();
@@ -351,12 +444,13 @@ async fn commit_loop(
         }
         if let Err(e) = store.apply_async(changes.clone()).await {
             // not durable: send nothing, the clients retry
+            metrics.dhcp.failure(DhcpFailure::Store);
             error!(error = %e, source = ?std::error::Error::source(&e), dropped = replies.len(),
                 "dhcp: could not persist leases; replies withheld");
             continue;
         }
         for out in &replies {
-            send_reply(&sockets, out, &mut send_limit).await;
+            send_reply(&sockets, out, &mut send_limit, &metrics).await;
         }
         if let Some(tx) = &events {
             for c in &changes {

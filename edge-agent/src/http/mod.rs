@@ -21,9 +21,13 @@
 //!   the reason, at most 4 KiB; bound like install files) — the installer's last step, forwarded to the controller
 //!   and answered with its verdict (`200` JSON `{"machine_id","state"}`, `403`, `409`,
 //!   `400`, or `503` + `Retry-After: 5` while it cannot be reached);
-//! * `GET /`, `/healthz` — liveness.
+//! * `GET /`, `/healthz` — liveness;
+//! * `GET /metrics` — the edge's Prometheus metrics (see [`crate::metrics`]), OpenMetrics
+//!   text; counts only, no label a client chooses.
 //!
 //! Every connection is admitted and timed by [`limits::HttpLimits`] (see [`limits`]).
+//! Every request is counted by kind of route and status class, those the sendfile front
+//! answers too.
 //!
 //! Invariant: never opens a file outside its roots (see [`files`]); install files come
 //! from memory only.
@@ -40,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -57,6 +61,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::EdgeConfig;
 use crate::install::{self, CallbackClient, CallbackError, InstallTable};
 use crate::intents::IntentTable;
+use crate::metrics::{HttpRoute, Metrics};
 use binding::Binding;
 use files::FileError;
 use limits::HttpLimits;
@@ -132,6 +137,8 @@ struct Inner {
     /// The site's signing key: boot scripts carry a credential it signs for the MAC;
     /// `None`: an unsigned random token, which the controller does not accept as proof.
     site_key: Option<Arc<SiteKey>>,
+    /// Where requests are counted and what `/metrics` serves.
+    metrics: Arc<Metrics>,
 }
 
 /// Shared state of the HTTP handlers (cheap to clone).
@@ -164,6 +171,7 @@ impl HttpState {
                 cache: None,
                 binding: Binding::Nobody,
                 site_key: None,
+                metrics: Arc::new(Metrics::new()),
             }),
         })
     }
@@ -219,6 +227,21 @@ impl HttpState {
         }
     }
 
+    /// Counts requests into `metrics` and serves them at `/metrics` (without this, into
+    /// metrics of the state's own).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.metrics = metrics;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The metrics requests are counted into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
     /// Serves images missing from the images directory from `cache` (fetched from
     /// the controller's object store on first use, verified, LRU under a cap).
     pub fn with_cache(self, cache: crate::image_cache::ImageCache) -> Self {
@@ -235,6 +258,7 @@ pub fn router(state: HttpState) -> Router {
     let mut r = Router::new()
         .route("/", get(health))
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .route("/boot.ipxe", get(boot_ipxe))
         .route(renew::PATH, get(renew::renew_credential))
         .route("/images/{*path}", get(image))
@@ -253,7 +277,58 @@ pub fn router(state: HttpState) -> Router {
             get(move |state, method, headers| loader(state, method, headers, name)),
         );
     }
-    r.with_state(state)
+    let counted = axum::middleware::from_fn_with_state(state.inner.metrics.clone(), count);
+    r.layer(counted).with_state(state)
+}
+
+/// The kind of route `path` names, for the metrics (never the path itself).
+pub fn route_kind(path: &str) -> HttpRoute {
+    match path {
+        "/boot.ipxe" => HttpRoute::BootScript,
+        renew::PATH => HttpRoute::Renew,
+        "/metrics" => HttpRoute::Metrics,
+        "/" | "/healthz" => HttpRoute::Health,
+        p if p.starts_with("/images/") => HttpRoute::Image,
+        p if p.starts_with("/install/") => HttpRoute::Install,
+        p if p.starts_with("/api/v1/machines/") => HttpRoute::Callback,
+        p if LOADERS.iter().any(|l| p.strip_prefix('/') == Some(l)) => HttpRoute::Loader,
+        _ => HttpRoute::Other,
+    }
+}
+
+/// Counts every request axum answers by route kind and status class, and the image
+/// bytes of successful `GET`s as their bodies stream out.
+async fn count(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = route_kind(request.uri().path());
+    let get = request.method() == Method::GET;
+    let response = next.run(request).await;
+    metrics.http.request(route, response.status().as_u16());
+    if route != HttpRoute::Image || !get || !response.status().is_success() {
+        return response;
+    }
+    use futures::TryStreamExt as _;
+    let sent = metrics.http.image_bytes_counter();
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream().map_ok(move |chunk| {
+        sent.inc_by(chunk.len() as u64);
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
+}
+
+/// `GET /metrics`: the exposition, or 500 if it cannot be written.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match state.inner.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %files::error_chain(&e), "cannot encode the metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
 }
 
 /// Serves until `cancel`; in-flight requests finish (the caller bounds the drain).
@@ -273,12 +348,13 @@ pub async fn serve(
     // and every request the front does not take, is axum's.
     use axum::serve::Listener;
     let limits = state.inner.settings.limits;
-    let mut front = files::SendfileListener::new(
+    let mut front = files::SendfileListener::new_with_metrics(
         listener,
         "/images/",
         &state.inner.images_root,
         "application/octet-stream",
         limits,
+        state.inner.metrics.clone(),
     )
     .map_err(HttpError::Serve)?;
     let app = router(state);
@@ -548,6 +624,12 @@ fn parse_install_path(path: &str) -> Option<(BootToken, &str)> {
     let (token, name) = path.strip_prefix("/install/")?.split_once('/')?;
     let token = BootToken::new(token).ok()?;
     install::is_valid_file_name(name).then_some((token, name))
+}
+
+/// For the fuzz targets (`tests/fuzz`): [`parse_install_path`] on `path`.
+#[doc(hidden)]
+pub fn fuzz_parse_install_path(path: &str) -> Option<(BootToken, &str)> {
+    parse_install_path(path)
 }
 
 async fn install_file(

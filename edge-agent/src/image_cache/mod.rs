@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 pub use index::CacheStats;
 use index::{Found, Index, Next, Verdict, NAMES_FILE};
 use jobs::{stamp_of, Done, Job, Store};
@@ -134,6 +135,8 @@ pub struct CacheSettings {
     pub client: Option<async_nats::Client>,
     /// The hub's JetStream domain when the edge sits behind a leaf node.
     pub js_domain: Option<String>,
+    /// Where hits, misses, fetches and the bytes held are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl CacheSettings {
@@ -148,7 +151,14 @@ impl CacheSettings {
             cap_bytes,
             client,
             js_domain: None,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into `metrics` (without this, into metrics of the cache's own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
@@ -236,6 +246,7 @@ impl ImageCache {
             cap_bytes,
             client,
             js_domain,
+            metrics,
         } = settings;
         let dir_err = |source| CacheError::Dir {
             path: dir.clone(),
@@ -286,6 +297,7 @@ impl ImageCache {
             store: store.clone(),
             contents: contents_tx,
             stats_tx,
+            metrics,
         };
         state.publish();
         let handle = Self {
@@ -464,6 +476,7 @@ struct State {
     store: Arc<Store>,
     contents: watch::Sender<CacheContents>,
     stats_tx: watch::Sender<CacheStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl CacheTask {
@@ -495,6 +508,7 @@ impl State {
             verified: self.index.verified_files(),
             size: self.index.size(),
         };
+        self.metrics.cache.set_bytes(contents.size);
         self.contents.send_if_modified(|c| {
             let changed = *c != contents;
             *c = contents;
@@ -551,6 +565,7 @@ impl State {
             (Next::Serve, Waiter::Serve { reply, .. }) => {
                 self.index.touch(&sha);
                 self.stats.hits += 1;
+                self.metrics.cache.hit();
                 self.publish();
                 let _ = reply.send(Ok(path));
             }
@@ -566,6 +581,7 @@ impl State {
                 self.busy.entry(sha).or_default().push(waiter);
             }
             (Next::Fetch, Waiter::Serve { meta, reply }) => {
+                self.metrics.cache.miss();
                 self.index.forget(&sha);
                 self.start(sha.clone(), Job::Fetch, Some(meta.size));
                 self.busy
@@ -621,6 +637,7 @@ impl State {
                 tracing::warn!(sha256 = %sha, ?verdict, "cache file is corrupt, half-written or unreadable; removed");
                 self.index.forget(&sha);
                 self.stats.corrupt += 1;
+                self.metrics.cache.corrupt();
                 self.publish();
                 for waiter in waiters {
                     match waiter {
@@ -634,6 +651,7 @@ impl State {
             Some(Done::Fetched(Ok(stamp))) => {
                 self.index.fetched(sha.clone(), stamp);
                 self.stats.fetches += 1;
+                self.metrics.cache.fetched(stamp.0);
                 tracing::info!(sha256 = %sha, size = stamp.0, "image fetched into the cache");
                 self.evict(&sha);
                 self.publish();
@@ -650,6 +668,7 @@ impl State {
                 }
             }
             Some(Done::Fetched(Err(e))) => {
+                self.metrics.cache.fetch_failed();
                 for waiter in waiters {
                     match waiter {
                         Waiter::Serve { reply, .. } => {
@@ -686,6 +705,7 @@ impl State {
             .evict(|sha| sha == keep || busy.contains_key(sha));
         for victim in victims {
             self.stats.evictions += 1;
+            self.metrics.cache.evicted();
             tracing::info!(sha256 = %victim, cap = self.index_cap(), "evicted from the image cache");
             self.start(victim, Job::Delete, None);
         }

@@ -30,7 +30,7 @@ pub mod transfer;
 use std::time::Duration;
 
 pub use files::{LookupError, Source, TftpFiles, DEBIAN_LOADERS};
-pub use server::{serve, serve_with};
+pub use server::{serve, serve_with, serve_with_metrics};
 
 /// Tunables of the TFTP server.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,7 @@ use super::packet::{self, ErrorCode, Mode, Packet, Request, DEFAULT_BLKSIZE};
 use super::transfer::{Action, Transfer};
 use super::{TftpError, TftpSettings};
 use crate::dhcp::server::WarnLimit;
+use crate::metrics::{Metrics, TftpFailure, TftpResult};
 
 /// Bytes read from disk at a time for one transfer.
 const READ_AHEAD: usize = 256 * 1024;
@@ -168,11 +169,23 @@ impl LiveTable {
 }
 
 /// Serves `files` over TFTP on `socket` with `settings` until `cancel` fires; then cancels the
-/// transfers in flight and waits for their tasks to end.
+/// transfers in flight and waits for their tasks to end. Counts into metrics of its own;
+/// see [`serve_with_metrics`].
 pub async fn serve_with(
     socket: UdpSocket,
     files: TftpFiles,
     settings: TftpSettings,
+    cancel: CancellationToken,
+) -> Result<(), TftpError> {
+    serve_with_metrics(socket, files, settings, Arc::new(Metrics::new()), cancel).await
+}
+
+/// [`serve_with`], counting transfers, bytes and refusals into `metrics`.
+pub async fn serve_with_metrics(
+    socket: UdpSocket,
+    files: TftpFiles,
+    settings: TftpSettings,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> Result<(), TftpError> {
     let local = socket.local_addr().map_err(TftpError::LocalAddr)?;
@@ -181,6 +194,7 @@ pub async fn serve_with(
         files,
         settings,
         local_ip: local.ip(),
+        metrics,
     });
     let tracker = TaskTracker::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
@@ -199,7 +213,10 @@ pub async fn serve_with(
                         debug!(error = %e, "transient receive error on the TFTP socket");
                         continue;
                     }
-                    Err(e) => break Err(TftpError::Recv(e)),
+                    Err(e) => {
+                        ctx.metrics.tftp.failure(TftpFailure::Receive);
+                        break Err(TftpError::Recv(e));
+                    }
                 };
                 match packet::decode(&buf[..len]) {
                     Ok(Packet::Rrq(request)) => {
@@ -208,10 +225,11 @@ pub async fn serve_with(
                             continue;
                         }
                         if let Err(why) = live.make_room(peer, &ctx.settings) {
-                            let message = match why {
-                                NoSlot::PerSource => "too many transfers from your address",
-                                NoSlot::Total => "server busy",
+                            let (message, kind) = match why {
+                                NoSlot::PerSource => ("too many transfers from your address", TftpFailure::PerSource),
+                                NoSlot::Total => ("server busy", TftpFailure::Busy),
                             };
+                            ctx.metrics.tftp.failure(kind);
                             if let Some(suppressed) = busy_warnings.allow() {
                                 warn!(%peer, reason = message, suppressed, "TFTP read request refused");
                             }
@@ -230,6 +248,7 @@ pub async fn serve_with(
                         });
                         let ctx = ctx.clone();
                         let done_tx = done_tx.clone();
+                        ctx.metrics.tftp.started();
                         tracker.spawn(async move {
                             run_transfer(ctx, peer, request, token, confirmed).await;
                             // The server may be gone already; then nobody needs to know.
@@ -237,6 +256,7 @@ pub async fn serve_with(
                         });
                     }
                     Ok(Packet::Wrq(request)) => {
+                        ctx.metrics.tftp.failure(TftpFailure::WriteRequest);
                         info!(%peer, file = %request.filename, "write request refused: read-only server");
                         reply_error(&socket, peer, ErrorCode::AccessViolation, "read-only server").await;
                     }
@@ -247,10 +267,12 @@ pub async fn serve_with(
                         }
                     }
                     Ok(other) => {
+                        ctx.metrics.tftp.failure(TftpFailure::Unexpected);
                         debug!(%peer, packet = ?other, "unexpected packet on the main TFTP port");
                         reply_error(&socket, peer, ErrorCode::IllegalOperation, "expected a read request").await;
                     }
                     Err(e) => {
+                        ctx.metrics.tftp.failure(TftpFailure::Malformed);
                         debug!(%peer, error = %e, "malformed TFTP packet");
                         reply_error(&socket, peer, ErrorCode::IllegalOperation, &e.to_string()).await;
                     }
@@ -293,6 +315,7 @@ struct Ctx {
     files: TftpFiles,
     settings: TftpSettings,
     local_ip: std::net::IpAddr,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a transfer ended early, for the log.
@@ -324,25 +347,47 @@ async fn run_transfer(
     let file = request.filename.clone();
     // No select on `cancel` here: the transfer thread notices it within CANCEL_POLL and stops,
     // so the server's shutdown waits until no transfer thread is left.
-    match transfer(&ctx, peer, request, cancel, confirmed).await {
-        Ok(Outcome::Sent(bytes)) => info!(%peer, %file, bytes, "TFTP transfer complete"),
-        Ok(Outcome::Refused(reason)) => debug!(%peer, %file, %reason, "TFTP request refused"),
+    let (result, bytes) = match transfer(&ctx, peer, request, cancel, confirmed).await {
+        Ok(Outcome::Sent(bytes)) => {
+            info!(%peer, %file, bytes, "TFTP transfer complete");
+            (TftpResult::Completed, bytes)
+        }
+        Ok(Outcome::Refused(code, reason)) => {
+            debug!(%peer, %file, %reason, "TFTP request refused");
+            match code {
+                ErrorCode::FileNotFound => (TftpResult::NotFound, 0),
+                _ => (TftpResult::Refused, 0),
+            }
+        }
         Ok(Outcome::ClientError { code, message }) => {
-            debug!(%peer, %file, code, %message, "client ended the transfer")
+            debug!(%peer, %file, code, %message, "client ended the transfer");
+            (TftpResult::ClientError, 0)
         }
-        Ok(Outcome::TimedOut) => warn!(%peer, %file, "TFTP transfer timed out"),
-        Ok(Outcome::Cancelled) => debug!(%peer, %file, "transfer cancelled"),
+        Ok(Outcome::TimedOut) => {
+            warn!(%peer, %file, "TFTP transfer timed out");
+            (TftpResult::TimedOut, 0)
+        }
+        Ok(Outcome::Cancelled) => {
+            debug!(%peer, %file, "transfer cancelled");
+            (TftpResult::Cancelled, 0)
+        }
         Err(e) => {
-            warn!(%peer, %file, error = &e as &dyn std::error::Error, "TFTP transfer failed")
+            warn!(%peer, %file, error = &e as &dyn std::error::Error, "TFTP transfer failed");
+            (TftpResult::Failed, 0)
         }
-    }
+    };
+    ctx.metrics.tftp.finished(result, bytes);
 }
 
 #[derive(Debug)]
 enum Outcome {
     Sent(u64),
-    Refused(String),
-    ClientError { code: u16, message: String },
+    /// Refused with this ERROR code and message.
+    Refused(ErrorCode, String),
+    ClientError {
+        code: u16,
+        message: String,
+    },
     TimedOut,
     Cancelled,
 }
@@ -365,7 +410,7 @@ async fn transfer(
                 .send(&packet::encode_error(code.code(), &message))
                 .await
                 .map_err(TransferError::Send)?;
-            Ok::<_, TransferError>(Outcome::Refused(message))
+            Ok::<_, TransferError>(Outcome::Refused(code, message))
         }
     };
     if request.mode == Mode::Mail {

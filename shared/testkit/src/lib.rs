@@ -3,7 +3,8 @@
 //! ports file) with its own JetStream directory; [`wait_for`] and [`poll`] are the
 //! bounded polls that replace sleeps; [`gate`] is the one gate every system test
 //! passes (skip, or fail under `SUBSTRUCT_REQUIRE_SYSTEM_TESTS=1`); [`netns`] holds
-//! network namespaces and the processes run inside them.
+//! network namespaces and the processes run inside them; [`webdriver`] drives a real
+//! headless Chromium through chromedriver.
 //!
 //! Only tests and benches depend on this crate.
 
@@ -15,6 +16,7 @@ pub mod nats_topology;
 pub mod netns;
 pub mod qemu;
 pub mod sushy;
+pub mod webdriver;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

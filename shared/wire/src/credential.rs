@@ -600,6 +600,7 @@ impl SiteKey {
 /// Validated on construction and deserialization; serializes as a plain string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SitePublicKey(String);
 
 string_newtype!(SitePublicKey, CredentialError);

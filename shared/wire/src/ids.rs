@@ -66,6 +66,7 @@ macro_rules! token_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $reserved:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub struct $name(String);
 
         impl $name {
@@ -145,6 +146,11 @@ token_id!(
 
 /// An Ethernet MAC address. Displays as `aa:bb:cc:dd:ee:ff`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, example = "52:54:00:12:34:56")
+)]
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {

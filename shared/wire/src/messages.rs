@@ -91,6 +91,7 @@ pub struct DeployImage {
 
 /// How thoroughly to wipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum WipeMode {
     /// Filesystem/partition signatures and the first and last MiB of every disk.
     Quick,

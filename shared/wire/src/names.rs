@@ -136,6 +136,7 @@ pub enum ImageNameProblem {
 /// length is the edge's 255 (the controller used 128, the prospector 1024).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageName(String);
 
 impl ImageName {
@@ -219,6 +220,11 @@ pub enum DigestProblem {
 /// (A caller that takes operator input and wants to be lenient lowercases it first.)
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+)]
 pub struct Sha256Digest(String);
 
 impl Sha256Digest {

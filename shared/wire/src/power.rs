@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a BMC says of the machine's power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PowerState {
     On,
@@ -18,6 +19,7 @@ pub enum PowerState {
 
 /// A power operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PowerAction {
     /// Power on; only from a confirmed `Off`.
@@ -33,6 +35,7 @@ pub enum PowerAction {
 
 /// A one-time boot device for the next boot only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BootDevice {
     Pxe,
@@ -41,6 +44,7 @@ pub enum BootDevice {
 
 /// Which protocol reaches a BMC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BmcDriverKind {
     /// IPMI 2.0 over LAN (RMCP+), UDP port 623 by default.

@@ -11,6 +11,7 @@ use crate::ids::Mac;
 
 /// Everything the prospector reports about one machine.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HardwareReport {
     /// Version of the prospector that gathered this report.
     pub prospector_version: String,
@@ -61,6 +62,7 @@ impl From<HardwareReportV1> for HardwareReport {
 /// an operator needs to enroll it (`substruct machines bmc set`). Values as the BMC
 /// reports them; nothing here is a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bmc {
     /// IPMI version the BMC implements (`"2.0"`).
     pub ipmi_version: Option<String>,
@@ -74,17 +76,22 @@ pub struct Bmc {
 
 /// One LAN channel of a BMC (IPMI LAN configuration parameters).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcLan {
     pub channel: u8,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub ip: Option<std::net::Ipv4Addr>,
     /// `static`, `dhcp`, `bios`, `other` or `unspecified`.
     pub ip_source: Option<String>,
     pub mac: Option<Mac>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub netmask: Option<std::net::Ipv4Addr>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Ipv4))]
     pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BootMode {
     #[default]
@@ -94,6 +101,7 @@ pub enum BootMode {
 
 /// SMBIOS / DMI identity, as exposed in `/sys/class/dmi/id`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dmi {
     pub sys_vendor: Option<String>,
     pub product_name: Option<String>,
@@ -114,6 +122,7 @@ pub struct Dmi {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cpu {
     pub model: Option<String>,
     pub sockets: u32,
@@ -127,6 +136,7 @@ pub struct Cpu {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Memory {
     pub total_bytes: u64,
     /// Populated slots, where the SMBIOS tables are readable.
@@ -134,6 +144,7 @@ pub struct Memory {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dimm {
     pub slot: Option<String>,
     pub size_bytes: u64,
@@ -144,6 +155,7 @@ pub struct Dimm {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DiskTransport {
     Nvme,
@@ -158,6 +170,7 @@ pub enum DiskTransport {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Disk {
     /// Kernel name: `sda`, `nvme0n1`, `vda`.
     pub name: String,
@@ -171,6 +184,7 @@ pub struct Disk {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Nic {
     pub name: String,
     pub mac: Mac,
@@ -182,6 +196,7 @@ pub struct Nic {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PciDevice {
     /// `0000:3b:00.0`
     pub address: String,

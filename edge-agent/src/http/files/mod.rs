@@ -69,6 +69,8 @@ impl IntoResponse for FileError {
 pub use substruct_runtime::error_chain;
 
 mod sendfile;
+#[doc(hidden)]
+pub use sendfile::fuzz_parse_fast;
 pub use sendfile::{HandedOver, SendfileListener};
 
 /// A relative request path checked lexically: only normal components.
@@ -92,6 +94,12 @@ fn lexically_safe(request: &str) -> Result<PathBuf, FileError> {
         return Err(FileError::NotFound);
     }
     Ok(out)
+}
+
+/// For the fuzz targets (`tests/fuzz`): [`lexically_safe`] on `request`.
+#[doc(hidden)]
+pub fn fuzz_lexically_safe(request: &str) -> Result<PathBuf, FileError> {
+    lexically_safe(request)
 }
 
 /// Resolves `request` (already percent-decoded) under `root` (canonical), refusing

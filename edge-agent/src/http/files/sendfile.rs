@@ -24,6 +24,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{parse_range, resolve, ByteRange};
 use crate::http::limits::{ConnPermit, ConnTracker, HttpLimits};
+use crate::metrics::{HttpFailure, HttpRoute, Metrics};
 
 /// Most bytes one `sendfile(2)` call may move, so one transfer cannot hold a runtime
 /// thread for long when the file is not in the page cache.
@@ -130,6 +131,8 @@ struct FrontRoute {
     root: PathBuf,
     content_type: &'static str,
     limits: HttpLimits,
+    /// Where the requests the front answers are counted (as `image` requests).
+    metrics: std::sync::Arc<Metrics>,
 }
 
 /// An [`axum::serve::Listener`] that answers `GET`/`HEAD` of files under one URL prefix
@@ -161,6 +164,20 @@ impl SendfileListener {
         content_type: &'static str,
         limits: HttpLimits,
     ) -> std::io::Result<Self> {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        Self::new_with_metrics(listener, prefix, root, content_type, limits, metrics)
+    }
+
+    /// [`new`](Self::new), counting the requests the front answers, the bytes it sends
+    /// and the connections it refuses into `metrics`.
+    pub fn new_with_metrics(
+        listener: TcpListener,
+        prefix: &'static str,
+        root: &Path,
+        content_type: &'static str,
+        limits: HttpLimits,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let root = std::fs::canonicalize(root)?;
         let (tx, incoming) = mpsc::channel(64);
@@ -169,6 +186,7 @@ impl SendfileListener {
             root,
             content_type,
             limits,
+            metrics,
         });
         tokio::spawn(accept_loop(listener, tx, route));
         Ok(Self { incoming, local })
@@ -202,10 +220,14 @@ async fn accept_loop(listener: TcpListener, tx: Handover, route: std::sync::Arc<
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Over a cap: closed at once (logged by the tracker).
-                    let Ok(permit) = tracker.admit(peer.ip()) else { continue };
+                    let Ok(permit) = tracker.admit(peer.ip()) else {
+                        route.metrics.http.failure(HttpFailure::ConnectionRefused);
+                        continue;
+                    };
                     tokio::spawn(front_connection(stream, permit, peer, tx.clone(), route.clone()));
                 }
                 Err(e) => {
+                    route.metrics.http.failure(HttpFailure::Accept);
                     // Out of descriptors and the like: back off as axum does.
                     tracing::warn!(error = %e, "HTTP accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -252,6 +274,20 @@ fn parse_fast<'a>(buf: &'a [u8], prefix: &str) -> Head<'a> {
     match fast_request(&req, prefix) {
         Some(fast) => Head::Fast(fast, used),
         None => Head::Other,
+    }
+}
+
+/// For the fuzz targets (`tests/fuzz`): [`parse_fast`] on `buf`, reduced to what it
+/// decided — `Some((head_only, path, range, close, head_len))` for a request the front
+/// takes, `None` for a partial head or one left to axum.
+#[doc(hidden)]
+pub fn fuzz_parse_fast<'a>(
+    buf: &'a [u8],
+    prefix: &str,
+) -> Option<(bool, &'a str, Option<&'a str>, bool, usize)> {
+    match parse_fast(buf, prefix) {
+        Head::Fast(r, used) => Some((r.head, r.path, r.range, r.close, used)),
+        Head::Partial | Head::Other => None,
     }
 }
 
@@ -418,6 +454,8 @@ async fn front_connection(
                 }
             };
         pending.advance(used);
+        let status = if planned.range.is_some() { 206 } else { 200 };
+        route.metrics.http.request(HttpRoute::Image, status);
         if let Err(e) = send_planned(
             &mut stream,
             &planned,
@@ -425,9 +463,11 @@ async fn front_connection(
             close,
             route.content_type,
             route.limits.write_timeout,
+            &route.metrics,
         )
         .await
         {
+            route.metrics.http.failure(HttpFailure::TransferAborted);
             tracing::debug!(%peer, error = %e, "file transfer ended early");
             return;
         }
@@ -445,6 +485,7 @@ async fn send_planned(
     close: bool,
     content_type: &str,
     write_timeout: Duration,
+    metrics: &Metrics,
 ) -> std::io::Result<()> {
     let len = planned.len;
     let (status, start, count) = match planned.range {
@@ -474,7 +515,7 @@ async fn send_planned(
     if head_only {
         return Ok(());
     }
-    send_file(stream, &planned.file, start, count, write_timeout).await
+    send_file(stream, &planned.file, start, count, write_timeout, metrics).await
 }
 
 fn stopped_reading() -> std::io::Error {
@@ -489,6 +530,7 @@ async fn send_file(
     mut offset: u64,
     mut left: u64,
     write_timeout: Duration,
+    metrics: &Metrics,
 ) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     while left > 0 {
@@ -507,6 +549,7 @@ async fn send_file(
             Ok(n) => {
                 offset += n as u64;
                 left -= n as u64;
+                metrics.http.image_bytes(n as u64);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
