@@ -440,6 +440,25 @@ async fn the_ui_in_a_real_browser() {
         json!(42),
         "the rows changed without a reload"
     );
+    // A machine that is not on the page is not fetched: a notice offers a reload.
+    let c_macs = ["52:54:00:77:00:21", "52:54:00:77:00:22"];
+    let c_root = machine_tree(
+        dir.path(),
+        "QEMU",
+        "UI-SN-0003",
+        "6b1f2d9e-0a1b-4c2d-8e3f-000000000003",
+        c_macs,
+    );
+    report_with_prospector(&bin, &nats.url(), &c_root, c_macs[0]);
+    browser
+        .wait_for_text("#new-machines", "1 machine(s)", BOUND)
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.find_all("#machines tbody tr").await.unwrap().len(),
+        2,
+        "no row was added behind the operator's back"
+    );
 
     // Release it from its page, with a quick wipe.
     browser

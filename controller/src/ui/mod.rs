@@ -203,6 +203,16 @@ impl UiState {
         }
     }
 
+    /// The audit log's last sequence number (0 when it cannot be read: the page then
+    /// follows from the start of what the log keeps).
+    async fn log_end(&self, session: &Session) -> u64 {
+        self.call(session, Method::GET, "/api/v1/events?limit=1", None)
+            .await
+            .ok()
+            .and_then(|page| page.get("last_seq").and_then(Value::as_u64))
+            .unwrap_or(0)
+    }
+
     async fn send(&self, request: Request) -> Result<Response, UiError> {
         match self.api.clone().oneshot(request).await {
             Ok(response) => Ok(response),
@@ -384,12 +394,7 @@ async fn machines(
         }
         // The log's end before the list is read: the page follows from there, so no
         // change between the two is missed.
-        let after = state
-            .call(&session, Method::GET, "/api/v1/events?limit=1", None)
-            .await
-            .ok()
-            .and_then(|page| page.get("last_seq").and_then(Value::as_u64))
-            .unwrap_or(0);
+        let after = state.log_end(&session).await;
         let listed = state.call(&session, Method::GET, &uri, None).await?;
         Ok(html(pages::machines_page(
             &session, &filter, &listed, after,
@@ -408,6 +413,8 @@ async fn machine(
         return UiError::LoggedOut.into_page(None);
     };
     let result: Result<Response, UiError> = async {
+        // The log's end first (as on the list), then what is shown.
+        let after = state.log_end(&session).await;
         let record = state
             .call(
                 &session,
@@ -434,7 +441,7 @@ async fn machine(
             Value::Null
         };
         Ok(html(pages::machine_page(
-            &session, &record, &events, &profiles,
+            &session, &record, &events, &profiles, after,
         )))
     }
     .await;
@@ -449,21 +456,10 @@ async fn machine_row(
     let Some(session) = state.session(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    let uri = format!("/api/v1/machines?q={}&limit=5", enc(&id));
+    // One record by id (a key read), not a search of the list.
+    let uri = format!("/api/v1/machines/{}", enc(&id));
     match state.call(&session, Method::GET, &uri, None).await {
-        Ok(listed) => {
-            let row = listed
-                .get("machines")
-                .and_then(Value::as_array)
-                .and_then(|rows| {
-                    rows.iter()
-                        .find(|m| m.get("id").and_then(Value::as_str) == Some(id.as_str()))
-                });
-            match row {
-                Some(row) => html(pages::machine_row(row)),
-                None => StatusCode::NOT_FOUND.into_response(),
-            }
-        }
+        Ok(record) => html(pages::machine_row(&pages::row_of_record(&record))),
         Err(UiError::Api(status, message)) => (status, message).into_response(),
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }

@@ -221,6 +221,36 @@ pub fn machine_row(m: &Value) -> Markup {
     }
 }
 
+/// A machine record (the API's JSON) as the list's row fields.
+pub fn row_of_record(record: &Value) -> Value {
+    let facts = record.get("facts").cloned().unwrap_or(Value::Null);
+    let dmi = facts.get("dmi").cloned().unwrap_or(Value::Null);
+    let cpu = facts.get("cpu").cloned().unwrap_or(Value::Null);
+    let macs: Vec<Value> = facts
+        .get("nics")
+        .and_then(Value::as_array)
+        .map(|nics| nics.iter().filter_map(|n| n.get("mac").cloned()).collect())
+        .unwrap_or_default();
+    let cpus = match n(&cpu, "threads") {
+        0 => n(&cpu, "cores"),
+        t => t,
+    };
+    serde_json::json!({
+        "id": s(record, "id"),
+        "state": s(record, "state"),
+        "profile": s(record, "profile"),
+        "site": s(record, "site"),
+        "power": record.get("power").cloned().unwrap_or(Value::Null),
+        "vendor": s(&dmi, "sys_vendor"),
+        "product": s(&dmi, "product_name"),
+        "serial": s(&dmi, "product_serial"),
+        "macs": macs,
+        "cpus": cpus,
+        "memory_bytes": facts.get("memory").map_or(0, |m| n(m, "total_bytes")),
+        "disks": facts.get("disks").and_then(Value::as_array).map_or(0, Vec::len),
+    })
+}
+
 /// `GET /ui/machines`: filters, counts and one page of the list.
 /// `after`: the log's last sequence number when the list was read (live updates
 /// follow from there).
@@ -276,7 +306,7 @@ pub fn machines_page(
                     " "
                 }
             }
-            table #machines data-live=(if unfiltered { "all" } else { "rows" }) data-after=(after) {
+            table #machines data-after=(after) {
                 thead { tr {
                     th { "Id" } th { "Serial" } th { "Vendor" } th { "Site" } th { "State" }
                     th { "Profile" } th { "Power" } th { "Hardware" } th { "MACs" }
@@ -328,7 +358,16 @@ fn fact_rows(facts: &Value) -> Markup {
 }
 
 /// `GET /ui/machines/{id}`: facts, conflicts, the timeline and (for admins) actions.
-pub fn machine_page(session: &Session, record: &Value, events: &Value, profiles: &Value) -> Markup {
+/// `after`: the log's last sequence number before the record was read (the page
+/// follows from there: from the machine's own last event it would replay every other
+/// machine's since).
+pub fn machine_page(
+    session: &Session,
+    record: &Value,
+    events: &Value,
+    profiles: &Value,
+    after: u64,
+) -> Markup {
     let id = s(record, "id");
     let state = record.get("state").cloned().unwrap_or(Value::Null);
     let state_name = state
@@ -342,7 +381,6 @@ pub fn machine_page(session: &Session, record: &Value, events: &Value, profiles:
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let events_after = n(events, "last_seq");
     let events = events
         .get("events")
         .and_then(Value::as_array)
@@ -429,7 +467,7 @@ pub fn machine_page(session: &Session, record: &Value, events: &Value, profiles:
             }
             section {
                 h2 { "Timeline" }
-                table #timeline data-machine=(id) data-after=(events_after) {
+                table #timeline data-machine=(id) data-after=(after) {
                     thead { tr { th { "#" } th { "When (UTC)" } th { "Event" } th { "Detail" } } }
                     tbody {
                         @for e in events.iter().rev() { (event_row(e)) }
@@ -651,11 +689,36 @@ mod tests {
             serde_json::json!({"id": "m1", "state": "discovered", "site": "s", "facts": {}});
         let viewer = Session::new("v".into(), Role::Viewer);
         let admin = Session::new("a".into(), Role::Admin);
-        let v = machine_page(&viewer, &record, &Value::Null, &Value::Null).into_string();
-        let a = machine_page(&admin, &record, &Value::Null, &Value::Null).into_string();
+        let v = machine_page(&viewer, &record, &Value::Null, &Value::Null, 0).into_string();
+        let a = machine_page(&admin, &record, &Value::Null, &Value::Null, 0).into_string();
         assert!(!v.contains("/action"), "{v}");
         assert!(a.contains("/action"), "{a}");
         assert!(a.contains(&super::super::csrf_token("a")));
+    }
+
+    #[test]
+    fn a_record_becomes_the_lists_row() {
+        let record = serde_json::json!({
+            "id": "m1", "state": "assigned", "profile": "p", "site": "s", "power": "on",
+            "facts": {
+                "dmi": {"sys_vendor": "Dell", "product_name": "R740", "product_serial": "SN1"},
+                "cpu": {"threads": 0, "cores": 8},
+                "memory": {"total_bytes": 1024},
+                "disks": [{}, {}],
+                "nics": [{"mac": "52:54:00:00:00:01"}, {"name": "x"}]
+            }
+        });
+        let row = row_of_record(&record);
+        assert_eq!(row["vendor"], "Dell");
+        assert_eq!(row["serial"], "SN1");
+        assert_eq!(row["cpus"], 8);
+        assert_eq!(row["disks"], 2);
+        assert_eq!(row["macs"], serde_json::json!(["52:54:00:00:00:01"]));
+        let html = machine_row(&row).into_string();
+        assert!(html.contains("id=\"m-m1\""), "{html}");
+        assert!(html.contains("state-assigned"), "{html}");
+        // A record with nothing in it still renders.
+        let _ = machine_row(&row_of_record(&Value::Null)).into_string();
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!
 //! Invariant: this crate has no async runtime and no I/O. postcard is positional, so
 //! any change to the shape of a type that travels is a new [`envelope::WIRE_VERSION`];
-//! the golden-byte tests in `envelope` fail on accidental changes.
+//! the golden-byte tests (`tests/golden_bytes.rs`, one sample per variant of every
+//! kind; older versions in `envelope`) fail on accidental changes.
 
 pub mod credential;
 pub mod dhcp;

@@ -23,9 +23,29 @@
     return t.content.querySelector("tr");
   }
 
+  // A machine not on the page: counted, shown as a notice (a storm of new machines
+  // must not become a storm of requests).
+  let unseen = new Set();
+  function noteNew(table, id) {
+    unseen.add(id);
+    let notice = document.getElementById("new-machines");
+    if (!notice) {
+      notice = document.createElement("p");
+      notice.id = "new-machines";
+      notice.className = "notice";
+      table.parentNode.insertBefore(notice, table);
+    }
+    notice.textContent = unseen.size + " machine(s) changed or appeared off this page — ";
+    const link = document.createElement("a");
+    link.href = window.location.href;
+    link.textContent = "reload";
+    notice.appendChild(link);
+  }
+
   async function refreshRow(table, id) {
     const existing = document.getElementById("m-" + id);
-    if (!existing && table.dataset.live !== "all") {
+    if (!existing) {
+      noteNew(table, id);
       return;
     }
     const r = await fetch("/ui/machines/" + encodeURIComponent(id) + "/row", { credentials: "same-origin" });
@@ -37,11 +57,10 @@
       return;
     }
     const current = document.getElementById("m-" + id);
-    if (current) {
-      current.replaceWith(row);
-    } else {
-      table.tBodies[0].prepend(row);
+    if (!current) {
+      return;
     }
+    current.replaceWith(row);
     row.classList.add("changed");
     window.substructLiveUpdates = (window.substructLiveUpdates || 0) + 1;
   }
@@ -88,12 +107,35 @@
       if (typeof id !== "string") {
         return;
       }
-      if (table) {
-        refreshRow(table, id);
-      } else if (timeline && timeline.dataset.machine === id) {
-        refreshMachinePage();
+      if (table || timeline.dataset.machine === id) {
+        pending.add(id);
+        schedule();
       }
     };
+    // Events are coalesced: in a discovery storm thousands arrive a second, and each
+    // page asks for at most MAX_ROWS rows (or one reload of the machine) per FLUSH_MS.
+    const FLUSH_MS = 500, MAX_ROWS = 50;
+    const pending = new Set();
+    let timer = null;
+    function schedule() {
+      if (timer === null) {
+        timer = window.setTimeout(flush, FLUSH_MS);
+      }
+    }
+    async function flush() {
+      timer = null;
+      if (timeline) {
+        pending.clear();
+        await refreshMachinePage();
+        return;
+      }
+      const ids = Array.from(pending).slice(0, MAX_ROWS);
+      ids.forEach(function (id) { pending.delete(id); });
+      await Promise.all(ids.map(function (id) { return refreshRow(table, id); }));
+      if (pending.size > 0) {
+        schedule();
+      }
+    }
   }
 
   // --- Image upload -------------------------------------------------------------
