@@ -2,7 +2,8 @@
 //! templates (minijinja, strict, with fuel) and the machine's facts (cleaned of control
 //! characters).
 
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use minijinja::value::{Kwargs, StringInput, Value};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
 use substruct_wire::intent::InstallFile;
 use substruct_wire::report::DiskTransport;
@@ -223,7 +224,34 @@ fn environment() -> Environment<'static> {
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_fuel(Some(FUEL));
+    env.add_filter("indent", bounded_indent);
     env
+}
+
+/// The widest `indent` a template may ask for. Fuel counts instructions, not bytes:
+/// minijinja's own `indent` repeats a space `width` times unchecked, so
+/// `indent(7020006000700806)` made the allocator abort the controller (found by fuzzing).
+const MAX_INDENT: usize = 1024;
+
+/// minijinja's `indent`, refusing a width over [`MAX_INDENT`].
+fn bounded_indent(
+    value: StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let asked = match width {
+        Some(w) => Some(w),
+        None => kwargs.peek::<Option<usize>>("width")?,
+    };
+    if asked.is_some_and(|w| w > MAX_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("indent width is at most {MAX_INDENT}"),
+        ));
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
 }
 
 fn render<S: Serialize>(
@@ -269,5 +297,22 @@ mod tests {
         assert_eq!(ctx.serial, "7XK2J93");
         assert_eq!(ctx.cpus, 128);
         assert_eq!(ctx.disks.len(), 4);
+    }
+
+    #[test]
+    fn indent_width_is_bounded() {
+        // Found by tests/fuzz (template_render): minijinja's own `indent` tried to
+        // allocate 7020006000700806 spaces and the allocator aborted the process.
+        let env = environment();
+        let crash = "{{-0~-000702000600070080>09 | trim | indent(0007020006000700806) }}";
+        assert!(env.render_str(crash, ()).is_err());
+        assert!(env
+            .render_str("{{ 'a' | indent(width=99999999999) }}", ())
+            .is_err());
+        let ok = env.render_str(
+            "{{ 'a\nb' | indent(2) }}|{{ 'c\nd' | indent(width=1, first=true) }}",
+            (),
+        );
+        assert_eq!(ok.unwrap(), "a\n  b| c\n d");
     }
 }
