@@ -513,21 +513,7 @@ async fn machine_action(
 }
 
 async fn profiles(State(state): State<UiState>, headers: HeaderMap) -> Response {
-    let Some(session) = state.session(&headers) else {
-        return UiError::LoggedOut.into_page(None);
-    };
-    let result: Result<Response, UiError> = async {
-        let listed = state
-            .call(&session, Method::GET, "/api/v1/profiles", None)
-            .await?;
-        Ok(html(pages::documents_page(
-            &session,
-            pages::Doc::Profile,
-            &listed,
-        )))
-    }
-    .await;
-    result.unwrap_or_else(|e| e.into_page(Some(&session)))
+    documents(state, headers, pages::Doc::Profile).await
 }
 
 async fn profile(
@@ -535,51 +521,11 @@ async fn profile(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let Some(session) = state.session(&headers) else {
-        return UiError::LoggedOut.into_page(None);
-    };
-    let result: Result<Response, UiError> = async {
-        let text = if name == "new" {
-            pages::Doc::Profile.skeleton().to_owned()
-        } else {
-            let value = state
-                .call(
-                    &session,
-                    Method::GET,
-                    &format!("/api/v1/profiles/{}", enc(&name)),
-                    None,
-                )
-                .await?;
-            to_toml(&value)
-        };
-        Ok(html(pages::editor_page(
-            &session,
-            pages::Doc::Profile,
-            &text,
-            None,
-            None,
-        )))
-    }
-    .await;
-    result.unwrap_or_else(|e| e.into_page(Some(&session)))
+    document(state, headers, name, pages::Doc::Profile).await
 }
 
 async fn rules(State(state): State<UiState>, headers: HeaderMap) -> Response {
-    let Some(session) = state.session(&headers) else {
-        return UiError::LoggedOut.into_page(None);
-    };
-    let result: Result<Response, UiError> = async {
-        let listed = state
-            .call(&session, Method::GET, "/api/v1/rules", None)
-            .await?;
-        Ok(html(pages::documents_page(
-            &session,
-            pages::Doc::Rule,
-            &listed,
-        )))
-    }
-    .await;
-    result.unwrap_or_else(|e| e.into_page(Some(&session)))
+    documents(state, headers, pages::Doc::Rule).await
 }
 
 async fn rule(
@@ -587,33 +533,36 @@ async fn rule(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
+    document(state, headers, name, pages::Doc::Rule).await
+}
+
+/// The list of profiles or rules.
+async fn documents(state: UiState, headers: HeaderMap, doc: pages::Doc) -> Response {
     let Some(session) = state.session(&headers) else {
         return UiError::LoggedOut.into_page(None);
     };
-    let result: Result<Response, UiError> = async {
-        let text = if name == "new" {
-            pages::Doc::Rule.skeleton().to_owned()
-        } else {
-            let value = state
-                .call(
-                    &session,
-                    Method::GET,
-                    &format!("/api/v1/rules/{}", enc(&name)),
-                    None,
-                )
-                .await?;
-            to_toml(&value)
-        };
-        Ok(html(pages::editor_page(
-            &session,
-            pages::Doc::Rule,
-            &text,
-            None,
-            None,
-        )))
+    let uri = format!("/api/v1/{}", doc.plural());
+    match state.call(&session, Method::GET, &uri, None).await {
+        Ok(listed) => html(pages::documents_page(&session, doc, &listed)),
+        Err(e) => e.into_page(Some(&session)),
     }
-    .await;
-    result.unwrap_or_else(|e| e.into_page(Some(&session)))
+}
+
+/// The editor of one profile or rule (`new`: a skeleton to start from).
+async fn document(state: UiState, headers: HeaderMap, name: String, doc: pages::Doc) -> Response {
+    let Some(session) = state.session(&headers) else {
+        return UiError::LoggedOut.into_page(None);
+    };
+    let text = if name == "new" {
+        doc.skeleton().to_owned()
+    } else {
+        let uri = format!("/api/v1/{}/{}", doc.plural(), enc(&name));
+        match state.call(&session, Method::GET, &uri, None).await {
+            Ok(value) => to_toml(&value),
+            Err(e) => return e.into_page(Some(&session)),
+        }
+    };
+    html(pages::editor_page(&session, doc, &text, None, None))
 }
 
 /// A document as TOML for the editor (JSON nulls dropped: TOML has none).
