@@ -119,7 +119,8 @@ async fn update_status(
 }
 
 /// Once the machine list is loaded, syncs every machine's boot intents once (the
-/// rules need no upkeep: a KV watch feeds them, [`crate::provision::RulesCache::follow`]).
+/// rules need no upkeep: a KV watch feeds them, [`crate::provision::RulesCache::follow`]);
+/// then, every [`OWED_CHECK`], finishes the changes left owing for a whole period.
 pub(crate) async fn maintain(provisioner: Provisioner, cancel: CancellationToken) {
     let sweep = async {
         let mut backoff = substruct_runtime::backoff::Backoff::new(
@@ -156,7 +157,30 @@ pub(crate) async fn maintain(provisioner: Provisioner, cancel: CancellationToken
         }
     };
     tokio::select! {
-        _ = cancel.cancelled() => {}
+        _ = cancel.cancelled() => return,
         () = sweep => {}
     }
+    // A change whose controller died (or whose store writes failed) and that no report,
+    // callback or admin action touched since: finished here once it has been owed for
+    // a whole period (a change in progress owes for milliseconds).
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(OWED_CHECK) => {}
+        }
+        let owed = provisioner.fleet().owed();
+        for id in owed.iter().filter(|id| seen.binary_search(id).is_ok()) {
+            let Ok(id) = substruct_wire::MachineId::new(id.as_str()) else {
+                continue;
+            };
+            if let Err(e) = provisioner.sync_id(&id).await {
+                tracing::warn!(machine = %id, error = %crate::error_chain(&e), "cannot finish what a change owes yet");
+            }
+        }
+        seen = owed;
+    }
 }
+
+/// How often machines whose changes owe side effects are looked for.
+const OWED_CHECK: std::time::Duration = std::time::Duration::from_secs(30);

@@ -176,6 +176,9 @@ pub struct RowSource {
     power: PowerState,
     #[serde(default)]
     pending_wipe: Option<serde::de::IgnoredAny>,
+    /// Changes whose side effects are not done yet (the outbox).
+    #[serde(default)]
+    owed: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
     conflicts: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -289,6 +292,7 @@ struct Row {
     disk_bytes: u64,
     conflicts: u32,
     pending_wipe: bool,
+    owed: bool,
     last_seen_unix_ms: u64,
 }
 
@@ -361,6 +365,7 @@ impl Table {
             disk_bytes: f.disks.iter().map(|d| d.size_bytes).sum(),
             conflicts: clamp_u32(m.conflicts.len()),
             pending_wipe: m.pending_wipe.is_some(),
+            owed: !m.owed.is_empty(),
             last_seen_unix_ms: m.last_seen_unix_ms,
         })
     }
@@ -605,6 +610,8 @@ pub struct RowRef {
     pub site: String,
     pub macs: Vec<Mac>,
     pub pending_wipe: bool,
+    /// The record owes side effects of a change (its outbox is not empty).
+    pub owed: bool,
 }
 
 /// The read model. Cheap to clone; [`Fleet::follow`] keeps it current.
@@ -637,6 +644,17 @@ impl Fleet {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
         self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Machines whose records owe side effects of a change (their outbox is not
+    /// empty), in id order.
+    pub fn owed(&self) -> Vec<String> {
+        self.read()
+            .rows
+            .iter()
+            .filter(|(_, row)| row.owed)
+            .map(|(id, _)| id.to_string())
+            .collect()
     }
 
     /// The bucket revision the table reflects (`None` until loaded).
@@ -713,6 +731,7 @@ impl Fleet {
                 site: row.site.to_string(),
                 macs: row.macs.to_vec(),
                 pending_wipe: row.pending_wipe,
+                owed: row.owed,
             })
             .collect()
     }

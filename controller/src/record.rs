@@ -5,6 +5,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use substruct_wire::intent::InstallFilesRecord;
 use substruct_wire::messages::WipeMode;
 use substruct_wire::power::{BmcDriverKind, PowerState};
 use substruct_wire::report::HardwareReport;
@@ -101,6 +102,69 @@ pub struct MachineRecord {
     /// reinstall (`None` without a profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The install or wipe a callback completed last (until the next lifecycle change):
+    /// the same callback again, whose reply was lost, is answered as completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Finished>,
+    /// The side effects of the latest changes that are not known to be done yet, oldest
+    /// first (the outbox): written in the change's own compare-and-set and removed once
+    /// done, so a controller that dies in between leaves them for the next sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owed: Vec<Owed>,
+}
+
+/// The install or wipe a callback completed: its token stays in the index (and only
+/// there) until the machine's next lifecycle change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Finished {
+    pub token: BootToken,
+    pub site: SiteId,
+    pub by: FinishedBy,
+}
+
+/// The callback that completed a [`Finished`] ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishedBy {
+    Done,
+    Wiped,
+}
+
+/// What one change still owes: its event, the tokens it retired and the install files
+/// of the ticket it issued (boot intents are always re-derived from the record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Owed {
+    /// Names the change: the record revision it was made on (one compare-and-set wins
+    /// per revision), so its event is published once however often it is retried.
+    pub change: u64,
+    pub at_unix_ms: u64,
+    /// The event the change owes the audit log.
+    pub event: MachineEventKind,
+    /// Tokens the change retired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdraw: Vec<Withdrawn>,
+    /// The install files of the ticket the change issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<OwedFiles>,
+}
+
+/// Install files to publish at a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OwedFiles {
+    pub site: SiteId,
+    /// The rendered files (they hold the profile's secrets: never shown to a viewer).
+    #[schema(value_type = Object)]
+    pub files: InstallFilesRecord,
+}
+
+/// A retired token: its install files are withdrawn from `site`, and its index key
+/// deleted unless a [`Finished`] still answers for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Withdrawn {
+    pub token: BootToken,
+    pub site: SiteId,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_index: bool,
 }
 
 /// How many applied power request ids a record remembers.
@@ -155,6 +219,8 @@ impl MachineRecord {
             power_requests: Vec::new(),
             boot_user_key: None,
             hostname: None,
+            finished: None,
+            owed: Vec::new(),
         };
         unseen.updated(site, facts, conflicts, now_unix_ms)
     }

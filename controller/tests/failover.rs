@@ -1,5 +1,7 @@
 //! Controller failover: two `substruct-controller` processes share discover requests
-//! through the queue group; one is SIGKILLed in the middle of a 1,000-prospector storm.
+//! through the queue group; one is SIGKILLed in the middle of a 1,000-prospector storm
+//! (or, in the second test, the hub's nats-server is SIGKILLed and restarted in the
+//! middle of a 500-prospector storm, and everyone reconnects).
 //! The simulated prospectors retry like the real one (per-attempt timeout, capped
 //! jittered backoff) until they get a reply, so requests lost with the dead controller
 //! land on the survivor. Afterwards the inventory must hold each machine exactly once,
@@ -24,10 +26,12 @@ use substruct_testkit::{poll, wait_for, NatsServer};
 use substruct_wire::messages::{DiscoverReply, DiscoverRequest, ErrorReply};
 use substruct_wire::{subjects, MachineId, SiteId};
 
+/// Prospectors in the storm (the hub restart takes half as many: its reconnects are
+/// what is tested, and the suite runs both storms at once).
 const PROSPECTORS: usize = 1000;
 const IN_FLIGHT: usize = 200;
-/// One controller is killed once this many prospectors have their reply (~30%).
-const KILL_AFTER: usize = 300;
+/// The disruption comes once this share of the prospectors have their reply.
+const DISRUPT_AT: f64 = 0.3;
 /// Per-attempt request timeout, as the real prospector's `request_timeout`.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -224,21 +228,41 @@ async fn all_events(client: &async_nats::Client) -> Vec<serde_json::Value> {
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killing_one_of_two_controllers_mid_storm_loses_and_duplicates_nothing() {
-    Box::pin(flow()).await;
+/// What happens to the system once 30% of the prospectors have their reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disruption {
+    /// One of the two controllers is SIGKILLed.
+    KillController,
+    /// The hub's nats-server is SIGKILLed and started again on its port and store:
+    /// every client (controllers, prospectors) reconnects with its backoff.
+    RestartHub,
 }
 
-async fn flow() {
-    let nats = NatsServer::start().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_one_of_two_controllers_mid_storm_loses_and_duplicates_nothing() {
+    Box::pin(flow(Disruption::KillController)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_the_hub_mid_storm_loses_and_duplicates_nothing() {
+    Box::pin(flow(Disruption::RestartHub)).await;
+}
+
+async fn flow(disruption: Disruption) {
+    let mut nats = NatsServer::start().unwrap();
+    let url = nats.url();
+    let prospectors = match disruption {
+        Disruption::KillController => PROSPECTORS,
+        Disruption::RestartHub => PROSPECTORS / 2,
+    };
     let dir = tempfile::Builder::new()
         .prefix("substruct-failover-")
         .tempdir()
         .unwrap();
     let mut controllers = Controllers {
         list: vec![
-            Controller::spawn("victim", &nats.url(), dir.path()),
-            Controller::spawn("survivor", &nats.url(), dir.path()),
+            Controller::spawn("victim", &url, dir.path()),
+            Controller::spawn("survivor", &url, dir.path()),
         ],
         dir: Some(dir),
     };
@@ -248,12 +272,12 @@ async fn flow() {
 
     // Every site's key registered, every report carrying its boot credential: a retry
     // that lands on another controller as an update must prove it is the machine.
-    let registrar = connect(&nats.url()).await;
+    let registrar = connect(&url).await;
     for i in 0..7 {
         common::register_site_key(&registrar, &format!("site{i}")).await;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xfa11_0fe5);
-    let requests: Vec<(SiteId, bytes::Bytes)> = (0..PROSPECTORS)
+    let requests: Vec<(SiteId, bytes::Bytes)> = (0..prospectors)
         .map(|i| {
             let site = SiteId::new(format!("site{}", i % 7)).unwrap();
             let report = random_report(&mut rng);
@@ -270,7 +294,7 @@ async fn flow() {
         .collect();
     let mut clients = Vec::new();
     for _ in 0..4 {
-        clients.push(connect(&nats.url()).await);
+        clients.push(connect(&url).await);
     }
     let stats = Arc::new(Stats::default());
 
@@ -290,20 +314,31 @@ async fn flow() {
     let killer = async {
         wait_for("30% of the replies", STORM_LIMIT, || {
             let n = stats.replies.load(Ordering::SeqCst);
-            async move { n >= KILL_AFTER }
+            async move { n as f64 >= DISRUPT_AT * prospectors as f64 }
         })
         .await
         .unwrap();
-        let victim = &mut controllers.list[0];
-        victim.child.kill().unwrap();
-        stats.killed.store(true, Ordering::SeqCst);
-        let replies_before = stats.replies.load(Ordering::SeqCst);
-        victim.child.wait().unwrap();
-        (
-            replies_before,
-            victim.discovered_in_log(),
-            started.elapsed(),
-        )
+        match disruption {
+            Disruption::KillController => {
+                let victim = &mut controllers.list[0];
+                victim.child.kill().unwrap();
+                stats.killed.store(true, Ordering::SeqCst);
+                let replies_before = stats.replies.load(Ordering::SeqCst);
+                victim.child.wait().unwrap();
+                (
+                    replies_before,
+                    victim.discovered_in_log(),
+                    started.elapsed(),
+                )
+            }
+            Disruption::RestartHub => {
+                let replies_before = stats.replies.load(Ordering::SeqCst);
+                let at = started.elapsed();
+                nats.restart().unwrap();
+                stats.killed.store(true, Ordering::SeqCst);
+                (replies_before, controllers.list[0].discovered_in_log(), at)
+            }
+        }
     };
     let (results, (replies_before_kill, victim_discovered, killed_at)) =
         tokio::time::timeout(STORM_LIMIT, async { tokio::join!(storm, killer) })
@@ -315,13 +350,20 @@ async fn flow() {
         survivor.child.try_wait().unwrap().is_none(),
         "the surviving controller exited"
     );
+    if disruption == Disruption::RestartHub {
+        assert!(
+            controllers.list[0].child.try_wait().unwrap().is_none(),
+            "a controller exited when the hub restarted"
+        );
+    }
+    let survivor = &mut controllers.list[1];
     let survivor_discovered = survivor.discovered_in_log();
 
     let attempts: u32 = results.iter().map(|(_, _, a)| a).sum();
     let retried = results.iter().filter(|(_, _, a)| *a > 1).count();
     let errors = stats.errors.lock().unwrap().clone();
     eprintln!(
-        "failover: {PROSPECTORS} prospectors, {IN_FLIGHT} in flight; victim killed after {:.2} s \
+        "failover ({disruption:?}): {prospectors} prospectors, {IN_FLIGHT} in flight; disrupted after {:.2} s \
          with {replies_before_kill} replies in; {} replies after the kill; {} retries \
          ({retried} prospectors retried: {} timeouts, {} no responders, {} other failures, \
          {} error replies); machines created per log: victim {victim_discovered}, \
@@ -339,32 +381,39 @@ async fn flow() {
     // Failover, not a single controller: both served before the kill.
     assert!(
         victim_discovered > 0,
-        "the killed controller created no machine before it died: nothing failed over"
+        "the first controller created no machine before the disruption: nothing failed over"
     );
-    assert!(replies_before_kill > 0 && replies_before_kill < PROSPECTORS);
+    assert!(replies_before_kill > 0 && replies_before_kill < prospectors);
+    // While the hub restarts, a controller may answer "unavailable" (the prospector
+    // retries it); nothing else.
+    let allowed = |e: &ErrorReply| {
+        disruption == Disruption::RestartHub
+            && e.code == substruct_wire::messages::ErrorCode::Unavailable
+    };
+    let refused: Vec<_> = errors.iter().filter(|(_, e)| !allowed(e)).collect();
     assert!(
-        errors.is_empty(),
+        refused.is_empty(),
         "{} error replies, first: {:?}",
-        errors.len(),
-        errors.first()
+        refused.len(),
+        refused.first()
     );
-    assert_eq!(results.len(), PROSPECTORS);
+    assert_eq!(results.len(), prospectors);
     let ids: BTreeSet<MachineId> = results
         .iter()
         .map(|(_, r, _)| r.machine_id.clone())
         .collect();
     assert_eq!(
         ids.len(),
-        PROSPECTORS,
+        prospectors,
         "two prospectors got the same machine id"
     );
 
     let client = connect(&nats.url()).await;
     let store = Store::open(client.clone()).await.unwrap();
     let (machines, index) = store.key_counts().await.unwrap();
-    assert_eq!(machines, PROSPECTORS, "machine records");
+    assert_eq!(machines, prospectors, "machine records");
     // uuid + serial + 2 MACs + 1 disk serial per machine.
-    assert_eq!(index, 5 * PROSPECTORS, "index entries");
+    assert_eq!(index, 5 * prospectors, "index entries");
 
     let events = all_events(&client).await;
     let discovered: Vec<&str> = events
@@ -401,5 +450,5 @@ async fn flow() {
             record.report_count
         );
     }
-    assert_eq!(discovered.len(), PROSPECTORS, "discovered events");
+    assert_eq!(discovered.len(), prospectors, "discovered events");
 }

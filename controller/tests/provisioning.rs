@@ -310,13 +310,38 @@ async fn preseed_assignment_install_files_callbacks_and_local_boot_flow() {
         })
     );
     assert_eq!(kv_get(&client, subjects::KV_INSTALL, &key).await, None);
-    let e = callback(&client, "dc1", &token, CallbackKind::Done)
+    // The same `done` again (its reply was lost): answered as completed, as before.
+    let again = callback(&client, "dc1", &token, CallbackKind::Done)
         .await
-        .unwrap_err();
+        .unwrap();
+    assert_eq!(again, r);
+    // Anything else with the expired token is refused.
+    let e = callback(
+        &client,
+        "dc1",
+        &token,
+        CallbackKind::Fetched {
+            file: "preseed.cfg".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden, "an expired token is refused");
+    let e = callback(
+        &client,
+        "dc1",
+        &token,
+        CallbackKind::Failed {
+            reason: "late".into(),
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, ErrorCode::Forbidden, "an expired token is refused");
     let m = api.get(&format!("/api/v1/machines/{id}")).await.1;
     assert_eq!(m["state"], "deployed");
     assert!(m.get("ticket").is_none(), "{m}");
+    assert!(m.get("owed").is_none(), "nothing left owed: {m}");
 
     // The audit log holds every transition, in order.
     let js = async_nats::jetstream::new(client.clone());

@@ -238,6 +238,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
             config.image_cache_bytes,
             nats.clone(),
         )
+        .with_min_free(config.image_cache_min_free_bytes)
         .with_js_domain(config.js_domain.clone())
         .with_metrics(metrics.clone()),
     )

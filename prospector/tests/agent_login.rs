@@ -42,6 +42,7 @@ fn mac() -> Mac {
 fn tuning() -> AgentTuning {
     AgentTuning {
         request_timeout: Duration::from_secs(2),
+        callback_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(500),
         http_timeout: Duration::from_secs(5),

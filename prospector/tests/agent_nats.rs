@@ -27,6 +27,7 @@ const BOUND: Duration = Duration::from_secs(20);
 fn tuning() -> AgentTuning {
     AgentTuning {
         request_timeout: Duration::from_secs(2),
+        callback_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(10),
         backoff_cap: Duration::from_millis(100),
         ..AgentTuning::default()

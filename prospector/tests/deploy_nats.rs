@@ -247,6 +247,7 @@ async fn controller(
 fn tuning() -> AgentTuning {
     AgentTuning {
         request_timeout: Duration::from_secs(2),
+        callback_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(10),
         backoff_cap: Duration::from_millis(100),
         http_timeout: Duration::from_secs(10),

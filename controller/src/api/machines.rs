@@ -22,12 +22,15 @@ use crate::record::MachineRecord;
 use crate::store::Store;
 
 /// A machine record as the API shows it: a viewer never sees the install token
-/// (with it one could fetch the install files, which hold secrets, or call back).
+/// (with it one could fetch the install files, which hold secrets, or call back), a
+/// completed one, or the install files a change still owes the edge.
 pub(super) fn machine_view(record: &MachineRecord, role: Role) -> serde_json::Value {
     let mut value = serde_json::to_value(record).unwrap_or_default();
     if role < Role::Admin {
         if let Some(fields) = value.as_object_mut() {
             fields.remove("ticket");
+            fields.remove("finished");
+            fields.remove("owed");
         }
     }
     value

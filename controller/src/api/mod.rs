@@ -157,9 +157,9 @@ impl IntoResponse for ApiError {
                 }
                 ProvisionError::Illegal { .. } => StatusCode::CONFLICT,
                 ProvisionError::TokenExpired => StatusCode::FORBIDDEN,
-                ProvisionError::Contention(_) | ProvisionError::Store(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ProvisionError::Contention(_)
+                | ProvisionError::Backlog { .. }
+                | ProvisionError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::Power(e) => {
                 use crate::power::PowerError as P;

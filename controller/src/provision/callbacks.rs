@@ -6,9 +6,9 @@ use substruct_wire::messages::{
 };
 use substruct_wire::{subjects, BootToken, MachineId, SiteId};
 
-use super::{token_key, Change, ProvisionError, Provisioner, MAX_ATTEMPTS};
+use super::{outbox, token_key, Change, ProvisionError, Provisioner, MAX_ATTEMPTS};
 use crate::lifecycle::{Event, State};
-use crate::record::{MachineEvent, MachineEventKind, MachineRecord, TicketPurpose};
+use crate::record::{Finished, FinishedBy, MachineEventKind, MachineRecord, TicketPurpose};
 use crate::store::Write;
 
 /// Why a callback was refused.
@@ -57,12 +57,14 @@ impl Provisioner {
         else {
             return Err(CallbackError::Forbidden);
         };
-        let Some(ticket) = record.ticket.clone() else {
-            return Err(CallbackError::Forbidden);
+        let live = record
+            .ticket
+            .clone()
+            .filter(|t| t.token == request.token && &t.site == site);
+        let Some(ticket) = live else {
+            // Not the live ticket: the callback that completed it, again?
+            return self.completed_again(site, request, &record).await;
         };
-        if ticket.token != request.token || &ticket.site != site {
-            return Err(CallbackError::Forbidden);
-        }
         let by = format!("callback from site {site}");
         let reply = |r: &MachineRecord, next: Option<Instruction>| CallbackReply {
             machine_id: r.id.clone(),
@@ -71,7 +73,12 @@ impl Provisioner {
         };
         match (&request.kind, ticket.purpose) {
             (CallbackKind::Wiped, TicketPurpose::Wipe) => {
-                let record = self.finish_wipe(&id, &request.token).await?;
+                let record = match self.finish_wipe(&id, &request.token, site).await {
+                    Err(ProvisionError::TokenExpired) => {
+                        return self.completed_again_by_id(site, request, &id).await
+                    }
+                    r => r?,
+                };
                 let next = crate::power::idle_instruction(self, &record).await;
                 Ok(reply(&record, Some(next)))
             }
@@ -102,9 +109,23 @@ impl Provisioner {
                     // `None`: a concurrent `fetched` got there first; go on to done.
                     self.start_install(&id, &by, &request.token).await?;
                 }
-                let record = self
-                    .change_for_token(&id, Change::new(Event::Done, &by), &request.token, |_| {})
-                    .await?;
+                let finished = Finished {
+                    token: request.token.clone(),
+                    site: site.clone(),
+                    by: FinishedBy::Done,
+                };
+                let done = self
+                    .change_for_token(&id, Change::new(Event::Done, &by), &request.token, |r| {
+                        r.finished = Some(finished.clone());
+                    })
+                    .await;
+                let record = match done {
+                    // A repeat of this `done` got there first.
+                    Err(ProvisionError::TokenExpired) => {
+                        return self.completed_again_by_id(site, request, &id).await
+                    }
+                    r => r?,
+                };
                 Ok(reply(&record, Some(Instruction::Reboot)))
             }
             (CallbackKind::Failed { reason }, TicketPurpose::Install) => {
@@ -161,45 +182,94 @@ impl Provisioner {
         }
     }
 
+    /// Ends the wipe `token` was for: the record forgets the pending wipe and its
+    /// ticket (kept as [`Finished`] for a repeat of the callback).
     async fn finish_wipe(
         &self,
         id: &MachineId,
         token: &BootToken,
+        site: &SiteId,
     ) -> Result<MachineRecord, ProvisionError> {
         for _ in 0..MAX_ATTEMPTS {
             let Some((old, revision)) = self.store.machine(id).await? else {
                 return Err(ProvisionError::UnknownMachine(id.to_string()));
             };
+            if old.ticket.as_ref().map(|t| &t.token) != Some(token) {
+                return Err(ProvisionError::TokenExpired);
+            }
             let mut new = old.clone();
             new.pending_wipe = None;
-            if new.ticket.as_ref().is_some_and(|t| &t.token == token) {
-                new.ticket = None;
-            }
+            new.ticket = None;
+            new.finished = Some(Finished {
+                token: token.clone(),
+                site: site.clone(),
+                by: FinishedBy::Wiped,
+            });
+            let event = MachineEventKind::Transition {
+                from: old.state.name().to_owned(),
+                event: "wiped".into(),
+                to: new.state.name().to_owned(),
+                profile: None,
+                reason: None,
+                by: "prospector".into(),
+            };
+            outbox::owe(&old, &mut new, revision, event, None)?;
             match self.store.update_machine(&new, revision).await? {
                 Write::Done(rev) => {
-                    self.store.index_delete(&token_key(token)).await?;
-                    self.store
-                        .publish_event(&MachineEvent {
-                            machine_id: id.clone(),
-                            at_unix_ms: crate::now_unix_ms(),
-                            revision: rev,
-                            kind: MachineEventKind::Transition {
-                                from: old.state.name().to_owned(),
-                                event: "wiped".into(),
-                                to: new.state.name().to_owned(),
-                                profile: None,
-                                reason: None,
-                                by: "prospector".into(),
-                            },
-                        })
-                        .await?;
-                    self.sync(&new).await?;
+                    self.flush(&new, rev, Some(revision)).await?;
+                    new.owed.clear();
                     return Ok(new);
                 }
                 Write::Lost => continue,
             }
         }
         Err(ProvisionError::Contention(id.clone()))
+    }
+
+    /// [`Self::completed_again`] on machine `id`'s latest record.
+    async fn completed_again_by_id(
+        &self,
+        site: &SiteId,
+        request: &CallbackRequest,
+        id: &MachineId,
+    ) -> Result<CallbackReply, CallbackError> {
+        match self.store.machine(id).await.map_err(ProvisionError::from)? {
+            Some((record, _)) => self.completed_again(site, request, &record).await,
+            None => Err(CallbackError::Forbidden),
+        }
+    }
+
+    /// A `done` or `wiped` for the install or wipe that `record` says a callback just
+    /// completed: its reply was lost and the caller asks again. Answered as it was
+    /// (the state, and what to do next), changing nothing.
+    async fn completed_again(
+        &self,
+        site: &SiteId,
+        request: &CallbackRequest,
+        record: &MachineRecord,
+    ) -> Result<CallbackReply, CallbackError> {
+        let Some(finished) = record
+            .finished
+            .as_ref()
+            .filter(|f| f.token == request.token && &f.site == site)
+        else {
+            return Err(CallbackError::Forbidden);
+        };
+        let next = match (&request.kind, finished.by) {
+            (CallbackKind::Done, FinishedBy::Done) => Instruction::Reboot,
+            (CallbackKind::Wiped, FinishedBy::Wiped) => {
+                crate::power::idle_instruction(self, record).await
+            }
+            _ => return Err(CallbackError::Forbidden),
+        };
+        tracing::info!(machine = %record.id, site = %site, "a completed callback came again; answered as completed");
+        // Its first answer was lost: whatever that change still owes is finished now.
+        self.sync(record).await?;
+        Ok(CallbackReply {
+            machine_id: record.id.clone(),
+            state: record.state.name().to_owned(),
+            next: Some(next),
+        })
     }
 }
 

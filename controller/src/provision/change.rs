@@ -1,14 +1,14 @@
-//! One lifecycle event applied to a machine: the compare-and-set of its record, the
-//! ticket (install token) it gets or loses, its install files, its event in `EVENTS`,
-//! then the sync of its boot intents.
+//! One lifecycle event applied to a machine: the compare-and-set of its record, with
+//! the ticket (install token) it gets or loses and what the change owes (its event,
+//! install files, withdrawals: the outbox), then the flush of the outbox.
 
 use substruct_wire::intent::InstallFilesRecord;
 use substruct_wire::BootToken;
 
-use super::{new_token, token_key, Change, ProvisionError, Provisioner, MAX_ATTEMPTS};
+use super::{new_token, outbox, token_key, Change, ProvisionError, Provisioner, MAX_ATTEMPTS};
 use crate::lifecycle::{self, Event, State};
 use crate::profile::Profile;
-use crate::record::{MachineEvent, MachineEventKind, MachineRecord, Ticket, TicketPurpose};
+use crate::record::{MachineEventKind, MachineRecord, Ticket, TicketPurpose};
 use crate::store::Write;
 use substruct_wire::MachineId;
 
@@ -34,8 +34,9 @@ impl Provisioner {
         self.change_with(id, change, false, Some(token), edit).await
     }
 
-    /// Applies one lifecycle event to a machine: compare-and-set of the record, the
-    /// event, the ticket's index key, then [`Self::sync`]. With `new_ticket` the
+    /// Applies one lifecycle event to a machine: the new ticket's index key, then one
+    /// compare-and-set of the record carrying what the change owes, then the flush of
+    /// that outbox (the event, install files, withdrawals, boot intents). With `new_ticket` the
     /// machine gets a fresh install token (assign, reinstall) and its install files are
     /// rendered before anything is written, so a template that fails for this machine
     /// refuses the change instead of leaving it half done.
@@ -64,6 +65,9 @@ impl Provisioner {
             })?;
             let mut new = old.clone();
             new.state = state;
+            // A lifecycle change ends what a callback completed (the completing
+            // callback's `edit` sets it again).
+            new.finished = None;
             edit(&mut new);
             let mut files = None;
             if new_ticket {
@@ -94,9 +98,30 @@ impl Provisioner {
                 // The install overwrites the disks anyway.
                 new.pending_wipe = None;
             }
+            let event = MachineEventKind::Transition {
+                from: old.state.name().to_owned(),
+                event: change.event.name().to_owned(),
+                to: new.state.name().to_owned(),
+                profile: new.state.profile().map(str::to_owned),
+                reason: match &new.state {
+                    State::Failed { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                },
+                by: change.by.clone(),
+            };
+            outbox::owe(&old, &mut new, revision, event, files)?;
             match self.store.update_machine(&new, revision).await? {
                 Write::Done(rev) => {
-                    self.after_change(&old, &new, rev, &change, files).await?;
+                    tracing::info!(
+                        machine = %new.id,
+                        from = old.state.name(),
+                        event = change.event.name(),
+                        to = %new.state,
+                        by = %change.by,
+                        "lifecycle transition"
+                    );
+                    self.flush(&new, rev, Some(revision)).await?;
+                    new.owed.clear();
                     return Ok(new);
                 }
                 Write::Lost => {
@@ -130,59 +155,5 @@ impl Provisioner {
             token: token.clone(),
             files,
         })
-    }
-
-    /// The event, the old ticket's withdrawal, the new install files, the intents.
-    pub(super) async fn after_change(
-        &self,
-        old: &MachineRecord,
-        new: &MachineRecord,
-        revision: u64,
-        change: &Change,
-        files: Option<InstallFilesRecord>,
-    ) -> Result<(), ProvisionError> {
-        tracing::info!(
-            machine = %new.id,
-            from = old.state.name(),
-            event = change.event.name(),
-            to = %new.state,
-            by = %change.by,
-            "lifecycle transition"
-        );
-        // The old token dies first: if anything below fails, no expired token keeps
-        // working at an edge.
-        if let Some(t) = &old.ticket {
-            if new.ticket.as_ref() != Some(t) {
-                self.store.index_delete(&token_key(&t.token)).await?;
-                self.store
-                    .set_install_files(&t.site, &t.token, None)
-                    .await?;
-            }
-        }
-        if let (Some(files), Some(t)) = (&files, &new.ticket) {
-            self.store
-                .set_install_files(&t.site, &t.token, Some(files))
-                .await?;
-        }
-        self.sync(new).await?;
-        self.store
-            .publish_event(&MachineEvent {
-                machine_id: new.id.clone(),
-                at_unix_ms: crate::now_unix_ms(),
-                revision,
-                kind: MachineEventKind::Transition {
-                    from: old.state.name().to_owned(),
-                    event: change.event.name().to_owned(),
-                    to: new.state.name().to_owned(),
-                    profile: new.state.profile().map(str::to_owned),
-                    reason: match &new.state {
-                        State::Failed { reason, .. } => Some(reason.clone()),
-                        _ => None,
-                    },
-                    by: change.by.clone(),
-                },
-            })
-            .await?;
-        Ok(())
     }
 }

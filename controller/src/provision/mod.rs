@@ -36,11 +36,13 @@ use crate::store::{Docs, Store, StoreError};
 mod admin;
 mod callbacks;
 mod change;
+mod outbox;
 mod report;
 mod rules_cache;
 mod sync;
 
 pub use callbacks::{answer_callback, CallbackError};
+pub use outbox::MAX_OWED;
 pub use rules_cache::{CatchUpError, RulesCache};
 pub use sync::{desired_intent, SyncSweep};
 
@@ -73,6 +75,8 @@ pub enum ProvisionError {
     },
     #[error("gave up after {MAX_ATTEMPTS} compare-and-set races on machine {0}")]
     Contention(MachineId),
+    #[error("machine {machine} still owes the side effects of {owed} changes (the store keeps failing them); try again")]
+    Backlog { machine: MachineId, owed: usize },
     /// The machine's token changed under a callback (a reinstall or reassignment).
     #[error("unknown or expired token")]
     TokenExpired,
@@ -89,7 +93,7 @@ impl ProvisionError {
             Self::UnknownProfile(_) | Self::UnknownImage { .. } | Self::Render { .. } => {
                 ErrorCode::Malformed
             }
-            Self::Contention(_) | Self::Store(_) => ErrorCode::Unavailable,
+            Self::Contention(_) | Self::Backlog { .. } | Self::Store(_) => ErrorCode::Unavailable,
             Self::TokenExpired => ErrorCode::Forbidden,
         }
     }

@@ -41,15 +41,25 @@ pub fn desired_intent(
 }
 
 impl Provisioner {
-    /// Writes the boot intents the record asks for, for every MAC of the machine at
-    /// its site. Idempotent.
+    /// Writes what the machine's latest record asks for: first what its changes still
+    /// owe (the outbox, if a crash or a failed write left any), then the boot intents
+    /// for every MAC of the machine at its site. Idempotent.
     pub async fn sync(&self, record: &MachineRecord) -> Result<(), ProvisionError> {
         // Always from the latest record: a caller's copy may be older than a change
         // another request (or controller) made meanwhile.
-        let Some((fresh, _)) = self.store.machine(&record.id).await? else {
+        let Some((fresh, revision)) = self.store.machine(&record.id).await? else {
             return Ok(());
         };
-        let record = &fresh;
+        if !fresh.owed.is_empty() {
+            tracing::info!(machine = %fresh.id, changes = fresh.owed.len(), "finishing what earlier changes owe");
+            return self.flush(&fresh, revision, None).await;
+        }
+        self.write_intents(&fresh).await
+    }
+
+    /// Writes the boot intents `record` asks for, for every MAC of the machine at its
+    /// site.
+    pub(super) async fn write_intents(&self, record: &MachineRecord) -> Result<(), ProvisionError> {
         let profile = match record.state.profile() {
             Some(name) => self.profile(name).await.ok(),
             None => None,
@@ -114,14 +124,20 @@ impl Provisioner {
     ) -> Result<(), ProvisionError> {
         for row in rows {
             sweep.checked += 1;
+            let Ok(id) = MachineId::new(row.id.as_str()) else {
+                continue;
+            };
+            // A change a crash (or a failed write) left unfinished.
+            if row.owed {
+                self.sync_id(&id).await?;
+                sweep.synced += 1;
+                continue;
+            }
             // As every sync since the first wave: a machine waiting for a profile is
             // left alone (its MACs may be another machine's too, flagged as a conflict).
             if row.state == "discovered" && !row.pending_wipe {
                 continue;
             }
-            let Ok(id) = MachineId::new(row.id.as_str()) else {
-                continue;
-            };
             let Ok(site) = SiteId::new(row.site.as_str()) else {
                 continue;
             };

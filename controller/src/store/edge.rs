@@ -32,7 +32,9 @@ impl Store {
         record: Option<&BootIntentRecord>,
     ) -> Result<(), StoreError> {
         let key = subjects::boot_key(site, mac);
-        put_or_delete(&self.boot, subjects::KV_BOOT, key, record).await
+        self.fault("boot_intent", false)?;
+        put_or_delete(&self.boot, subjects::KV_BOOT, key, record).await?;
+        self.fault("boot_intent", true)
     }
 
     /// The boot intent of one MAC at one site, if any (tests, `machines show`).
@@ -90,7 +92,9 @@ impl Store {
         files: Option<&InstallFilesRecord>,
     ) -> Result<(), StoreError> {
         let key = subjects::install_key(site, token);
-        put_or_delete(&self.install, subjects::KV_INSTALL, key, files).await
+        self.fault("install_files", false)?;
+        put_or_delete(&self.install, subjects::KV_INSTALL, key, files).await?;
+        self.fault("install_files", true)
     }
 
     /// Stores image content under its sha256 (object store `images`), reading `data`

@@ -51,7 +51,12 @@ impl Store {
     ) -> Result<Write, StoreError> {
         let key = subjects::machine_key(&record.id);
         let value = encode(record)?;
-        update(&self.machines, subjects::KV_MACHINES, key, value, revision).await
+        self.fault("record", false)?;
+        let written = update(&self.machines, subjects::KV_MACHINES, key, value, revision).await?;
+        if matches!(written, Write::Done(_)) {
+            self.fault("record", true)?;
+        }
+        Ok(written)
     }
 
     /// Every machine record, sorted by id.
@@ -134,13 +139,16 @@ impl Store {
 
     /// Points a new index key at `id`.
     pub async fn index_claim(&self, key: &str, id: &MachineId) -> Result<Write, StoreError> {
-        create(
+        self.fault("index_claim", false)?;
+        let written = create(
             &self.index,
             subjects::KV_MACHINE_INDEX,
             key,
             index_value(id),
         )
-        .await
+        .await?;
+        self.fault("index_claim", true)?;
+        Ok(written)
     }
 
     /// Points an index key at `id` if the key never existed: one write, no read (a
@@ -169,19 +177,32 @@ impl Store {
 
     /// Deletes an index key (a token that expired); true when it existed.
     pub async fn index_delete(&self, key: &str) -> Result<bool, StoreError> {
-        delete(&self.index, subjects::KV_MACHINE_INDEX, key).await
+        self.fault("index_delete", false)?;
+        let existed = delete(&self.index, subjects::KV_MACHINE_INDEX, key).await?;
+        self.fault("index_delete", true)?;
+        Ok(existed)
     }
 
     /// Publishes an event to `EVENTS` and waits for the stream's ack. The
     /// `Nats-Msg-Id` header makes a retried publish a no-op.
     pub async fn publish_event(&self, event: &MachineEvent) -> Result<(), StoreError> {
+        self.publish_event_as(event, &event.dedup_id()).await
+    }
+
+    /// [`Self::publish_event`] with the given `Nats-Msg-Id`.
+    pub async fn publish_event_as(
+        &self,
+        event: &MachineEvent,
+        msg_id: &str,
+    ) -> Result<(), StoreError> {
+        self.fault("event", false)?;
         let subject = subjects::machine_event(&event.machine_id);
         let payload = serde_json::to_vec(event).map_err(|source| StoreError::Encode {
             id: event.machine_id.clone(),
             source,
         })?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.dedup_id().as_str());
+        headers.insert("Nats-Msg-Id", msg_id);
         let publish_err = |source: BoxError| StoreError::Publish {
             subject: subject.clone(),
             source,
@@ -200,7 +221,70 @@ impl Store {
             _ => None,
         };
         self.metrics().event(event.kind.name(), to);
+        self.fault("event", true)?;
         Ok(())
+    }
+
+    /// True when the `EVENTS` stream holds `event` (the same machine, time and kind):
+    /// looks at the machine's events stored since a minute before `event.at_unix_ms`
+    /// (the controller's clock against the server's).
+    pub async fn has_event(&self, event: &MachineEvent) -> Result<bool, StoreError> {
+        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = subjects::machine_event(&event.machine_id);
+        let read_err = |source: BoxError| StoreError::Read {
+            bucket: subjects::STREAM_EVENTS,
+            key: subject.clone(),
+            source,
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::STREAM_EVENTS)
+            .await
+            .map_err(|e| read_err(e.into()))?;
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
+            Err(e) => return Err(read_err(e.into())),
+        };
+        let since_ns = i128::from(event.at_unix_ms.saturating_sub(60_000)) * 1_000_000;
+        let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(since_ns)
+            .map_err(|e| read_err(e.into()))?;
+        if last.time < start_time {
+            return Ok(false);
+        }
+        let end = last.sequence;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time },
+                description: Some("substruct-controller outbox check".to_owned()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read_err(e.into()))?;
+        let mut messages = consumer.messages().await.map_err(|e| read_err(e.into()))?;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+            let message = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(read_err(e.into())),
+                // The stream is gone, or nothing newer than the start time.
+                Ok(None) | Err(_) => return Ok(false),
+            };
+            if let Ok(logged) = serde_json::from_slice::<MachineEvent>(&message.payload) {
+                if logged.at_unix_ms == event.at_unix_ms && logged.kind == event.kind {
+                    return Ok(true);
+                }
+            }
+            let seq = message
+                .info()
+                .map_err(|e| read_err(e.to_string().into()))?
+                .stream_sequence;
+            if seq >= end {
+                return Ok(false);
+            }
+        }
     }
 
     /// True when the `EVENTS` stream holds a `discovered` event for `id` (the first

@@ -100,6 +100,26 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// A test's [`FaultHook`] failed this write.
+    #[error("fault injected {} {point}", if *.after { "after" } else { "before" })]
+    Injected { point: &'static str, after: bool },
+}
+
+/// A test's hook into the store's writes (deterministic fault injection): called
+/// before (`after == false`) and after each write with the write's name (`record`,
+/// `index_claim`, `index_delete`, `install_files`, `boot_intent`, `event`); `true`
+/// fails the write there with [`StoreError::Injected`] (after: the write happened,
+/// its caller is told it failed). Production never sets one.
+pub type FaultHook = std::sync::Arc<dyn Fn(&'static str, bool) -> bool + Send + Sync>;
+
+/// The hook's slot (its closure has no `Debug`).
+#[derive(Default)]
+struct Faults(std::sync::RwLock<Option<FaultHook>>);
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Faults")
+    }
 }
 
 /// The outcome of a compare-and-set write.
@@ -143,6 +163,7 @@ pub struct Buckets {
     objects: Objects,
     /// This controller's counters ([`crate::metrics`]): every part reaches the store.
     metrics: crate::metrics::Metrics,
+    faults: Faults,
 }
 
 /// The object store (its type has no `Debug`).
@@ -222,8 +243,33 @@ impl Store {
                 machines,
                 index,
                 metrics: crate::metrics::Metrics::default(),
+                faults: Faults::default(),
             }),
         })
+    }
+
+    /// Sets (or with `None`, removes) the fault hook of this store and its clones.
+    pub fn inject_faults(&self, hook: Option<FaultHook>) {
+        *self
+            .buckets
+            .faults
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// The fault hook's verdict on write `point`.
+    fn fault(&self, point: &'static str, after: bool) -> Result<(), StoreError> {
+        let faults = self
+            .buckets
+            .faults
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match faults.as_ref() {
+            Some(hook) if hook(point, after) => Err(StoreError::Injected { point, after }),
+            _ => Ok(()),
+        }
     }
 
     /// This controller's counters.

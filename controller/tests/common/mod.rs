@@ -290,6 +290,18 @@ pub async fn power_events(
     client: &async_nats::Client,
     id: &substruct_wire::MachineId,
 ) -> Vec<serde_json::Value> {
+    machine_events(client, id)
+        .await
+        .into_iter()
+        .filter(|v| v["kind"]["type"] == "power")
+        .collect()
+}
+
+/// Every event of a machine in `EVENTS`, oldest first.
+pub async fn machine_events(
+    client: &async_nats::Client,
+    id: &substruct_wire::MachineId,
+) -> Vec<serde_json::Value> {
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(subjects::STREAM_EVENTS).await.unwrap();
     let consumer = stream
@@ -311,10 +323,30 @@ pub async fn power_events(
         .await
         .unwrap();
     while let Some(Ok(msg)) = futures::StreamExt::next(&mut batch).await {
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        if v["kind"]["type"] == "power" {
-            out.push(v);
+        out.push(serde_json::from_slice(&msg.payload).unwrap());
+        if out.len() == pending {
+            break;
         }
     }
     out
+}
+
+/// A machine's `transition` events as `from-event->to`, oldest first.
+pub async fn transitions(
+    client: &async_nats::Client,
+    id: &substruct_wire::MachineId,
+) -> Vec<String> {
+    machine_events(client, id)
+        .await
+        .into_iter()
+        .filter(|v| v["kind"]["type"] == "transition")
+        .map(|v| {
+            format!(
+                "{}-{}->{}",
+                v["kind"]["from"].as_str().unwrap_or_default(),
+                v["kind"]["event"].as_str().unwrap_or_default(),
+                v["kind"]["to"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }

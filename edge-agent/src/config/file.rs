@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub extra_kernel_args: Option<String>,
     /// Image cache cap in MiB (default 20480).
     pub image_cache_mb: Option<u64>,
+    /// Space in MiB the image cache leaves free on its filesystem (default 1024; 0: none).
+    pub image_cache_min_free_mb: Option<u64>,
     /// The hub's JetStream domain when `nats` is a leaf node.
     pub js_domain: Option<String>,
     /// File holding the site's signing key seed (`SA…`): boot credentials are signed with it.

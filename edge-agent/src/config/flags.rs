@@ -72,6 +72,9 @@ pub struct Flags {
     /// Image cache cap in MiB (default 20480).
     #[arg(long, value_name = "MIB")]
     pub image_cache_mb: Option<u64>,
+    /// Space in MiB the image cache leaves free on its filesystem (default 1024; 0: none).
+    #[arg(long, value_name = "MIB")]
+    pub image_cache_min_free_mb: Option<u64>,
     /// The hub's JetStream domain when --nats is a site leaf node (`hub` with deploy/nats/).
     #[arg(long, value_name = "DOMAIN")]
     pub js_domain: Option<String>,
@@ -147,6 +150,7 @@ impl Flags {
         over!(self.state_dir, raw.state_dir);
         over!(self.prospector_nats, raw.prospector_nats);
         over!(self.image_cache_mb, raw.image_cache_mb);
+        over!(self.image_cache_min_free_mb, raw.image_cache_min_free_mb);
         over!(self.js_domain, raw.js_domain);
         over!(self.http_max_connections, raw.http.max_connections);
         over!(

@@ -48,6 +48,9 @@ pub const DEFAULT_SITE: &str = "default";
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(3600);
 /// Default image cache cap: 20 GiB.
 pub const DEFAULT_IMAGE_CACHE_MB: u64 = 20 * 1024;
+/// Default space the image cache leaves free on its filesystem: 1 GiB (the same as
+/// [`crate::image_cache::DEFAULT_MIN_FREE_BYTES`]).
+pub const DEFAULT_IMAGE_CACHE_MIN_FREE_MB: u64 = 1024;
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,9 @@ pub struct EdgeConfig {
     pub extra_kernel_args: Option<String>,
     /// Size cap of the image cache (`state_dir/cache`).
     pub image_cache_bytes: u64,
+    /// Space the image cache leaves free on its filesystem: it evicts, or refuses a
+    /// fetch, rather than go below it.
+    pub image_cache_min_free_bytes: u64,
     /// The hub's JetStream domain, when the edge's NATS is a leaf node (`hub` with
     /// the configs in deploy/nats/); `None`: JetStream is on the server itself.
     pub js_domain: Option<String>,

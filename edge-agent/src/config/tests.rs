@@ -82,6 +82,14 @@ fn a_full_file_converts() {
     );
     assert_eq!(c.dhcp.reservations[0].hostname.as_deref(), Some("node-a"));
     assert!(c.tftp);
+    // The image cache's free-space reserve defaults to 1 GiB; a file sets it in MiB.
+    assert_eq!(c.image_cache_min_free_bytes, 1 << 30);
+    let c = EdgeConfig::from_toml_str(
+        "edge.toml",
+        &format!("image_cache_min_free_mb = 50\n{GOOD}"),
+    )
+    .unwrap();
+    assert_eq!(c.image_cache_min_free_bytes, 50 << 20);
 }
 
 #[test]
@@ -251,6 +259,8 @@ fn flags_only_form_works_without_a_file() {
         "hub",
         "--image-cache-mb",
         "64",
+        "--image-cache-min-free-mb",
+        "0",
     ])
     .unwrap();
     assert_eq!(c.dhcp.subnets.len(), 1);
@@ -264,6 +274,7 @@ fn flags_only_form_works_without_a_file() {
     );
     assert_eq!(c.js_domain.as_deref(), Some("hub"));
     assert_eq!(c.image_cache_bytes, 64 << 20);
+    assert_eq!(c.image_cache_min_free_bytes, 0);
     let bad = from_flags(&["--router", "not-an-ip"])
         .unwrap_err()
         .to_string();

@@ -10,8 +10,8 @@ use substruct_wire::{NatsUrl, SiteId};
 use super::dhcp::{self, Own};
 use super::parse::Ctx;
 use super::{
-    http_base, ConfigError, EdgeConfig, Sourced, DEFAULT_IMAGE_CACHE_MB, DEFAULT_IPXE_DIR,
-    DEFAULT_SITE, DEFAULT_STATE_DIR,
+    http_base, ConfigError, EdgeConfig, Sourced, DEFAULT_IMAGE_CACHE_MB,
+    DEFAULT_IMAGE_CACHE_MIN_FREE_MB, DEFAULT_IPXE_DIR, DEFAULT_SITE, DEFAULT_STATE_DIR,
 };
 use crate::http::limits::HttpLimits;
 use crate::tftp::TftpSettings;
@@ -70,6 +70,10 @@ impl TryFrom<Sourced> for EdgeConfig {
             image_cache_bytes: raw
                 .image_cache_mb
                 .unwrap_or(DEFAULT_IMAGE_CACHE_MB)
+                .saturating_mul(1 << 20),
+            image_cache_min_free_bytes: raw
+                .image_cache_min_free_mb
+                .unwrap_or(DEFAULT_IMAGE_CACHE_MIN_FREE_MB)
                 .saturating_mul(1 << 20),
             js_domain: raw.js_domain.filter(|d| !d.is_empty()),
             http: http_limits(&ctx, &raw.http)?,

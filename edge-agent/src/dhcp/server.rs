@@ -6,13 +6,21 @@
 //! batch; replies that change no lease (OFFER, NAK, INFORM) go out at once, the
 //! others wait until the committer has written their changes in one redb write
 //! transaction (group commit; batches queued during a commit share the next one).
+//!
+//! When a commit fails (a full disk), its replies are never sent and its changes are
+//! written with the next batch's, so the disk catches up with the table once the
+//! store has mended itself (see [`LeaseStore`]); clients retry and get their ACK then.
+//! Only a store that gives up ([`LeaseStoreError::is_persistent`]) stops the server,
+//! with an error, so the service manager restarts the edge.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use substruct_runtime::error_chain;
 use substruct_wire::Mac;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -143,6 +151,8 @@ pub async fn serve_with_metrics(
         "dhcp: serving"
     );
     let sockets: Arc<Vec<UdpSocket>> = Arc::new(sockets);
+    // The committer stops everything when the lease store gives up.
+    let cancel = cancel.child_token();
     let tracker = TaskTracker::new();
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
     let (commit_tx, commit_rx) = mpsc::channel::<CommitBatch>(64);
@@ -168,11 +178,27 @@ pub async fn serve_with_metrics(
         metrics.clone(),
         cancel.clone(),
     ));
-    tracker.spawn(commit_loop(leases, sockets, commit_rx, events, metrics));
+    let committer = tracker.spawn(commit_loop(
+        leases,
+        sockets,
+        commit_rx,
+        events,
+        metrics,
+        cancel.clone(),
+    ));
     tracker.close();
     tracker.wait().await;
-    info!("dhcp: stopped");
-    Ok(())
+    match committer.await {
+        Ok(Ok(())) => {
+            info!("dhcp: stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(DhcpError::Store(e)),
+        Err(e) => Err(DhcpError::Io {
+            what: "lease committer",
+            source: io::Error::other(e),
+        }),
+    }
 }
 
 #[derive(Debug)]
@@ -425,18 +451,52 @@ async fn decide_loop(
     }
 }
 
+/// The MAC a change is about.
+fn change_mac(c: &LeaseChange) -> Mac {
+    match *c {
+        LeaseChange::Grant { mac, .. }
+        | LeaseChange::Release { mac, .. }
+        | LeaseChange::Forget { mac } => mac,
+    }
+}
+
+/// The last change of each MAC, in the order of those last changes: writing them has
+/// the same effect on the store as writing all of `changes` in order (each change sets
+/// or removes its MAC's one row). Keeps the changes of failed commits bounded by the
+/// number of MACs they touch.
+fn last_per_mac(changes: Vec<LeaseChange>) -> Vec<LeaseChange> {
+    let mut last: HashMap<Mac, usize> = HashMap::with_capacity(changes.len());
+    for (i, c) in changes.iter().enumerate() {
+        last.insert(change_mac(c), i);
+    }
+    changes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, c)| last.get(&change_mac(c)) == Some(i))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// Writes each batch's lease changes, then sends its replies. A failed write sends
+/// nothing (the clients retry) and carries its changes into the next write. Returns
+/// an error, after cancelling the server, only when the store has given up.
 async fn commit_loop(
     store: LeaseStore,
     sockets: Arc<Vec<UdpSocket>>,
     mut rx: mpsc::Receiver<CommitBatch>,
     events: Option<mpsc::Sender<LeaseEvent>>,
     metrics: Arc<Metrics>,
-) {
+    cancel: CancellationToken,
+) -> Result<(), LeaseStoreError> {
     let mut batches = Vec::new();
     let mut send_limit = WarnLimit::new();
     let mut event_limit = WarnLimit::new();
+    let mut store_limit = WarnLimit::new();
+    // Changes of failed writes: the table has them, the disk does not yet.
+    let mut unsaved: Vec<LeaseChange> = Vec::new();
     while rx.recv_many(&mut batches, 8).await > 0 {
-        let mut changes = Vec::new();
+        let mut changes = std::mem::take(&mut unsaved);
+        let carried = changes.len();
         let mut replies = Vec::new();
         for b in batches.drain(..) {
             changes.extend(b.changes);
@@ -445,15 +505,25 @@ async fn commit_loop(
         if let Err(e) = store.apply_async(changes.clone()).await {
             // not durable: send nothing, the clients retry
             metrics.dhcp.failure(DhcpFailure::Store);
-            error!(error = %e, source = ?std::error::Error::source(&e), dropped = replies.len(),
-                "dhcp: could not persist leases; replies withheld");
+            if e.is_persistent() {
+                error!(error = %error_chain(&e), dropped = replies.len(),
+                    "dhcp: the lease store cannot be reopened; stopping so the edge is restarted");
+                cancel.cancel();
+                return Err(e);
+            }
+            if let Some(suppressed) = store_limit.allow() {
+                error!(error = %error_chain(&e), dropped = replies.len(), disk_full = e.is_disk_full(),
+                    suppressed, "dhcp: could not persist leases; replies withheld");
+            }
+            unsaved = last_per_mac(changes);
             continue;
         }
         for out in &replies {
             send_reply(&sockets, out, &mut send_limit, &metrics).await;
         }
         if let Some(tx) = &events {
-            for c in &changes {
+            // Carried changes are durable now, but their replies were never sent.
+            for c in changes.iter().skip(carried) {
                 if let LeaseChange::Grant { mac, ip, expires } = *c {
                     if tx.try_send(LeaseEvent { mac, ip, expires }).is_err()
                         && event_limit.allow().is_some()
@@ -464,4 +534,5 @@ async fn commit_loop(
             }
         }
     }
+    Ok(())
 }

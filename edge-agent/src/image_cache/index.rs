@@ -211,6 +211,38 @@ impl Index {
         victims
     }
 
+    /// Chooses the least recently used files, never one `protected`, until their sizes
+    /// add up to `bytes`, and forgets them (the caller deletes the files). When all the
+    /// unprotected files together are smaller, chooses none and returns their total.
+    pub(super) fn make_room(
+        &mut self,
+        bytes: u64,
+        protected: impl Fn(&Sha256Digest) -> bool,
+    ) -> Result<Vec<Sha256Digest>, u64> {
+        let mut candidates: Vec<(u64, u64, Sha256Digest)> = self
+            .entries
+            .iter()
+            .filter(|(sha, _)| !protected(sha))
+            .map(|(sha, e)| (e.last_used, e.size, sha.clone()))
+            .collect();
+        let evictable: u64 = candidates.iter().map(|(_, size, _)| size).sum();
+        if evictable < bytes {
+            return Err(evictable);
+        }
+        candidates.sort();
+        let mut freed = 0u64;
+        let mut victims = Vec::new();
+        for (_, size, sha) in candidates {
+            if freed >= bytes {
+                break;
+            }
+            self.entries.remove(&sha);
+            freed += size;
+            victims.push(sha);
+        }
+        Ok(victims)
+    }
+
     /// Files not verified in this run, with their size (what a start-up check hashes).
     pub(super) fn unverified(&self) -> Vec<Sha256Digest> {
         let mut v: Vec<Sha256Digest> = self
@@ -347,6 +379,30 @@ mod tests {
         assert!(index.evict(|_| true).is_empty());
         assert_eq!(index.evict(|s| *s == b), vec![c.clone(), d.clone()]);
         assert_eq!(index.verified_files(), vec![b]);
+    }
+
+    #[test]
+    fn making_room_evicts_the_least_recently_used_or_nothing() {
+        let (a, b, c) = (sha(1), sha(2), sha(3));
+        let mut index = Index::new(1000);
+        index.fetched(a.clone(), at(10, 1));
+        index.fetched(b.clone(), at(20, 1));
+        index.fetched(c.clone(), at(30, 1));
+        index.touch(&a);
+        // b is the least recently used; it frees enough for 15 bytes.
+        assert_eq!(index.make_room(15, |_| false), Ok(vec![b.clone()]));
+        assert_eq!(index.size(), 40);
+        // 35 bytes: c, then a (c is older now that a was touched).
+        index.fetched(b.clone(), at(20, 2));
+        assert_eq!(
+            index.make_room(35, |s| *s == b),
+            Ok(vec![c.clone(), a.clone()])
+        );
+        // Not enough even with every unprotected file: nothing evicted, the total said.
+        index.fetched(a.clone(), at(10, 3));
+        assert_eq!(index.make_room(31, |s| *s == b), Err(10));
+        assert_eq!(index.size(), 30);
+        assert_eq!(index.make_room(0, |_| true), Ok(vec![]));
     }
 
     #[test]

@@ -19,8 +19,47 @@ use super::CacheError;
 #[derive(Debug)]
 pub(super) enum Job {
     Verify,
-    Fetch,
+    /// Fetch, while the files `freeing` are deleted to make room for it.
+    Fetch {
+        freeing: Vec<PathBuf>,
+    },
     Delete,
+}
+
+/// The free space a fetch must leave.
+#[derive(Debug)]
+pub(super) struct Reserve {
+    /// Bytes to leave free on the filesystem (0: no check).
+    pub(super) min_free: u64,
+    /// Files evicted for this fetch: their delete jobs may still be running, and what
+    /// they still hold counts as free.
+    pub(super) freeing: Vec<PathBuf>,
+}
+
+impl Reserve {
+    /// `Err(available)` when writing `next` more bytes would leave less than
+    /// `min_free` free on the filesystem of `dir`.
+    fn check(&self, dir: &Path, next: u64) -> Result<(), std::io::Result<u64>> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let need = self.min_free.saturating_add(next);
+        let available = available(dir).map_err(Err)?;
+        if available >= need {
+            return Ok(());
+        }
+        let pending: u64 = self
+            .freeing
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        if available.saturating_add(pending) >= need {
+            Ok(())
+        } else {
+            Err(Ok(available))
+        }
+    }
 }
 
 /// How a job ended.
@@ -30,6 +69,13 @@ pub(super) enum Done {
     Verified(Verdict, Option<Stamp>),
     Fetched(Result<Stamp, CacheError>),
     Deleted,
+}
+
+/// Bytes free for unprivileged users on the filesystem holding `path`.
+#[allow(clippy::useless_conversion)] // the field types are narrower on 32-bit targets
+pub(super) fn available(path: &Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 /// The size and mtime of the file at `path`, if it is there.
@@ -119,10 +165,18 @@ pub(super) async fn delete(sha: Sha256Digest, path: PathBuf) -> Done {
 }
 
 /// Streams object `sha` into `{dir}/{sha}.part` while hashing it; renames it into place
-/// if it hashes right and has `size` bytes.
-pub(super) async fn fetch(store: Arc<Store>, dir: PathBuf, sha: Sha256Digest, size: u64) -> Done {
+/// if it hashes right and has `size` bytes. Stops as soon as it has more than `size`
+/// bytes, or before a write that would leave less than the reserve free (checked before
+/// every chunk: one `statvfs` per 256 KiB).
+pub(super) async fn fetch(
+    store: Arc<Store>,
+    dir: PathBuf,
+    sha: Sha256Digest,
+    size: u64,
+    reserve: Reserve,
+) -> Done {
     let part = dir.join(format!("{sha}.part"));
-    let result = fetch_into(&store, &dir, &part, &sha, size).await;
+    let result = fetch_into(&store, &dir, &part, &sha, size, &reserve).await;
     if result.is_err() {
         let _ = tokio::fs::remove_file(&part).await;
     }
@@ -135,6 +189,7 @@ async fn fetch_into(
     part: &Path,
     sha: &Sha256Digest,
     expected_size: u64,
+    reserve: &Reserve,
 ) -> Result<Stamp, CacheError> {
     let remote = store.remote().await?;
     let fetch_err = |source: Arc<dyn std::error::Error + Send + Sync>| CacheError::Fetch {
@@ -163,7 +218,34 @@ async fn fetch_into(
             break;
         }
         hasher.update(&buf[..n]);
+        let written = size;
         size += n as u64;
+        if size > expected_size {
+            // More than registered: it cannot hash right; do not let it fill the disk.
+            return Err(CacheError::Mismatch {
+                sha256: sha.clone(),
+                got: Sha256Digest::finish(hasher),
+                size,
+                expected_size,
+            });
+        }
+        match reserve.check(dir, n as u64) {
+            Ok(()) => {}
+            Err(Ok(available)) => {
+                return Err(CacheError::ReserveReached {
+                    sha256: sha.clone(),
+                    written,
+                    available,
+                    min_free: reserve.min_free,
+                })
+            }
+            Err(Err(e)) => {
+                return Err(CacheError::FreeSpace {
+                    path: dir.to_owned(),
+                    source: Arc::new(e),
+                })
+            }
+        }
         file.write_all(&buf[..n]).await.map_err(write_err)?;
     }
     let got = Sha256Digest::finish(hasher);

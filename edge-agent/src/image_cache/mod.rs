@@ -11,6 +11,12 @@
 //!   name is deleted and fetched again.
 //! * The cache never exceeds its cap except by the files in use; the least recently
 //!   used files go first.
+//! * It leaves at least [`CacheSettings::min_free_bytes`] free on its filesystem (which
+//!   it usually shares with the lease store): before a fetch it evicts least recently
+//!   used files until the image fits above that reserve, or refuses the fetch
+//!   ([`CacheError::NoSpace`]); a fetch that finds the reserve reached as it writes
+//!   (something else filled the disk, or the store sends more than registered) stops
+//!   ([`CacheError::ReserveReached`]).
 //! * Names resolved while the registry was reachable are kept in `names.json`, so a
 //!   site serves its cached images by name while its WAN link is down; only misses fail.
 //!
@@ -92,6 +98,49 @@ pub enum CacheError {
         /// Bytes registered.
         expected_size: u64,
     },
+    /// The image does not fit on the cache's filesystem above the free-space reserve,
+    /// even with every file not in use evicted. Nothing was evicted.
+    #[error(
+        "no room for image {sha256} ({size} bytes): {available} bytes free on the cache's \
+         filesystem, {min_free} must stay free, and evicting every unused image would free \
+         only {evictable} more"
+    )]
+    NoSpace {
+        /// The image.
+        sha256: Sha256Digest,
+        /// Its registered size.
+        size: u64,
+        /// Bytes free on the filesystem (for unprivileged users).
+        available: u64,
+        /// The reserve ([`CacheSettings::min_free_bytes`]).
+        min_free: u64,
+        /// What evicting every file not in use would free.
+        evictable: u64,
+    },
+    /// A fetch stopped because the filesystem's free space fell to the reserve.
+    #[error(
+        "fetching image {sha256} stopped after {written} bytes: {available} bytes left free \
+         on the cache's filesystem, {min_free} must stay free"
+    )]
+    ReserveReached {
+        /// The image.
+        sha256: Sha256Digest,
+        /// Bytes written when it stopped.
+        written: u64,
+        /// Bytes free then.
+        available: u64,
+        /// The reserve.
+        min_free: u64,
+    },
+    /// The free space of the cache's filesystem cannot be read.
+    #[error("reading the free space of {path}")]
+    FreeSpace {
+        /// The cache directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// A cache file cannot be written.
     #[error("writing cache file {path}")]
     Write {
@@ -131,6 +180,9 @@ pub struct CacheSettings {
     pub dir: PathBuf,
     /// Most bytes held, except by files in use.
     pub cap_bytes: u64,
+    /// Bytes to leave free on the cache's filesystem (default
+    /// [`DEFAULT_MIN_FREE_BYTES`]; 0: no reserve).
+    pub min_free_bytes: u64,
     /// The NATS connection; `None`: only cached files of known names are served.
     pub client: Option<async_nats::Client>,
     /// The hub's JetStream domain when the edge sits behind a leaf node.
@@ -149,6 +201,7 @@ impl CacheSettings {
         Self {
             dir: dir.into(),
             cap_bytes,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             client,
             js_domain: None,
             metrics: Arc::new(Metrics::new()),
@@ -161,12 +214,21 @@ impl CacheSettings {
         self
     }
 
+    /// Leaves `bytes` free on the cache's filesystem.
+    pub fn with_min_free(mut self, bytes: u64) -> Self {
+        self.min_free_bytes = bytes;
+        self
+    }
+
     /// Reaches JetStream through `domain` (the hub's, behind a leaf node).
     pub fn with_js_domain(mut self, domain: Option<String>) -> Self {
         self.js_domain = domain;
         self
     }
 }
+
+/// Space left free on the cache's filesystem unless configured otherwise: 1 GiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
 
 /// How long a known name waits for the registry before using its last known sha256.
 const REGISTRY_WAIT: Duration = Duration::from_secs(2);
@@ -244,6 +306,7 @@ impl ImageCache {
         let CacheSettings {
             dir,
             cap_bytes,
+            min_free_bytes,
             client,
             js_domain,
             metrics,
@@ -289,6 +352,7 @@ impl ImageCache {
         let state = State {
             dir: dir.clone(),
             index,
+            min_free: min_free_bytes,
             stats: CacheStats::default(),
             names,
             busy: HashMap::new(),
@@ -466,6 +530,8 @@ impl ImageCache {
 struct State {
     dir: PathBuf,
     index: Index,
+    /// Bytes to leave free on the cache's filesystem.
+    min_free: u64,
     stats: CacheStats,
     /// Names resolved while the registry was reachable (`names.json`).
     names: HashMap<ImageName, ImageMeta>,
@@ -583,7 +649,16 @@ impl State {
             (Next::Fetch, Waiter::Serve { meta, reply }) => {
                 self.metrics.cache.miss();
                 self.index.forget(&sha);
-                self.start(sha.clone(), Job::Fetch, Some(meta.size));
+                let freeing = match self.make_room(&meta) {
+                    Ok(freeing) => freeing,
+                    Err(e) => {
+                        tracing::warn!(error = %error_chain(&e), "image not fetched");
+                        self.metrics.cache.fetch_failed();
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                self.start(sha.clone(), Job::Fetch { freeing }, Some(meta.size));
                 self.busy
                     .entry(sha)
                     .or_default()
@@ -604,11 +679,15 @@ impl State {
             Job::Verify => self
                 .jobs
                 .spawn(jobs::verify(sha.clone(), path, expected_size)),
-            Job::Fetch => self.jobs.spawn(jobs::fetch(
+            Job::Fetch { freeing } => self.jobs.spawn(jobs::fetch(
                 self.store.clone(),
                 self.dir.clone(),
                 sha.clone(),
                 expected_size.unwrap_or(0),
+                jobs::Reserve {
+                    min_free: self.min_free,
+                    freeing,
+                },
             )),
             Job::Delete => self.jobs.spawn(jobs::delete(sha.clone(), path)),
         };
@@ -709,6 +788,48 @@ impl State {
             tracing::info!(sha256 = %victim, cap = self.index_cap(), "evicted from the image cache");
             self.start(victim, Job::Delete, None);
         }
+    }
+
+    /// Makes room for `meta`'s file above the free-space reserve: evicts least recently
+    /// used files not in use (deleted by jobs) until it fits, and returns their paths;
+    /// or, when even evicting all of them would not do, evicts nothing and says why.
+    fn make_room(&mut self, meta: &ImageMeta) -> Result<Vec<PathBuf>, CacheError> {
+        if self.min_free == 0 {
+            return Ok(Vec::new());
+        }
+        // A metadata call, like the `stat` that decided to fetch: not a file's content.
+        let available = jobs::available(&self.dir).map_err(|e| CacheError::FreeSpace {
+            path: self.dir.clone(),
+            source: Arc::new(e),
+        })?;
+        let wanted = meta
+            .size
+            .saturating_add(self.min_free)
+            .saturating_sub(available);
+        if wanted == 0 {
+            return Ok(Vec::new());
+        }
+        let busy = &self.busy;
+        let victims = self
+            .index
+            .make_room(wanted, |sha| busy.contains_key(sha))
+            .map_err(|evictable| CacheError::NoSpace {
+                sha256: meta.sha256.clone(),
+                size: meta.size,
+                available,
+                min_free: self.min_free,
+                evictable,
+            })?;
+        let mut freeing = Vec::with_capacity(victims.len());
+        for victim in victims {
+            self.stats.evictions += 1;
+            self.metrics.cache.evicted();
+            tracing::info!(sha256 = %victim, for_image = %meta.sha256, available,
+                min_free = self.min_free, "evicted from the image cache to keep its free-space reserve");
+            freeing.push(self.path(&victim));
+            self.start(victim, Job::Delete, None);
+        }
+        Ok(freeing)
     }
 
     fn index_cap(&self) -> u64 {

@@ -192,6 +192,10 @@ impl AgentConfig {
 pub struct AgentTuning {
     /// How long one discover request waits for its reply.
     pub request_timeout: Duration,
+    /// How long one callback waits for its reply: longer than the controller's worst
+    /// case for a callback (the edge, relaying an installer's, allows 15 s), so a slow
+    /// answer is not taken for a lost one.
+    pub callback_timeout: Duration,
     /// First retry delay; doubles per failure up to `backoff_cap`.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -203,6 +207,7 @@ impl Default for AgentTuning {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(5),
+            callback_timeout: Duration::from_secs(20),
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(5),
             http_timeout: Duration::from_secs(30),

@@ -116,6 +116,7 @@ pub async fn run_with(
         .request_until(
             &subject,
             payload,
+            tuning.request_timeout,
             discover_answer,
             |attempt, failure, retry_in| AgentEvent::AttemptFailed {
                 attempt,
@@ -341,6 +342,7 @@ impl Session<'_> {
             .request_until(
                 &subject,
                 payload,
+                self.tuning.callback_timeout,
                 callback_answer,
                 |attempt, failure, retry_in| AgentEvent::CallbackAttemptFailed {
                     kind: kind.clone(),
@@ -372,6 +374,7 @@ impl Session<'_> {
         &self,
         subject: &str,
         payload: bytes::Bytes,
+        timeout: Duration,
         answer: fn(&[u8]) -> Result<T, AttemptFailure>,
         failed_attempt: impl Fn(u32, AttemptFailure, Duration) -> AgentEvent,
     ) -> Option<T> {
@@ -381,7 +384,7 @@ impl Session<'_> {
             let attempt = backoff.failures().saturating_add(1);
             let req = async_nats::Request::new()
                 .payload(payload.clone())
-                .timeout(Some(tuning.request_timeout));
+                .timeout(Some(timeout));
             let sent = tokio::select! {
                 _ = self.cancel.cancelled() => return None,
                 r = self.client.send_request(subject.to_owned(), req) => r,
@@ -394,7 +397,7 @@ impl Session<'_> {
                 Err(e) => match e.kind() {
                     async_nats::RequestErrorKind::NoResponders => AttemptFailure::NoResponders,
                     async_nats::RequestErrorKind::TimedOut => AttemptFailure::TimedOut {
-                        after: tuning.request_timeout,
+                        after: timeout,
                         connection: self.client.connection_state().to_string(),
                     },
                     _ => AttemptFailure::Request {

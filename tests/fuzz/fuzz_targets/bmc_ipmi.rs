@@ -1,30 +1,9 @@
-//! The prospector's reading of a BMC's IPMI answers (`facts::bmc::read`: Get Device
-//! ID, Get Channel Info, Get LAN Configuration Parameters) through a transport that
-//! returns fuzzed responses.
+//! The prospector's reading of a BMC's IPMI answers (`facts::bmc::read`) through a
+//! transport that returns fuzzed responses.
 //!
-//! Input: responses one after another, each a length byte then that many bytes; a
-//! length of 255 is "no answer".
+//! Input: responses, each a length byte (255: no answer) then that many bytes.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::bmc_ipmi` in tests/fuzz/bodies.
 #![no_main]
-
-use libfuzzer_sys::fuzz_target;
-use substruct_prospector::facts::bmc::{read, Transport};
-
-struct Replay<'a>(&'a [u8]);
-
-impl Transport for Replay<'_> {
-    fn request(&mut self, _netfn: u8, _cmd: u8, _data: &[u8]) -> Option<Vec<u8>> {
-        let (&len, rest) = self.0.split_first()?;
-        if len == 255 {
-            self.0 = rest;
-            return None;
-        }
-        let len = usize::from(len).min(rest.len());
-        let (answer, rest) = rest.split_at(len);
-        self.0 = rest;
-        Some(answer.to_vec())
-    }
-}
-
-fuzz_target!(|data: &[u8]| {
-    let _ = read(&mut Replay(data));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::bmc_ipmi(data));

@@ -1,53 +1,9 @@
-//! The controller's handling of a prospector's report, as far as it is pure:
-//! `discover::check_request` (decode, subject site, limits), then the identity
-//! decisions on the report — `matching::identity_facts`, `resolve` against the sample
-//! machine, `proof` of its boot credential against a fixed site key (with and without
-//! the site's opt-out) and `may_speak_for`.
+//! The controller's handling of a prospector's report, as far as it is pure: the
+//! request checks, then the identity decisions on the report.
 //!
-//! Input: the request payload, sent on the subject of site `s1`.
+//! Input: a discover request payload, on the subject of site `s1`.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::controller_discover` in tests/fuzz/bodies.
 #![no_main]
-
-use std::sync::OnceLock;
-
-use libfuzzer_sys::fuzz_target;
-use substruct_controller::config::Config;
-use substruct_controller::discover::check_request;
-use substruct_controller::matching::{identity_facts, may_speak_for, proof, resolve};
-use substruct_controller::profile::sample_machine;
-use substruct_controller::record::MachineRecord;
-use substruct_wire::{subjects, SiteId, SiteKey, SitePublicKey};
-
-const NOW: u64 = 1_800_000_000;
-
-fn fixture() -> &'static (Config, MachineRecord, SitePublicKey, String) {
-    static FIXTURE: OnceLock<(Config, MachineRecord, SitePublicKey, String)> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let site = SiteId::new("s1").unwrap();
-        (
-            Config::default(),
-            sample_machine(),
-            SiteKey::from_raw([7; 32]).unwrap().public_key(),
-            subjects::discover(&site),
-        )
-    })
-}
-
-fuzz_target!(|data: &[u8]| {
-    let (config, machine, key, subject) = fixture();
-    let Ok(request) = check_request(subject, data, config) else {
-        return;
-    };
-    let _ = identity_facts(&request.report);
-    let _ = resolve(&request.report, std::slice::from_ref(machine));
-    for allow in [false, true] {
-        let p = proof(
-            request.boot_token.as_ref(),
-            &request.site,
-            Some(key),
-            allow,
-            &request.report,
-            NOW,
-        );
-        let _ = may_speak_for(machine, &p);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::controller_discover(data));

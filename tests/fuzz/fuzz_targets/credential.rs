@@ -1,64 +1,9 @@
-//! Boot credentials: `BootCredential::new` (alphabet, length), `verify` against a fixed
-//! site key and site, `unverified_times`, and the key parsers `SitePublicKey::new` and
-//! `SiteKey::from_seed`.
+//! Boot credentials: `BootCredential::new`, `verify` against a fixed site key, and the
+//! site key parsers.
 //!
-//! Byte 0 bit 0 set: the rest is `header.claims` (JSON, any bytes) that the target
-//! base64url-encodes and signs with the site key itself, so `verify` gets past the
-//! signature to the header and claims checks (`$iss` in the claims becomes the site's
-//! public key, which a fuzzer cannot guess). Otherwise the rest is the credential text.
+//! Input: a mode byte (bit 0: sign the rest as `header.claims`), then text.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::credential` in tests/fuzz/bodies.
 #![no_main]
-
-use std::sync::OnceLock;
-
-use data_encoding::BASE64URL_NOPAD;
-use libfuzzer_sys::fuzz_target;
-use nkeys::{KeyPair, KeyPairType};
-use substruct_wire::{BootCredential, SiteId, SiteKey, SitePublicKey};
-
-const NOW: u64 = 1_800_000_000;
-const RAW: [u8; 32] = [7; 32];
-
-fn keys() -> &'static (KeyPair, SitePublicKey) {
-    static KEYS: OnceLock<(KeyPair, SitePublicKey)> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let pair = KeyPair::new_from_raw(KeyPairType::Account, RAW).unwrap();
-        let public = SiteKey::from_raw(RAW).unwrap().public_key();
-        assert_eq!(public.as_str(), pair.public_key());
-        (pair, public)
-    })
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
-    let (pair, public) = keys();
-    let site = SiteId::new("s1").unwrap();
-    let text = if mode & 1 != 0 {
-        let mut parts = rest.splitn(2, |&b| b == b'.');
-        let header = parts.next().unwrap_or_default();
-        let claims = parts.next().unwrap_or_default();
-        let claims = String::from_utf8_lossy(claims).replace("$iss", public.as_str());
-        let signed = format!(
-            "{}.{}",
-            BASE64URL_NOPAD.encode(header),
-            BASE64URL_NOPAD.encode(claims.as_bytes())
-        );
-        let signature = pair.sign(signed.as_bytes()).unwrap();
-        format!("{signed}.{}", BASE64URL_NOPAD.encode(&signature))
-    } else {
-        let Ok(text) = std::str::from_utf8(rest) else {
-            return;
-        };
-        let _ = SitePublicKey::new(text);
-        let _ = SiteKey::from_seed(text);
-        text.to_owned()
-    };
-    let Ok(credential) = BootCredential::new(text) else {
-        return;
-    };
-    let _ = credential.unverified_times();
-    if let Ok(claims) = credential.verify(public, &site, NOW) {
-        assert!(claims.issued_unix <= NOW + 3600 && NOW < claims.expires_unix);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::credential(data));

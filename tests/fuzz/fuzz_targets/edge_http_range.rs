@@ -1,39 +1,9 @@
-//! The edge's HTTP path and header checks: `http::files::parse_range` (any `Range`
-//! value against a file length), the lexical path check of the file routes
-//! (`fuzz_lexically_safe`), `/install/{token}/{name}` (`fuzz_parse_install_path`) and
-//! the metrics route classifier `route_kind`.
+//! The edge's HTTP path and header checks: `Range` values, the lexical path check of the
+//! file routes, `/install/{token}/{name}` and the metrics route classifier.
 //!
-//! Input: 8 bytes file length, then UTF-8 text used as all of the above.
+//! Input: 8 bytes file length, then UTF-8 text.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::edge_http_range` in tests/fuzz/bodies.
 #![no_main]
-
-use std::path::Component;
-
-use libfuzzer_sys::fuzz_target;
-use substruct_edge::http::files::{fuzz_lexically_safe, parse_range};
-use substruct_edge::http::{fuzz_parse_install_path, route_kind};
-
-fuzz_target!(|data: &[u8]| {
-    let Some((len, text)) = data.split_first_chunk::<8>() else {
-        return;
-    };
-    let Ok(text) = std::str::from_utf8(text) else {
-        return;
-    };
-    let len = u64::from_le_bytes(*len);
-    if let Ok(Some(r)) = parse_range(text, len) {
-        assert!(r.start <= r.end && r.end < len, "{text:?} of {len}: {r:?}");
-    }
-    if let Ok(path) = fuzz_lexically_safe(text) {
-        assert!(
-            path.components().all(|c| matches!(c, Component::Normal(_))),
-            "{text:?} became {path:?}"
-        );
-    }
-    if let Some((_token, name)) = fuzz_parse_install_path(text) {
-        assert!(
-            !name.contains('/') && name != ".." && name != ".",
-            "{name:?}"
-        );
-    }
-    let _ = route_kind(text);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::edge_http_range(data));

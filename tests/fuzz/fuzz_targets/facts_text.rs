@@ -1,24 +1,9 @@
-//! The prospector's text parsers of `/proc` and `/sys` files: `/proc/cpuinfo`
-//! (`parse_cpuinfo`), `/proc/meminfo` (`parse_mem_total`), the kernel command line
-//! (`cmdline::parse`), a NIC's `speed` (`parse_speed`), PCI ids (`parse_hex`), a SCSI
-//! VPD page 0x80 (`parse_vpd_pg80`) and the disk transport classifier (`transport`).
+//! The prospector's text parsers of `/proc` and `/sys` files (cpuinfo, meminfo, kernel
+//! command line, NIC speed, PCI ids, SCSI VPD page 0x80, disk transport).
+//!
+//! Input: the bytes of one `/proc` or `/sys` file.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::facts_text` in tests/fuzz/bodies.
 #![no_main]
-
-use std::path::Path;
-
-use libfuzzer_sys::fuzz_target;
-use substruct_prospector::cmdline;
-use substruct_prospector::facts::{cpu, disks, memory, nics, pci};
-
-fuzz_target!(|data: &[u8]| {
-    let _ = disks::parse_vpd_pg80(data);
-    let text = String::from_utf8_lossy(data);
-    let _ = cpu::parse_cpuinfo(&text);
-    let _ = memory::parse_mem_total(&text);
-    let _ = cmdline::parse(&text);
-    let first = text.lines().next().unwrap_or_default();
-    let _ = nics::parse_speed(first);
-    let _ = pci::parse_hex(first);
-    let driver = text.lines().nth(1);
-    let _ = disks::transport(first, Path::new(text.as_ref()), driver);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::facts_text(data));

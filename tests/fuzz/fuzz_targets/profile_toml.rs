@@ -1,38 +1,9 @@
 //! An operator's profile: `Profile::from_toml`, then `validate` (fields, image lookups,
-//! the template rendered against the sample machine), then the boot intent and the
-//! deploy instruction.
+//! the template rendered against the sample machine).
+//!
+//! Input: a profile's TOML text.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::profile_toml` in tests/fuzz/bodies.
 #![no_main]
-
-use libfuzzer_sys::fuzz_target;
-use substruct_controller::images::{ImageKind, ImageRecord};
-use substruct_controller::profile::Profile;
-use substruct_wire::{ImageName, Sha256Digest};
-
-/// Every valid name is a registered image; its kind follows its name, so the lookups
-/// pass for names that look right and the template is reached.
-fn lookup(name: &str) -> Option<ImageRecord> {
-    let kind = if name.contains("vmlinuz") || name.contains("kernel") {
-        ImageKind::Kernel
-    } else if name.contains("initrd") {
-        ImageKind::Initrd
-    } else {
-        ImageKind::Disk
-    };
-    Some(ImageRecord {
-        name: ImageName::new(name).ok()?,
-        kind,
-        sha256: Sha256Digest::of(b"image"),
-        size: 1 << 30,
-        added_unix_ms: 0,
-    })
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let Ok(profile) = Profile::from_toml(text) else {
-        return;
-    };
-    let _ = profile.validate(&lookup);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::profile_toml(data));

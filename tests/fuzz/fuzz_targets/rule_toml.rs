@@ -1,33 +1,9 @@
 //! An operator's rule: `Rule::from_toml`, `validate`, then `matches`/`explain` against
 //! the sample machine; and the size and glob helpers on the same text.
+//!
+//! Input: a rule's TOML text.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::rule_toml` in tests/fuzz/bodies.
 #![no_main]
-
-use std::sync::OnceLock;
-
-use libfuzzer_sys::fuzz_target;
-use substruct_controller::profile::sample_machine;
-use substruct_controller::record::MachineRecord;
-use substruct_controller::rules::{glob, parse_size, Rule};
-
-fn machine() -> &'static MachineRecord {
-    static MACHINE: OnceLock<MachineRecord> = OnceLock::new();
-    MACHINE.get_or_init(sample_machine)
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = parse_size(text);
-    if let Some((pattern, value)) = text.split_once('\n') {
-        let _ = glob(pattern, value);
-    }
-    let Ok(rule) = Rule::from_toml(text) else {
-        return;
-    };
-    if rule.validate().is_ok() {
-        let m = machine();
-        let _ = rule.matches(m);
-        let _ = rule.explain(m);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::rule_toml(data));

@@ -1,44 +1,9 @@
-//! The wire crate's validated strings and key parsers, as they arrive from KV keys,
-//! subjects, the API and the command line: `Mac::parse`, `MachineId`, `SiteId`,
-//! `BootToken`, `PowerRequestId`, `ImageName`, `Sha256Digest`, `ResourceName`,
-//! `NatsUrl`, and the subject/key readers in `subjects`.
+//! The wire crate's validated strings (MACs, ids, tokens, image names, digests, NATS
+//! URLs) and the subject and KV-key readers.
+//!
+//! Input: UTF-8 text.
+//!
+//! Body (the input format in detail, what it checks; `cargo test` replays it too):
+//! `substruct_fuzz_bodies::wire_names` in tests/fuzz/bodies.
 #![no_main]
-
-use libfuzzer_sys::fuzz_target;
-use substruct_wire::{subjects, BootToken, ImageName, Mac, MachineId, NatsUrl, PowerRequestId};
-use substruct_wire::{ResourceName, Sha256Digest, SiteId};
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(mac) = Mac::parse(s) {
-        assert_eq!(Mac::parse(&mac.to_string()).ok(), Some(mac));
-        let _ = mac.to_key();
-    }
-    let _ = MachineId::new(s);
-    let _ = BootToken::new(s);
-    let _ = PowerRequestId::new(s);
-    if let Ok(name) = ImageName::new(s) {
-        assert!(
-            !name.as_str().split('/').any(|p| p == ".." || p == "."),
-            "{s:?}"
-        );
-        let _ = name.file_name();
-    }
-    let _ = Sha256Digest::new(s);
-    let _ = ResourceName::new(s);
-    if let Ok(url) = NatsUrl::new(s) {
-        let _ = url.servers().count();
-        let _ = url.has_schemes();
-    }
-    let site = SiteId::new("s1").unwrap();
-    let _ = subjects::parse_boot_key(&site, s);
-    let _ = subjects::parse_bmc_key(&site, s);
-    let _ = subjects::site_key_rest(&site, s);
-    let _ = subjects::site_of(s);
-    let _ = subjects::is_reply_subject(s);
-    if let Ok(site) = SiteId::new(s) {
-        let _ = subjects::discover(&site);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| substruct_fuzz_bodies::wire_names(data));
