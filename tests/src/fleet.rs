@@ -297,7 +297,8 @@ impl Fleet {
             .with_context(|| format!("the fleet has no site {name:?}"))
     }
 
-    fn site_mut(&mut self, name: &str) -> Result<&mut FleetSite> {
+    /// The site named `name`, to change (e.g. restart its leaf node).
+    pub fn site_mut(&mut self, name: &str) -> Result<&mut FleetSite> {
         self.sites
             .iter_mut()
             .find(|s| s.name == name)

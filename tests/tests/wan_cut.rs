@@ -14,6 +14,9 @@
 //! 4. The link heals: U's report (retried by the prospector) reaches the controller.
 //!    In the EVENTS stream each machine has exactly one `discovered` event and no
 //!    transition twice; the controller holds exactly two machines.
+//! 5. Site a's leaf node goes down while QEMU V boots (when its prospector starts) and
+//!    comes back 5 s after V's network is up: the edge and the prospector reconnect,
+//!    V's report lands exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -38,8 +41,11 @@ use substruct_wire::{subjects, BootCredential, BootToken, Mac, SiteId, SiteKey};
 const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How long U's reports are watched not getting through during the cut.
 const CUT_WATCH: Duration = Duration::from_secs(10);
+/// How long site a's leaf stays down after V's network is up.
+const LEAF_DOWN: Duration = Duration::from_secs(5);
 const K_MAC: &str = "52:54:00:77:60:0a";
 const U_MAC: &str = "52:54:00:77:60:0b";
+const V_MAC: &str = "52:54:00:77:60:0c";
 const LIVE_MARKER: &str = "SUBSTRUCT-PROSPECTOR-READY";
 const NET_UP: &str = "SUBSTRUCT-NET-UP";
 const REPORTED: &str = "SUBSTRUCT-REPORTED";
@@ -649,5 +655,70 @@ fn wan_cut(fleet: &mut Fleet) -> Result<()> {
     // f. Site b worked throughout: its edge is online now, as at every poll above.
     assert_eq!(fleet.edge_status("b")?, "online");
     u.kill();
+
+    // g. Site a's leaf node is restarted while a machine boots: V PXE-boots through the
+    // edge (whose NATS link drops and comes back) to the prospector, which connects
+    // through the restarted leaf (retrying with its backoff) and reports exactly once.
+    let tap = fleet.new_tap("a")?;
+    let spec = bios_vm("wan-v", tap, V_MAC);
+    let mut v = Vm::start(fleet.site_ns("a")?, &spec, fleet.dir.path())?;
+    let t = v.wait_for_serial(LIVE_MARKER, Duration::from_secs(400))?;
+    fleet.site_mut("a")?.leaf.kill();
+    println!(
+        "V: leaf a killed when V's prospector started ({:.1} s into its boot)",
+        t.as_secs_f64()
+    );
+    let t = v.wait_for_serial(NET_UP, Duration::from_secs(120))?;
+    // The second deliberate wait: the prospector, its network up, finds no leaf and
+    // retries for a while before the leaf comes back.
+    std::thread::sleep(LEAF_DOWN);
+    fleet.site_mut("a")?.leaf.restart()?;
+    let restarted_at = Instant::now();
+    println!(
+        "V: network up at {:.1} s; leaf a started again {} s later",
+        t.as_secs_f64(),
+        LEAF_DOWN.as_secs()
+    );
+    fleet.site("a")?.leaf.wait_linked(Duration::from_secs(60))?;
+    let v_record = try_poll_blocking(
+        "V to reach the controller after the leaf restart",
+        Duration::from_secs(180),
+        POLL_EVERY,
+        || {
+            let found = find_mac(fleet, V_MAC)?;
+            if found.is_none() {
+                fleet.check_alive()?;
+            }
+            Ok(found)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "V's serial:\n{}",
+            substruct_testkit::qemu::tail(&v.serial(), 30)
+        )
+    })?;
+    println!(
+        "leaf restart → V in inventory: {:.1} s",
+        restarted_at.elapsed().as_secs_f64()
+    );
+    wait_edges(
+        fleet,
+        "site a's edge online after its leaf restarted",
+        Duration::from_secs(90),
+        true,
+        |a, b| a == "online" && b == "online",
+    )?;
+    let v_id = v_record["id"].as_str().context("V has no id")?.to_owned();
+    let v_discovered = crate::events(fleet)?
+        .iter()
+        .filter(|(_, ev)| {
+            ev["machine_id"] == v_id.as_str()
+                && ev.pointer("/kind/type").and_then(Value::as_str) == Some("discovered")
+        })
+        .count();
+    assert_eq!(v_discovered, 1, "V's discovered events");
+    assert_eq!(fleet.machines()?.len(), 3, "K, U and V, each once");
+    v.kill();
     Ok(())
 }
