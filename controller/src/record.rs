@@ -263,7 +263,8 @@ impl MachineRecord {
 pub struct MachineEvent {
     pub machine_id: MachineId,
     pub at_unix_ms: u64,
-    /// The machine record's KV revision after the change.
+    /// The machine record's KV revision after the change (for a change's event that a
+    /// crash delayed, the record's revision when the event was published).
     pub revision: u64,
     pub kind: MachineEventKind,
 }
