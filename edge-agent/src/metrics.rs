@@ -578,6 +578,7 @@ pub struct CacheMetrics {
     fetch_failures: Counter,
     corrupt: Counter,
     evictions: Counter,
+    streamed: Counter,
     bytes: Gauge,
 }
 
@@ -590,6 +591,7 @@ impl CacheMetrics {
             fetch_failures: Counter::default(),
             corrupt: Counter::default(),
             evictions: Counter::default(),
+            streamed: Counter::default(),
             bytes: Gauge::default(),
         };
         registry.register(
@@ -621,6 +623,11 @@ impl CacheMetrics {
             "image_cache_evictions",
             "Cache files removed to stay under the cap",
             m.evictions.clone(),
+        );
+        registry.register(
+            "image_cache_streamed",
+            "Image responses that followed a fetch in progress instead of waiting for it",
+            m.streamed.clone(),
         );
         registry.register(
             "image_cache_bytes",
@@ -658,6 +665,11 @@ impl CacheMetrics {
     /// A file was evicted.
     pub fn evicted(&self) {
         self.evictions.inc();
+    }
+
+    /// A response follows a fetch in progress.
+    pub fn streamed(&self) {
+        self.streamed.inc();
     }
 
     /// The cache now holds `bytes`.

@@ -11,7 +11,9 @@
 //!   gets the prospector without a token (unknown or discover intent), a retry script
 //!   (install intent: its command line names the install token) or the local-boot script;
 //! * `GET /ipxe.lkrn`, `/ipxe.efi`, `/snponly.efi`, `/undionly.kpxe` — from the iPXE dir;
-//! * `GET|HEAD /images/{*path}` — files under the images dir (Range, Content-Length);
+//! * `GET|HEAD /images/{*path}` — files under the images dir (Range, Content-Length), else
+//!   from the image cache; an image still being fetched is answered at once (the
+//!   registered Content-Length) and streamed as it is written;
 //! * `GET /install/{token}/{name}` — a rendered install file of the site's install table
 //!   (see [`crate::install`]), every `{edge}` replaced by the edge's base URL; an unknown
 //!   or expired token, an unknown name, a malformed path, or an asker not bound to one of
@@ -59,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::EdgeConfig;
+use crate::image_cache::CachedImage;
 use crate::install::{self, CallbackClient, CallbackError, InstallTable};
 use crate::intents::IntentTable;
 use crate::metrics::{HttpRoute, Metrics};
@@ -558,7 +561,9 @@ async fn image(
     }
 }
 
-/// An image from the cache: registered at the controller, verified before serving.
+/// An image from the cache: registered at the controller, verified before serving, or
+/// followed while it is fetched (the response ends short if the fetch fails or does not
+/// match: see [`crate::image_cache::Follow`]).
 async fn serve_cached(
     cache: &crate::image_cache::ImageCache,
     name: &str,
@@ -569,9 +574,19 @@ async fn serve_cached(
     let Ok(name) = ImageName::parse(name) else {
         return FileError::NotFound.into_response();
     };
-    match cache.path_for(&name).await {
-        Ok(Some(path)) => {
+    match cache.open_image(&name).await {
+        Ok(Some(CachedImage::Ready(path))) => {
             respond(files::serve_file(&path, method, headers, "application/octet-stream").await)
+        }
+        Ok(Some(CachedImage::Fetching(fetching))) => {
+            tracing::info!(image = %name, sha256 = %fetching.sha256(), written = fetching.written(),
+                size = fetching.size(), "image response follows the fetch in progress");
+            respond(files::serve_fetching(
+                fetching,
+                method,
+                headers,
+                "application/octet-stream",
+            ))
         }
         Ok(None) => FileError::NotFound.into_response(),
         Err(e) => {

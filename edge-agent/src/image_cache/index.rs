@@ -26,6 +26,10 @@ pub struct CacheStats {
     pub corrupt: u64,
     /// Files removed to stay under the cap.
     pub evictions: u64,
+    /// Fetches running now.
+    pub fetching: u64,
+    /// Responses that followed a fetch in progress instead of waiting for it.
+    pub streams: u64,
 }
 
 /// What a file found in the cache directory at start is.

@@ -4,14 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{kv, object_store::ObjectStore};
 use sha2::{Digest as _, Sha256};
 use substruct_runtime::jetstream::{ensure_kv, ensure_object_store, BucketSpec};
 use substruct_wire::{subjects, Sha256Digest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Semaphore};
 
+use super::follow::Progress;
 use super::index::{self, Stamp, Verdict};
 use super::CacheError;
 
@@ -60,6 +62,16 @@ impl Reserve {
             Err(Ok(available))
         }
     }
+}
+
+/// How long a fetch may go without a byte from the object store, and the tests' gate.
+#[derive(Debug, Clone)]
+pub(super) struct Pace {
+    /// No byte for this long (or no answer to the first request): the fetch fails.
+    pub(super) stall: Duration,
+    /// For tests: a permit per chunk read from the store (see
+    /// [`super::CacheSettings::with_chunk_gate`]).
+    pub(super) gate: Option<Arc<Semaphore>>,
 }
 
 /// How a job ended.
@@ -166,102 +178,149 @@ pub(super) async fn delete(sha: Sha256Digest, path: PathBuf) -> Done {
 
 /// Streams object `sha` into `{dir}/{sha}.part` while hashing it; renames it into place
 /// if it hashes right and has `size` bytes. Stops as soon as it has more than `size`
-/// bytes, or before a write that would leave less than the reserve free (checked before
-/// every chunk: one `statvfs` per 256 KiB).
+/// bytes, before a write that would leave less than the reserve free (checked before
+/// every chunk: one `statvfs` per 256 KiB), or when the store sends nothing for
+/// `pace.stall`. Reports on `progress` the file once created and the bytes written
+/// (each chunk flushed to the file first), for the responses that follow the fetch;
+/// the cache task reports how it ended.
 pub(super) async fn fetch(
     store: Arc<Store>,
     dir: PathBuf,
     sha: Sha256Digest,
     size: u64,
     reserve: Reserve,
+    pace: Pace,
+    progress: Arc<watch::Sender<Progress>>,
 ) -> Done {
     let part = dir.join(format!("{sha}.part"));
-    let result = fetch_into(&store, &dir, &part, &sha, size, &reserve).await;
+    let fetch = Fetch {
+        dir: &dir,
+        part: &part,
+        sha: &sha,
+        expected_size: size,
+        reserve: &reserve,
+        pace: &pace,
+        progress: &progress,
+    };
+    let result = fetch.run(&store).await;
     if result.is_err() {
         let _ = tokio::fs::remove_file(&part).await;
     }
     Done::Fetched(result)
 }
 
-async fn fetch_into(
-    store: &Store,
-    dir: &Path,
-    part: &Path,
-    sha: &Sha256Digest,
+/// One fetch's parameters.
+struct Fetch<'a> {
+    dir: &'a Path,
+    part: &'a Path,
+    sha: &'a Sha256Digest,
     expected_size: u64,
-    reserve: &Reserve,
-) -> Result<Stamp, CacheError> {
-    let remote = store.remote().await?;
-    let fetch_err = |source: Arc<dyn std::error::Error + Send + Sync>| CacheError::Fetch {
-        sha256: sha.clone(),
-        source,
-    };
-    let write_err = |source| CacheError::Write {
-        path: part.to_owned(),
-        source: Arc::new(source),
-    };
-    let mut object = remote
-        .objects
-        .get(sha.as_str())
-        .await
-        .map_err(|e| fetch_err(Arc::new(e)))?;
-    let mut file = tokio::fs::File::create(part).await.map_err(write_err)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = object
-            .read(&mut buf)
-            .await
-            .map_err(|e| fetch_err(Arc::new(e)))?;
-        if n == 0 {
-            break;
+    reserve: &'a Reserve,
+    pace: &'a Pace,
+    progress: &'a watch::Sender<Progress>,
+}
+
+impl Fetch<'_> {
+    fn stalled(&self, written: u64) -> CacheError {
+        CacheError::Stalled {
+            sha256: self.sha.clone(),
+            written,
+            after: self.pace.stall,
         }
-        hasher.update(&buf[..n]);
-        let written = size;
-        size += n as u64;
-        if size > expected_size {
-            // More than registered: it cannot hash right; do not let it fill the disk.
+    }
+
+    async fn run(&self, store: &Store) -> Result<Stamp, CacheError> {
+        let (sha, part, expected_size) = (self.sha, self.part, self.expected_size);
+        let remote = store.remote().await?;
+        let fetch_err = |source: Arc<dyn std::error::Error + Send + Sync>| CacheError::Fetch {
+            sha256: sha.clone(),
+            source,
+        };
+        let write_err = |source| CacheError::Write {
+            path: part.to_owned(),
+            source: Arc::new(source),
+        };
+        let mut object = tokio::time::timeout(self.pace.stall, remote.objects.get(sha.as_str()))
+            .await
+            .map_err(|_| self.stalled(0))?
+            .map_err(|e| fetch_err(Arc::new(e)))?;
+        let mut file = tokio::fs::File::create(part).await.map_err(write_err)?;
+        // A handle of our own for the followers: it stays valid after the rename (or
+        // the removal of a failed part).
+        let reader = tokio::fs::File::open(part)
+            .await
+            .map_err(write_err)?
+            .into_std()
+            .await;
+        self.progress
+            .send_modify(|p| p.file = Some((Arc::new(reader), part.to_owned())));
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            if let Some(gate) = &self.pace.gate {
+                // A closed gate lets everything through.
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            let n = tokio::time::timeout(self.pace.stall, object.read(&mut buf))
+                .await
+                .map_err(|_| self.stalled(size))?
+                .map_err(|e| fetch_err(Arc::new(e)))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            let written = size;
+            size += n as u64;
+            if size > expected_size {
+                // More than registered: it cannot hash right; do not let it fill the disk.
+                return Err(CacheError::Mismatch {
+                    sha256: sha.clone(),
+                    got: Sha256Digest::finish(hasher),
+                    size,
+                    expected_size,
+                });
+            }
+            match self.reserve.check(self.dir, n as u64) {
+                Ok(()) => {}
+                Err(Ok(available)) => {
+                    return Err(CacheError::ReserveReached {
+                        sha256: sha.clone(),
+                        written,
+                        available,
+                        min_free: self.reserve.min_free,
+                    })
+                }
+                Err(Err(e)) => {
+                    return Err(CacheError::FreeSpace {
+                        path: self.dir.to_owned(),
+                        source: Arc::new(e),
+                    })
+                }
+            }
+            file.write_all(&buf[..n]).await.map_err(write_err)?;
+            // tokio's File writes on a blocking thread: flushed, the bytes are in the
+            // file for the followers to read.
+            file.flush().await.map_err(write_err)?;
+            self.progress.send_modify(|p| p.written = size);
+        }
+        let got = Sha256Digest::finish(hasher);
+        if got != *sha || size != expected_size {
             return Err(CacheError::Mismatch {
                 sha256: sha.clone(),
-                got: Sha256Digest::finish(hasher),
+                got,
                 size,
                 expected_size,
             });
         }
-        match reserve.check(dir, n as u64) {
-            Ok(()) => {}
-            Err(Ok(available)) => {
-                return Err(CacheError::ReserveReached {
-                    sha256: sha.clone(),
-                    written,
-                    available,
-                    min_free: reserve.min_free,
-                })
-            }
-            Err(Err(e)) => {
-                return Err(CacheError::FreeSpace {
-                    path: dir.to_owned(),
-                    source: Arc::new(e),
-                })
-            }
-        }
-        file.write_all(&buf[..n]).await.map_err(write_err)?;
+        file.sync_all().await.map_err(write_err)?;
+        drop(file);
+        let path = self.dir.join(sha.as_str());
+        tokio::fs::rename(part, &path).await.map_err(write_err)?;
+        stamp_of(&path).ok_or_else(|| write_err(std::io::Error::other("the fetched file vanished")))
     }
-    let got = Sha256Digest::finish(hasher);
-    if got != *sha || size != expected_size {
-        return Err(CacheError::Mismatch {
-            sha256: sha.clone(),
-            got,
-            size,
-            expected_size,
-        });
-    }
-    file.sync_all().await.map_err(write_err)?;
-    drop(file);
-    let path = dir.join(sha.as_str());
-    tokio::fs::rename(part, &path).await.map_err(write_err)?;
-    stamp_of(&path).ok_or_else(|| write_err(std::io::Error::other("the fetched file vanished")))
 }
 
 /// The sha256 of the file at `path` (blocking).

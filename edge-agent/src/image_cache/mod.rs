@@ -19,14 +19,21 @@
 //!   ([`CacheError::ReserveReached`]).
 //! * Names resolved while the registry was reachable are kept in `names.json`, so a
 //!   site serves its cached images by name while its WAN link is down; only misses fail.
+//! * A response need not wait for a fetch: [`ImageCache::open_image`] answers at once
+//!   with the fetch in progress ([`Fetching`]), which the response follows as the
+//!   `.part` file is written ([`Follow`]); the last byte goes out only once the content
+//!   is verified, so a response that follows a failed or mismatched fetch ends short.
+//!   Every follower of a sha256 shares its one fetch. A fetch that receives nothing from
+//!   the store for [`CacheSettings::fetch_stall`] fails, and its followers with it.
 //!
 //! One task ([`CacheTask`]) owns the state; [`ImageCache`] is its cloneable front door
 //! (messages and replies). The decisions are pure functions in `index` (unit-tested
 //! without sockets or files); the task runs the slow work — hashing, fetching,
 //! deleting — as jobs of its own, at most one per sha256 at a time, so its state is
 //! never held while a file is read, written or removed. Requests for a sha256 that has
-//! a job wait for it.
+//! a job wait for it, except those that follow a fetch.
 
+mod follow;
 mod index;
 mod jobs;
 
@@ -37,14 +44,16 @@ use std::time::Duration;
 
 use substruct_runtime::error_chain;
 use substruct_wire::{ImageName, Sha256Digest};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use follow::Progress;
+pub use follow::{Fetching, Follow};
 pub use index::CacheStats;
 use index::{Found, Index, Next, Verdict, NAMES_FILE};
-use jobs::{stamp_of, Done, Job, Store};
+use jobs::{stamp_of, Done, Job, Pace, Store};
 
 /// Why an image could not be made ready. Cloneable: one failed fetch answers every
 /// request that waited for it.
@@ -85,6 +94,25 @@ pub enum CacheError {
         /// The object store failure.
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The object store sent nothing for the stall timeout.
+    #[error("fetching image content {sha256}: nothing from the object store for {after:?} (after {written} bytes)")]
+    Stalled {
+        /// The object.
+        sha256: Sha256Digest,
+        /// Bytes received before it stalled.
+        written: u64,
+        /// The stall timeout ([`CacheSettings::fetch_stall`]).
+        after: Duration,
+    },
+    /// A file being fetched cannot be read back for a response that follows the fetch.
+    #[error("reading cache file {path} while it is fetched")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: Arc<std::io::Error>,
     },
     /// The content delivered is not what the registry says.
     #[error("image content {sha256} from the store hashes to {got} ({size} bytes, expected {expected_size}); not cached")]
@@ -189,6 +217,12 @@ pub struct CacheSettings {
     pub js_domain: Option<String>,
     /// Where hits, misses, fetches and the bytes held are counted.
     pub metrics: Arc<Metrics>,
+    /// A fetch that receives nothing from the object store for this long (the first
+    /// answer included) fails, and the responses following it end short (default
+    /// [`DEFAULT_FETCH_STALL`]).
+    pub fetch_stall: Duration,
+    /// For tests: see [`CacheSettings::with_chunk_gate`]. `None` in production.
+    pub chunk_gate: Option<Arc<Semaphore>>,
 }
 
 impl CacheSettings {
@@ -205,7 +239,24 @@ impl CacheSettings {
             client,
             js_domain: None,
             metrics: Arc::new(Metrics::new()),
+            fetch_stall: DEFAULT_FETCH_STALL,
+            chunk_gate: None,
         }
+    }
+
+    /// Fails a fetch that receives nothing from the object store for `stall`.
+    pub fn with_fetch_stall(mut self, stall: Duration) -> Self {
+        self.fetch_stall = stall;
+        self
+    }
+
+    /// For tests only: before each chunk it reads from the object store, a fetch takes
+    /// (and consumes) a permit of `gate`, so a test can hold a fetch part-way and let
+    /// it go on, chunk by chunk, without sleeping. A closed gate lets everything
+    /// through. The stall timeout does not run while a fetch waits at the gate.
+    pub fn with_chunk_gate(mut self, gate: Arc<Semaphore>) -> Self {
+        self.chunk_gate = Some(gate);
+        self
     }
 
     /// Counts into `metrics` (without this, into metrics of the cache's own).
@@ -229,6 +280,19 @@ impl CacheSettings {
 
 /// Space left free on the cache's filesystem unless configured otherwise: 1 GiB.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
+
+/// How long a fetch may receive nothing from the object store unless configured
+/// otherwise: 30 s (the prospector's own idle limit per read).
+pub const DEFAULT_FETCH_STALL: Duration = Duration::from_secs(30);
+
+/// An image the cache can answer with now.
+#[derive(Debug)]
+pub enum CachedImage {
+    /// A verified cache file.
+    Ready(PathBuf),
+    /// Being fetched: follow it ([`Fetching::follow`]).
+    Fetching(Fetching),
+}
 
 /// How long a known name waits for the registry before using its last known sha256.
 const REGISTRY_WAIT: Duration = Duration::from_secs(2);
@@ -287,13 +351,57 @@ enum Waiter {
         sha256: Sha256Digest,
         reply: oneshot::Sender<bool>,
     },
+    /// Serve or follow: the verified file, or at once the fetch in progress (started
+    /// if needed); waits only for a hash or a delete.
+    Follow {
+        meta: ImageMeta,
+        reply: oneshot::Sender<Result<CachedImage, CacheError>>,
+    },
 }
 
 impl Waiter {
     fn sha256(&self) -> &Sha256Digest {
         match self {
-            Waiter::Serve { meta, .. } => &meta.sha256,
+            Waiter::Serve { meta, .. } | Waiter::Follow { meta, .. } => &meta.sha256,
             Waiter::Check { sha256, .. } => sha256,
+        }
+    }
+
+    /// The registry entry a serve or follow asks for (a check has none).
+    fn meta(&self) -> Option<&ImageMeta> {
+        match self {
+            Waiter::Serve { meta, .. } | Waiter::Follow { meta, .. } => Some(meta),
+            Waiter::Check { .. } => None,
+        }
+    }
+
+    /// Answers with the verified file at `path` (a check: nothing was removed).
+    fn ready(self, path: PathBuf) {
+        match self {
+            Waiter::Serve { reply, .. } => {
+                let _ = reply.send(Ok(path));
+            }
+            Waiter::Follow { reply, .. } => {
+                let _ = reply.send(Ok(CachedImage::Ready(path)));
+            }
+            Waiter::Check { reply, .. } => {
+                let _ = reply.send(false);
+            }
+        }
+    }
+
+    /// Answers with why the file cannot be had (a check: nothing was removed).
+    fn fail(self, e: CacheError) {
+        match self {
+            Waiter::Serve { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Waiter::Follow { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Waiter::Check { reply, .. } => {
+                let _ = reply.send(false);
+            }
         }
     }
 }
@@ -310,6 +418,8 @@ impl ImageCache {
             client,
             js_domain,
             metrics,
+            fetch_stall,
+            chunk_gate,
         } = settings;
         let dir_err = |source| CacheError::Dir {
             path: dir.clone(),
@@ -349,7 +459,7 @@ impl ImageCache {
         let (contents_tx, contents) = watch::channel(CacheContents::default());
         let (stats_tx, stats) = watch::channel(CacheStats::default());
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        let state = State {
+        let mut state = State {
             dir: dir.clone(),
             index,
             min_free: min_free_bytes,
@@ -358,6 +468,11 @@ impl ImageCache {
             busy: HashMap::new(),
             jobs: JoinSet::new(),
             job_shas: HashMap::new(),
+            fetches: HashMap::new(),
+            pace: Pace {
+                stall: fetch_stall,
+                gate: chunk_gate,
+            },
             store: store.clone(),
             contents: contents_tx,
             stats_tx,
@@ -435,6 +550,27 @@ impl ImageCache {
     /// When the registry cannot be reached (NATS or the WAN link down), a name this
     /// edge resolved before is served from its last known sha256 if the file is cached.
     pub async fn path_for(&self, name: &ImageName) -> Result<Option<PathBuf>, CacheError> {
+        match self.resolve(name).await? {
+            Some(meta) => self.ensure(&meta).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Image `name` as the cache can answer with it now: the verified file, or the fetch
+    /// in progress (started if needed) to follow; `None` when no image has that name.
+    /// Waits only for a hash of an unverified file (or the delete of an evicted one),
+    /// never for a fetch. The registry is read as for [`ImageCache::path_for`].
+    pub async fn open_image(&self, name: &ImageName) -> Result<Option<CachedImage>, CacheError> {
+        let Some(meta) = self.resolve(name).await? else {
+            return Ok(None);
+        };
+        let follow = |reply| Msg::Want(Waiter::Follow { meta, reply });
+        self.ask(follow).await?.map(Some)
+    }
+
+    /// The registry entry of `name` (the last known one when the registry is out of
+    /// reach); `None` when it is not registered.
+    async fn resolve(&self, name: &ImageName) -> Result<Option<ImageMeta>, CacheError> {
         let known = self
             .ask(|reply| Msg::Known {
                 name: name.clone(),
@@ -470,7 +606,7 @@ impl ImageCache {
             },
             Err(e) => return Err(e),
         };
-        self.ensure(&meta).await.map(Some)
+        Ok(Some(meta))
     }
 
     async fn remember(&self, name: &ImageName, meta: Option<ImageMeta>) -> Result<(), CacheError> {
@@ -525,6 +661,15 @@ impl ImageCache {
     }
 }
 
+/// A fetch running, as followers join it.
+#[derive(Debug)]
+struct FetchInProgress {
+    /// The registered size it must deliver.
+    size: u64,
+    /// Shared with the job (bytes written); the task sets how it ended.
+    progress: Arc<watch::Sender<Progress>>,
+}
+
 /// Everything the cache task owns.
 #[derive(Debug)]
 struct State {
@@ -539,6 +684,10 @@ struct State {
     busy: HashMap<Sha256Digest, Vec<Waiter>>,
     jobs: JoinSet<Done>,
     job_shas: HashMap<tokio::task::Id, Sha256Digest>,
+    /// The fetches running (each also in `busy`): their progress, for followers.
+    fetches: HashMap<Sha256Digest, FetchInProgress>,
+    /// The fetches' stall timeout and the tests' gate.
+    pace: Pace,
     store: Arc<Store>,
     contents: watch::Sender<CacheContents>,
     stats_tx: watch::Sender<CacheStats>,
@@ -569,7 +718,8 @@ impl State {
         self.dir.join(sha.as_str())
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.stats.fetching = self.fetches.len() as u64;
         let contents = CacheContents {
             verified: self.index.verified_files(),
             size: self.index.size(),
@@ -619,34 +769,45 @@ impl State {
         }
     }
 
-    /// Answers `waiter` now, or starts (or joins) the job it needs.
+    /// Answers `waiter` now, or starts (or joins) the job it needs. A follower of a
+    /// fetch in progress is answered at once.
     fn want(&mut self, waiter: Waiter) {
         let sha = waiter.sha256().clone();
-        if let Some(waiting) = self.busy.get_mut(&sha) {
-            waiting.push(waiter);
+        if self.busy.contains_key(&sha) {
+            let waiter = match (waiter, self.fetches.get(&sha)) {
+                (Waiter::Follow { reply, .. }, Some(fetch)) => {
+                    let fetching = Fetching {
+                        sha256: sha,
+                        size: fetch.size,
+                        progress: fetch.progress.subscribe(),
+                    };
+                    self.followed();
+                    let _ = reply.send(Ok(CachedImage::Fetching(fetching)));
+                    return;
+                }
+                (waiter, _) => waiter,
+            };
+            self.busy.entry(sha).or_default().push(waiter);
             return;
         }
         let path = self.path(&sha);
-        match (self.index.next(&sha, stamp_of(&path)), waiter) {
-            (Next::Serve, Waiter::Serve { reply, .. }) => {
+        match (
+            self.index.next(&sha, stamp_of(&path)),
+            waiter.meta().cloned(),
+        ) {
+            (Next::Serve, Some(_)) => {
                 self.index.touch(&sha);
                 self.stats.hits += 1;
                 self.metrics.cache.hit();
                 self.publish();
-                let _ = reply.send(Ok(path));
+                waiter.ready(path);
             }
-            (Next::Serve, Waiter::Check { reply, .. }) => {
-                let _ = reply.send(false);
-            }
-            (Next::Verify, waiter) => {
-                let expected_size = match &waiter {
-                    Waiter::Serve { meta, .. } => Some(meta.size),
-                    Waiter::Check { .. } => None,
-                };
-                self.start(sha.clone(), Job::Verify, expected_size);
+            (Next::Serve, None) => waiter.ready(path),
+            (Next::Verify, meta) => {
+                self.start(sha.clone(), Job::Verify, meta.map(|m| m.size));
                 self.busy.entry(sha).or_default().push(waiter);
             }
-            (Next::Fetch, Waiter::Serve { meta, reply }) => {
+            (Next::Fetch, Some(meta)) => {
                 self.metrics.cache.miss();
                 self.index.forget(&sha);
                 let freeing = match self.make_room(&meta) {
@@ -654,22 +815,26 @@ impl State {
                     Err(e) => {
                         tracing::warn!(error = %error_chain(&e), "image not fetched");
                         self.metrics.cache.fetch_failed();
-                        let _ = reply.send(Err(e));
+                        waiter.fail(e);
                         return;
                     }
                 };
-                self.start(sha.clone(), Job::Fetch { freeing }, Some(meta.size));
-                self.busy
-                    .entry(sha)
-                    .or_default()
-                    .push(Waiter::Serve { meta, reply });
+                self.start(sha, Job::Fetch { freeing }, Some(meta.size));
+                // Joins the fetch just started: a follower is answered at once.
+                self.want(waiter);
             }
-            (Next::Fetch, Waiter::Check { reply, .. }) => {
+            (Next::Fetch, None) => {
                 // Gone since start: nothing to check, nothing fetched.
                 self.index.forget(&sha);
-                let _ = reply.send(false);
+                waiter.ready(path);
             }
         }
+    }
+
+    /// Counts a response that follows a fetch in progress.
+    fn followed(&mut self) {
+        self.stats.streams += 1;
+        self.metrics.cache.streamed();
     }
 
     /// Starts `job` on `sha` (the caller marks it busy).
@@ -679,16 +844,29 @@ impl State {
             Job::Verify => self
                 .jobs
                 .spawn(jobs::verify(sha.clone(), path, expected_size)),
-            Job::Fetch { freeing } => self.jobs.spawn(jobs::fetch(
-                self.store.clone(),
-                self.dir.clone(),
-                sha.clone(),
-                expected_size.unwrap_or(0),
-                jobs::Reserve {
-                    min_free: self.min_free,
-                    freeing,
-                },
-            )),
+            Job::Fetch { freeing } => {
+                let size = expected_size.unwrap_or(0);
+                let progress = Arc::new(watch::Sender::new(Progress::default()));
+                self.fetches.insert(
+                    sha.clone(),
+                    FetchInProgress {
+                        size,
+                        progress: progress.clone(),
+                    },
+                );
+                self.jobs.spawn(jobs::fetch(
+                    self.store.clone(),
+                    self.dir.clone(),
+                    sha.clone(),
+                    size,
+                    jobs::Reserve {
+                        min_free: self.min_free,
+                        freeing,
+                    },
+                    self.pace.clone(),
+                    progress,
+                ))
+            }
             Job::Delete => self.jobs.spawn(jobs::delete(sha.clone(), path)),
         };
         self.busy.entry(sha.clone()).or_default();
@@ -706,6 +884,13 @@ impl State {
             return;
         };
         let waiters = self.busy.remove(&sha).unwrap_or_default();
+        // Told how the fetch ended once the state shows it (below), like the waiters.
+        let followers = self.fetches.remove(&sha).map(|f| f.progress);
+        let end = |result: Result<(), CacheError>| {
+            if let Some(progress) = &followers {
+                progress.send_modify(|p| p.end = Some(result));
+            }
+        };
         match done {
             Some(Done::Verified(Verdict::Good, Some(stamp))) => {
                 self.index.verified(&sha, stamp);
@@ -734,35 +919,29 @@ impl State {
                 tracing::info!(sha256 = %sha, size = stamp.0, "image fetched into the cache");
                 self.evict(&sha);
                 self.publish();
+                end(Ok(()));
                 let path = self.path(&sha);
                 for waiter in waiters {
-                    match waiter {
-                        Waiter::Serve { reply, .. } => {
-                            let _ = reply.send(Ok(path.clone()));
-                        }
-                        Waiter::Check { reply, .. } => {
-                            let _ = reply.send(false);
-                        }
-                    }
+                    waiter.ready(path.clone());
                 }
             }
             Some(Done::Fetched(Err(e))) => {
                 self.metrics.cache.fetch_failed();
+                if followers.is_some() {
+                    tracing::warn!(sha256 = %sha, error = %error_chain(&e),
+                        "image fetch failed; the responses that followed it end short");
+                }
+                self.publish();
+                end(Err(e.clone()));
                 for waiter in waiters {
-                    match waiter {
-                        Waiter::Serve { reply, .. } => {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                        Waiter::Check { reply, .. } => {
-                            let _ = reply.send(false);
-                        }
-                    }
+                    waiter.fail(e.clone());
                 }
             }
             Some(Done::Deleted) => self.requeue(waiters),
             None => {
                 tracing::error!(sha256 = %sha, "an image cache job failed");
                 self.index.forget(&sha);
+                end(Err(CacheError::Stopped));
                 // Dropping the waiters answers them with `Stopped`.
             }
         }

@@ -19,6 +19,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::image_cache::Fetching;
+
 /// Read size for bodies streamed through axum: large pieces mean few syscalls and
 /// wake-ups per GB (measured: 64 KiB through `tokio::fs` cost 0.55 CPU-s/GB, 1 MiB on a
 /// blocking thread 0.37).
@@ -225,6 +227,61 @@ pub async fn serve_file(
         file_body(file.into_std().await, path.to_owned(), start, count)
     };
     builder.body(body).map_err(|e| io(std::io::Error::other(e)))
+}
+
+/// Serves an image still being fetched into the cache, honouring HEAD and `Range`
+/// against its registered size: the head goes out at once, the body follows the fetch
+/// ([`crate::image_cache::Follow`]) and its last byte waits for the fetch's verdict. A
+/// fetch that fails or does not match ends the body with an error, so hyper closes the
+/// connection short of the Content-Length: the response never looks complete.
+pub fn serve_fetching(
+    fetching: Fetching,
+    method: &Method,
+    headers: &HeaderMap,
+    content_type: &'static str,
+) -> Result<Response, FileError> {
+    let len = fetching.size();
+    let sha256 = fetching.sha256().clone();
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) => parse_range(v, len)?,
+        None => None,
+    };
+    let (status, start, count) = match range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end - r.start + 1),
+        None => (StatusCode::OK, 0, len),
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, count);
+    if let Some(r) = range {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{len}", r.start, r.end),
+        );
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        let sha256 = sha256.clone();
+        let follow = fetching.follow(start, count);
+        Body::from_stream(futures::stream::unfold(follow, move |mut follow| {
+            let sha256 = sha256.clone();
+            async move {
+                let item = follow.next_chunk().await?;
+                if let Err(e) = &item {
+                    tracing::warn!(%sha256, error = %error_chain(e),
+                        "image response cut short: the fetch it followed did not succeed");
+                }
+                Some((item, follow))
+            }
+        }))
+    };
+    builder.body(body).map_err(|e| FileError::Io {
+        path: PathBuf::from(format!("{sha256} (being fetched)")),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// A body of `count` bytes from `start`, read on a blocking thread in [`CHUNK`] pieces
