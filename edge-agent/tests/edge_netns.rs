@@ -151,7 +151,7 @@ fn check_clients(lab: &Lab, scratch: &Path) -> Result<()> {
     ])?;
     assert_eq!(
         std::fs::read_to_string(&cfg)?,
-        "DEFAULT ipxe\nPROMPT 0\nTIMEOUT 0\nLABEL ipxe\n  LINUX http://10.77.0.1/ipxe.lkrn\n  APPEND dhcp && chain http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}\n"
+        "DEFAULT ipxe\nPROMPT 0\nTIMEOUT 0\nLABEL ipxe\n  LINUX http://10.77.0.1/ipxe.lkrn\n  APPEND ifconf -c dhcp && chain http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}\n"
     );
     Ok(())
 }

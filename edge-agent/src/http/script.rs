@@ -193,7 +193,7 @@ pub fn render_identify_script(base: &str) -> String {
 /// one-line script on its command line.
 pub fn render_pxelinux_default(base: &str) -> String {
     format!(
-        "DEFAULT ipxe\nPROMPT 0\nTIMEOUT 0\nLABEL ipxe\n  LINUX {base}/ipxe.lkrn\n  APPEND dhcp && chain {}\n",
+        "DEFAULT ipxe\nPROMPT 0\nTIMEOUT 0\nLABEL ipxe\n  LINUX {base}/ipxe.lkrn\n  APPEND ifconf -c dhcp && chain {}\n",
         boot_script_url(base)
     )
 }
@@ -384,7 +384,7 @@ PROMPT 0
 TIMEOUT 0
 LABEL ipxe
   LINUX http://10.77.0.1/ipxe.lkrn
-  APPEND dhcp && chain http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
+  APPEND ifconf -c dhcp && chain http://10.77.0.1/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&buildarch=${buildarch}&platform=${platform}
 "
         );
         assert_eq!(
