@@ -518,8 +518,11 @@ fn hostnames_are_valid() {
     assert_eq!(p.hostname_for(&vm).unwrap(), "node-substruct-vm-01");
     p.params.hostname_pattern = Some("--{{ machine.product }}--".into());
     assert_eq!(p.hostname_for(&vm).unwrap(), "standard-pc-q35-ich9-2009");
-    p.params.hostname_pattern = Some("{{ 'x' * 100 }}".into());
+    p.params.hostname_pattern = Some("x".repeat(100));
     assert_eq!(p.hostname_for(&vm).unwrap(), "x".repeat(63));
+    // Repetition is refused (one `*` could loop or allocate without bound).
+    p.params.hostname_pattern = Some("{{ 'x' * 100 }}".into());
+    assert!(p.hostname_for(&vm).is_err());
     p.params.hostname_pattern = Some("{% if false %}x{% endif %}".into());
     assert_eq!(p.hostname_for(&vm).unwrap(), vm.id.as_str());
     let mut no_serial = qemu_vm();

@@ -254,11 +254,74 @@ fn bounded_indent(
     minijinja::filters::indent(value, width, first, blank, kwargs)
 }
 
+/// Refuses `*` inside `{{ … }}` and `{% … %}` (outside string literals): minijinja
+/// repeats a list or a string `n` times within one instruction, so fuel cannot stop
+/// `{{ [] * 30702000600001 }}` (found by fuzzing: one render spun for hours) and
+/// `{{ 'a' * 10**15 }}` asks the allocator for a petabyte. Install files have no use
+/// for arithmetic that needs it.
+fn refuse_repetition(which: &'static str, source: &str) -> Result<(), ProfileError> {
+    let bytes = source.as_bytes();
+    let mut line = 1;
+    let mut close: Option<&[u8]> = None;
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'\n' {
+            line += 1;
+        }
+        match (close, quote) {
+            (None, _) => {
+                if b == b'{' {
+                    match bytes.get(i + 1) {
+                        Some(b'{') => close = Some(b"}}"),
+                        Some(b'%') => close = Some(b"%}"),
+                        _ => {}
+                    }
+                    if close.is_some() {
+                        i += 1;
+                    }
+                }
+            }
+            (Some(_), Some(q)) => {
+                if b == b'\\' {
+                    // An escaped character: skip it (a newline still counts).
+                    if bytes.get(i + 1) == Some(&b'\n') {
+                        line += 1;
+                    }
+                    i += 1;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            (Some(end), None) => {
+                if b == b'\'' || b == b'"' {
+                    quote = Some(b);
+                } else if bytes[i..].starts_with(end) {
+                    close = None;
+                    i += 1;
+                } else if b == b'*' {
+                    return Err(ProfileError::Template {
+                        which,
+                        line: Some(line),
+                        message: "`*` (repetition or multiplication) is not allowed in \
+                                  templates: one `*` can make the controller loop or \
+                                  allocate without bound"
+                            .into(),
+                    });
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 fn render<S: Serialize>(
     which: &'static str,
     source: &str,
     context: &S,
 ) -> Result<String, ProfileError> {
+    refuse_repetition(which, source)?;
     let env = environment();
     env.render_named_str(which, source, context)
         .map_err(|e| template_error(which, source, &e))
@@ -297,6 +360,25 @@ mod tests {
         assert_eq!(ctx.serial, "7XK2J93");
         assert_eq!(ctx.cpus, 128);
         assert_eq!(ctx.disks.len(), 4);
+    }
+
+    #[test]
+    fn repetition_is_refused_at_its_line() {
+        // Found by tests/fuzz (template_render): a render that spun for hours.
+        let hang = "\u{1}t{{-[] * 30702000600001}}";
+        let err = render("t", hang, &()).unwrap_err();
+        assert!(
+            matches!(err, ProfileError::Template { line: Some(1), ref message, .. } if message.contains('*')),
+            "{err:?}"
+        );
+        let err = render("t", "a\nb\n{% set x = 'a' * 99 %}", &()).unwrap_err();
+        assert!(
+            matches!(err, ProfileError::Template { line: Some(3), .. }),
+            "{err:?}"
+        );
+        // Outside expressions, in strings and in comments a `*` is text.
+        let ok = "*.cfg {{ '*' }} {{ \"a*b\" }} {# x * y #} {{ 'it\\'s*' }} *";
+        assert_eq!(render("t", ok, &()).unwrap(), "*.cfg * a*b  it's* *");
     }
 
     #[test]
