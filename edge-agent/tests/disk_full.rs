@@ -176,6 +176,21 @@ fn lease_store_refuses_writes_on_a_full_disk_and_recovers_when_space_is_freed() 
         text.contains(&path.display().to_string()),
         "names the file: {text}"
     );
+    // A read (the HTTP server's, from an async handler) never reopens the database nor
+    // waits for a reopen: it fails at once with `Closed`, naming the failure that
+    // closed the store; the next write mends it.
+    let reopens = store.reopens();
+    let read = store.lease_of(&mac(1));
+    let Err(closed @ LeaseStoreError::Closed { attempts: 0, .. }) = &read else {
+        panic!("a read while the store is closed: {read:?}");
+    };
+    assert!(
+        closed.is_disk_full(),
+        "the cause is a full disk: {closed:?}"
+    );
+    let text = substruct_runtime::error_chain(closed);
+    assert!(text.contains("No space left"), "names the cause: {text}");
+    assert_eq!(store.reopens(), reopens, "a read reopened the store");
     // While the disk stays full, the store reopens between writes; a reopen repairs
     // the file, which frees the pages of the failed commit, so some later writes fit
     // again. Whatever succeeds must be on disk at the end; the rest fail with errors,
@@ -221,7 +236,10 @@ fn lease_store_refuses_writes_on_a_full_disk_and_recovers_when_space_is_freed() 
     );
 
     // A fresh open (a restart) finds exactly what was written: the old leases, the new
-    // ones, and none of the writes that failed.
+    // ones, and none of the writes that failed. (A failed commit may in general become
+    // visible — its final fsync can fail after its header reached the page cache — but
+    // on tmpfs ENOSPC comes when a page is written, fsync is a no-op, so every failure
+    // here stopped its commit before its header did: exact equality is what to expect.)
     drop(store);
     let store = LeaseStore::open(&path)?;
     let loaded: BTreeMap<Mac, (Ipv4Addr, u64)> = store
@@ -541,7 +559,9 @@ async fn dhcp_server_stops_with_an_error_when_the_store_cannot_be_reopened() -> 
 mod cache {
     use super::*;
     use sha2::{Digest as _, Sha256};
-    use substruct_edge::image_cache::{CacheError, CacheSettings, ImageCache, ImageMeta};
+    use substruct_edge::image_cache::{
+        CacheError, CacheSettings, CachedImage, ImageCache, ImageMeta,
+    };
     use substruct_runtime::jetstream::{ensure_kv, ensure_object_store, BucketSpec};
     use substruct_testkit::NatsServer;
     use substruct_wire::{subjects, ImageName, Sha256Digest};
@@ -676,7 +696,38 @@ mod cache {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fetches_that_together_would_eat_the_reserve_stop_before_they_do() -> Result<()> {
+    async fn eviction_for_the_reserve_skips_files_a_response_has_open() -> Result<()> {
+        if !can_mount() {
+            return Ok(());
+        }
+        let nats = NatsServer::start()?;
+        let client = connect(&nats).await?;
+        let fs = Tmpfs::mount("10m")?;
+        let dir = fs.path().join("cache");
+        let a = register(&client, "a2.img", &content(7, 5 * MIB / 2)).await;
+        let b = register(&client, "b2.img", &content(8, 5 * MIB / 2)).await;
+        register(&client, "c2.img", &content(9, 7 * MIB / 2)).await;
+        let cache = open(&dir, &client)?;
+        let pa = cache.path_for(&n("a2.img")).await?.context("a2.img")?;
+        cache.path_for(&n("b2.img")).await?.context("b2.img")?;
+        // a, the least recently used, is still being sent to a client: deleting it would
+        // free nothing until that ends, so b goes instead.
+        let sending = std::fs::File::open(&pa)?;
+        cache.path_for(&n("c2.img")).await?.context("c2.img")?;
+        assert_eq!(cache.stats().evictions, 1);
+        assert!(
+            dir.join(a.sha256.as_str()).exists(),
+            "an open file was evicted"
+        );
+        assert!(!dir.join(b.sha256.as_str()).exists(), "b evicted");
+        assert!(available(fs.path()) >= MIN_FREE, "the reserve is kept");
+        drop(sending);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_that_would_eat_the_reserve_with_one_running_is_refused_before_it_starts(
+    ) -> Result<()> {
         if !can_mount() {
             return Ok(());
         }
@@ -686,37 +737,105 @@ mod cache {
         let dir = fs.path().join("cache");
         let d = content(5, 5 * MIB);
         let e = content(6, 5 * MIB);
-        register(&client, "d.img", &d).await;
+        let dm = register(&client, "d.img", &d).await;
         register(&client, "e.img", &e).await;
-        let cache = open(&dir, &client)?;
+        // Every chunk the fetches read waits for a permit: d's fetch is held with
+        // nothing written yet while e is asked for.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let settings = CacheSettings::new(&dir, CAP, Some(client.clone()))
+            .with_min_free(MIN_FREE)
+            .with_chunk_gate(gate.clone());
+        let (cache, task) = ImageCache::open(settings)?;
+        let cancel = CancellationToken::new();
+        tokio::spawn(task.run(cancel.clone()));
+        let _stop = cancel.drop_guard();
 
-        // Each fits alone (5 MiB + 2 MiB reserve of 10); both together do not. At least
-        // one is refused, by the check before the fetch or the one before each write,
-        // never by a write that found the disk full.
+        // Each fits alone (5 MiB + 2 MiB reserve of 10); both together do not.
         let (dn, en) = (n("d.img"), n("e.img"));
-        let (rd, re) = tokio::join!(cache.path_for(&dn), cache.path_for(&en));
-        let mut refused = 0;
-        for (r, bytes) in [(rd, &d), (re, &e)] {
-            match r {
-                Ok(Some(path)) => assert_eq!(&std::fs::read(&path)?, bytes),
-                Ok(None) => bail!("a registered image was not found"),
-                Err(err @ (CacheError::ReserveReached { .. } | CacheError::NoSpace { .. })) => {
-                    println!("refused: {err}");
-                    refused += 1;
-                }
-                Err(err) => bail!(
-                    "not a reserve refusal: {}",
-                    substruct_runtime::error_chain(&err)
-                ),
+        let fetch_d = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.path_for(&dn).await }
+        });
+        // A response following d's fetch: it sees how much is written.
+        let following = match cache.open_image(&n("d.img")).await? {
+            Some(CachedImage::Fetching(f)) => f,
+            Some(CachedImage::Ready(_)) => bail!("d fetched through a held gate"),
+            None => bail!("d.img not found"),
+        };
+        assert_eq!(
+            following.written(),
+            0,
+            "the gate holds d before its first chunk"
+        );
+        assert!(available(fs.path()) >= 5 * MIB as u64 + MIN_FREE);
+        // The disk has room for e now, but not once d has written what it still must:
+        // e is refused at once, before a byte of it is written.
+        let refused = tokio::time::timeout(Duration::from_secs(20), cache.open_image(&en))
+            .await
+            .context("e neither refused nor started")?;
+        match refused {
+            Err(CacheError::NoSpace {
+                committed,
+                available: free,
+                ..
+            }) => {
+                assert_eq!(
+                    committed, dm.size,
+                    "d's bytes still to write count as taken"
+                );
+                assert!(
+                    free >= 5 * MIB as u64 + MIN_FREE,
+                    "refused on free space alone? {free}"
+                );
             }
+            Err(err) => bail!(
+                "not a NoSpace refusal: {}",
+                substruct_runtime::error_chain(&err)
+            ),
+            Ok(_) => bail!("e admitted while d still has 5 MiB to write"),
         }
-        assert!(refused >= 1, "both fetched: the reserve was not kept");
+        assert!(!dir.join(format!("{}.part", sha_of(&e))).exists());
+
+        // d goes on, a few chunks at a time; the reserve holds all along.
+        let mut last = 0;
+        while !fetch_d.is_finished() && last < dm.size {
+            gate.add_permits(4);
+            poll(
+                "d's fetch to go on",
+                Duration::from_secs(20),
+                Duration::from_millis(5),
+                || {
+                    let now = following.written();
+                    let done = fetch_d.is_finished();
+                    async move { (now > last || done).then_some(()) }
+                },
+            )
+            .await?;
+            last = following.written();
+            let free = available(fs.path());
+            assert!(
+                free >= MIN_FREE,
+                "{free} free with {last} bytes of d written"
+            );
+        }
+        gate.close();
+        let path = fetch_d.await??.context("d.img")?;
+        assert_eq!(
+            std::fs::read(&path)?,
+            d,
+            "d is fetched whole: exactly one Ok"
+        );
         assert!(available(fs.path()) >= MIN_FREE, "the reserve is kept");
         let parts = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
             .count();
         assert_eq!(parts, 0, "half-written files are removed");
+        assert_eq!(cache.stats().fetches, 1);
         Ok(())
+    }
+
+    fn sha_of(bytes: &[u8]) -> Sha256Digest {
+        Sha256Digest::new(hex::encode(Sha256::digest(bytes))).unwrap()
     }
 }

@@ -180,13 +180,22 @@ async fn next_piece(resp: &mut reqwest::Response) -> Result<Option<bytes::Bytes>
     }
 }
 
-/// The rest of a body, or how far it got before it broke.
-async fn rest_of(resp: &mut reqwest::Response, mut got: Vec<u8>) -> (Vec<u8>, Option<String>) {
+/// The rest of a body, and the error it broke with (`None`: it ended complete). A body
+/// that neither ends nor breaks within the bound fails the test: a hanging response
+/// is never taken for a cut one.
+async fn rest_of(
+    resp: &mut reqwest::Response,
+    mut got: Vec<u8>,
+) -> Result<(Vec<u8>, Option<reqwest::Error>)> {
     loop {
-        match next_piece(resp).await {
-            Ok(Some(b)) => got.extend_from_slice(&b),
-            Ok(None) => return (got, None),
-            Err(e) => return (got, Some(format!("{e:#}"))),
+        match tokio::time::timeout(BOUND, resp.chunk()).await {
+            Err(_) => bail!(
+                "the body neither ended nor broke within {BOUND:?} ({} bytes so far)",
+                got.len()
+            ),
+            Ok(Ok(Some(b))) => got.extend_from_slice(&b),
+            Ok(Ok(None)) => return Ok((got, None)),
+            Ok(Err(e)) => return Ok((got, Some(e))),
         }
     }
 }
@@ -256,11 +265,11 @@ async fn a_response_starts_before_the_fetch_ends_and_ends_verified() -> Result<(
 
     // Let it finish: the whole image, hashing right; the range too.
     edge.gate.close();
-    let (body, broke) = rest_of(&mut resp, first.to_vec()).await;
+    let (body, broke) = rest_of(&mut resp, first.to_vec()).await?;
     ensure!(broke.is_none(), "the body broke: {broke:?}");
     ensure!(body.len() == LEN, "{} of {LEN} bytes", body.len());
     ensure!(sha(&body) == meta.sha256, "the body does not hash right");
-    let (part, broke) = rest_of(&mut ranged, Vec::new()).await;
+    let (part, broke) = rest_of(&mut ranged, Vec::new()).await?;
     ensure!(
         broke.is_none() && part[..] == image[1000..3_000_000],
         "{broke:?}"
@@ -315,8 +324,8 @@ async fn two_clients_share_one_fetch_and_one_read_of_the_store() -> Result<()> {
         edge.cache.stats()
     );
     edge.gate.close();
-    let ((body_a, broke_a), (body_b, broke_b)) =
-        tokio::join!(rest_of(&mut a, fa.to_vec()), rest_of(&mut b, fb.to_vec()));
+    let (rest_a, rest_b) = tokio::join!(rest_of(&mut a, fa.to_vec()), rest_of(&mut b, fb.to_vec()));
+    let ((body_a, broke_a), (body_b, broke_b)) = (rest_a?, rest_b?);
     ensure!(
         broke_a.is_none() && broke_b.is_none(),
         "{broke_a:?} {broke_b:?}"
@@ -375,11 +384,15 @@ async fn content_that_does_not_match_cuts_the_response_short_and_is_not_kept() -
         let mut resp = head_of(http.get(edge.url(name))).await?;
         ensure!(resp.status() == 200, "{name}: status {}", resp.status());
         ensure!(resp.content_length() == Some(LEN as u64), "{name}");
-        let (body, broke) = rest_of(&mut resp, Vec::new()).await;
+        let (body, broke) = rest_of(&mut resp, Vec::new()).await?;
+        let Some(broke) = broke else {
+            bail!("{name}: the body ended normally ({} bytes)", body.len());
+        };
+        // The connection closed short of the Content-Length (hyper's "end of file before
+        // message length reached"), not some other failure.
         ensure!(
-            broke.is_some(),
-            "{name}: the body ended normally ({} bytes)",
-            body.len()
+            broke.is_body() || broke.is_decode(),
+            "{name}: the body failed otherwise than by a cut connection: {broke:?}"
         );
         ensure!(
             body.len() < LEN,
@@ -400,5 +413,62 @@ async fn content_that_does_not_match_cuts_the_response_short_and_is_not_kept() -
     let stats = edge.cache.stats();
     ensure!(stats.fetches == 0 && stats.fetching == 0, "{stats:?}");
     ensure!(edge.metric("substruct_edge_image_cache_fetch_failures_total")? == 2.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_cannot_start_is_a_503_naming_its_cause() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let client = connect(&nats).await?;
+    let edge = Edge::start(&client, Duration::from_secs(30)).await?;
+    edge.gate.close();
+    // Registered, but its object is missing from the store.
+    let image = content(5, 1000);
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = ensure_kv(&js, &BucketSpec::new(subjects::KV_IMAGES)).await?;
+    ensure_object_store(&js, subjects::OBJ_IMAGES).await?;
+    let hash = sha(&image);
+    let entry = serde_json::json!({
+        "name": "lost.img", "kind": "disk", "sha256": hash, "size": image.len(), "added_unix_ms": 1
+    });
+    kv.put("lost.img", serde_json::to_vec(&entry)?.into())
+        .await?;
+    let http = reqwest::Client::new();
+    let resp = head_of(http.get(edge.url("lost.img"))).await?;
+    ensure!(resp.status() == 503, "status {}", resp.status());
+    ensure!(
+        resp.headers().get("retry-after").map(|v| v.as_bytes()) == Some(&b"5"[..]),
+        "{:?}",
+        resp.headers()
+    );
+    let text = tokio::time::timeout(BOUND, resp.text()).await??;
+    ensure!(
+        text.contains("lost.img") && text.contains(&format!("fetching image content {hash}")),
+        "the message does not name the image and its cause: {text:?}"
+    );
+    ensure!(!edge.cache_dir.join(hash.as_str()).exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_byte_image_is_answered_only_after_its_verdict() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let client = connect(&nats).await?;
+    let edge = Edge::start(&client, Duration::from_secs(30)).await?;
+    edge.gate.close();
+    let http = reqwest::Client::new();
+    // Registered empty, but the store holds a byte: before its verdict it would look
+    // complete (Content-Length 0); it must be refused.
+    let bad = register(&client, "empty-bad.img", b"", b"x").await?;
+    let resp = head_of(http.get(edge.url("empty-bad.img"))).await?;
+    ensure!(
+        resp.status() == 503,
+        "a zero-byte image answered before its verdict: status {}",
+        resp.status()
+    );
+    let text = tokio::time::timeout(BOUND, resp.text()).await??;
+    ensure!(text.contains("hashes to"), "{text:?}");
+    ensure!(!edge.cache_dir.join(bad.sha256.as_str()).exists());
+    ensure!(edge.metric("substruct_edge_image_cache_fetch_failures_total")? == 1.0);
     Ok(())
 }

@@ -6,10 +6,15 @@
 //! redb latches its first I/O error (a full disk, say): every later transaction on
 //! that [`Database`] fails with "previous I/O error", reads included, even once the
 //! disk has room again. So after a failed operation the store closes the database
-//! and reopens it (redb repairs a file on open) at the next operation, at most once
-//! per [`Recovery::reopen_interval`]; the operations in between fail at once with
-//! [`LeaseStoreError::Closed`]. A failed commit never becomes visible: what was
-//! committed before it stays as it was. Whether a failure that lasts should end the
+//! and reopens it (redb repairs a file on open) at the next write or
+//! [`LeaseStore::load`] (the DHCP server's committer, on a blocking thread), at most
+//! once per [`Recovery::reopen_interval`]; the operations in between fail at once with
+//! [`LeaseStoreError::Closed`]. [`LeaseStore::lease_of`] (called from async HTTP
+//! handlers) never reopens and never waits for a reopen: while a failure is recorded
+//! it fails at once with `Closed`. What was committed before a failed commit stays as
+//! it was; the failed commit itself may or may not become visible (its final fsync can
+//! fail after its header reached the page cache), so the caller writes its changes
+//! again either way. Whether a failure that lasts should end the
 //! process is the caller's call: [`LeaseStoreError::is_persistent`] says when the
 //! store has given up hope of mending itself.
 
@@ -35,7 +40,7 @@ pub enum LeaseStoreError {
         path: PathBuf,
         what: &'static str,
         #[source]
-        source: Box<redb::Error>,
+        source: Arc<redb::Error>,
     },
     /// The database was closed after a failure and is not open again yet: either the
     /// next reopen is not due, or the last one failed (`source`).
@@ -49,11 +54,12 @@ pub enum LeaseStoreError {
         broken_for: Duration,
         /// Reopens tried and failed since then.
         attempts: u32,
-        /// The last reopen failed for want of space (ENOSPC, EDQUOT).
+        /// The cause in `source` is a want of space (ENOSPC, EDQUOT).
         disk_full: bool,
         /// Whether the store has given up (see [`LeaseStoreError::is_persistent`]).
         gave_up: bool,
-        /// Why the last reopen failed.
+        /// Why the last reopen failed; before any reopen was tried, the failure that
+        /// closed the database.
         #[source]
         source: Option<Arc<redb::Error>>,
     },
@@ -132,11 +138,14 @@ impl Default for Recovery {
     }
 }
 
-/// A run of failures: since when, how many reopens failed, the last one's cause.
+/// A run of failures: since when, what started it, how many reopens failed, the last
+/// one's cause.
 #[derive(Debug)]
 struct Failure {
     since: Instant,
-    /// The last reopen attempt; `None`: none yet (the next operation reopens at once).
+    /// The failure that closed the database (`None`: not a redb error).
+    cause: Option<Arc<redb::Error>>,
+    /// The last reopen attempt; `None`: none yet (the next write reopens at once).
     last_attempt: Option<Instant>,
     attempts: u32,
     last_error: Option<Arc<redb::Error>>,
@@ -152,7 +161,8 @@ struct Inner {
     db: RwLock<Option<Database>>,
     /// `Some` from a failed operation until a reopen succeeds.
     failure: Mutex<Option<Failure>>,
-    /// Successful reopens so far.
+    /// Successful reopens so far: the generation of the open database. A failure seen
+    /// on an older generation says nothing about the database open now.
     reopens: AtomicU64,
 }
 
@@ -190,8 +200,8 @@ fn key_mac(key: u64) -> Mac {
 }
 
 /// Opens (or creates, or repairs) the database at `path` and makes sure the table exists.
-fn open_db(path: &Path) -> Result<Database, (&'static str, Box<redb::Error>)> {
-    let err = |what, e: redb::Error| (what, Box::new(e));
+fn open_db(path: &Path) -> Result<Database, (&'static str, Arc<redb::Error>)> {
+    let err = |what, e: redb::Error| (what, Arc::new(e));
     let db = Database::create(path).map_err(|e| err("open", e.into()))?;
     let txn = db.begin_write().map_err(|e| err("begin", e.into()))?;
     txn.open_table(LEASES)
@@ -238,14 +248,15 @@ impl LeaseStore {
         LeaseStoreError::Redb {
             path: self.inner.path.clone(),
             what,
-            source: Box::new(source.into()),
+            source: Arc::new(source.into()),
         }
     }
 
     /// The [`LeaseStoreError::Closed`] error for the current run of failures.
     fn closed(&self, failure: &Failure, now: Instant) -> LeaseStoreError {
         let broken_for = now.saturating_duration_since(failure.since);
-        let disk_full = failure.last_error.as_deref().is_some_and(redb_disk_full);
+        let source = failure.last_error.clone().or_else(|| failure.cause.clone());
+        let disk_full = source.as_deref().is_some_and(redb_disk_full);
         let r = &self.inner.recovery;
         LeaseStoreError::Closed {
             path: self.inner.path.clone(),
@@ -255,44 +266,73 @@ impl LeaseStore {
             gave_up: !disk_full
                 && failure.attempts >= r.give_up_attempts
                 && broken_for >= r.give_up_after,
-            source: failure.last_error.clone(),
+            source,
         }
     }
 
-    /// After a failure: reopens the database if an attempt is due. `Err` when the
-    /// database stays closed (not due, or the reopen failed).
-    fn mend(&self) -> Result<(), LeaseStoreError> {
-        let mut failure = self
-            .inner
+    fn failure(&self) -> std::sync::MutexGuard<'_, Option<Failure>> {
+        self.inner
             .failure
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(f) = failure.as_mut() else {
-            return Ok(());
-        };
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The [`LeaseStoreError::Closed`] error when a failure is recorded.
+    fn closed_now(&self) -> Option<LeaseStoreError> {
+        let failure = self.failure();
+        failure.as_ref().map(|f| self.closed(f, Instant::now()))
+    }
+
+    /// After a failure: reopens the database if an attempt is due. `Err` when the
+    /// database stays closed (not due, or the reopen failed). Blocking (it waits for
+    /// the open transactions, then creates, repairs and syncs the file): only writes
+    /// and [`LeaseStore::load`], which run on blocking threads, call it.
+    fn mend(&self) -> Result<(), LeaseStoreError> {
         let now = Instant::now();
-        let due = f.last_attempt.is_none_or(|t| {
-            now.saturating_duration_since(t) >= self.inner.recovery.reopen_interval
-        });
-        if !due {
-            return Err(self.closed(f, now));
+        {
+            let mut failure = self.failure();
+            let Some(f) = failure.as_mut() else {
+                return Ok(());
+            };
+            let due = f.last_attempt.is_none_or(|t| {
+                now.saturating_duration_since(t) >= self.inner.recovery.reopen_interval
+            });
+            if !due {
+                return Err(self.closed(f, now));
+            }
+            f.last_attempt = Some(now);
         }
-        f.last_attempt = Some(now);
         // Wait for the transactions still open on the old database, then close it:
-        // redb holds a lock on the file while it is open.
+        // redb holds a lock on the file while it is open. The failure record is not
+        // held meanwhile, so readers are told `Closed` without waiting.
         let mut db = self
             .inner
             .db
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.failure().is_none() {
+            // Another caller reopened it while we waited.
+            return Ok(());
+        }
         drop(db.take());
-        match open_db(&self.inner.path) {
+        let opened = open_db(&self.inner.path);
+        let mut failure = self.failure();
+        let f = failure.get_or_insert_with(|| Failure {
+            since: now,
+            cause: None,
+            last_attempt: Some(now),
+            attempts: 0,
+            last_error: None,
+        });
+        match opened {
             Ok(fresh) => {
                 *db = Some(fresh);
                 let (attempts, broken_for) =
                     (f.attempts + 1, now.saturating_duration_since(f.since));
+                // A new generation: failures of transactions on the old database,
+                // reported late, are ignored from now on (see `failed`).
+                self.inner.reopens.fetch_add(1, Ordering::AcqRel);
                 *failure = None;
-                self.inner.reopens.fetch_add(1, Ordering::Relaxed);
                 info!(path = %self.inner.path.display(), attempts, ?broken_for,
                     "lease store reopened after a failure");
                 Ok(())
@@ -301,57 +341,93 @@ impl LeaseStore {
                 f.attempts += 1;
                 warn!(path = %self.inner.path.display(), what, error = %e, attempts = f.attempts,
                     "lease store: reopening failed; will retry");
-                f.last_error = Some(Arc::from(e));
+                f.last_error = Some(e);
                 Err(self.closed(f, now))
             }
         }
     }
 
-    /// Notes a failed operation (the next operation reopens the database); returns the
-    /// run of failures as a [`LeaseStoreError::Closed`].
-    fn failed(&self) -> LeaseStoreError {
-        let mut failure = self
-            .inner
-            .failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let f = failure.get_or_insert_with(|| Failure {
-            since: now,
-            last_attempt: None,
-            attempts: 0,
-            last_error: None,
-        });
-        self.closed(f, now)
+    /// Notes a failed operation on the database of `generation` (the next write reopens
+    /// it), caused by `cause`. A report about an older generation than the one open now
+    /// is ignored: the database it failed on is already gone.
+    fn failed(&self, generation: u64, cause: Option<Arc<redb::Error>>) {
+        let mut failure = self.failure();
+        // Bumped under this lock (in `mend`): a reopen cannot slip in between.
+        if generation != self.inner.reopens.load(Ordering::Acquire) {
+            return;
+        }
+        if failure.is_none() {
+            if let Some(e) = &cause {
+                warn!(path = %self.inner.path.display(), error = %e,
+                    disk_full = redb_disk_full(e), "lease store failed; closing it until a reopen");
+            }
+            *failure = Some(Failure {
+                since: Instant::now(),
+                cause,
+                last_attempt: None,
+                attempts: 0,
+                last_error: None,
+            });
+        }
     }
 
-    /// Runs `f` on the open database (reopening it first if it failed before); a
-    /// failure of `f` closes the database for the next operation to reopen.
+    /// Runs `f` on the open database; a failure of `f` closes the database for the next
+    /// write to reopen. With `mend`, reopens it first if it failed before (blocking);
+    /// without, fails at once with `Closed` while a failure is recorded or a reopen runs.
     fn with_db<T>(
         &self,
+        mend: bool,
         f: impl FnOnce(&Database) -> Result<T, LeaseStoreError>,
     ) -> Result<T, LeaseStoreError> {
-        self.mend()?;
-        let db = self.inner.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = if mend {
+            self.mend()?;
+            self.inner.db.read().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            if let Some(closed) = self.closed_now() {
+                return Err(closed);
+            }
+            match self.inner.db.try_read() {
+                Ok(db) => db,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                // A reopen is running (or just ended): never wait for one here.
+                Err(std::sync::TryLockError::WouldBlock) => match self.closed_now() {
+                    Some(closed) => return Err(closed),
+                    None => self.inner.db.read().unwrap_or_else(PoisonError::into_inner),
+                },
+            }
+        };
+        let generation = self.inner.reopens.load(Ordering::Acquire);
         let Some(open) = db.as_ref() else {
-            // Another caller's reopen failed between our `mend` and here.
+            // Another caller's reopen failed between our check and here.
             drop(db);
-            return Err(self.failed());
+            return Err(self.closed_now().unwrap_or_else(|| {
+                self.failed(generation, None);
+                self.closed_now().unwrap_or(LeaseStoreError::Closed {
+                    path: self.inner.path.clone(),
+                    broken_for: Duration::ZERO,
+                    attempts: 0,
+                    disk_full: false,
+                    gave_up: false,
+                    source: None,
+                })
+            }));
         };
         let result = f(open);
         drop(db);
-        if matches!(result, Err(LeaseStoreError::Redb { .. })) {
-            let _ = self.failed();
+        if let Err(LeaseStoreError::Redb { source, .. }) = &result {
+            self.failed(generation, Some(source.clone()));
         }
         result
     }
 
-    /// Runs `f` on the lease table in one read transaction.
+    /// Runs `f` on the lease table in one read transaction (see [`LeaseStore::with_db`]
+    /// for `mend`).
     fn read<T>(
         &self,
+        mend: bool,
         f: impl FnOnce(redb::ReadOnlyTable<u64, (u32, u64)>) -> Result<T, LeaseStoreError>,
     ) -> Result<T, LeaseStoreError> {
-        self.with_db(|db| {
+        self.with_db(mend, |db| {
             let txn = db.begin_read().map_err(|e| self.err("begin read", e))?;
             let table = txn
                 .open_table(LEASES)
@@ -360,9 +436,10 @@ impl LeaseStore {
         })
     }
 
-    /// Every stored lease (expired ones too).
+    /// Every stored lease (expired ones too). Blocking: after a failure it reopens the
+    /// database first (if due), like a write.
     pub fn load(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        self.read(|table| {
+        self.read(true, |table| {
             let mut out = Vec::new();
             for row in table.iter().map_err(|e| self.err("iterate", e))? {
                 let (k, v) = row.map_err(|e| self.err("read row", e))?;
@@ -373,9 +450,11 @@ impl LeaseStore {
     }
 
     /// The stored lease of `mac` (possibly expired or released: compare `expires` with
-    /// the clock). Read-only; the HTTP server asks it which address a MAC was given.
+    /// the clock). Read-only; the HTTP server asks it which address a MAC was given,
+    /// from async handlers: it never reopens the database nor waits for a reopen (a
+    /// recorded failure answers `Closed` at once; the next write mends it).
     pub fn lease_of(&self, mac: &Mac) -> Result<Option<Lease>, LeaseStoreError> {
-        self.read(|table| {
+        self.read(false, |table| {
             let row = table
                 .get(mac_key(mac))
                 .map_err(|e| self.err("read row", e))?;
@@ -384,12 +463,12 @@ impl LeaseStore {
     }
 
     /// Applies `changes` in one durable write transaction: all of them or (on `Err`)
-    /// none.
+    /// none. Blocking: after a failure it reopens the database first (if due).
     pub fn apply(&self, changes: &[LeaseChange]) -> Result<(), LeaseStoreError> {
         if changes.is_empty() {
             return Ok(());
         }
-        self.with_db(|db| {
+        self.with_db(true, |db| {
             let mut txn = db.begin_write().map_err(|e| self.err("begin write", e))?;
             txn.set_durability(Durability::Immediate);
             {
@@ -429,5 +508,65 @@ impl LeaseStore {
                 path: self.inner.path.clone(),
                 source,
             })?
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn grant(n: u8) -> LeaseChange {
+        LeaseChange::Grant {
+            mac: Mac([0x52, 0x54, 0, 0, 0, n]),
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            expires: 2_000_000_000,
+        }
+    }
+
+    fn store(dir: &tempfile::TempDir) -> LeaseStore {
+        let recovery = Recovery {
+            reopen_interval: Duration::ZERO,
+            ..Recovery::default()
+        };
+        LeaseStore::open_with(dir.path().join("leases.redb"), recovery).unwrap()
+    }
+
+    #[test]
+    fn a_read_never_reopens_the_next_write_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        store.apply(&[grant(1)]).unwrap();
+        store.failed(0, None);
+        let read = store.lease_of(&Mac([0x52, 0x54, 0, 0, 0, 1]));
+        assert!(
+            matches!(read, Err(LeaseStoreError::Closed { attempts: 0, .. })),
+            "{read:?}"
+        );
+        assert_eq!(store.reopens(), 0, "a read reopened the store");
+        store.apply(&[grant(2)]).unwrap();
+        assert_eq!(store.reopens(), 1);
+        let read = store.lease_of(&Mac([0x52, 0x54, 0, 0, 0, 1])).unwrap();
+        assert_eq!(read.map(|l| l.ip), Some(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    #[test]
+    fn a_late_failure_from_an_older_database_leaves_the_reopened_one_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        // A transaction on generation 0 fails; the store is reopened (generation 1)…
+        store.failed(0, None);
+        store.apply(&[grant(1)]).unwrap();
+        assert_eq!(store.reopens(), 1);
+        // …and another transaction that failed on generation 0 reports it only now.
+        store.failed(0, None);
+        let read = store.lease_of(&Mac([0x52, 0x54, 0, 0, 0, 1]));
+        assert!(matches!(read, Ok(Some(_))), "{read:?}");
+        // A failure on the database open now still counts.
+        store.failed(1, None);
+        assert!(matches!(
+            store.lease_of(&Mac([0x52, 0x54, 0, 0, 0, 1])),
+            Err(LeaseStoreError::Closed { .. })
+        ));
     }
 }

@@ -12,8 +12,10 @@
 //!   (install intent: its command line names the install token) or the local-boot script;
 //! * `GET /ipxe.lkrn`, `/ipxe.efi`, `/snponly.efi`, `/undionly.kpxe` — from the iPXE dir;
 //! * `GET|HEAD /images/{*path}` — files under the images dir (Range, Content-Length), else
-//!   from the image cache; an image still being fetched is answered at once (the
-//!   registered Content-Length) and streamed as it is written;
+//!   from the image cache; an image still being fetched is answered (the registered
+//!   Content-Length) as soon as its fetch has reached the object store, and streamed as
+//!   it is written; a fetch that fails before (the WAN down, the object missing) or an
+//!   image that cannot be had is `503` + `Retry-After: 5` naming the cause;
 //! * `GET /install/{token}/{name}` — a rendered install file of the site's install table
 //!   (see [`crate::install`]), every `{edge}` replaced by the edge's base URL; an unknown
 //!   or expired token, an unknown name, a malformed path, or an asker not bound to one of
@@ -563,7 +565,8 @@ async fn image(
 
 /// An image from the cache: registered at the controller, verified before serving, or
 /// followed while it is fetched (the response ends short if the fetch fails or does not
-/// match: see [`crate::image_cache::Follow`]).
+/// match: see [`crate::image_cache::Follow`]). A fetch that fails before it reaches the
+/// object store is a `503` like any other cache failure, never a `200` cut short.
 async fn serve_cached(
     cache: &crate::image_cache::ImageCache,
     name: &str,

@@ -6,7 +6,8 @@
 //! ended). A [`Follow`] reads the bytes written so far with `pread` on its own handle of
 //! the file (valid across the rename into place and across the removal of a failed
 //! `.part`), waits for more, and holds back the last byte of what it was asked for until
-//! the fetch is verified (sha256 and size): a response following a fetch that fails,
+//! the fetch is verified (sha256 and size; the job says so as soon as it has hashed
+//! the content, before syncing it to disk): a response following a fetch that fails,
 //! or whose content does not match, always ends short, never looking complete.
 
 use std::os::unix::fs::FileExt as _;
@@ -29,6 +30,10 @@ pub(super) struct Progress {
     pub(super) file: Option<(Arc<std::fs::File>, PathBuf)>,
     /// Bytes written (and flushed to the file) so far.
     pub(super) written: u64,
+    /// Set by the fetch job as soon as all the content is written and hashed to its
+    /// sha256 with the registered size, before it is synced and renamed into place:
+    /// followers read through their own handle, so they need not wait for the disk.
+    pub(super) verified: bool,
     /// How the fetch ended, once the cache task has applied it: `Ok` only when the
     /// content hashed to its sha256 with the registered size and is in place.
     pub(super) end: Option<Result<(), CacheError>>,
@@ -57,6 +62,37 @@ impl Fetching {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.progress.borrow().written
+    }
+
+    /// Waits, at most `limit`, until the fetch has reached the object store (its file
+    /// is created) or has ended, so that a fetch that cannot start (the store is out of
+    /// reach, the object is missing) is answered with its error rather than with a head
+    /// followed by a cut body. A zero-byte image has nothing to hold back: it waits for
+    /// its verdict. After `limit` a fetch still waiting for the store is followed all
+    /// the same (its own stall timeout ends it), except a zero-byte one, which fails.
+    pub(super) async fn started(&mut self, limit: std::time::Duration) -> Result<(), CacheError> {
+        let size = self.size;
+        let waited = tokio::time::timeout(limit, async {
+            let p = self
+                .progress
+                .wait_for(|p| p.end.is_some() || p.verified || (size > 0 && p.file.is_some()))
+                .await
+                .map_err(|_| CacheError::Stopped)?;
+            match &p.end {
+                Some(Err(e)) if !p.verified => Err(e.clone()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        match waited {
+            Ok(result) => result,
+            Err(_) if size == 0 => Err(CacheError::Stalled {
+                sha256: self.sha256.clone(),
+                written: 0,
+                after: limit,
+            }),
+            Err(_) => Ok(()),
+        }
     }
 
     /// The bytes `start..start + count` (clamped to the size) as they are written. The
@@ -106,6 +142,8 @@ impl Follow {
             let (file, limit, verified) = {
                 let p = self.progress.borrow_and_update();
                 match &p.end {
+                    // Verified content stays good whatever happens to the file later.
+                    _ if p.verified => (p.file.clone(), self.end, true),
                     Some(Err(e)) => return Some(Err(e.clone())),
                     Some(Ok(())) => (p.file.clone(), self.end, true),
                     // Never the last byte before the verdict.
@@ -170,6 +208,7 @@ mod tests {
         let (tx, rx) = watch::channel(Progress {
             file: Some((Arc::new(reader), path)),
             written: bytes.len() as u64,
+            verified: false,
             end: None,
         });
         let sha256 = Sha256Digest::new("0".repeat(64)).unwrap();
@@ -258,6 +297,80 @@ mod tests {
         assert!(matches!(
             next(&mut abandoned).await,
             Some(Err(CacheError::Offline))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_verdict_before_the_sync_releases_the_last_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, f) = fetching(&dir, b"hello", 5);
+        let mut follow = f.follow(0, 5);
+        assert_eq!(next(&mut follow).await.unwrap().unwrap(), &b"hell"[..]);
+        assert!(waits(&mut follow).await);
+        // Hashed right; the file is still being synced and renamed (no end yet).
+        tx.send_modify(|p| p.verified = true);
+        assert_eq!(next(&mut follow).await.unwrap().unwrap(), &b"o"[..]);
+        assert!(next(&mut follow).await.is_none());
+        // A sync that fails afterwards does not spoil a verified follow.
+        let mut late = Fetching {
+            sha256: Sha256Digest::new("0".repeat(64)).unwrap(),
+            size: 5,
+            progress: tx.subscribe(),
+        }
+        .follow(0, 5);
+        tx.send_modify(|p| p.end = Some(Err(CacheError::Stopped)));
+        assert_eq!(next(&mut late).await.unwrap().unwrap(), &b"hello"[..]);
+        assert!(next(&mut late).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_fetch_has_started_once_its_file_exists_or_it_failed() {
+        let limit = std::time::Duration::from_secs(10);
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, mut f) = fetching(&dir, b"", 5);
+        f.started(limit).await.unwrap();
+        // Not at the store yet, then failed: the error, not a follow.
+        let (tx, rx) = watch::channel(Progress::default());
+        let mut f = Fetching {
+            sha256: Sha256Digest::new("0".repeat(64)).unwrap(),
+            size: 5,
+            progress: rx,
+        };
+        let waiting = tokio::spawn(async move { f.started(limit).await });
+        tx.send_modify(|p| p.end = Some(Err(CacheError::Offline)));
+        assert!(matches!(waiting.await.unwrap(), Err(CacheError::Offline)));
+    }
+
+    #[tokio::test]
+    async fn a_zero_byte_image_has_started_only_with_its_verdict() {
+        let limit = std::time::Duration::from_secs(10);
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut f) = fetching(&dir, b"", 0);
+        let mut waiting = tokio::spawn(async move { f.started(limit).await });
+        // Its file exists: not enough for an empty image.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "an empty image looked ready before its verdict"
+        );
+        tx.send_modify(|p| p.verified = true);
+        waiting.await.unwrap().unwrap();
+        // A mismatch instead: its error.
+        let (tx, mut f) = fetching(&dir, b"", 0);
+        let waiting = tokio::spawn(async move { f.started(limit).await });
+        let sha256 = Sha256Digest::new("0".repeat(64)).unwrap();
+        tx.send_modify(|p| {
+            p.end = Some(Err(CacheError::Mismatch {
+                sha256: sha256.clone(),
+                got: sha256.clone(),
+                size: 1,
+                expected_size: 0,
+            }))
+        });
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(CacheError::Mismatch { .. })
         ));
     }
 }

@@ -90,6 +90,35 @@ pub(super) fn available(path: &Path) -> std::io::Result<u64> {
     Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
+/// The cache files in `dir` this process has open (responses still sending them):
+/// deleting one frees nothing until its last response ends. Read from `/proc/self/fd`
+/// (metadata only); empty where that cannot be read.
+pub(super) fn open_files(dir: &Path) -> std::collections::HashSet<Sha256Digest> {
+    let mut open = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return open;
+    };
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return open;
+    };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.parent() != Some(dir.as_path()) {
+            continue;
+        }
+        if let Some(sha) = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| Sha256Digest::parse(n).ok())
+        {
+            open.insert(sha);
+        }
+    }
+    open
+}
+
 /// The size and mtime of the file at `path`, if it is there.
 pub(super) fn stamp_of(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
@@ -315,6 +344,10 @@ impl Fetch<'_> {
                 expected_size,
             });
         }
+        // The followers read what was written through their own handle: tell them now,
+        // not after a sync of the whole file on a slow disk (which could outlast their
+        // clients' patience for the held-back last byte).
+        self.progress.send_modify(|p| p.verified = true);
         file.sync_all().await.map_err(write_err)?;
         drop(file);
         let path = self.dir.join(sha.as_str());

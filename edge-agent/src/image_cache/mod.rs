@@ -13,14 +13,16 @@
 //!   used files go first.
 //! * It leaves at least [`CacheSettings::min_free_bytes`] free on its filesystem (which
 //!   it usually shares with the lease store): before a fetch it evicts least recently
-//!   used files until the image fits above that reserve, or refuses the fetch
+//!   used files until the image fits above that reserve — counting what the fetches
+//!   already running still have to write as taken — or refuses the fetch
 //!   ([`CacheError::NoSpace`]); a fetch that finds the reserve reached as it writes
 //!   (something else filled the disk, or the store sends more than registered) stops
 //!   ([`CacheError::ReserveReached`]).
 //! * Names resolved while the registry was reachable are kept in `names.json`, so a
 //!   site serves its cached images by name while its WAN link is down; only misses fail.
-//! * A response need not wait for a fetch: [`ImageCache::open_image`] answers at once
-//!   with the fetch in progress ([`Fetching`]), which the response follows as the
+//! * A response need not wait for a fetch: [`ImageCache::open_image`] answers with the
+//!   fetch in progress ([`Fetching`]) once it has reached the object store (a fetch
+//!   that fails before that is its error), which the response follows as the
 //!   `.part` file is written ([`Follow`]); the last byte goes out only once the content
 //!   is verified, so a response that follows a failed or mismatched fetch ends short.
 //!   Every follower of a sha256 shares its one fetch. A fetch that receives nothing from
@@ -127,11 +129,13 @@ pub enum CacheError {
         expected_size: u64,
     },
     /// The image does not fit on the cache's filesystem above the free-space reserve,
-    /// even with every file not in use evicted. Nothing was evicted.
+    /// even with every file not in use (by a job or an open response) evicted. Nothing
+    /// was evicted.
     #[error(
         "no room for image {sha256} ({size} bytes): {available} bytes free on the cache's \
-         filesystem, {min_free} must stay free, and evicting every unused image would free \
-         only {evictable} more"
+         filesystem, of which {committed} are still to be written by the fetches running, \
+         {min_free} must stay free, and evicting every unused image would free only \
+         {evictable} more"
     )]
     NoSpace {
         /// The image.
@@ -140,6 +144,9 @@ pub enum CacheError {
         size: u64,
         /// Bytes free on the filesystem (for unprivileged users).
         available: u64,
+        /// Bytes the fetches already running have still to write (registered size
+        /// less written): counted as taken.
+        committed: u64,
         /// The reserve ([`CacheSettings::min_free_bytes`]).
         min_free: u64,
         /// What evicting every file not in use would free.
@@ -307,6 +314,8 @@ pub struct ImageCache {
     dir: PathBuf,
     contents: watch::Receiver<CacheContents>,
     stats: watch::Receiver<CacheStats>,
+    /// The fetches' stall timeout: how long a response waits for a fetch to start.
+    stall: Duration,
 }
 
 /// The task that owns the cache's state; run it with [`CacheTask::run`].
@@ -485,6 +494,7 @@ impl ImageCache {
             dir,
             contents,
             stats,
+            stall: fetch_stall,
         };
         Ok((handle, CacheTask { state, rx }))
     }
@@ -558,14 +568,23 @@ impl ImageCache {
 
     /// Image `name` as the cache can answer with it now: the verified file, or the fetch
     /// in progress (started if needed) to follow; `None` when no image has that name.
-    /// Waits only for a hash of an unverified file (or the delete of an evicted one),
-    /// never for a fetch. The registry is read as for [`ImageCache::path_for`].
+    /// Waits for a hash of an unverified file (or the delete of an evicted one), and
+    /// for a fetch only until it has reached the object store (at most the stall
+    /// timeout; see [`Fetching`]): a fetch that fails before is this call's error
+    /// (the store out of reach, the object missing), not a cut response. The registry
+    /// is read as for [`ImageCache::path_for`].
     pub async fn open_image(&self, name: &ImageName) -> Result<Option<CachedImage>, CacheError> {
         let Some(meta) = self.resolve(name).await? else {
             return Ok(None);
         };
         let follow = |reply| Msg::Want(Waiter::Follow { meta, reply });
-        self.ask(follow).await?.map(Some)
+        match self.ask(follow).await?? {
+            CachedImage::Fetching(mut fetching) => {
+                fetching.started(self.stall).await?;
+                Ok(Some(CachedImage::Fetching(fetching)))
+            }
+            ready => Ok(Some(ready)),
+        }
     }
 
     /// The registry entry of `name` (the last known one when the registry is out of
@@ -970,7 +989,8 @@ impl State {
     }
 
     /// Makes room for `meta`'s file above the free-space reserve: evicts least recently
-    /// used files not in use (deleted by jobs) until it fits, and returns their paths;
+    /// used files not in use — no job on them, no response holding them open — (deleted
+    /// by jobs) until it fits, and returns their paths;
     /// or, when even evicting all of them would not do, evicts nothing and says why.
     fn make_room(&mut self, meta: &ImageMeta) -> Result<Vec<PathBuf>, CacheError> {
         if self.min_free == 0 {
@@ -981,21 +1001,33 @@ impl State {
             path: self.dir.clone(),
             source: Arc::new(e),
         })?;
+        // What the fetches already running still have to write is as good as taken:
+        // admitting an image against free space they are about to fill would fail one
+        // of them with `ReserveReached` gigabytes later.
+        let committed: u64 = self
+            .fetches
+            .values()
+            .map(|f| f.size.saturating_sub(f.progress.borrow().written))
+            .sum();
         let wanted = meta
             .size
             .saturating_add(self.min_free)
+            .saturating_add(committed)
             .saturating_sub(available);
         if wanted == 0 {
             return Ok(Vec::new());
         }
+        // A file a response still has open frees nothing when deleted: not a victim.
+        let open = jobs::open_files(&self.dir);
         let busy = &self.busy;
         let victims = self
             .index
-            .make_room(wanted, |sha| busy.contains_key(sha))
+            .make_room(wanted, |sha| busy.contains_key(sha) || open.contains(sha))
             .map_err(|evictable| CacheError::NoSpace {
                 sha256: meta.sha256.clone(),
                 size: meta.size,
                 available,
+                committed,
                 min_free: self.min_free,
                 evictable,
             })?;

@@ -233,7 +233,9 @@ pub async fn serve_file(
 /// against its registered size: the head goes out at once, the body follows the fetch
 /// ([`crate::image_cache::Follow`]) and its last byte waits for the fetch's verdict. A
 /// fetch that fails or does not match ends the body with an error, so hyper closes the
-/// connection short of the Content-Length: the response never looks complete.
+/// connection short of the Content-Length: the response never looks complete. (A
+/// zero-byte image has no byte to hold back: the cache hands it over only once it is
+/// verified, see [`crate::image_cache::ImageCache::open_image`].)
 pub fn serve_fetching(
     fetching: Fetching,
     method: &Method,
