@@ -34,6 +34,7 @@ use substruct_wire::{BootToken, ImageName, ResourceName};
 
 use crate::images::{validate_image_name, ImageKind, ImageRecord};
 
+mod budget;
 mod render;
 mod sample;
 
