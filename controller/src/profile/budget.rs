@@ -269,7 +269,10 @@ fn charge_fold(expr: &ast::Expr<'_>) -> Result<(), Error> {
                 return Ok(());
             };
             let cost = match op.op {
-                Op::Mul => mul_cost(&a, &b),
+                Op::Mul => {
+                    refuse_empty_repetition(&a, &b)?;
+                    mul_cost(&a, &b)
+                }
                 Op::Add => add_cost(&a, &b),
                 Op::Concat | Op::Eq | Op::Ne | Op::Lt | Op::Lte | Op::Gt | Op::Gte | Op::In => {
                     read_cost("a constant expression", &a, &b)?
@@ -597,7 +600,7 @@ fn items(value: &Value) -> Option<u64> {
 fn add_cost(a: &Value, b: &Value) -> u64 {
     match (a.as_str(), b.as_str(), items(a), items(b)) {
         (Some(x), Some(y), _, _) => (x.len() + y.len()) as u64,
-        (_, _, Some(x), Some(y)) => x.saturating_add(y).saturating_mul(ENTRY),
+        (_, _, Some(x), Some(y)) => x.saturating_add(y).saturating_add(1).saturating_mul(ENTRY),
         _ => 0,
     }
 }
@@ -628,10 +631,46 @@ fn mul_cost(a: &Value, b: &Value) -> u64 {
 }
 
 /// `a * b`.
+/// A list repeated is built here, not by minijinja: minijinja repeats lazily, so a
+/// repeated empty list costs steps whenever it is read while holding no entry to
+/// charge (found by fuzzing: `[] * 700 * 3070200 * 307` spun).
 fn mul(args: Rest<Value>) -> Result<Value, Error> {
     let (a, b) = two(&args)?;
     charge("`*`", mul_cost(a, b))?;
-    apply(&OPS.mul, &args)
+    let (seq, times) = match (a.kind(), b.kind()) {
+        (ValueKind::Seq | ValueKind::Iterable, ValueKind::Number) => (a, b),
+        (ValueKind::Number, ValueKind::Seq | ValueKind::Iterable) => (b, a),
+        _ => return apply(&OPS.mul, &args),
+    };
+    let (Some(times), Ok(items)) = (times.as_usize(), seq.try_iter()) else {
+        // A negative or fractional count, or what cannot be iterated: minijinja's error.
+        return apply(&OPS.mul, &args);
+    };
+    let items: Vec<Value> = items.collect();
+    let entries = (items.len() as u64).saturating_mul(times as u64);
+    charge("`*`", entries.saturating_mul(ENTRY))?;
+    let repeated: Vec<Value> = std::iter::repeat_n(items, times).flatten().collect();
+    Ok(Value::from(repeated))
+}
+
+/// Refuses to fold `seq * n` (n > 1) where `seq` holds nothing: minijinja folds it into
+/// a lazy repetition whose every reading takes `n` steps that yield nothing to charge.
+fn refuse_empty_repetition(a: &Value, b: &Value) -> Result<(), Error> {
+    let (seq, times) = match (a.kind(), b.kind()) {
+        (ValueKind::Seq | ValueKind::Iterable, ValueKind::Number) => (a, b),
+        (ValueKind::Number, ValueKind::Seq | ValueKind::Iterable) => (b, a),
+        _ => return Ok(()),
+    };
+    let empty = seq
+        .try_iter()
+        .map_or(true, |mut items| items.next().is_none());
+    if empty && times.as_usize().is_some_and(|n| n > 1) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "`*` on an empty list: the result is `[]`, write that",
+        ));
+    }
+    Ok(())
 }
 
 /// What looking through `a` and `b` costs (comparisons, `in`, `~`).
@@ -1116,7 +1155,8 @@ mod tests {
             "{% set a = 'xy' %}".to_owned() + &"{% set a %}{{ a }}{{ a }}{% endset %}".repeat(40);
         refused(&blocks, "budget");
         refused("{{ 'ab' * 99999999999 }}", "budget");
-        refused("{{ [] * 30702000600001 }}", "budget");
+        refused("{{ [] * 30702000600001 }}", "empty list");
+        refused("{% set e = [] %}{{ e * 30702000600001 }}", "budget");
     }
 
     #[test]
@@ -1177,6 +1217,17 @@ mod tests {
         assert_eq!(err.line(), Some(3), "{err:#}");
         let err = run("{{ nope ~ 'x' }}").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UndefinedError, "{err:#}");
+    }
+
+    #[test]
+    fn repeated_lists_are_built_and_charged() {
+        // Found by tests/fuzz (template_render): lazy repetitions of an empty list spun.
+        refused("{{-[] * 700* 3070200* 307}}", "empty list");
+        refused("{% set e = [] %}{{ (e * 99999999) * 99999999 }}", "budget");
+        let out = run("{% set e = [] %}{{ e * 99999 }}|{{ [1, 2] * 2 }}|{{ 2 * [n] }}");
+        assert_eq!(out.unwrap(), "[]|[1, 2, 1, 2]|[3, 3]");
+        assert_eq!(run("{{ [] * 1 }}{{ [1] * 0 }}").unwrap(), "[][]");
+        refused("{{ [1] * 9999999 }}", "budget");
     }
 
     #[test]

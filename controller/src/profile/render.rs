@@ -267,7 +267,7 @@ mod tests {
         let hang = "\u{1}t{{-[] * 30702000600001}}";
         let err = render("t", hang, &()).unwrap_err();
         assert!(
-            matches!(err, ProfileError::Template { line: Some(1), ref message, .. } if message.contains("budget")),
+            matches!(err, ProfileError::Template { line: Some(1), ref message, .. } if message.contains("empty list")),
             "{err:?}"
         );
         let err = render("t", "a\nb\n{% set x = 'a' * 99999999999 %}", &()).unwrap_err();
