@@ -711,8 +711,10 @@ fn slice(args: Rest<Value>) -> Result<Value, Error> {
 
 /// minijinja 2.24 subtracts with overflow (a panic under debug assertions, found by
 /// fuzzing: `machine.id[:4800:-5]`) on a backward slice whose stop lies past its
-/// start, and negates a step of `i64::MIN`; the first is answered here as Python
-/// does, empty, and the second refused.
+/// start, indexes an empty sequence or string when slicing it backwards (a panic in
+/// any build, found by fuzzing: `[-2][-1:-2][-1:-1:-1]`), and negates a step of
+/// `i64::MIN`; the first two are answered here as Python does, empty, and the last
+/// refused.
 fn empty_backward_slice(
     value: &Value,
     start: &Value,
@@ -735,7 +737,8 @@ fn empty_backward_slice(
             "slice step out of range",
         ));
     }
-    let (true, Some(start), Some(Some(stop))) = (step < 0, index(start), index(stop)) else {
+    // A start or stop that is not an integer: minijinja's own error.
+    let (true, Some(start), Some(stop)) = (step < 0, index(start), index(stop)) else {
         return Ok(None);
     };
     let (end, empty) = match value.kind() {
@@ -752,6 +755,13 @@ fn empty_backward_slice(
             Value::from(Vec::<Value>::new()),
         ),
         _ => return Ok(None),
+    };
+    if end == 0 {
+        // minijinja indexes an empty sequence here (`[][::-1]` panics, in release too).
+        return Ok(Some(empty));
+    }
+    let Some(stop) = stop else {
+        return Ok(None);
     };
     let end = i64::try_from(end).unwrap_or(i64::MAX);
     let first = match start {
@@ -1243,6 +1253,13 @@ mod tests {
             "edc cba"
         );
         refused("{{ s[::-9223372036854775807 - 1] }}", "step out of range");
+        // Found by tests/fuzz (template_render): minijinja indexed an empty sequence.
+        let empty = "{{ [-2][-1:-2][-1:-1:-1] }}|{{ [][::-1] }}|{{ ''[::-2] }}|{{ s[1:1][::-1] }}";
+        assert_eq!(run(empty).unwrap(), "[]|[]||");
+        assert_eq!(
+            run("{{ [1, 2, 3][::-1] }}|{{ s[::-1] }}").unwrap(),
+            "[3, 2, 1]|c\\b\"a"
+        );
     }
 
     #[test]
