@@ -472,15 +472,23 @@ const MAP: &str = "__substruct_map";
 
 /// Replaces, one for one (no jump moves), each instruction whose cost grows with its
 /// operands by a call to the function of ours that charges it.
-fn rewrite(instructions: &mut Instructions<'_>) -> Result<(), Error> {
-    let too_many = || Error::new(ErrorKind::InvalidOperation, "too many items in one literal");
+fn rewrite(instructions: &mut Instructions<'_>) -> Result<(), Failure> {
     for at in 0..instructions.len() {
-        let Some(instruction) = u32::try_from(at)
-            .ok()
-            .and_then(|at| instructions.get_mut(at))
-        else {
+        let Ok(at) = u32::try_from(at) else {
             break;
         };
+        let refuse = |instructions: &Instructions<'_>, message: &'static str| {
+            let span = instructions.get_span(at);
+            Failure {
+                error: Error::new(ErrorKind::InvalidOperation, message),
+                line: instructions.get_line(at),
+                range: span.map(|s| s.start_offset as usize..s.end_offset as usize),
+            }
+        };
+        let Some(instruction) = instructions.get_mut(at) else {
+            break;
+        };
+        let too_many = "too many items in one literal";
         let (name, args) = match instruction {
             Instruction::StringConcat => (CONCAT, Some(2)),
             Instruction::Add => (ADD, Some(2)),
@@ -494,17 +502,20 @@ fn rewrite(instructions: &mut Instructions<'_>) -> Result<(), Error> {
             Instruction::In => (IN, Some(2)),
             Instruction::GetItem => (ITEM, Some(2)),
             Instruction::Slice => (SLICE, Some(4)),
-            Instruction::BuildList(n) => match n {
-                Some(n) => (LIST, Some(u16::try_from(*n).map_err(|_| too_many())?)),
-                None => (LIST, None),
+            Instruction::BuildList(None) => (LIST, None),
+            Instruction::BuildList(Some(n)) => match u16::try_from(*n) {
+                Ok(n) => (LIST, Some(n)),
+                Err(_) => return Err(refuse(instructions, too_many)),
             },
             Instruction::BuildMap(pairs) => {
-                let n = pairs.checked_mul(2).and_then(|n| u16::try_from(n).ok());
-                (MAP, Some(n.ok_or_else(too_many)?))
+                match pairs.checked_mul(2).and_then(|n| u16::try_from(n).ok()) {
+                    Some(n) => (MAP, Some(n)),
+                    None => return Err(refuse(instructions, too_many)),
+                }
             }
             Instruction::CompareAndPreserve(_) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
+                return Err(refuse(
+                    instructions,
                     "chained comparisons (`a < b < c`) are not supported: join them with `and`",
                 ))
             }
@@ -1221,6 +1232,8 @@ mod tests {
     #[test]
     fn what_the_rewrite_refuses_is_named() {
         refused("{{ 1 < n < 5 }}", "chained comparisons");
+        let failure = render("t", "a\n{{ 1 < n < 5 }}", Value::UNDEFINED, 1000).unwrap_err();
+        assert_eq!(failure.line(), Some(2), "{failure:?}");
         refused("{{ __substruct_list(1) }}", "are reserved");
         refused("{{ pprint }}", "undefined");
         let err = run("a\nb\n{{ 1 + 'x' }}").unwrap_err();
