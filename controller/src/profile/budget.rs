@@ -632,7 +632,11 @@ fn mul_cost(a: &Value, b: &Value) -> u64 {
         (ValueKind::Number, _) => (b, a),
         _ => (a, b),
     };
-    let times = i64::try_from(times.clone()).unwrap_or(0).max(0) as u64;
+    // A count past `i64` is a count past the budget (found by fuzzing: minijinja's own
+    // `[4] * 20 * 16143140752487000403` multiplied with overflow while folding).
+    let times = i128::try_from(times.clone())
+        .unwrap_or(0)
+        .clamp(0, i128::from(u64::MAX)) as u64;
     let size = match (unit.as_str(), items(unit)) {
         (Some(s), _) => s.len() as u64,
         (_, Some(n)) => n.saturating_mul(ENTRY),
@@ -1251,6 +1255,8 @@ mod tests {
         assert_eq!(out.unwrap(), "[]|[1, 2, 1, 2]|[3, 3]");
         assert_eq!(run("{{ [] * 1 }}{{ [1] * 0 }}").unwrap(), "[][]");
         refused("{{ [1] * 9999999 }}", "budget");
+        refused("{{-[4] * 000020*1614314075248__7000403}}", "budget");
+        refused("{% set l = [4] %}{{ l * 16143140752487000403 }}", "budget");
     }
 
     #[test]
