@@ -646,16 +646,23 @@ fn mul_cost(a: &Value, b: &Value) -> u64 {
 }
 
 /// `a * b`.
+/// The list and the count of `a * b` when it repeats a list, in either order.
+fn repeated_list<'v>(a: &'v Value, b: &'v Value) -> Option<(&'v Value, &'v Value)> {
+    match (a.kind(), b.kind()) {
+        (ValueKind::Seq | ValueKind::Iterable, ValueKind::Number) => Some((a, b)),
+        (ValueKind::Number, ValueKind::Seq | ValueKind::Iterable) => Some((b, a)),
+        _ => None,
+    }
+}
+
 /// A list repeated is built here, not by minijinja: minijinja repeats lazily, so a
 /// repeated empty list costs steps whenever it is read while holding no entry to
 /// charge (found by fuzzing: `[] * 700 * 3070200 * 307` spun).
 fn mul(args: Rest<Value>) -> Result<Value, Error> {
     let (a, b) = two(&args)?;
     charge("`*`", mul_cost(a, b))?;
-    let (seq, times) = match (a.kind(), b.kind()) {
-        (ValueKind::Seq | ValueKind::Iterable, ValueKind::Number) => (a, b),
-        (ValueKind::Number, ValueKind::Seq | ValueKind::Iterable) => (b, a),
-        _ => return apply(&OPS.mul, &args),
+    let Some((seq, times)) = repeated_list(a, b) else {
+        return apply(&OPS.mul, &args);
     };
     let (Some(times), Ok(items)) = (times.as_usize(), seq.try_iter()) else {
         // A negative or fractional count, or what cannot be iterated: minijinja's error.
@@ -671,10 +678,8 @@ fn mul(args: Rest<Value>) -> Result<Value, Error> {
 /// Refuses to fold `seq * n` (n > 1) where `seq` holds nothing: minijinja folds it into
 /// a lazy repetition whose every reading takes `n` steps that yield nothing to charge.
 fn refuse_empty_repetition(a: &Value, b: &Value) -> Result<(), Error> {
-    let (seq, times) = match (a.kind(), b.kind()) {
-        (ValueKind::Seq | ValueKind::Iterable, ValueKind::Number) => (a, b),
-        (ValueKind::Number, ValueKind::Seq | ValueKind::Iterable) => (b, a),
-        _ => return Ok(()),
+    let Some((seq, times)) = repeated_list(a, b) else {
+        return Ok(());
     };
     let empty = seq
         .try_iter()
