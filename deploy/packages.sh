@@ -6,6 +6,7 @@ SUBSTRUCT_PACKAGES=(
   apache2-utils                    # htpasswd: bcrypt hashes of the hub's passwords (deploy/nats/gen-site)
   qemu-system-x86 ipxe-qemu ovmf   # real PXE clients: SeaBIOS + iPXE ROM, OVMF
   ipxe pxelinux syslinux-common    # loaders the edge serves
+  shim-signed grub-efi-amd64-signed  # the Secure Boot chain: Microsoft-signed shim, Debian-signed GRUB
   linux-image-amd64 busybox-static # the live image's kernel; busybox for its debug shell
   cpio kmod xz-utils file          # building the live image
   musl-tools                       # static prospector (musl target)

@@ -113,6 +113,29 @@ pub struct MachineRecord {
     pub owed: Vec<Owed>,
 }
 
+/// A machine record as the API (`GET /api/v1/machines/{id}`, the record lists) and the
+/// CLI (`machines show --json`, `machines list --json`) show it: the record, and facts
+/// derived from it at its top, where `jq` finds them (`.secure_boot`). Never stored.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct MachineView<'a> {
+    #[serde(flatten)]
+    pub record: &'a MachineRecord,
+    /// `facts.secure_boot`: `true` when UEFI Secure Boot is enforced, `false` when it is
+    /// off or the machine boots BIOS, `null` when not known (the prospector could not
+    /// tell, or reported before it knew how).
+    #[schema(required = true)]
+    pub secure_boot: Option<bool>,
+}
+
+impl<'a> From<&'a MachineRecord> for MachineView<'a> {
+    fn from(record: &'a MachineRecord) -> Self {
+        Self {
+            record,
+            secure_boot: record.facts.secure_boot,
+        }
+    }
+}
+
 /// The install or wipe a callback completed: its token stays in the index (and only
 /// there) until the machine's next lifecycle change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

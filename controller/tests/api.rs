@@ -10,6 +10,7 @@ use common::{config, connect, discover, report, tls_config, Running, TOKEN};
 use serde_json::Value;
 use substruct_testkit::nats_topology::TlsFiles;
 use substruct_testkit::NatsServer;
+use substruct_wire::report::HardwareReport;
 
 const M1: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
 const M2: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
@@ -70,9 +71,16 @@ async fn rest_api_requires_a_token_and_serves_machines() {
     )
     .await
     .unwrap();
-    let b = discover(&client, "dc2", report(None, Some("SN-B"), &[M2], &[]))
-        .await
-        .unwrap();
+    let b = discover(
+        &client,
+        "dc2",
+        HardwareReport {
+            secure_boot: Some(true),
+            ..report(None, Some("SN-B"), &[M2], &[])
+        },
+    )
+    .await
+    .unwrap();
 
     let (status, body) = get(&format!("{base}/api/v1/machines"), Some(TOKEN)).await;
     assert_eq!(status, 200);
@@ -84,6 +92,9 @@ async fn rest_api_requires_a_token_and_serves_machines() {
     assert_eq!(list[0]["site"], "dc1");
     assert_eq!(list[0]["facts"]["dmi"]["product_serial"], "SN-A");
     assert_eq!(list[0]["facts"]["nics"][0]["mac"], "52:54:00:00:00:11");
+    // `secure_boot`, derived from the facts, at the top of every record shown.
+    assert_eq!(list[0]["secure_boot"], Value::Null);
+    assert_eq!(list[1]["secure_boot"], true);
 
     let (status, body) = get(
         &format!("{base}/api/v1/machines/{}", b.machine_id),
@@ -93,6 +104,8 @@ async fn rest_api_requires_a_token_and_serves_machines() {
     assert_eq!(status, 200);
     assert_eq!(body["id"], "sn-sn-b");
     assert_eq!(body["report_count"], 1);
+    assert_eq!(body["secure_boot"], true);
+    assert_eq!(body["facts"]["secure_boot"], true);
 
     let (status, body) = get(
         &format!("{base}/api/v1/machines/no-such-machine"),
@@ -140,9 +153,16 @@ async fn substruct_cli_lists_and_shows_machines() {
     )
     .await
     .unwrap();
-    discover(&client, "dc2", report(None, Some("SN-B"), &[], &["DC"]))
-        .await
-        .unwrap();
+    discover(
+        &client,
+        "dc2",
+        HardwareReport {
+            secure_boot: Some(false),
+            ..report(None, Some("SN-B"), &[], &["DC"])
+        },
+    )
+    .await
+    .unwrap();
 
     let base2 = base.clone();
     let (ok, out, err) =
@@ -181,6 +201,8 @@ async fn substruct_cli_lists_and_shows_machines() {
     let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
     assert_eq!(json[0]["facts"]["disks"][1]["serial"], "DB");
+    assert_eq!(json[0]["secure_boot"], Value::Null);
+    assert_eq!(json[1]["secure_boot"], false);
 
     let base2 = base.clone();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
@@ -193,6 +215,7 @@ async fn substruct_cli_lists_and_shows_machines() {
         out.contains("site:         dc2") && out.contains("serial:       SN-B"),
         "{out}"
     );
+    assert!(out.contains("\nsecure boot:  off\n"), "{out}");
 
     let base2 = base.clone();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
@@ -207,6 +230,7 @@ async fn substruct_cli_lists_and_shows_machines() {
     assert!(ok, "{err}");
     let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["id"], "sn-sn-b");
+    assert_eq!(json["secure_boot"], false, "`jq .secure_boot`");
 
     let base2 = base.clone();
     let (ok, _, err) = tokio::task::spawn_blocking(move || {

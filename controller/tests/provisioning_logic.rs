@@ -101,6 +101,7 @@ fn qemu_vm() -> MachineRecord {
         }],
         pci: Vec::new(),
         bmc: None,
+        secure_boot: Some(false),
     };
     MachineRecord::new(
         MachineId::new("8d2e4f1a-6b3c-4d5e-9f70-1a2b3c4d5e6f").unwrap(),

@@ -519,6 +519,15 @@ async fn the_ui_in_a_real_browser() {
         .unwrap();
     assert_eq!(vendor, xss);
     assert_eq!(browser.alert_text().await.unwrap(), None, "no script ran");
+    // Beside the boot mode: the qemu-vm tree boots BIOS, so no Secure Boot.
+    let secure_boot = browser
+        .find("#secure-boot")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(secure_boot, "off");
     assert!(browser
         .source()
         .await

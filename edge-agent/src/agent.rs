@@ -256,6 +256,13 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         .with_cache(image_cache.clone())
         .with_binding(binding)
         .with_metrics(metrics.clone());
+    // The Secure Boot chain's GRUB reads its config and the images over TFTP.
+    let tftp = tftp.map(|(socket, files, limits)| {
+        let files = files
+            .with_prefix_root("images", config.images_dir.clone())
+            .with_rendered(Arc::new(http::grub::GrubConfigs::new(http_state.clone())));
+        (socket, files, limits)
+    });
 
     let bmcs = crate::power::load_table(&config);
     Ok(Bound {

@@ -4,9 +4,10 @@
 //! Gathering never fails: a missing or unreadable file is a missing fact (logged at
 //! `debug`), never an error. Values are reported as read (trimmed); judging them (bogus
 //! serials, placeholder UUIDs) is the controller's job. The parsers of file contents
-//! (`cpuinfo`, `meminfo`, the SMBIOS table, the BMC's answers) are pure functions over bytes;
-//! the sysfs walkers only read files and follow symlinks, they never write anything; the
-//! BMC is asked only "Get" commands through `dev/ipmi0` under the root.
+//! (`cpuinfo`, `meminfo`, the SMBIOS table, `boot_params`, the BMC's answers) are pure
+//! functions over bytes; the sysfs walkers only read files and follow symlinks, they
+//! never write anything; the BMC is asked only "Get" commands through `dev/ipmi0` under
+//! the root.
 
 pub mod bmc;
 pub mod cpu;
@@ -15,6 +16,7 @@ pub mod dmi;
 pub mod memory;
 pub mod nics;
 pub mod pci;
+pub mod secure_boot;
 pub mod smbios;
 
 mod sysfs;
@@ -30,9 +32,10 @@ pub const PROSPECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Gathers every fact readable under `root` (`/` on a live machine).
 pub fn gather(root: &Path) -> HardwareReport {
+    let boot_mode = boot_mode(root);
     HardwareReport {
         prospector_version: PROSPECTOR_VERSION.to_owned(),
-        boot_mode: boot_mode(root),
+        boot_mode,
         dmi: dmi::gather(root),
         cpu: cpu::gather(root),
         memory: memory::gather(root),
@@ -40,6 +43,7 @@ pub fn gather(root: &Path) -> HardwareReport {
         nics: nics::gather(root),
         pci: pci::gather(root),
         bmc: bmc::gather(root),
+        secure_boot: secure_boot::gather(root, boot_mode),
     }
 }
 

@@ -64,6 +64,10 @@ fn dell_r740() {
     let r = gather("dell-r740");
     assert_eq!(r.prospector_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(r.boot_mode, BootMode::Uefi);
+    assert_eq!(
+        r.secure_boot, None,
+        "UEFI without sys/kernel/boot_params: not known"
+    );
     let d = &r.dmi;
     assert_eq!(d.sys_vendor, s("Dell Inc."));
     assert_eq!(d.product_name, s("PowerEdge R740"));
@@ -237,6 +241,7 @@ fn dell_r740() {
 fn desktop_oem() {
     let r = gather("desktop-oem");
     assert_eq!(r.boot_mode, BootMode::Bios);
+    assert_eq!(r.secure_boot, Some(false), "a BIOS boot has no Secure Boot");
     let d = &r.dmi;
     let oem = s("To be filled by O.E.M.");
     assert_eq!(d.sys_vendor, oem);
@@ -347,6 +352,7 @@ fn desktop_oem() {
 fn qemu_vm() {
     let r = gather("qemu-vm");
     assert_eq!(r.boot_mode, BootMode::Bios);
+    assert_eq!(r.secure_boot, Some(false));
     let d = &r.dmi;
     assert_eq!(d.sys_vendor, s("QEMU"));
     assert_eq!(d.product_name, s("Standard PC (i440FX + PIIX, 1996)"));
@@ -632,6 +638,8 @@ fn a_missing_or_broken_tree_gives_missing_facts() {
         r,
         HardwareReport {
             prospector_version: env!("CARGO_PKG_VERSION").into(),
+            // No `sys/firmware/efi`: a BIOS boot, which has no Secure Boot.
+            secure_boot: Some(false),
             ..HardwareReport::default()
         }
     );

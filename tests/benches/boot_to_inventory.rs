@@ -665,6 +665,7 @@ fn main() -> Result<()> {
             let fw = match chain.firmware {
                 Firmware::Bios => "bios",
                 Firmware::Uefi => "uefi",
+                Firmware::UefiSecureBoot => "uefi-secureboot",
             };
             for ours in [false, true] {
                 if STOP.load(Ordering::SeqCst) {

@@ -78,6 +78,10 @@ fn check(machine: &Value, e: &Expect) -> Result<()> {
             bail!("MAC {mac} missing from {macs:?}");
         }
     }
+    // Neither SeaBIOS nor the plain OVMF build enforces Secure Boot.
+    if f.get("secure_boot") != Some(&Value::Bool(false)) {
+        bail!("secure_boot is {:?}, not false", f.get("secure_boot"));
+    }
     let disks = f["disks"].as_array().context("disks")?;
     for (serial, size) in e.disks {
         let d = disks

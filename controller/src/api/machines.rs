@@ -18,14 +18,15 @@ use super::{ApiError, ApiState, ErrorBody};
 use crate::config::Role;
 use crate::fleet::{Page, Query, DEFAULT_LIMIT};
 use crate::provision::ProvisionError;
-use crate::record::MachineRecord;
+use crate::record::{MachineRecord, MachineView};
 use crate::store::Store;
 
-/// A machine record as the API shows it: a viewer never sees the install token
-/// (with it one could fetch the install files, which hold secrets, or call back), a
-/// completed one, or the install files a change still owes the edge.
+/// A machine record as the API shows it ([`MachineView`]: with `secure_boot` at the
+/// top): a viewer never sees the install token (with it one could fetch the install
+/// files, which hold secrets, or call back), a completed one, or the install files a
+/// change still owes the edge.
 pub(super) fn machine_view(record: &MachineRecord, role: Role) -> serde_json::Value {
-    let mut value = serde_json::to_value(record).unwrap_or_default();
+    let mut value = serde_json::to_value(MachineView::from(record)).unwrap_or_default();
     if role < Role::Admin {
         if let Some(fields) = value.as_object_mut() {
             fields.remove("ticket");
@@ -203,9 +204,10 @@ fn export(
                 std::io::Error::other(e)
             })?;
             let mut bytes = if i == 0 { b"[".to_vec() } else { b",".to_vec() };
-            // An admin sees the record as stored: no detour through a JSON tree.
+            // An admin sees the record as stored (with `secure_boot` at its top): no
+            // detour through a JSON tree.
             if role >= Role::Admin {
-                serde_json::to_writer(&mut bytes, &record)
+                serde_json::to_writer(&mut bytes, &MachineView::from(&record))
             } else {
                 serde_json::to_writer(&mut bytes, &machine_view(&record, role))
             }
@@ -231,7 +233,7 @@ fn export(
         })
 }
 
-/// One machine record (a viewer's copy has no `ticket`).
+/// One machine record, with `secure_boot` at its top (a viewer's copy has no `ticket`).
 #[utoipa::path(
     get,
     path = "/api/v1/machines/{id}",
@@ -239,7 +241,7 @@ fn export(
     params(("id" = String, Path, description = "A machine id, SMBIOS UUID, serial or MAC")),
     security(("bearer" = [])),
     responses(
-        (status = 200, body = MachineRecord, description = "The record"),
+        (status = 200, body = MachineView, description = "The record"),
         (status = 401, response = Unauthorized),
         (status = 404, body = ErrorBody, description = "No such machine"),
         (status = 503, response = Unavailable),

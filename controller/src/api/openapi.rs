@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
 use super::{docs, events, images, machines, power, sites, ErrorBody, Health};
 use crate::fleet::{MachineSummary, Page};
-use crate::record::MachineRecord;
+use crate::record::{MachineRecord, MachineView};
 
 /// The document, as a type: every operation and every schema of the API.
 #[derive(Debug, OpenApi)]
@@ -59,7 +59,7 @@ use crate::record::MachineRecord;
         sites::put_site,
     ),
     components(
-        schemas(ErrorBody, Health, MachineList, MachineEntry, MachineRecord, MachineSummary),
+        schemas(ErrorBody, Health, MachineList, MachineEntry, MachineRecord, MachineSummary, MachineView),
         responses(Unauthorized, Forbidden, Unavailable)
     ),
     modifiers(&BearerScheme, &OptionalBodies),
@@ -150,7 +150,7 @@ pub(super) struct ImageContent(Vec<u8>);
 #[allow(dead_code)]
 pub(super) enum MachineList {
     /// Every machine record, sorted by id (a viewer's copies have no `ticket`).
-    All(Vec<MachineRecord>),
+    All(Vec<MachineView<'static>>),
     /// One page: summaries, or whole records with `full=true`.
     Page(Page<MachineEntry>),
 }
@@ -161,7 +161,7 @@ pub(super) enum MachineList {
 #[allow(dead_code, clippy::large_enum_variant)]
 pub(super) enum MachineEntry {
     Summary(MachineSummary),
-    Record(MachineRecord),
+    Record(MachineView<'static>),
 }
 
 /// The lifecycle state, as a record carries it flattened (`"state": "assigned",

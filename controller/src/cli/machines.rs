@@ -11,7 +11,7 @@ use super::output::{human_bytes, or_dash, write_json, write_rows};
 use super::power::{run_bmc, run_power, write_bmc, BmcCommand, PowerCommand};
 use super::CliError;
 use crate::fleet::{MachineSummary, Page};
-use crate::record::MachineRecord;
+use crate::record::{MachineRecord, MachineView};
 
 #[derive(Debug, Subcommand)]
 pub enum MachinesCommand {
@@ -112,7 +112,8 @@ pub(super) async fn run(
                 } else {
                     pages(api, &filters, page_size, true).await?
                 };
-                write_json(out, &machines)
+                let views: Vec<MachineView<'_>> = machines.iter().map(MachineView::from).collect();
+                write_json(out, &views)
             } else {
                 let machines: Vec<MachineSummary> = pages(api, &filters, page_size, false).await?;
                 write_table(out, &machines)
@@ -129,7 +130,8 @@ pub(super) async fn run(
                     e => e,
                 })?;
             if json {
-                write_json(out, &machine)
+                // The record with `secure_boot` at its top, as the API shows it.
+                write_json(out, &MachineView::from(&machine))
             } else {
                 write_machine(out, &machine)
             }
@@ -281,6 +283,15 @@ pub fn write_table(out: &mut dyn Write, machines: &[MachineSummary]) -> std::io:
     )
 }
 
+/// `on`, `off` or `unknown`: a fact that may not be known.
+fn on_off(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "unknown",
+    }
+}
+
 /// The `machines show` text.
 pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<()> {
     let f = &m.facts;
@@ -317,6 +328,7 @@ pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<
         or_dash(d.bios_date.as_deref())
     )?;
     writeln!(out, "boot mode:    {:?}", f.boot_mode)?;
+    writeln!(out, "secure boot:  {}", on_off(f.secure_boot))?;
     writeln!(
         out,
         "cpu:          {} ({} sockets, {} cores, {} threads)",
@@ -373,4 +385,43 @@ pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<
         writeln!(out, "conflict:     {c}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::sample_machine;
+
+    #[test]
+    fn secure_boot_is_shown_beside_the_boot_mode_and_at_the_top_of_the_json() {
+        let mut machine = sample_machine();
+        for (fact, text, json) in [
+            (Some(true), "on", json!(true)),
+            (Some(false), "off", json!(false)),
+            (None, "unknown", serde_json::Value::Null),
+        ] {
+            machine.facts.secure_boot = fact;
+            let mut out = Vec::new();
+            write_machine(&mut out, &machine).unwrap_or_else(|e| panic!("{e}"));
+            let out = String::from_utf8_lossy(&out);
+            assert!(
+                out.contains(&format!("boot mode:    Uefi\nsecure boot:  {text}\n")),
+                "{out}"
+            );
+            let mut out = Vec::new();
+            write_json(&mut out, &MachineView::from(&machine)).unwrap_or_else(|e| panic!("{e}"));
+            let value: serde_json::Value =
+                serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(value["secure_boot"], json, "jq .secure_boot");
+            assert_eq!(value["facts"]["secure_boot"], json);
+            assert_eq!(value["id"], machine.id.as_str());
+            // The view is the record, plus the derived field.
+            let mut record = value.clone();
+            record.as_object_mut().map(|o| o.remove("secure_boot"));
+            assert_eq!(
+                record,
+                serde_json::to_value(&machine).unwrap_or_else(|e| panic!("{e}"))
+            );
+        }
+    }
 }

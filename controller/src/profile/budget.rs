@@ -871,6 +871,12 @@ fn amplification(name: &str, args: &[Value]) -> Result<u64, Error> {
             n.saturating_mul(ENTRY.saturating_add(fill))
         }
         "format" => {
+            if !printf_keys_are_ascii(text(0)) {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "format: a `%(key)` may hold only ASCII characters",
+                ));
+            }
             // Widths and precisions (`%999999d`), and `*` ones taken from the arguments.
             let widths = text(0)
                 .split(|c: char| !c.is_ascii_digit())
@@ -905,6 +911,33 @@ fn amplification(name: &str, args: &[Value]) -> Result<u64, Error> {
         }
         _ => 0,
     })
+}
+
+/// Whether every `%(key)` of a printf-style format string is ASCII. minijinja 2.24
+/// reads such a key one byte at a time and slices the string at each byte, so a
+/// non-ASCII character in it panics (in any build). `%%` is a literal `%`, as there.
+fn printf_keys_are_ascii(format: &str) -> bool {
+    let bytes = format.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(b'%') => i += 2,
+            Some(b'(') => {
+                let key = &bytes[i + 2..];
+                let end = key.iter().position(|&b| b == b')').unwrap_or(key.len());
+                if !key[..end].is_ascii() {
+                    return false;
+                }
+                i += 2 + end;
+            }
+            _ => i += 1,
+        }
+    }
+    true
 }
 
 /// How many times its arguments' size a filter can write at most, before what
@@ -1283,6 +1316,20 @@ mod tests {
         assert_eq!(
             run("{{ [1, 2, 3][::-1] }}|{{ s[::-1] }}").unwrap(),
             "[3, 2, 1]|c\\b\"a"
+        );
+    }
+
+    #[test]
+    fn printf_keys_must_be_ascii() {
+        // Found by tests/fuzz (template_render): minijinja sliced a `%(key)` inside a
+        // character and panicked.
+        refused("{{ '%(\u{492a} d)s' | format(n) }}", "ASCII");
+        refused("{{ 'a %%%(k\u{e9})s' | format(n) }}", "ASCII");
+        assert!(printf_keys_are_ascii("%%(\u{e9}) %s %(key)s \u{e9}"));
+        assert!(!printf_keys_are_ascii("%(\u{e9}"));
+        assert_eq!(
+            run("{{ '%%(\u{e9}) %s \u{e9}' | format(n) }}").unwrap(),
+            "%(\u{e9}) 3 \u{e9}"
         );
     }
 

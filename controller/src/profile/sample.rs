@@ -110,6 +110,7 @@ pub fn sample_machine() -> MachineRecord {
         ],
         pci: Vec::new(),
         bmc: None,
+        secure_boot: Some(true),
     };
     MachineRecord::new(
         MachineId::new("4c4c4544-0058-4b10-8032-b7c04f4a3933").expect("a valid constant id"),

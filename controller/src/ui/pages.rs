@@ -347,6 +347,11 @@ fn fact_rows(facts: &Value) -> Markup {
             tr { th { "BIOS" } td { (s(&dmi, "bios_vendor")) " " (s(&dmi, "bios_version")) } }
             tr { th { "CPU" } td { (s(&cpu, "model")) } }
             tr { th { "Boot mode" } td { (facts.get("boot_mode").and_then(Value::as_str).unwrap_or("")) } }
+            tr { th { "Secure Boot" } td #secure-boot { (match facts.get("secure_boot").and_then(Value::as_bool) {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "unknown",
+            }) } }
             @for d in &disks {
                 tr { th { "Disk " (s(d, "name")) } td { (bytes(n(d, "size_bytes"))) " " (s(d, "model")) " " (s(d, "serial")) } }
             }

@@ -78,7 +78,7 @@ pub struct RawDhcp {
     pub mode: Option<String>,
     /// `pxelinux` (default) or `undionly`.
     pub bios_chain: Option<String>,
-    /// `ipxe` (default) or `snponly`.
+    /// `ipxe` (default), `snponly` or `shim` (Secure Boot).
     pub uefi_loader: Option<String>,
     #[serde(default)]
     pub subnets: Vec<RawSubnet>,
@@ -120,7 +120,7 @@ pub struct RawReservation {
     pub mac: String,
     pub ip: Option<String>,
     pub hostname: Option<String>,
-    /// `pxelinux`, `undionly`, `ipxe` or `snponly`.
+    /// `pxelinux`, `undionly`, `ipxe`, `snponly` or `shim`.
     pub loader: Option<String>,
 }
 

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 
 use super::parse::{value_name, COMMAND_LINE};
 use super::{ConfigError, EdgeConfig, RawConfig, RawSubnet, Sourced};
-use crate::dhcp::{BiosChain, DhcpMode};
+use crate::dhcp::{BiosChain, DhcpMode, UefiLoader};
 
 /// The command line. Names and shapes are a public interface: keep them.
 #[derive(Debug, Clone, Default, clap::Parser)]
@@ -60,6 +60,9 @@ pub struct Flags {
     /// First-stage loader for BIOS PXE clients.
     #[arg(long, value_enum, value_name = "pxelinux|undionly")]
     pub bios_chain: Option<BiosChain>,
+    /// First-stage loader for UEFI x64 PXE clients (`shim`: the Secure Boot chain).
+    #[arg(long, value_enum, value_name = "ipxe|snponly|shim")]
+    pub uefi_loader: Option<UefiLoader>,
     /// HTTP port (default 80).
     #[arg(long, value_name = "N")]
     pub http_port: Option<u16>,
@@ -164,6 +167,10 @@ impl Flags {
         over!(
             self.bios_chain.as_ref().and_then(value_name),
             raw.dhcp.bios_chain
+        );
+        over!(
+            self.uefi_loader.as_ref().and_then(value_name),
+            raw.dhcp.uefi_loader
         );
         if !self.pool.is_empty() || self.router.is_some() || !self.dns.is_empty() {
             let subnet = own_subnet(raw);

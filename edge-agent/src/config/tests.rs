@@ -174,7 +174,7 @@ fn validation_messages_name_file_and_field() {
     let loader = GOOD.replace("loader = \"undionly\"", "loader = \"grub\"");
     assert_eq!(
         err_of(&loader),
-        "edge.toml: dhcp.reservations[0].loader: \"grub\" is not one of pxelinux, undionly, ipxe, snponly"
+        "edge.toml: dhcp.reservations[0].loader: \"grub\" is not one of pxelinux, undionly, ipxe, snponly, shim"
     );
     let nopool = "interface = \"br0\"\naddress = \"10.77.0.1/24\"\nimages = \"/i\"\n";
     assert_eq!(
@@ -400,7 +400,7 @@ fn choices_are_read_by_the_flag_names() {
     assert_eq!(c.dhcp.uefi_loader, UefiLoader::IpxeEfi);
     assert_eq!(
         err_of(&GOOD.replace("uefi_loader = \"snponly\"", "uefi_loader = \"ipxe.efi\"")),
-        "edge.toml: dhcp.uefi_loader: \"ipxe.efi\" is not one of ipxe, snponly"
+        "edge.toml: dhcp.uefi_loader: \"ipxe.efi\" is not one of ipxe, snponly, shim"
     );
     assert_eq!(
         err_of(&GOOD.replace("bios_chain = \"undionly\"", "bios_chain = \"grub\"")),

@@ -14,6 +14,9 @@ use super::settings::{
 use super::table::{in_pools, DeclineOutcome, LeaseChange, LeaseTable, UnixSecs};
 
 /// How long an OFFER holds its address for the client.
+/// The Secure Boot first stage ([`UefiLoader::Shim`]), served over TFTP.
+pub const SHIM: &str = "shimx64.efi";
+
 pub const OFFER_HOLD_SECS: u64 = 60;
 /// How long a DECLINEd address stays out of the pool.
 pub const DECLINE_HOLD_SECS: u64 = 600;
@@ -270,6 +273,7 @@ pub fn boot_choice(
             Some(tftp(match l {
                 UefiLoader::IpxeEfi => "ipxe.efi",
                 UefiLoader::SnpOnly => "snponly.efi",
+                UefiLoader::Shim => SHIM,
             }))
         }
         11 => Some(tftp("ipxe-arm64.efi")),

@@ -309,6 +309,33 @@ fn ovmf_pxe_gets_ipxe_efi_or_snponly() {
 }
 
 #[test]
+fn secure_boot_gets_shim_by_site_or_by_reservation() {
+    let mut c = config(BiosChain::Pxelinux);
+    c.uefi_loader = UefiLoader::Shim;
+    let mut site = Site::with(DhcpSettings::new(c).unwrap());
+    let (m, bytes, _) = reply(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover)));
+    assert_eq!(file(&m), "shimx64.efi");
+    assert_eq!(find_option(&bytes, 67), Some(b"shimx64.efi".to_vec()));
+    // BIOS machines of the same site keep their chain
+    let (m, _, _) = reply(&site.run(&qemu_bios_rom(mac(0x0a), MessageType::Discover)));
+    assert_eq!(file(&m), "lpxelinux.0");
+
+    // one machine on a site whose default is iPXE
+    let mut c = config(BiosChain::Pxelinux);
+    c.reservations.push(Reservation {
+        mac: mac(0x0c),
+        ip: None,
+        hostname: None,
+        loader: Some(Loader::Uefi(UefiLoader::Shim)),
+    });
+    let mut site = Site::with(DhcpSettings::new(c).unwrap());
+    let (m, _, _) = reply(&site.run(&ovmf_pxe(mac(0x0c), MessageType::Discover)));
+    assert_eq!(file(&m), "shimx64.efi");
+    let (m, _, _) = reply(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover)));
+    assert_eq!(file(&m), "ipxe.efi");
+}
+
+#[test]
 fn ipxe_efi_gets_script_url_and_no_pxedhcp() {
     let mut site = Site::new(BiosChain::Pxelinux);
     let (m, bytes, _) = reply(&site.run(&ipxe_efi(mac(0x0b), MessageType::Discover)));

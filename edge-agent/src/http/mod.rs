@@ -38,6 +38,7 @@
 
 pub mod binding;
 pub mod files;
+pub mod grub;
 pub mod limits;
 pub mod renew;
 pub mod script;
@@ -446,6 +447,61 @@ fn new_token(
     }
 }
 
+/// What a boot script or GRUB config is rendered from ([`HttpState::prepare_boot`]).
+pub(crate) enum Prepared {
+    Ready {
+        intent: Option<BootIntent>,
+        ctx: Box<ScriptContext>,
+        /// Whether the asker holds the MAC's address (only then does `ctx` carry a token).
+        bound: bool,
+    },
+    /// Nothing may be rendered for this asker: tell it this and let it ask again.
+    Retry(&'static str),
+}
+
+impl HttpState {
+    /// The intent and context for `mac`'s boot file as asked by `peer`: a boot
+    /// credential only for the asker bound to `mac`, and no install intent to anyone else
+    /// (its command line names the install token).
+    pub(crate) fn prepare_boot(&self, peer: IpAddr, mac: Mac, platform: Platform) -> Prepared {
+        let s = &self.inner.settings;
+        let intent = self.inner.intents.get(&mac).map(|r| r.intent);
+        let bound = self.inner.binding.holds(peer, &mac);
+        let (token, login_seed) = if bound {
+            match new_token(self.inner.site_key.as_deref(), &s.site, mac) {
+                Ok((t, seed)) => (Some(t), seed),
+                Err(e) => {
+                    tracing::error!(error = %e, "boot: cannot make a boot token");
+                    return Prepared::Retry(
+                        "substruct: the edge could not make a boot token; retrying",
+                    );
+                }
+            }
+        } else if matches!(intent, Some(BootIntent::Install { .. })) {
+            tracing::warn!(%peer, %mac, "boot: asker is not the address bound to this MAC; \
+                install script withheld, asking it to retry");
+            return Prepared::Retry(
+                "substruct: this address is not the one leased to this MAC; retrying",
+            );
+        } else {
+            tracing::warn!(%peer, %mac, "boot: asker is not the address bound to this MAC; \
+                script without a boot token");
+            (None, None)
+        };
+        let ctx = Box::new(ScriptContext {
+            base: s.base.clone(),
+            site: s.site.clone(),
+            nats_url: s.nats_url.clone(),
+            token,
+            login_seed,
+            mac,
+            platform,
+            extra_args: s.extra_args.clone(),
+        });
+        Prepared::Ready { intent, ctx, bound }
+    }
+}
+
 fn script_response(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
@@ -487,43 +543,11 @@ async fn boot_ipxe(
         .map(String::as_str)
         .unwrap_or("");
     let uuid = query.get("uuid").map(String::as_str).unwrap_or("");
-    let record = state.inner.intents.get(&mac);
-    let intent = record.as_ref().map(|r| &r.intent);
-    let bound = state.inner.binding.holds(peer.ip(), &mac);
-    let (token, login_seed) = if bound {
-        match new_token(state.inner.site_key.as_deref(), &s.site, mac) {
-            Ok((t, seed)) => (Some(t), seed),
-            Err(e) => {
-                tracing::error!(error = %e, "boot.ipxe: cannot make a boot token");
-                return script_response(render_retry_script(
-                    &s.base,
-                    "substruct: the edge could not make a boot token; retrying",
-                ));
-            }
-        }
-    } else if matches!(intent, Some(BootIntent::Install { .. })) {
-        // The install command line names the install token: never to an unbound asker.
-        tracing::warn!(%peer, %mac, "boot.ipxe: asker is not the address bound to this MAC; \
-            install script withheld, asking it to retry");
-        return script_response(render_retry_script(
-            &s.base,
-            "substruct: this address is not the one leased to this MAC; retrying",
-        ));
-    } else {
-        tracing::warn!(%peer, %mac, "boot.ipxe: asker is not the address bound to this MAC; \
-            script without a boot token");
-        (None, None)
+    let (intent, ctx, bound) = match state.prepare_boot(peer.ip(), mac, platform) {
+        Prepared::Ready { intent, ctx, bound } => (intent, ctx, bound),
+        Prepared::Retry(message) => return script_response(render_retry_script(&s.base, message)),
     };
-    let ctx = ScriptContext {
-        base: s.base.clone(),
-        site: s.site.clone(),
-        nats_url: s.nats_url.clone(),
-        token,
-        login_seed,
-        mac,
-        platform,
-        extra_args: s.extra_args.clone(),
-    };
+    let intent = intent.as_ref();
     let kind = match intent {
         None => "unknown",
         Some(BootIntent::Discover) => "discover",

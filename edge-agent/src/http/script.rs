@@ -60,8 +60,35 @@ pub fn boot_script_url(base: &str) -> String {
     format!("{base}/boot.ipxe?{IPXE_QUERY}")
 }
 
+/// The prospector's kernel command line (after the kernel and any `initrd=`).
+pub(crate) fn prospector_args(ctx: &ScriptContext) -> String {
+    let base = &ctx.base;
+    // ttyS0 last: it becomes /dev/console, so userspace output reaches the serial log.
+    // BOOTIF (the pxelinux convention) names the NIC that booted, so the prospector
+    // asks DHCP there first instead of waiting out every other port.
+    let mut s = format!(
+        "console=tty0 console=ttyS0 substruct.site={} substruct.nats={} substruct.edge={base}",
+        ctx.site, ctx.nats_url
+    );
+    if let Some(t) = &ctx.token {
+        let _ = write!(s, " substruct.token={t}");
+        if let Some(seed) = &ctx.login_seed {
+            let _ = write!(s, " substruct.seed={seed}");
+        }
+    }
+    let _ = write!(
+        s,
+        " BOOTIF=01-{} quiet panic=-1",
+        ctx.mac.to_string().replace(':', "-")
+    );
+    if let Some(extra) = &ctx.extra_args {
+        let _ = write!(s, " {extra}");
+    }
+    s
+}
+
 /// Kernel command-line text from the controller: one line, no control characters.
-fn is_safe_cmdline(cmdline: &str) -> bool {
+pub(crate) fn is_safe_cmdline(cmdline: &str) -> bool {
     !cmdline.chars().any(char::is_control)
 }
 
@@ -83,32 +110,11 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
                 "echo substruct {}: {} {what}, booting the prospector",
                 ctx.site, ctx.mac
             );
-            // ttyS0 last: it becomes /dev/console, so userspace output reaches the serial log.
-            // BOOTIF (the pxelinux convention) names the NIC that booted, so the prospector
-            // asks DHCP there first instead of waiting out every other port.
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "kernel {base}/images/prospector/vmlinuz initrd=initrd.img console=tty0 console=ttyS0 \
-                 substruct.site={} substruct.nats={} substruct.edge={base}{} BOOTIF=01-{} \
-                 quiet panic=-1",
-                ctx.site,
-                ctx.nats_url,
-                ctx.token
-                    .as_ref()
-                    .map(|t| format!(" substruct.token={t}"))
-                    .unwrap_or_default()
-                    + &ctx
-                        .login_seed
-                        .as_ref()
-                        .filter(|_| ctx.token.is_some())
-                        .map(|seed| format!(" substruct.seed={seed}"))
-                        .unwrap_or_default(),
-                ctx.mac.to_string().replace(':', "-")
+                "kernel {base}/images/prospector/vmlinuz initrd=initrd.img {}",
+                prospector_args(ctx)
             );
-            if let Some(extra) = &ctx.extra_args {
-                let _ = write!(s, " {extra}");
-            }
-            s.push('\n');
             let _ = writeln!(s, "initrd {base}/images/prospector/initrd.img");
             s.push_str("boot\n");
         }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -19,7 +20,21 @@ pub const DEBIAN_LOADERS: &[(&str, &str)] = &[
     ("ipxe.efi", "/usr/lib/ipxe/ipxe.efi"),
     ("snponly.efi", "/usr/lib/ipxe/snponly.efi"),
     ("ipxe.lkrn", "/usr/lib/ipxe/ipxe.lkrn"),
+    // Secure Boot: Debian's shim (signed by Microsoft's UEFI CA) loads `grubx64.efi` from
+    // the same server, Debian's signed network GRUB (packages shim-signed, grub-efi-amd64-signed).
+    ("shimx64.efi", "/usr/lib/shim/shimx64.efi.signed"),
+    (
+        "grubx64.efi",
+        "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+    ),
 ];
+
+/// Files rendered per request from who asks (e.g. a machine's GRUB config). `render`
+/// answers `None` for names it does not own; the lookup then goes on as usual.
+pub trait Rendered: Send + Sync + std::fmt::Debug {
+    /// The file `name` (normalized) for the client at `peer`.
+    fn render(&self, name: &str, peer: IpAddr) -> Option<Bytes>;
+}
 
 /// The set of files the TFTP server serves. Cheap to clone; clones share the generated map, so
 /// the agent keeps one clone and updates generated files while the server runs.
@@ -28,6 +43,9 @@ pub struct TftpFiles {
     roots: Arc<Vec<PathBuf>>,
     mapped: Arc<HashMap<String, PathBuf>>,
     generated: Arc<RwLock<HashMap<String, Bytes>>>,
+    /// `(prefix, dir)`: a name `prefix/rest` is `rest` under `dir`, and never outside it.
+    prefixed: Arc<Vec<(String, PathBuf)>>,
+    rendered: Option<Arc<dyn Rendered>>,
 }
 
 /// Why a name could not be served.
@@ -107,6 +125,21 @@ impl TftpFiles {
         self
     }
 
+    /// Serves the files under `dir` as `prefix/…` (e.g. the images directory as
+    /// `images/…`, for GRUB, which loads kernels over TFTP).
+    pub fn with_prefix_root(mut self, prefix: &str, dir: impl Into<PathBuf>) -> Self {
+        if let Ok(key) = normalize(prefix) {
+            Arc::make_mut(&mut self.prefixed).push((key, dir.into()));
+        }
+        self
+    }
+
+    /// Asks `rendered` first for every request that names its client.
+    pub fn with_rendered(mut self, rendered: Arc<dyn Rendered>) -> Self {
+        self.rendered = Some(rendered);
+        self
+    }
+
     /// Adds or replaces a generated file, visible to new requests at once.
     pub fn set_generated(&self, name: &str, contents: impl Into<Bytes>) {
         if let Ok(key) = normalize(name) {
@@ -135,10 +168,21 @@ impl TftpFiles {
         self.generated.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Finds and opens `name`: generated files first, then mapped names, then each root in
-    /// order. Blocking (file system calls): run it off the async threads.
+    /// Finds and opens `name` for any client: see [`TftpFiles::open_for`].
     pub fn open(&self, name: &str) -> Result<Source, LookupError> {
+        self.open_for(name, None)
+    }
+
+    /// Finds and opens `name` for the client at `peer`: rendered files first (only with a
+    /// `peer`), then generated files, mapped names, prefixed roots and each root in order.
+    /// Blocking (file system calls): run it off the async threads.
+    pub fn open_for(&self, name: &str, peer: Option<IpAddr>) -> Result<Source, LookupError> {
         let key = normalize(name)?;
+        if let (Some(rendered), Some(peer)) = (&self.rendered, peer) {
+            if let Some(bytes) = rendered.render(&key, peer) {
+                return Ok(Source::Memory(bytes));
+            }
+        }
         if let Some(bytes) = self
             .generated
             .read()
@@ -152,6 +196,15 @@ impl TftpFiles {
                 Err(LookupError::NotFound) => {}
                 other => return other,
             }
+        }
+        for (prefix, dir) in self.prefixed.iter() {
+            let Some(rest) = key
+                .strip_prefix(prefix.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+            else {
+                continue;
+            };
+            return open_under(dir, rest);
         }
         let mut escaped = false;
         for root in self.roots.iter() {
@@ -178,6 +231,19 @@ impl TftpFiles {
             Err(LookupError::NotFound)
         }
     }
+}
+
+/// `rest` under `dir`, refused when it resolves (through a symlink) outside `dir`.
+fn open_under(dir: &Path, rest: &str) -> Result<Source, LookupError> {
+    let (Ok(root), Ok(candidate)) = (dir.canonicalize(), dir.join(rest).canonicalize()) else {
+        return Err(LookupError::NotFound);
+    };
+    if !candidate.starts_with(&root) {
+        return Err(LookupError::AccessViolation(
+            "path resolves outside the root",
+        ));
+    }
+    open_regular(&candidate)
 }
 
 fn open_regular(path: &Path) -> Result<Source, LookupError> {
@@ -258,6 +324,56 @@ mod tests {
             Err(LookupError::AccessViolation(_))
         ));
         assert!(matches!(normalize("/"), Err(LookupError::NotFound)));
+    }
+
+    #[derive(Debug)]
+    struct Echo;
+    impl Rendered for Echo {
+        fn render(&self, name: &str, peer: IpAddr) -> Option<Bytes> {
+            name.starts_with("r/")
+                .then(|| Bytes::from(format!("{name} for {peer}")))
+        }
+    }
+
+    #[test]
+    fn rendered_per_asker_and_prefixed_roots_stay_inside() {
+        let images = tempfile::tempdir().unwrap();
+        std::fs::create_dir(images.path().join("prospector")).unwrap();
+        std::fs::write(images.path().join("prospector/vmlinuz"), b"kernel").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), images.path().join("link"))
+            .unwrap();
+        let files = TftpFiles::new(Vec::new())
+            .with_prefix_root("images", images.path())
+            .with_rendered(Arc::new(Echo));
+        let peer: IpAddr = "10.77.0.9".parse().unwrap();
+        match files.open_for("/r/x", Some(peer)) {
+            Ok(Source::Memory(b)) => assert_eq!(&b[..], b"r/x for 10.77.0.9"),
+            other => panic!("{other:?}"),
+        }
+        // without an asker nothing is rendered
+        assert!(matches!(files.open("r/x"), Err(LookupError::NotFound)));
+        assert!(matches!(
+            files.open_for("images/prospector/vmlinuz", Some(peer)),
+            Ok(Source::Disk { len: 6, .. })
+        ));
+        assert!(matches!(
+            files.open("images/link"),
+            Err(LookupError::AccessViolation(_))
+        ));
+        assert!(matches!(
+            files.open("images/../etc/passwd"),
+            Err(LookupError::AccessViolation(_))
+        ));
+        assert!(matches!(
+            files.open("images/nope"),
+            Err(LookupError::NotFound)
+        ));
+        assert!(matches!(
+            files.open("imagesx/prospector/vmlinuz"),
+            Err(LookupError::NotFound)
+        ));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod transfer;
 
 use std::time::Duration;
 
-pub use files::{LookupError, Source, TftpFiles, DEBIAN_LOADERS};
+pub use files::{LookupError, Rendered, Source, TftpFiles, DEBIAN_LOADERS};
 pub use server::{serve, serve_with, serve_with_metrics};
 
 /// Tunables of the TFTP server.

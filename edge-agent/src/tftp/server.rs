@@ -422,7 +422,7 @@ async fn transfer(
     }
     let files = ctx.files.clone();
     let name = request.filename.clone();
-    let source = match tokio::task::spawn_blocking(move || files.open(&name))
+    let source = match tokio::task::spawn_blocking(move || files.open_for(&name, Some(peer.ip())))
         .await
         .map_err(TransferError::Join)?
     {

@@ -19,6 +19,16 @@ pub enum Firmware {
     Bios,
     /// OVMF with the NIC's option ROM disabled, so OVMF's own PXE client boots.
     Uefi,
+    /// OVMF built with Secure Boot (SMM), its variable store holding Microsoft's keys
+    /// enrolled and Secure Boot on: only loaders signed by Microsoft's UEFI CA run.
+    UefiSecureBoot,
+}
+
+impl Firmware {
+    /// OVMF, with or without Secure Boot.
+    pub fn is_uefi(self) -> bool {
+        matches!(self, Firmware::Uefi | Firmware::UefiSecureBoot)
+    }
 }
 
 /// Where a NIC is plugged.
@@ -89,6 +99,9 @@ impl VmSpec {
 /// Paths of the firmware files (Debian packages `ovmf`, `ipxe-qemu`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF with Secure Boot (needs SMM), and a variable store with Microsoft's keys enrolled.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
 /// Holds the host-wide VM slot; dropping it lets the next test's VMs run.
 #[derive(Debug)]
@@ -144,14 +157,28 @@ impl Vm {
         if !spec.allow_reboot {
             args.push("-no-reboot".into());
         }
-        if spec.firmware == Firmware::Uefi {
+        if spec.firmware.is_uefi() {
+            let secure = spec.firmware == Firmware::UefiSecureBoot;
+            let (code, vars_template) = if secure {
+                (OVMF_CODE_SECBOOT, OVMF_VARS_MS)
+            } else {
+                (OVMF_CODE, OVMF_VARS)
+            };
             let vars = dir.join(format!("{}.ovmf-vars.fd", spec.name));
-            std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+            std::fs::copy(vars_template, &vars)
+                .with_context(|| format!("copying {vars_template}"))?;
+            if secure {
+                // The Secure Boot build keeps its variables behind SMM.
+                args.extend([
+                    "-global".into(),
+                    "driver=cfi.pflash01,property=secure,value=on".into(),
+                ]);
+            }
             args.extend([
                 "-machine".into(),
-                "q35".into(),
+                if secure { "q35,smm=on" } else { "q35" }.into(),
                 "-drive".into(),
-                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
@@ -178,7 +205,7 @@ impl Vm {
                 NicLink::Isolated => format!("hubport,id=n{i},hubid={}", 100 + i),
             };
             let mut device = format!("{},netdev=n{i},mac={}", nic.model, nic.mac);
-            if spec.firmware == Firmware::Uefi {
+            if spec.firmware.is_uefi() {
                 device.push_str(",romfile=");
             }
             if i == 0 && spec.netboot_first {

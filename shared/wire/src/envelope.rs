@@ -14,9 +14,9 @@ pub const MAGIC: [u8; 4] = *b"SBST";
 /// [`WireMessage::VERSION`] (the version in which its shape last changed), so a change to
 /// one kind does not make older readers refuse every other kind; every version in
 /// [`SUPPORTED_VERSIONS`] up to a kind's own is read.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 /// Versions this build can read.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Upper bound on an encoded message (NATS default max_payload is 1 MiB).
@@ -257,10 +257,12 @@ mod tests {
                 class: 0x020000,
             }],
             bmc: None,
+            secure_boot: Some(true),
         }
     }
 
-    /// Wire version 1 (before `bmc`): still decodes, with `bmc: None`.
+    /// Wire version 1 (before `bmc`): still decodes, with `bmc: None` and
+    /// `secure_boot: None`.
     const GOLDEN_DISCOVER_REQUEST_V1: &str = "53425354010001000273310102743005302e312e3001010451454d55000001025331012431313131313131312d323232322d333333332d343434342d35353535353535353535353500000000000000000000011051454d55205669727475616c204350550102020000010361657380808080020001037664618080808004000102443100000400010465746830525400000001010a76697274696f5f6e657400000101010c303030303a30303a30332e30f4358020808008";
 
     /// Pins today's encoding: if this fails, the wire format changed and
@@ -302,29 +304,49 @@ mod tests {
         };
         let bytes = encode(&msg).unwrap();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        // Version 2: the v1 body, then `bmc` (None: one zero byte).
-        let v2 = format!(
-            "{}0200{}00",
+        // Version 3: the v1 body, then `bmc` (None: one zero byte), then `secure_boot`
+        // (Some(true): `01 01`).
+        let v3 = format!(
+            "{}0300{}000101",
             &GOLDEN_DISCOVER_REQUEST_V1[..8],
             &GOLDEN_DISCOVER_REQUEST_V1[12..]
         );
-        assert_eq!(hex, v2);
+        assert_eq!(hex, v3);
         assert_eq!(decode::<DiscoverRequest>(&bytes).unwrap(), msg);
-        let v1: Vec<u8> = (0..GOLDEN_DISCOVER_REQUEST_V1.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&GOLDEN_DISCOVER_REQUEST_V1[i..i + 2], 16).unwrap())
-            .collect();
-        assert_eq!(decode::<DiscoverRequest>(&v1).unwrap(), msg, "a v1 report");
-        // A v2 body labelled v1 (or the reverse) does not decode into garbage.
-        let mut mislabelled = bytes.clone();
-        mislabelled[4] = 1;
-        assert!(decode::<DiscoverRequest>(&mislabelled).is_err());
+        let unhex = |hex: &str| -> Vec<u8> {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        // Older reports decode with what they did not carry as `None`.
+        let mut old = msg.clone();
+        old.report.secure_boot = None;
+        let v1 = unhex(GOLDEN_DISCOVER_REQUEST_V1);
+        assert_eq!(decode::<DiscoverRequest>(&v1).unwrap(), old, "a v1 report");
+        // Version 2: the v1 body, then `bmc`.
+        let v2 = unhex(&format!(
+            "{}0200{}00",
+            &GOLDEN_DISCOVER_REQUEST_V1[..8],
+            &GOLDEN_DISCOVER_REQUEST_V1[12..]
+        ));
+        assert_eq!(decode::<DiscoverRequest>(&v2).unwrap(), old, "a v2 report");
+        // A body labelled with another version than its own does not decode into garbage.
+        for (body, version) in [(&bytes, 1), (&bytes, 2), (&v2, 1), (&v2, 3), (&v1, 3)] {
+            let mut mislabelled = body.clone();
+            mislabelled[4] = version;
+            assert!(
+                decode::<DiscoverRequest>(&mislabelled).is_err(),
+                "a v{} body labelled v{version}",
+                body[4]
+            );
+        }
         // A version newer than this build knows is refused by name.
         let mut newer = bytes.clone();
-        newer[4] = 3;
+        newer[4] = 4;
         assert!(matches!(
             decode::<DiscoverRequest>(&newer),
-            Err(WireError::UnsupportedVersion(3))
+            Err(WireError::UnsupportedVersion(4))
         ));
         // Other kinds stay at version 1, which older readers take (golden_bytes_discover_reply).
     }
@@ -449,7 +471,7 @@ mod tests {
         let err = decode::<DiscoverReply>(&v9).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported wire version 9 (this build reads [1, 2])"
+            "unsupported wire version 9 (this build reads [1, 2, 3])"
         );
         // A known version that is newer than this build's shape of the kind.
         let mut v2 = good.clone();
@@ -501,6 +523,7 @@ mod tests {
             total in any::<u64>(),
             macs in proptest::collection::vec(any::<[u8; 6]>(), 0..4),
             disks in proptest::collection::vec(("[a-z]{1,8}", any::<u64>(), arb_opt_string(), any::<bool>()), 0..4),
+            secure_boot in proptest::option::of(any::<bool>()),
         ) -> HardwareReport {
             HardwareReport {
                 prospector_version: "x".into(),
@@ -517,6 +540,7 @@ mod tests {
                 }).collect(),
                 pci: vec![],
                 bmc: None,
+                secure_boot,
             }
         }
     }
@@ -537,6 +561,8 @@ mod tests {
             framed.extend_from_slice(&bytes);
             let _ = decode::<DiscoverRequest>(&framed);
             framed[4] = 2;
+            let _ = decode::<DiscoverRequest>(&framed);
+            framed[4] = 3;
             let _ = decode::<DiscoverRequest>(&framed);
         }
     }

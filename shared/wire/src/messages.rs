@@ -20,17 +20,28 @@ pub struct DiscoverRequest {
 
 impl WireMessage for DiscoverRequest {
     const KIND: MessageKind = MessageKind::DiscoverRequest;
-    /// 2: the report carries `bmc`.
-    const VERSION: u16 = 2;
+    /// 2: the report carries `bmc`; 3: the report carries `secure_boot`.
+    const VERSION: u16 = 3;
 
     fn take_older(version: u16, body: &[u8]) -> Result<(Self, &[u8]), postcard::Error> {
-        debug_assert_eq!(version, 1);
-        let (v1, rest) = postcard::take_from_bytes::<DiscoverRequestV1>(body)?;
+        if version == 1 {
+            let (v1, rest) = postcard::take_from_bytes::<DiscoverRequestV1>(body)?;
+            return Ok((
+                Self {
+                    site: v1.site,
+                    boot_token: v1.boot_token,
+                    report: v1.report.into(),
+                },
+                rest,
+            ));
+        }
+        debug_assert_eq!(version, 2);
+        let (v2, rest) = postcard::take_from_bytes::<DiscoverRequestV2>(body)?;
         Ok((
             Self {
-                site: v1.site,
-                boot_token: v1.boot_token,
-                report: v1.report.into(),
+                site: v2.site,
+                boot_token: v2.boot_token,
+                report: v2.report.into(),
             },
             rest,
         ))
@@ -43,6 +54,14 @@ struct DiscoverRequestV1 {
     site: SiteId,
     boot_token: Option<BootCredential>,
     report: crate::report::HardwareReportV1,
+}
+
+/// [`DiscoverRequest`] as wire version 2 carried it.
+#[derive(Debug, Deserialize)]
+struct DiscoverRequestV2 {
+    site: SiteId,
+    boot_token: Option<BootCredential>,
+    report: crate::report::HardwareReportV2,
 }
 
 /// Controller → prospector: the report is stored; do this next.

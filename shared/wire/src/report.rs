@@ -26,6 +26,11 @@ pub struct HardwareReport {
     /// (wire version 2; older reports decode with `None`).
     #[serde(default)]
     pub bmc: Option<Bmc>,
+    /// Whether UEFI Secure Boot is on, as the firmware told the kernel: `Some(true)`:
+    /// UEFI Secure Boot enforced; `Some(false)`: off, or a BIOS boot; `None`: not known
+    /// (wire version 3; older reports decode with `None`).
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
 }
 
 /// The report as wire version 1 carried it (no `bmc`): still read from older
@@ -54,6 +59,39 @@ impl From<HardwareReportV1> for HardwareReport {
             nics: v1.nics,
             pci: v1.pci,
             bmc: None,
+            secure_boot: None,
+        }
+    }
+}
+
+/// The report as wire version 2 carried it (`bmc`, no `secure_boot`): still read from
+/// older prospectors ([`crate::envelope::WireMessage::take_older`]).
+#[derive(Debug, Deserialize)]
+pub(crate) struct HardwareReportV2 {
+    prospector_version: String,
+    boot_mode: BootMode,
+    dmi: Dmi,
+    cpu: Cpu,
+    memory: Memory,
+    disks: Vec<Disk>,
+    nics: Vec<Nic>,
+    pci: Vec<PciDevice>,
+    bmc: Option<Bmc>,
+}
+
+impl From<HardwareReportV2> for HardwareReport {
+    fn from(v2: HardwareReportV2) -> Self {
+        Self {
+            prospector_version: v2.prospector_version,
+            boot_mode: v2.boot_mode,
+            dmi: v2.dmi,
+            cpu: v2.cpu,
+            memory: v2.memory,
+            disks: v2.disks,
+            nics: v2.nics,
+            pci: v2.pci,
+            bmc: v2.bmc,
+            secure_boot: None,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! shape of a travelling type changed: that is a new wire version for the kind (its
 //! `WireMessage::VERSION`, with `take_older` reading the old bytes), never a new golden.
 //! The older versions' goldens and the hostile forms live in `src/envelope.rs` and
-//! `src/power_msg.rs`.
+//! `src/power_msg.rs`, except `DiscoverRequest` version 2's, which is here
+//! (`discover_request_v2_still_decodes`).
 //!
 //! Every golden starts with the 8-byte header: `53425354` (`SBST`), the version (u16 LE)
 //! and the kind (u16 LE).
@@ -139,7 +140,7 @@ fn discover_request(g: &mut Goldens) {
             report: full_report(),
         },
         concat!(
-            "5342535402000100", // header: SBST, version 2, kind 1 (DiscoverRequest)
+            "5342535403000100", // header: SBST, version 3, kind 1 (DiscoverRequest)
             "027331", // site
             "0107632e742d305f31", // boot_token
             "05302e312e30", // report: prospector_version
@@ -169,6 +170,30 @@ fn discover_request(g: &mut Goldens) {
             "0103322e3001a2050103312e32", // ipmi_version, manufacturer_id, firmware
             "0101", // lan: 1, channel
             "010a4d00fa01067374617469630152540077409901ffffff00010a4d0001", // ip, ip_source, mac, netmask, gateway
+            "0101", // secure_boot: Some(true)
+        ),
+    );
+    g.check(
+        "secure boot off",
+        DiscoverRequest {
+            site: site(),
+            boot_token: None,
+            report: HardwareReport {
+                secure_boot: Some(false),
+                ..HardwareReport::default()
+            },
+        },
+        concat!(
+            "5342535403000100",               // header: version 3, kind 1 (DiscoverRequest)
+            "027331",                         // site
+            "00",                             // boot_token
+            "0000",                           // prospector_version, boot_mode: Bios
+            "000000000000000000000000000000", // dmi
+            "00000000000000",                 // cpu
+            "0000",                           // memory
+            "000000",                         // disks, nics, pci
+            "00",                             // bmc
+            "0100",                           // secure_boot: Some(false)
         ),
     );
     g.check(
@@ -178,9 +203,82 @@ fn discover_request(g: &mut Goldens) {
             boot_token: None,
             report: HardwareReport::default(),
         },
-        "534253540200010002733100000000000000000000000000000000000000000000000000000000000000",
+        "53425354030001000273310000000000000000000000000000000000000000000000000000000000000000",
     );
 }
+
+/// [`DISCOVER_REQUEST_V2`] (and the same report with every option empty) still decodes:
+/// a wire version 2 report (before `secure_boot`) from an older prospector, read as
+/// today's with `secure_boot: None`. Relabelled as version 3 it does not decode.
+#[test]
+fn discover_request_v2_still_decodes() {
+    let v2 = DiscoverRequest {
+        site: site(),
+        boot_token: Some(BootCredential::new("c.t-0_1").unwrap()),
+        report: HardwareReport {
+            secure_boot: None,
+            ..full_report()
+        },
+    };
+    let empty = DiscoverRequest {
+        site: site(),
+        boot_token: None,
+        report: HardwareReport::default(),
+    };
+    for (golden, sample) in [
+        (DISCOVER_REQUEST_V2, v2),
+        (DISCOVER_REQUEST_V2_EMPTY, empty),
+    ] {
+        let bytes = unhex(golden);
+        assert_eq!(&bytes[4..6], [2, 0], "a version 2 header");
+        assert_eq!(decode::<DiscoverRequest>(&bytes).unwrap(), sample);
+        let mut as_v3 = bytes;
+        as_v3[4] = 3;
+        assert!(
+            decode::<DiscoverRequest>(&as_v3).is_err(),
+            "a v2 body labelled v3"
+        );
+    }
+}
+
+/// A `DiscoverRequest` in wire version 2, with every field set (`full_report`, which
+/// v2 wrote without `secure_boot`).
+const DISCOVER_REQUEST_V2: &str = concat!(
+    "5342535402000100", // header: SBST, version 2, kind 1 (DiscoverRequest)
+    "027331",
+    "0107632e742d305f31",
+    "05302e312e30",
+    "01",
+    "01016101016201016301016401016501016601016701016801016901016a01016b01016c01016d01016e01016f",
+    "0103637075010204",
+    "0103766d780103307831",
+    "02036165730461767832",
+    "8080808002",
+    "0101024131808080800401044444523401801901024d31",
+    "08",
+    "03766461808080800401016d010244310101770104",
+    "01",
+    "02643000000000000000",
+    "02643100000000000100",
+    "02643200000000000200",
+    "02643300000000000300",
+    "02643400000000000500",
+    "02643500000000000600",
+    "02643600000000000700",
+    "01",
+    "0465746830525400000001",
+    "010a76697274696f5f6e6574010c303030303a30303a30332e3001e8070101",
+    "01",
+    "0c303030303a30303a30332e30f4358020808008",
+    "01", // bmc: Some, and no secure_boot after it
+    "0103322e3001a2050103312e32",
+    "0101",
+    "010a4d00fa01067374617469630152540077409901ffffff00010a4d0001",
+);
+
+/// A `DiscoverRequest` in wire version 2 with every option empty.
+const DISCOVER_REQUEST_V2_EMPTY: &str =
+    "534253540200010002733100000000000000000000000000000000000000000000000000000000000000";
 
 fn discover_reply(g: &mut Goldens) {
     g.check(
@@ -766,6 +864,7 @@ fn full_report() -> HardwareReport {
                 gateway: Some([10, 77, 0, 1].into()),
             }],
         }),
+        secure_boot: Some(true),
     }
 }
 

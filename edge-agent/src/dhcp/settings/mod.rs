@@ -56,6 +56,10 @@ pub enum UefiLoader {
     /// `snponly.efi` (the firmware's SNP driver).
     #[value(name = "snponly")]
     SnpOnly,
+    /// `shimx64.efi`: Debian's shim signed by Microsoft, then Debian's signed GRUB with a
+    /// config the edge renders (UEFI Secure Boot; iPXE is not signed).
+    #[value(name = "shim")]
+    Shim,
 }
 
 /// A per-machine first-stage override (a reservation's `loader`): a BIOS loader
