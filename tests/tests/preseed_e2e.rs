@@ -7,7 +7,9 @@
 //! no package mirror the install cannot finish here, so the test then sends the
 //! callback the preseed's late command sends, through the edge, and checks `deployed`
 //! and that the edge now answers the machine with local boot — and that the token is
-//! dead: the preseed is 403 and a second callback is refused.
+//! dead: the preseed is 403 and a second callback is refused. The same again under UEFI
+//! Secure Boot (OVMF's Secure Boot build, Microsoft's keys): shim → signed GRUB → the
+//! edge's GRUB config → d-i's kernel, which Debian signs, and its initrd over TFTP.
 
 use std::time::{Duration, Instant};
 
@@ -80,6 +82,19 @@ fn neighbour_ip(site: &Site, mac: &str) -> Result<String> {
 
 #[test]
 fn debian_installer_fetches_its_preseed_then_the_callback_deploys() -> Result<()> {
+    preseed("prov-preseed", Firmware::Bios, &[])
+}
+
+#[test]
+fn debian_installer_under_secure_boot_fetches_its_preseed() -> Result<()> {
+    preseed(
+        "prov-preseed-sb",
+        Firmware::UefiSecureBoot,
+        &["--uefi-loader", "shim"],
+    )
+}
+
+fn preseed(tag: &str, firmware: Firmware, edge_args: &[&str]) -> Result<()> {
     // deploy/test installs debian-installer-12-netboot-amd64 for the initrd.
     let di_initrd = format!("{DI}/initrd.gz");
     if !system_test(&[
@@ -88,6 +103,8 @@ fn debian_installer_fetches_its_preseed_then_the_callback_deploys() -> Result<()
         Need::Tool("qemu-system-x86_64"),
         Need::Tool("curl"),
         Need::File(&di_initrd),
+        Need::File(substruct_testkit::qemu::OVMF_CODE_SECBOOT),
+        Need::File("/usr/lib/shim/shimx64.efi.signed"),
     ]) {
         return Ok(());
     }
@@ -95,22 +112,24 @@ fn debian_installer_fetches_its_preseed_then_the_callback_deploys() -> Result<()
     // A site network as d-i expects one: DHCP names a gateway and a name server
     // (without them netcfg stops at critical questions before it fetches the preseed).
     let mut site = Site::start(
-        "prov-preseed",
+        tag,
         SiteOptions {
             edge_args: ["--router", EDGE_IP, "--dns", EDGE_IP]
-                .map(String::from)
-                .to_vec(),
+                .iter()
+                .chain(edge_args)
+                .map(|s| s.to_string())
+                .collect(),
             ..SiteOptions::default()
         },
     )?;
-    let result = flow(&mut site);
+    let result = flow(&mut site, tag, firmware);
     if result.is_err() {
         site.dump_logs();
     }
     result
 }
 
-fn flow(site: &mut Site) -> Result<()> {
+fn flow(site: &mut Site, tag: &str, firmware: Firmware) -> Result<()> {
     // The installer's kernel and initrd sit in the edge's image directory; the
     // controller only registers their names and hashes (`--no-upload`).
     let dir = site.images.join("debian-12");
@@ -136,7 +155,7 @@ fn flow(site: &mut Site) -> Result<()> {
     site.cli(&["profiles", "add", profile.to_str().context("path")?])?;
 
     let tap = site.new_tap()?;
-    let mut spec = VmSpec::new("prov-preseed", Firmware::Bios);
+    let mut spec = VmSpec::new(tag, firmware);
     spec.memory_mb = 1024;
     spec.allow_reboot = true;
     spec.nics.push(NicSpec {
@@ -180,7 +199,12 @@ fn flow(site: &mut Site) -> Result<()> {
     assert_eq!(status, 403);
     assert!(!body.contains("d-i"), "the 403 body leaks nothing: {body}");
 
-    let t = vm.wait_for_serial("debian-12/linux", Duration::from_secs(120))?;
+    // iPXE prints the kernel's URL; GRUB the edge's line for the machine.
+    let needle = match firmware {
+        Firmware::UefiSecureBoot => format!("{MAC} install"),
+        _ => "debian-12/linux".to_owned(),
+    };
+    let t = vm.wait_for_serial(&needle, Duration::from_secs(180))?;
     println!(
         "{:<44} {:>7.1} s",
         "installer kernel requested (after reboot)",
@@ -254,6 +278,25 @@ fn flow(site: &mut Site) -> Result<()> {
     );
 
     // The next PXE boot of this machine boots its disk.
+    if firmware == Firmware::UefiSecureBoot {
+        // GRUB's config for the machine, asked over TFTP from its own address.
+        let url = format!("tftp://{EDGE_IP}/grub/substruct/{MAC}.cfg");
+        let mut last = String::new();
+        let config = try_poll_blocking(
+            "the edge's GRUB config to say local boot",
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            || {
+                let (_, config) = curl(site, &[&from_machine[..], &[url.as_str()]].concat())?;
+                last.clone_from(&config);
+                Ok(config.contains("booting the local disk").then_some(config))
+            },
+        )
+        .with_context(|| format!("last config: {last}"))?;
+        ensure!(config.ends_with("exit\n"), "{config}");
+        println!("edge answers the machine's GRUB with:\n{config}");
+        return Ok(());
+    }
     let script_url =
         format!("http://{EDGE_IP}/boot.ipxe?mac={MAC}&uuid=&buildarch=i386&platform=pcbios");
     let mut last = String::new();
