@@ -175,12 +175,7 @@ impl crate::tftp::Rendered for GrubConfigs {
             }
             Some(mac) => match self.state.prepare_boot(peer, mac, Platform::Efi) {
                 Prepared::Ready { intent, ctx, bound } => {
-                    let kind = match &intent {
-                        None => "unknown",
-                        Some(BootIntent::Discover) => "discover",
-                        Some(BootIntent::Install { .. }) => "install",
-                        Some(BootIntent::Local { .. }) => "local",
-                    };
+                    let kind = super::intent_kind(intent.as_ref());
                     tracing::info!(%peer, %mac, intent = kind, bound, "grub config");
                     render_grub_config(intent.as_ref(), &ctx)
                 }

@@ -502,6 +502,16 @@ impl HttpState {
     }
 }
 
+/// The intent's name in the edge's logs.
+pub(crate) fn intent_kind(intent: Option<&BootIntent>) -> &'static str {
+    match intent {
+        None => "unknown",
+        Some(BootIntent::Discover) => "discover",
+        Some(BootIntent::Install { .. }) => "install",
+        Some(BootIntent::Local { .. }) => "local",
+    }
+}
+
 fn script_response(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
@@ -548,12 +558,7 @@ async fn boot_ipxe(
         Prepared::Retry(message) => return script_response(render_retry_script(&s.base, message)),
     };
     let intent = intent.as_ref();
-    let kind = match intent {
-        None => "unknown",
-        Some(BootIntent::Discover) => "discover",
-        Some(BootIntent::Install { .. }) => "install",
-        Some(BootIntent::Local { .. }) => "local",
-    };
+    let kind = intent_kind(intent);
     tracing::info!(%peer, %mac, uuid, arch, ?platform, intent = kind, bound, "boot.ipxe");
     script_response(render_boot_script(intent, &ctx))
 }
