@@ -204,13 +204,7 @@ impl Default for StorageLimits {
 }
 
 /// The certificate and key the REST API serves HTTPS with (PEM files; read at start).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsPaths {
-    /// The certificate chain, the server's own certificate first.
-    pub cert: PathBuf,
-    /// Its private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
+pub use substruct_runtime::tls::TlsPaths;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

@@ -39,7 +39,7 @@ pub mod record;
 pub mod rules;
 pub mod sites;
 pub mod store;
-pub mod tls;
+pub use substruct_runtime::tls;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -122,7 +122,11 @@ impl Controller {
                 source,
             })?;
         // Before NATS: a bad certificate fails at once, not after the connect loop.
-        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|paths| tls::server_config(paths, tls::Clients::Modern))
+            .transpose()?;
         if tls.is_none() && !api_addr.ip().is_loopback() {
             tracing::warn!(api = %api_addr, "the REST API is plain HTTP on a non-loopback address: tokens cross the network in clear text (set tls_cert and tls_key, or --tls-cert and --tls-key)");
         }
@@ -242,12 +246,13 @@ impl Controller {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let api_task = match tls {
             Some(tls) => {
-                let incoming = tls::TlsIncoming::new(listener, tls).map_err(|source| {
-                    ControllerError::Bind {
-                        addr: api_addr,
-                        source,
-                    }
-                })?;
+                let incoming =
+                    tls::TlsIncoming::new(listener, tls, "REST API").map_err(|source| {
+                        ControllerError::Bind {
+                            addr: api_addr,
+                            source,
+                        }
+                    })?;
                 tokio::spawn(api::serve(incoming, router, cancel.clone()))
             }
             None => tokio::spawn(api::serve(listener, router, cancel.clone())),

@@ -51,6 +51,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("HTTPS certificate")]
+    HttpsCertificate(#[source] substruct_runtime::tls::TlsError),
     #[error("binding TFTP on {addr}")]
     BindTftp {
         addr: SocketAddr,
@@ -93,6 +95,7 @@ pub enum AgentError {
 pub struct Bound {
     config: EdgeConfig,
     http_listener: TcpListener,
+    https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     http_state: HttpState,
     tftp: Option<(UdpSocket, TftpFiles, tftp::TftpSettings)>,
     dhcp: (Arc<dhcp::DhcpSettings>, Vec<UdpSocket>, dhcp::LeaseStore),
@@ -155,6 +158,22 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
                 addr: http_addr,
                 source,
             })?;
+    // Before NATS: a bad certificate or a taken port fails at once.
+    let https = match &config.https {
+        Some(h) => {
+            let tls = substruct_runtime::tls::server_config(
+                &h.tls,
+                substruct_runtime::tls::Clients::Firmware,
+            )
+            .map_err(AgentError::HttpsCertificate)?;
+            let addr = SocketAddr::new(ip, h.port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::BindHttp { addr, source })?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
     let mut http_state = HttpState::new(HttpSettings::from_config(&config), intents.clone())
         .map_err(AgentError::HttpSetup)?;
     // The edge's NATS login: a user JWT it signs itself with the site key.
@@ -268,6 +287,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
     Ok(Bound {
         config,
         http_listener,
+        https,
         http_state,
         tftp,
         dhcp: (dhcp_settings, dhcp_sockets, leases),
@@ -320,6 +340,15 @@ impl Bound {
         {
             let (c, tx) = (inner.clone(), fail_tx.clone());
             let (listener, state) = (self.http_listener, self.http_state);
+            if let Some((listener, tls)) = self.https {
+                let (c, tx, state) = (inner.clone(), fail_tx.clone(), state.clone());
+                tracker.spawn(async move {
+                    if let Err(e) = http::serve_tls(listener, tls, state, c.clone()).await {
+                        let _ = tx.send(AgentError::Http(e)).await;
+                        c.cancel();
+                    }
+                });
+            }
             tracker.spawn(async move {
                 if let Err(e) = http::serve(listener, state, c.clone()).await {
                     let _ = tx.send(AgentError::Http(e)).await;

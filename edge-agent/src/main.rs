@@ -23,6 +23,12 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", trust.config());
             return Ok(());
         }
+        Some(Command::EfiCacerts { ca, out }) => {
+            let n = substruct_edge::efi_cacerts::convert(&ca, &out)
+                .context("substruct-edge efi-cacerts failed")?;
+            eprintln!("wrote {n} bytes to {}", out.display());
+            return Ok(());
+        }
         None => {}
     }
     let config = flags.into_config().context("invalid configuration")?;

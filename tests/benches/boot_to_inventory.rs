@@ -666,6 +666,7 @@ fn main() -> Result<()> {
                 Firmware::Bios => "bios",
                 Firmware::Uefi => "uefi",
                 Firmware::UefiSecureBoot => "uefi-secureboot",
+                Firmware::UefiHttp => "uefi-http",
             };
             for ours in [false, true] {
                 if STOP.load(Ordering::SeqCst) {

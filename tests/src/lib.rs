@@ -117,7 +117,22 @@ static IMAGE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Builds (or reuses) the prospector live image with `deploy/prospector-image/build`,
 /// into `target/prospector-image/`. Returns the directory holding vmlinuz and initrd.img.
+///
+/// `deploy/test` builds the image once before the suite and names it in
+/// `SUBSTRUCT_PROSPECTOR_IMAGE`: then every test binary uses it as it is. Otherwise each
+/// test process builds it once (a stamp with its pid), so a plain `cargo test` never
+/// boots a stale image.
 pub fn prospector_image() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SUBSTRUCT_PROSPECTOR_IMAGE") {
+        let dir = PathBuf::from(dir);
+        if !dir.join("initrd.img").exists() || !dir.join("vmlinuz").exists() {
+            bail!(
+                "SUBSTRUCT_PROSPECTOR_IMAGE={} has no vmlinuz and initrd.img",
+                dir.display()
+            );
+        }
+        return Ok(dir);
+    }
     let _guard = IMAGE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let out = target_dir().join("prospector-image");
     // Serialise across test binaries too.

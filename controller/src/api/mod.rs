@@ -259,19 +259,6 @@ where
         .await
 }
 
-impl axum::serve::Listener for crate::tls::TlsIncoming {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        crate::tls::TlsIncoming::accept(self).await
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(crate::tls::TlsIncoming::local_addr(self))
-    }
-}
-
 /// This controller's machine list, once it holds every write made before the call.
 async fn current_fleet(state: &ApiState) -> Result<&crate::fleet::Fleet, ApiError> {
     let fleet = state.provisioner.fleet();

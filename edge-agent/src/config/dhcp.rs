@@ -18,6 +18,8 @@ pub(super) struct Own {
     pub address: Ipv4Net,
     /// `http://ip[:port]`.
     pub http_base: String,
+    /// `https://ip[:port]` when the edge serves HTTPS: UEFI HTTP boot goes there.
+    pub http_boot_base: Option<String>,
 }
 
 /// Reads `raw` and validates it. The edge's own network is always served: when no
@@ -57,6 +59,7 @@ pub(super) fn settings(
         bios_chain: bios_chain.unwrap_or_default(),
         uefi_loader: uefi_loader.unwrap_or_default(),
         http_base: own.http_base,
+        http_boot_base: own.http_boot_base,
     })
     .map_err(|e| ctx.err(e.field(), e.problem()))
 }

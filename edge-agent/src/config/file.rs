@@ -17,6 +17,12 @@ pub struct RawConfig {
     pub interface: Option<String>,
     pub address: Option<String>,
     pub http_port: Option<u16>,
+    /// HTTPS port (default 443), served when `https_cert` and `https_key` are set.
+    pub https_port: Option<u16>,
+    /// The site's certificate chain (PEM, RSA key: UEFI firmware cannot do ECDSA).
+    pub https_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub https_key: Option<PathBuf>,
     pub tftp: Option<bool>,
     /// Concurrent TFTP transfers (default 512).
     pub tftp_max_transfers: Option<usize>,

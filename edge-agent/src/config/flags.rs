@@ -92,6 +92,16 @@ pub struct Flags {
     /// every boot script carries a credential signed with it.
     #[arg(long, value_name = "FILE")]
     pub site_key: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM; an RSA key, for UEFI firmware):
+    /// UEFI HTTP-boot clients are then sent to `https://`.
+    #[arg(long, value_name = "FILE", requires = "https_key")]
+    pub https_cert: Option<PathBuf>,
+    /// The HTTPS certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "https_cert")]
+    pub https_key: Option<PathBuf>,
+    /// HTTPS port (default 443).
+    #[arg(long, value_name = "N")]
+    pub https_port: Option<u16>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -117,6 +127,17 @@ pub enum Command {
         /// The site key's seed file (as for --site-key).
         #[arg(long, value_name = "FILE")]
         site_key: PathBuf,
+    },
+    /// Write the site's CA certificate(s) as UEFI firmware trusts them for HTTPS boot
+    /// (EFI signature lists): QEMU/OVMF reads OUT with
+    /// `-fw_cfg name=etc/edk2/https/cacerts,file=OUT`.
+    EfiCacerts {
+        /// The CA certificate(s), PEM.
+        #[arg(value_name = "CA_PEM")]
+        ca: PathBuf,
+        /// Where the signature lists go.
+        #[arg(value_name = "OUT")]
+        out: PathBuf,
     },
 }
 
@@ -161,6 +182,9 @@ impl Flags {
             raw.http.max_connections_per_source
         );
         over!(self.site_key, raw.site_key);
+        over!(self.https_cert, raw.https_cert);
+        over!(self.https_key, raw.https_key);
+        over!(self.https_port, raw.https_port);
         if self.proxy_dhcp {
             over!(value_name(&DhcpMode::Proxy), raw.dhcp.mode);
         }

@@ -85,6 +85,8 @@ pub struct EdgeConfig {
     /// The edge's own address and prefix on the provisioning network.
     pub address: Ipv4Net,
     pub http_port: u16,
+    /// HTTPS beside HTTP: its port and the site's certificate and key.
+    pub https: Option<Https>,
     pub tftp: bool,
     /// The TFTP server's limits (`tftp_max_transfers`, `tftp_max_per_source`).
     pub tftp_limits: crate::tftp::TftpSettings,
@@ -113,6 +115,13 @@ pub struct EdgeConfig {
     pub site_key: Option<PathBuf>,
     /// The `[power]` table: BMC sessions, retries, the status poll.
     pub power: crate::power::PowerSettings,
+}
+
+/// The edge's HTTPS server: same routes as HTTP, the site's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Https {
+    pub port: u16,
+    pub tls: substruct_runtime::tls::TlsPaths,
 }
 
 impl EdgeConfig {

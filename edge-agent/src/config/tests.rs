@@ -554,3 +554,69 @@ fn the_power_table_has_defaults_and_refuses_zeros_by_name() {
         assert!(e.contains(field), "{bad}: {e}");
     }
 }
+
+#[test]
+fn https_sends_uefi_http_boot_to_https_and_keeps_ipxe_on_http() {
+    let c = from_flags(&[
+        "--pool",
+        "10.77.0.100-10.77.0.199",
+        "--https-cert",
+        "/etc/e.pem",
+        "--https-key",
+        "/etc/e.key",
+    ])
+    .unwrap();
+    let https = c.https.as_ref().unwrap();
+    assert_eq!(https.port, 443);
+    assert_eq!(https.tls.cert, PathBuf::from("/etc/e.pem"));
+    assert_eq!(c.dhcp.http_boot_url(), "https://10.77.0.1/ipxe.efi");
+    assert_eq!(c.dhcp.script_url(), "http://10.77.0.1/boot.ipxe");
+    let c = from_flags(&[
+        "--pool",
+        "10.77.0.100-10.77.0.199",
+        "--https-cert",
+        "/etc/e.pem",
+        "--https-key",
+        "/etc/e.key",
+        "--https-port",
+        "8443",
+    ])
+    .unwrap();
+    assert_eq!(c.dhcp.http_boot_url(), "https://10.77.0.1:8443/ipxe.efi");
+    // Without a certificate: HTTP boot over HTTP, no HTTPS server.
+    let c = from_flags(&["--pool", "10.77.0.100-10.77.0.199"]).unwrap();
+    assert!(c.https.is_none());
+    assert_eq!(c.dhcp.http_boot_url(), "http://10.77.0.1/ipxe.efi");
+}
+
+#[test]
+fn https_settings_are_refused_when_incomplete_or_clashing() {
+    let with = |extra: &str| format!("{extra}\n{GOOD}");
+    assert_eq!(
+        err_of(&with("https_cert = \"/e.pem\"")),
+        "edge.toml: https_key: missing (https_cert is set)"
+    );
+    assert_eq!(
+        err_of(&with("https_key = \"/e.key\"")),
+        "edge.toml: https_cert: missing (https_key is set)"
+    );
+    assert_eq!(
+        err_of(&with("https_port = 8443")),
+        "edge.toml: https_port: set, but https_cert and https_key are not"
+    );
+    assert_eq!(
+        err_of(&with(
+            "https_cert = \"/e.pem\"\nhttps_key = \"/e.key\"\nhttps_port = 80"
+        )),
+        "edge.toml: https_port: 80 is the HTTP port"
+    );
+    // The flags need each other.
+    assert!(Flags::try_parse_from([
+        "substruct-edge",
+        "--interface",
+        "br0",
+        "--https-cert",
+        "/e.pem"
+    ])
+    .is_err());
+}

@@ -43,9 +43,17 @@ impl TryFrom<Sourced> for EdgeConfig {
             .unwrap_or_else(|| format!("nats://{}:4222", address.addr()));
         let prospector_nats = parse_nats_url(&ctx, "prospector_nats", prospector_nats)?;
         let extra_kernel_args = extra_kernel_args(&ctx, raw.extra_kernel_args)?;
+        let https = https(
+            &ctx,
+            raw.https_port,
+            raw.https_cert,
+            raw.https_key,
+            http_port,
+        )?;
         let own = Own {
             address,
             http_base: http_base(address.addr(), http_port),
+            http_boot_base: https.as_ref().map(|h| https_base(address.addr(), h.port)),
         };
         let dhcp = dhcp::settings(&ctx, &raw.dhcp, own)?;
 
@@ -55,6 +63,7 @@ impl TryFrom<Sourced> for EdgeConfig {
             interface,
             address,
             http_port,
+            https,
             tftp: raw.tftp.unwrap_or(true),
             tftp_limits: tftp_limits(&ctx, raw.tftp_max_transfers, raw.tftp_max_per_source)?,
             images_dir,
@@ -80,6 +89,48 @@ impl TryFrom<Sourced> for EdgeConfig {
             site_key: raw.site_key,
             power: power_settings(&ctx, &raw.power)?,
         })
+    }
+}
+
+/// `https_cert`, `https_key` and `https_port`: both files or neither; a port that is
+/// a port and not the HTTP one.
+fn https(
+    ctx: &Ctx<'_>,
+    port: Option<u16>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    http_port: u16,
+) -> Result<Option<super::Https>, ConfigError> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            if port.is_some() {
+                return Err(ctx.err("https_port", "set, but https_cert and https_key are not"));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => return Err(ctx.err("https_key", "missing (https_cert is set)")),
+        (None, Some(_)) => return Err(ctx.err("https_cert", "missing (https_key is set)")),
+    };
+    let port = port.unwrap_or(443);
+    if port == 0 {
+        return Err(ctx.err("https_port", "0 is not a port"));
+    }
+    if port == http_port {
+        return Err(ctx.err("https_port", format!("{port} is the HTTP port")));
+    }
+    Ok(Some(super::Https {
+        port,
+        tls: substruct_runtime::tls::TlsPaths { cert, key },
+    }))
+}
+
+/// `https://ip` (or `https://ip:port`).
+fn https_base(ip: std::net::Ipv4Addr, port: u16) -> String {
+    if port == 443 {
+        format!("https://{ip}")
+    } else {
+        format!("https://{ip}:{port}")
     }
 }
 

@@ -363,6 +363,24 @@ fn ovmf_http_boot_gets_url_and_httpclient() {
 }
 
 #[test]
+fn https_edge_sends_http_boot_firmware_to_https_and_ipxe_to_http() {
+    let mut c = config(BiosChain::Pxelinux);
+    c.http_boot_base = Some("https://10.77.0.1".into());
+    let mut site = Site::with(DhcpSettings::new(c).unwrap());
+    let (m, bytes, _) = reply(&site.run(&ovmf_http(mac(0x0d), MessageType::Discover)));
+    assert_eq!(file(&m), "https://10.77.0.1/ipxe.efi");
+    assert_eq!(find_option(&bytes, 60), Some(b"HTTPClient".to_vec()));
+    // iPXE (no TLS in Debian's build) still gets its script over HTTP.
+    let (m, _, _) = reply(&site.run(&ipxe_efi(mac(0x0d), MessageType::Discover)));
+    assert_eq!(file(&m), "http://10.77.0.1/boot.ipxe");
+    // A base that is not https:// is refused with the field to fix.
+    let mut c = config(BiosChain::Pxelinux);
+    c.http_boot_base = Some("http://10.77.0.1".into());
+    let e = DhcpSettings::new(c).unwrap_err();
+    assert_eq!(e.field(), "https_port");
+}
+
+#[test]
 fn arm64_gets_arm64_loader() {
     let mut site = Site::new(BiosChain::Pxelinux);
     let p = Pkt::new(mac(0x11), MessageType::Discover)

@@ -352,9 +352,8 @@ pub async fn serve(
     // Whole files and single ranges under /images/ from the images directory go out
     // with sendfile(2) (0.64x nginx's CPU per GB, README figures); everything else,
     // and every request the front does not take, is axum's.
-    use axum::serve::Listener;
     let limits = state.inner.settings.limits;
-    let mut front = files::SendfileListener::new_with_metrics(
+    let front = files::SendfileListener::new_with_metrics(
         listener,
         "/images/",
         &state.inner.images_root,
@@ -363,7 +362,42 @@ pub async fn serve(
         state.inner.metrics.clone(),
     )
     .map_err(HttpError::Serve)?;
-    let app = router(state);
+    serve_connections(front, router(state), limits, cancel).await;
+    Ok(())
+}
+
+/// Serves the same routes over HTTPS on `listener` with `tls` until `cancel`, for UEFI
+/// HTTPS boot. No sendfile here (the bytes are encrypted in user space) and no
+/// per-source connection caps: handshakes are bounded by [`TlsIncoming`]'s own limits
+/// (at most 256 at once, 10 s each), requests by the header timeout.
+///
+/// [`TlsIncoming`]: substruct_runtime::tls::TlsIncoming
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: HttpState,
+    cancel: CancellationToken,
+) -> Result<(), HttpError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTPS listening");
+    }
+    let limits = state.inner.settings.limits;
+    let incoming = substruct_runtime::tls::TlsIncoming::new(listener, tls, "edge HTTPS")
+        .map_err(HttpError::Serve)?;
+    serve_connections(incoming, router(state), limits, cancel).await;
+    Ok(())
+}
+
+/// The connection loop both servers share: hyper HTTP/1.1 with the header timeout,
+/// `ConnectInfo` set to the peer; in-flight requests finish after `cancel`.
+async fn serve_connections<L>(
+    mut front: L,
+    app: Router,
+    limits: limits::HttpLimits,
+    cancel: CancellationToken,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -404,7 +438,6 @@ pub async fn serve(
     drop(front);
     connections.close();
     connections.wait().await;
-    Ok(())
 }
 
 async fn health(State(state): State<HttpState>) -> String {

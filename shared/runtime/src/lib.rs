@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod jetstream;
 pub mod login;
 pub mod serve;
+pub mod tls;
 
 use std::time::Duration;
 

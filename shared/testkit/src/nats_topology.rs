@@ -317,8 +317,19 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// A fresh CA and a server certificate for `ips` (subjectAltName), made by `openssl`.
+    /// A fresh CA and a server certificate for `ips` (subjectAltName), made by `openssl`
+    /// (P-256 keys).
     pub fn generate(ips: &[IpAddr]) -> Result<Self> {
+        Self::generate_with(ips, false)
+    }
+
+    /// As [`generate`](Self::generate) with RSA-2048 keys: what UEFI firmware's TLS
+    /// (no elliptic curves) can verify and agree DHE with.
+    pub fn generate_rsa(ips: &[IpAddr]) -> Result<Self> {
+        Self::generate_with(ips, true)
+    }
+
+    fn generate_with(ips: &[IpAddr], rsa: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("substruct-tls-")
             .tempdir()
@@ -329,15 +340,19 @@ impl TlsFiles {
                 .context("running openssl (apt-get install openssl)")?;
             Ok(())
         };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
+        let ec: &[&str] = if rsa {
+            &["-newkey", "rsa:2048", "-nodes"]
+        } else {
+            &[
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ]
+        };
         let mut args = vec!["req", "-x509"];
-        args.extend(ec);
+        args.extend(ec.iter().copied());
         args.extend([
             "-keyout",
             "ca-key.pem",
@@ -350,7 +365,7 @@ impl TlsFiles {
         ]);
         openssl(&args)?;
         let mut args = vec!["req"];
-        args.extend(ec);
+        args.extend(ec.iter().copied());
         args.extend([
             "-keyout",
             "hub-key.pem",

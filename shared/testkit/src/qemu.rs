@@ -22,12 +22,19 @@ pub enum Firmware {
     /// OVMF built with Secure Boot (SMM), its variable store holding Microsoft's keys
     /// enrolled and Secure Boot on: only loaders signed by Microsoft's UEFI CA run.
     UefiSecureBoot,
+    /// OVMF with its PXE clients off (fw_cfg `IPv4PXESupport`/`IPv6PXESupport` = n), so
+    /// its HTTP boot client runs: DHCP as `HTTPClient`, the loader from a URL (HTTPS when
+    /// the URL says so and [`VmSpec::https_cacerts`] gives the firmware a CA).
+    UefiHttp,
 }
 
 impl Firmware {
-    /// OVMF, with or without Secure Boot.
+    /// OVMF, any build.
     pub fn is_uefi(self) -> bool {
-        matches!(self, Firmware::Uefi | Firmware::UefiSecureBoot)
+        matches!(
+            self,
+            Firmware::Uefi | Firmware::UefiSecureBoot | Firmware::UefiHttp
+        )
     }
 }
 
@@ -78,6 +85,9 @@ pub struct VmSpec {
     pub netboot_first: bool,
     /// Let a reboot restart the VM (default: QEMU exits, `-no-reboot`).
     pub allow_reboot: bool,
+    /// OVMF's trusted CAs for HTTPS boot: a file of EFI signature lists
+    /// (`substruct-edge efi-cacerts`), given as fw_cfg `etc/edk2/https/cacerts`.
+    pub https_cacerts: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -92,6 +102,7 @@ impl VmSpec {
             smbios_uuid: None,
             netboot_first: true,
             allow_reboot: false,
+            https_cacerts: None,
         }
     }
 }
@@ -181,6 +192,21 @@ impl Vm {
                 format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+        if spec.firmware == Firmware::UefiHttp {
+            args.extend([
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv4PXESupport,string=n".into(),
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv6PXESupport,string=n".into(),
+            ]);
+        }
+        if let Some(cacerts) = &spec.https_cacerts {
+            // (QEMU warns that the name lacks "opt/": OVMF reads exactly this name.)
+            args.extend([
+                "-fw_cfg".into(),
+                format!("name=etc/edk2/https/cacerts,file={}", cacerts.display()),
             ]);
         }
         let mut smbios = Vec::new();

@@ -112,6 +112,7 @@ pub enum SettingsError {
     },
     HttpBaseScheme(String),
     HttpBaseTooLong(String),
+    HttpBootBase(String),
 }
 
 impl SettingsError {
@@ -152,6 +153,7 @@ impl SettingsError {
             | E::ReservationDuplicateIp { index, .. } => format!("{}.ip", reservation(index)),
             E::ReservationHostname { index, .. } => format!("{}.hostname", reservation(index)),
             E::HttpBaseScheme(_) | E::HttpBaseTooLong(_) => "dhcp.http_base".to_owned(),
+            E::HttpBootBase(_) => "https_port".to_owned(),
         }
     }
 
@@ -238,6 +240,10 @@ impl SettingsError {
             }
             E::HttpBaseTooLong(base) => format!(
                 "{base:?} is too long: boot URLs must fit the {MAX_FILE_LEN}-byte BOOTP file field"
+            ),
+            E::HttpBootBase(base) => format!(
+                "{base:?} must start with https://, not end with /, and fit the \
+                 {MAX_FILE_LEN}-byte BOOTP file field with /ipxe-arm64.efi"
             ),
         }
     }

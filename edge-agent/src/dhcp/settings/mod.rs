@@ -133,6 +133,10 @@ pub struct DhcpConfig {
     /// e.g. `http://10.77.0.1`: iPXE gets `{http_base}/boot.ipxe`, HTTP-boot
     /// firmware `{http_base}/ipxe.efi`.
     pub http_base: String,
+    /// e.g. `https://10.77.0.1`: where UEFI HTTP-boot firmware fetches its loader
+    /// instead of `http_base` (the edge serves HTTPS). iPXE keeps `http_base`: Debian's
+    /// iPXE has no TLS.
+    pub http_boot_base: Option<String>,
 }
 
 impl DhcpConfig {
@@ -146,6 +150,7 @@ impl DhcpConfig {
             bios_chain: BiosChain::default(),
             uefi_loader: UefiLoader::default(),
             http_base: http_base.into(),
+            http_boot_base: None,
         }
     }
 }
@@ -198,8 +203,9 @@ impl DhcpSettings {
             }
         }
         let script_url = format!("{}/boot.ipxe", config.http_base);
-        let http_boot_url = format!("{}/ipxe.efi", config.http_base);
-        let arm64_http_url = format!("{}/ipxe-arm64.efi", config.http_base);
+        let boot_base = config.http_boot_base.as_ref().unwrap_or(&config.http_base);
+        let http_boot_url = format!("{boot_base}/ipxe.efi");
+        let arm64_http_url = format!("{boot_base}/ipxe-arm64.efi");
         Ok(Self {
             config,
             reservation_by_mac,
@@ -231,12 +237,12 @@ impl DhcpSettings {
         &self.script_url
     }
 
-    /// `{http_base}/ipxe.efi`
+    /// `{http_boot_base or http_base}/ipxe.efi`
     pub fn http_boot_url(&self) -> &str {
         &self.http_boot_url
     }
 
-    /// `{http_base}/ipxe-arm64.efi`
+    /// `{http_boot_base or http_base}/ipxe-arm64.efi`
     pub fn arm64_http_boot_url(&self) -> &str {
         &self.arm64_http_url
     }

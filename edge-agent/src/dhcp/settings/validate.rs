@@ -143,6 +143,14 @@ fn validate_server(c: &DhcpConfig) -> Result<(), SettingsError> {
     if c.http_base.len() + "/ipxe-arm64.efi".len() > MAX_FILE_LEN {
         return Err(SettingsError::HttpBaseTooLong(c.http_base.clone()));
     }
+    if let Some(base) = &c.http_boot_base {
+        if !base.starts_with("https://")
+            || base.ends_with('/')
+            || base.len() + "/ipxe-arm64.efi".len() > MAX_FILE_LEN
+        {
+            return Err(SettingsError::HttpBootBase(base.clone()));
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,13 @@
-//! HTTPS for the REST API: the certificate and key read from PEM files into a rustls
-//! server configuration ([`server_config`]), and [`TlsIncoming`], a listener that hands
-//! the API only connections whose TLS handshake has finished. The only code in the
-//! controller that serves TLS.
+//! HTTPS for the controller's REST API and the edge's boot server: the certificate and
+//! key read from PEM files into a rustls server configuration ([`server_config`]), and
+//! [`TlsIncoming`], a listener that hands the server only connections whose TLS
+//! handshake has finished. The only code in Substruct that serves TLS.
+//!
+//! [`Clients::Firmware`] adds what UEFI firmware speaks: EDK2's TLS (OVMF, and most
+//! vendors' HTTPS boot) is built without elliptic curves and without TLS 1.3, so it can
+//! only agree finite-field Diffie-Hellman (`TLS_DHE_RSA_WITH_AES_256_GCM_SHA384` with an
+//! RSA certificate). rustls' ring provider has no FFDHE: [`ffdhe`] adds the RFC 7919
+//! group over a constant-time big-integer library.
 //!
 //! Handshakes run beside the accept loop, at most [`MAX_HANDSHAKES`] at once and each
 //! within [`HANDSHAKE_TIMEOUT`]: a client that connects and says nothing holds one slot
@@ -23,7 +29,26 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsPaths;
+pub mod ffdhe;
+
+/// The certificate and key a server serves HTTPS with (PEM files; read at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Who the server expects to connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// Current TLS stacks: ECDHE only (ring's defaults).
+    Modern,
+    /// Also UEFI firmware: adds TLS 1.2 DHE-RSA with AES-256-GCM over the RFC 7919
+    /// 2048-bit group, after every ECDHE suite (a client offering ECDHE gets ECDHE).
+    Firmware,
+}
 
 /// How long a client has, from connecting, to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,9 +99,9 @@ pub enum TlsError {
 }
 
 /// Reads the certificate chain and key named in `paths` into a TLS server configuration
-/// (TLS 1.2 and 1.3, ring, HTTP/1.1 by ALPN). Fails naming the file when either is
-/// unreadable, empty, or when the key does not belong to the certificate.
-pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+/// (TLS 1.2 and 1.3, ring, HTTP/1.1 by ALPN) for `clients`. Fails naming the file when
+/// either is unreadable, empty, or when the key does not belong to the certificate.
+pub fn server_config(paths: &TlsPaths, clients: Clients) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_pem = read("TLS certificate", &paths.cert)?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
@@ -106,13 +131,16 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
         key: paths.key.clone(),
         source,
     };
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(unusable)?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(unusable)?;
+    let mut provider = rustls::crypto::ring::default_provider();
+    if clients == Clients::Firmware {
+        ffdhe::add_to(&mut provider);
+    }
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(unusable)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(unusable)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -136,10 +164,15 @@ pub struct TlsIncoming {
 impl TlsIncoming {
     /// Serves TLS with `config` on the connections `listener` accepts (spawns the
     /// accept-and-handshake task on the current runtime).
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+    /// `server` names the server in log lines (`REST API`, `edge HTTPS`).
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        server: &'static str,
+    ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(16);
-        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
+        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx, server));
         Ok(Self { local_addr, ready })
     }
 
@@ -160,16 +193,21 @@ impl TlsIncoming {
 
 type Ready = mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>;
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, ready: Ready) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: Ready,
+    server: &'static str,
+) {
     let mut handshakes = FuturesUnordered::new();
     loop {
         tokio::select! {
             () = ready.closed() => return,
             accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
-                Ok((tcp, peer)) => handshakes.push(handshake(acceptor.clone(), tcp, peer)),
+                Ok((tcp, peer)) => handshakes.push(handshake(acceptor.clone(), tcp, peer, server)),
                 Err(e) => {
                     // Out of descriptors and the like: let connections close first.
-                    tracing::warn!(error = %e, "REST API: cannot accept a connection");
+                    tracing::warn!(error = %e, "{server}: cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -190,6 +228,7 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    server: &'static str,
 ) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
     let attempt = async {
         let mut first = [0u8; 1];
@@ -202,15 +241,15 @@ async fn handshake(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
         Ok(Ok(Some(stream))) => Some((stream, peer)),
         Ok(Ok(None)) => {
-            tracing::debug!(%peer, "REST API: plain HTTP on the HTTPS port, answered 400");
+            tracing::debug!(%peer, "{server}: plain HTTP on the HTTPS port, answered 400");
             None
         }
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "REST API: TLS handshake failed");
+            tracing::debug!(%peer, error = %e, "{server}: TLS handshake failed");
             None
         }
         Err(_) => {
-            tracing::debug!(%peer, "REST API: TLS handshake timed out");
+            tracing::debug!(%peer, "{server}: TLS handshake timed out");
             None
         }
     }
@@ -229,6 +268,19 @@ async fn refuse_plain_http(mut tcp: TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+impl axum::serve::Listener for TlsIncoming {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        TlsIncoming::accept(self).await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(TlsIncoming::local_addr(self))
     }
 }
 
