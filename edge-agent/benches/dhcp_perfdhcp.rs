@@ -157,6 +157,7 @@ fn settings() -> Result<Arc<DhcpSettings>> {
             dns: vec![],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     ))?))
 }

@@ -65,6 +65,7 @@ fn settings() -> DhcpSettings {
             dns: vec![],
             lease_time: Duration::from_secs(LEASE),
             relays: vec![],
+            uefi_loader: None,
         },
     ))
     .unwrap()

@@ -121,6 +121,7 @@ async fn udhcpc_gets_a_pool_address_and_keeps_it_across_a_restart() -> Result<()
             dns: vec![],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     ))?);
     let db = dir.path().join("leases.redb");
@@ -169,6 +170,7 @@ async fn client_behind_dhcrelay_gets_an_address_of_the_relayed_subnet() -> Resul
             dns: vec![],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     );
     config.subnets.push(Subnet {
@@ -179,6 +181,7 @@ async fn client_behind_dhcrelay_gets_an_address_of_the_relayed_subnet() -> Resul
         lease_time: Duration::from_secs(600),
         // dhcrelay sends from its upstream address, not from giaddr (10.88.1.1)
         relays: vec!["10.77.1.2".parse()?],
+        uefi_loader: None,
     });
     let settings = Arc::new(DhcpSettings::new(config)?);
     let server = Server::start(
@@ -315,6 +318,7 @@ fn sweep_settings() -> Result<DhcpSettings> {
             dns: vec![],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     ))?)
 }

@@ -29,6 +29,7 @@ fn settings() -> DhcpSettings {
             dns: vec![],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     ))
     .unwrap()

@@ -135,6 +135,7 @@ async fn start() -> Result<Edge> {
             dns: vec![],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     ))?;
     let leases = LeaseStore::open(state.path().join("leases.redb"))?;

@@ -45,6 +45,7 @@ pub(super) fn settings(
             dns: Vec::new(),
             lease_time: DEFAULT_LEASE_TIME,
             relays: Vec::new(),
+            uefi_loader: None,
         });
     }
     let reservations = each("dhcp.reservations", &raw.reservations, |at, r| {
@@ -87,6 +88,7 @@ fn subnet(ctx: &Ctx<'_>, at: &str, raw: &RawSubnet) -> Result<Subnet, ConfigErro
         None => DEFAULT_LEASE_TIME,
         Some(d) => ctx.duration(&format!("{at}.lease_time"), d)?,
     };
+    let uefi_loader = ctx.choice(&format!("{at}.uefi_loader"), raw.uefi_loader.as_deref())?;
     Ok(Subnet {
         network,
         pools,
@@ -94,6 +96,7 @@ fn subnet(ctx: &Ctx<'_>, at: &str, raw: &RawSubnet) -> Result<Subnet, ConfigErro
         dns,
         lease_time,
         relays,
+        uefi_loader,
     })
 }
 

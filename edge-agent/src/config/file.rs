@@ -109,6 +109,8 @@ pub struct RawSubnet {
     /// forward requests for this subnet; empty: only a relay sending from its `giaddr`.
     #[serde(default)]
     pub relays: Vec<String>,
+    /// `ipxe`, `snponly` or `shim`: this subnet's UEFI loader (over `dhcp.uefi_loader`).
+    pub uefi_loader: Option<String>,
 }
 
 /// `3600` (seconds) or `"1h"`, `"30m"`, `"90s"`, `"1d"` (any duration `humantime` reads).

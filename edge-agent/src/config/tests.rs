@@ -620,3 +620,23 @@ fn https_settings_are_refused_when_incomplete_or_clashing() {
     ])
     .is_err());
 }
+
+#[test]
+fn a_subnet_reads_its_uefi_loader_by_name() {
+    let with_shim = GOOD.replace(
+        "network = \"10.9.0.0/24\"\n",
+        "network = \"10.9.0.0/24\"\nuefi_loader = \"shim\"\n",
+    );
+    let c = EdgeConfig::from_toml_str("edge.toml", &with_shim).unwrap();
+    assert_eq!(c.dhcp.subnets[1].uefi_loader, Some(UefiLoader::Shim));
+    assert_eq!(c.dhcp.subnets[0].uefi_loader, None);
+    let bad = GOOD.replace(
+        "network = \"10.9.0.0/24\"\n",
+        "network = \"10.9.0.0/24\"\nuefi_loader = \"grub\"\n",
+    );
+    let e = err_of(&bad);
+    assert!(
+        e.starts_with("edge.toml: dhcp.subnets[1].uefi_loader: ") && e.contains("shim"),
+        "{e}"
+    );
+}

@@ -205,10 +205,12 @@ pub fn decide(
     }
 }
 
-/// The boot file for this request, or `None` for "address only".
+/// The boot file for this request, or `None` for "address only". `subnet` is the one
+/// serving the request (its `uefi_loader` comes between the reservation's and the site's).
 pub fn boot_choice(
     req: &Request,
     settings: &DhcpSettings,
+    subnet: Option<&Subnet>,
     intent: Option<&BootIntent>,
 ) -> Option<BootChoice> {
     if matches!(
@@ -268,7 +270,9 @@ pub fn boot_choice(
         7 | 9 => {
             let l = match loader {
                 Some(Loader::Uefi(l)) => l,
-                _ => settings.uefi_loader,
+                _ => subnet
+                    .and_then(|s| s.uefi_loader)
+                    .unwrap_or(settings.uefi_loader),
             };
             Some(tftp(match l {
                 UefiLoader::IpxeEfi => "ipxe.efi",
@@ -415,7 +419,7 @@ fn reply(
     {
         opts.insert(DhcpOption::Hostname(h));
     }
-    if let Some(boot) = boot_choice(req, settings, intent) {
+    if let Some(boot) = boot_choice(req, settings, Some(subnet), intent) {
         add_boot(&mut m, req, settings, &boot, false);
     }
     ReplyPacket {
@@ -497,7 +501,8 @@ fn decide_proxy(req: &Request, settings: &DhcpSettings, intent: Option<&BootInte
     if !req.is_pxe_client() && !req.is_http_client() {
         return Decision::drop(DropReason::ProxyNotPxe);
     }
-    let Some(boot) = boot_choice(req, settings, intent) else {
+    let subnet = settings.subnet_for(req.giaddr).map(|(_, s)| s);
+    let Some(boot) = boot_choice(req, settings, subnet, intent) else {
         return Decision::drop(DropReason::ProxyNoBootFile);
     };
     let t = if expected == MessageType::Discover {

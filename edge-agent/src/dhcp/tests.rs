@@ -36,6 +36,7 @@ fn config(bios: BiosChain) -> DhcpConfig {
             dns: vec![SERVER],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     );
     c.subnets.push(Subnet {
@@ -45,6 +46,7 @@ fn config(bios: BiosChain) -> DhcpConfig {
         dns: vec![],
         lease_time: Duration::from_secs(600),
         relays: vec![],
+        uefi_loader: None,
     });
     c.bios_chain = bios;
     c
@@ -333,6 +335,34 @@ fn secure_boot_gets_shim_by_site_or_by_reservation() {
     assert_eq!(file(&m), "shimx64.efi");
     let (m, _, _) = reply(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover)));
     assert_eq!(file(&m), "ipxe.efi");
+}
+
+#[test]
+fn a_subnet_loader_applies_to_its_subnet_between_reservation_and_site() {
+    // The relayed subnet 10.88.0.0/24 is a Secure Boot rack; the edge's own segment is not.
+    let mut c = config(BiosChain::Pxelinux);
+    c.subnets[1].uefi_loader = Some(UefiLoader::Shim);
+    c.reservations.push(Reservation {
+        mac: mac(0x3c),
+        ip: None,
+        hostname: None,
+        loader: Some(Loader::Uefi(UefiLoader::SnpOnly)),
+    });
+    let mut site = Site::with(DhcpSettings::new(c).unwrap());
+    let relay_src: SocketAddr = "10.88.0.1:67".parse().unwrap();
+    let relayed = |m| ovmf_pxe(m, MessageType::Discover).giaddr(RELAY);
+    let (m, _, _) = reply(&site.run_at(&relayed(mac(0x3a)), 67, relay_src, NOW));
+    assert_eq!(file(&m), "shimx64.efi");
+    // the reservation still wins inside that subnet
+    let (m, _, _) = reply(&site.run_at(&relayed(mac(0x3c)), 67, relay_src, NOW));
+    assert_eq!(file(&m), "snponly.efi");
+    // the edge's own segment keeps the site's loader
+    let (m, _, _) = reply(&site.run(&ovmf_pxe(mac(0x3b), MessageType::Discover)));
+    assert_eq!(file(&m), "ipxe.efi");
+    // BIOS clients in the Secure Boot subnet keep their chain
+    let bios = qemu_bios_rom(mac(0x3d), MessageType::Discover).giaddr(RELAY);
+    let (m, _, _) = reply(&site.run_at(&bios, 67, relay_src, NOW));
+    assert_eq!(file(&m), "lpxelinux.0");
 }
 
 #[test]

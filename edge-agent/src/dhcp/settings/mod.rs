@@ -85,6 +85,9 @@ pub struct Subnet {
     /// address of their packets). Empty: a relayed request is taken only when its
     /// source address is its `giaddr` (see [`Subnet::accepts_relay`]).
     pub relays: Vec<Ipv4Addr>,
+    /// This subnet's UEFI x64 loader instead of the site's [`DhcpConfig::uefi_loader`]
+    /// (a reservation's `loader` still wins): e.g. `shim` on a Secure Boot rack's VLAN.
+    pub uefi_loader: Option<UefiLoader>,
 }
 
 impl Subnet {

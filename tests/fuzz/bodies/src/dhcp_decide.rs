@@ -88,6 +88,7 @@ fn config(mode: DhcpMode) -> DhcpConfig {
             dns: vec![SERVER],
             lease_time: Duration::from_secs(3600),
             relays: vec![],
+            uefi_loader: None,
         },
     );
     c.subnets.push(Subnet {
@@ -97,6 +98,7 @@ fn config(mode: DhcpMode) -> DhcpConfig {
         dns: vec![],
         lease_time: Duration::from_secs(600),
         relays: vec![RELAY],
+        uefi_loader: None,
     });
     c.reservations.push(Reservation {
         mac: Mac([0x52, 0x54, 0, 0x77, 0, 9]),
