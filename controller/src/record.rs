@@ -111,6 +111,40 @@ pub struct MachineRecord {
     /// done, so a controller that dies in between leaves them for the next sync.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owed: Vec<Owed>,
+    /// The latest install's progress as the callbacks told it (the installer or the
+    /// prospector fetched a file, `done`, `failed`), oldest first, at most
+    /// [`MAX_PROGRESS_STEPS`]; emptied when the next install's ticket is issued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<ProgressStep>,
+}
+
+/// Most steps [`MachineRecord::progress`] keeps (the oldest go first).
+pub const MAX_PROGRESS_STEPS: usize = 16;
+
+/// One step of an install: what happened and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProgressStep {
+    /// `fetched preseed.cfg`, `fetched debian12.img`, `done`, `failed: REASON`.
+    pub step: String,
+    /// Unix time in milliseconds the controller heard of it.
+    pub at_unix_ms: u64,
+}
+
+impl MachineRecord {
+    /// Appends `step` (now) unless the same step is already there; keeps the newest
+    /// [`MAX_PROGRESS_STEPS`]. Returns whether it changed anything.
+    pub fn add_progress(&mut self, step: String, now_unix_ms: u64) -> bool {
+        if self.progress.iter().any(|s| s.step == step) {
+            return false;
+        }
+        self.progress.push(ProgressStep {
+            step,
+            at_unix_ms: now_unix_ms,
+        });
+        let excess = self.progress.len().saturating_sub(MAX_PROGRESS_STEPS);
+        self.progress.drain(..excess);
+        true
+    }
 }
 
 /// A machine record as the API (`GET /api/v1/machines/{id}`, the record lists) and the
@@ -244,6 +278,7 @@ impl MachineRecord {
             hostname: None,
             finished: None,
             owed: Vec::new(),
+            progress: Vec::new(),
         };
         unseen.updated(site, facts, conflicts, now_unix_ms)
     }

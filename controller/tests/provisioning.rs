@@ -281,6 +281,13 @@ async fn preseed_assignment_install_files_callbacks_and_local_boot_flow() {
     .await
     .unwrap();
     assert_eq!(r.state, "installing");
+    // The progress holds the fetch once, however often the edge says it.
+    let m = api.get(&format!("/api/v1/machines/{id}")).await.1;
+    let steps: Vec<&str> = m["progress"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["step"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(steps, ["fetched preseed.cfg"], "{m}");
 
     // Illegal: assigning an installing machine names the state and the event.
     let before = api.get(&format!("/api/v1/machines/{id}")).await.1;
@@ -342,6 +349,15 @@ async fn preseed_assignment_install_files_callbacks_and_local_boot_flow() {
     assert_eq!(m["state"], "deployed");
     assert!(m.get("ticket").is_none(), "{m}");
     assert!(m.get("owed").is_none(), "nothing left owed: {m}");
+    // The install's progress stays on the deployed machine, in order, with times.
+    let progress = m["progress"].as_array().cloned().unwrap_or_default();
+    let steps: Vec<&str> = progress.iter().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(steps, ["fetched preseed.cfg", "done"], "{m}");
+    let times: Vec<u64> = progress
+        .iter()
+        .filter_map(|s| s["at_unix_ms"].as_u64())
+        .collect();
+    assert!(times.len() == 2 && times[0] <= times[1], "{m}");
 
     // The audit log holds every transition, in order.
     let js = async_nats::jetstream::new(client.clone());
@@ -499,6 +515,10 @@ async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow
     let id = reply.machine_id.to_string();
     let m = api.get(&format!("/api/v1/machines/{id}")).await.1;
     assert_eq!(m["state"], "installing");
+    assert_eq!(
+        m["progress"][0]["step"], "image marker.img sent to the prospector",
+        "{m}"
+    );
     assert_eq!(m["profile"], "marker-image");
     assert_eq!(
         intent(&client, "dc1", MAC).await,
@@ -533,6 +553,10 @@ async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["state"], "assigned");
     assert_ne!(token_of(&m), deploy.token);
+    assert!(
+        m.get("progress").is_none(),
+        "a new install starts with no progress: {m}"
+    );
     // A failure report: failed, with the reason.
     let reply = discover(
         &client,
@@ -557,6 +581,18 @@ async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow
     assert_eq!(r.state, "failed");
     let m = api.get(&format!("/api/v1/machines/{id}")).await.1;
     assert_eq!(m["reason"], "sha256 mismatch");
+    let steps: Vec<&str> = m["progress"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["step"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        steps,
+        [
+            "image marker.img sent to the prospector",
+            "failed: sha256 mismatch"
+        ],
+        "the second install's own steps only: {m}"
+    );
 
     // Release with a full wipe, and the wipe fails: recorded as a failure with the
     // reason, the wipe dropped (no endless wipe instructions).

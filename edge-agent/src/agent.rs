@@ -166,6 +166,10 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
                 substruct_runtime::tls::Clients::Firmware,
             )
             .map_err(AgentError::HttpsCertificate)?;
+            if !substruct_runtime::tls::has_rsa_key(&h.tls).map_err(AgentError::HttpsCertificate)? {
+                tracing::warn!(cert = %h.tls.cert.display(),
+                    "the HTTPS certificate's key is not RSA: UEFI firmware (EDK2's TLS has no elliptic curves) cannot use it, so UEFI HTTPS boot will fail; use an RSA key");
+            }
             let addr = SocketAddr::new(ip, h.port);
             let listener = TcpListener::bind(addr)
                 .await

@@ -293,6 +293,20 @@ fn on_off(v: Option<bool>) -> &'static str {
 }
 
 /// The `machines show` text.
+/// The latest install's steps, one line each: seconds after the first step, then the
+/// step (`progress:     +0.0 s  fetched preseed.cfg`).
+fn write_progress(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<()> {
+    let Some(first) = m.progress.first() else {
+        return Ok(());
+    };
+    for (i, s) in m.progress.iter().enumerate() {
+        let label = if i == 0 { "progress:" } else { "" };
+        let after = s.at_unix_ms.saturating_sub(first.at_unix_ms) as f64 / 1000.0;
+        writeln!(out, "{label:<13} +{after:.1} s  {}", s.step)?;
+    }
+    Ok(())
+}
+
 pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<()> {
     let f = &m.facts;
     let d = &f.dmi;
@@ -309,6 +323,7 @@ pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<
     if let Some(bmc) = &m.bmc {
         write_bmc(out, bmc)?;
     }
+    write_progress(out, m)?;
     writeln!(out, "first seen:   {} (unix ms)", m.first_seen_unix_ms)?;
     writeln!(out, "last seen:    {} (unix ms)", m.last_seen_unix_ms)?;
     writeln!(out, "reports:      {}", m.report_count)?;
@@ -391,6 +406,32 @@ pub fn write_machine(out: &mut dyn Write, m: &MachineRecord) -> std::io::Result<
 mod tests {
     use super::*;
     use crate::profile::sample_machine;
+
+    #[test]
+    fn progress_is_listed_in_seconds_after_its_first_step() {
+        let mut machine = sample_machine();
+        let mut out = Vec::new();
+        write_machine(&mut out, &machine).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!String::from_utf8_lossy(&out).contains("progress:"));
+        machine.add_progress("fetched preseed.cfg".into(), 1_000);
+        machine.add_progress("fetched preseed.cfg".into(), 2_000);
+        machine.add_progress("done".into(), 413_300);
+        let mut out = Vec::new();
+        write_machine(&mut out, &machine).unwrap_or_else(|e| panic!("{e}"));
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.contains(
+                "progress:     +0.0 s  fetched preseed.cfg\n              +412.3 s  done\n"
+            ),
+            "{out}"
+        );
+        // At most MAX_PROGRESS_STEPS, the oldest dropped.
+        for i in 0..40 {
+            machine.add_progress(format!("fetched f{i}"), 500_000 + i);
+        }
+        assert_eq!(machine.progress.len(), crate::record::MAX_PROGRESS_STEPS);
+        assert_eq!(machine.progress[0].step, "fetched f24");
+    }
 
     #[test]
     fn secure_boot_is_shown_beside_the_boot_mode_and_at_the_top_of_the_json() {

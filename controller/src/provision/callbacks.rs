@@ -84,6 +84,8 @@ impl Provisioner {
             }
             (CallbackKind::Fetched { file }, TicketPurpose::Install) => {
                 tracing::info!(machine = %id, file, "install file fetched");
+                let step: String =
+                    format!("fetched {}", file.chars().take(128).collect::<String>());
                 let record = match record.state {
                     State::Assigned { .. } => {
                         match self.start_install(&id, &by, &request.token).await? {
@@ -102,6 +104,10 @@ impl Provisioner {
                     State::Installing { .. } => record,
                     _ => return Err(CallbackError::Forbidden),
                 };
+                let record = self
+                    .add_progress(&id, &request.token, step)
+                    .await?
+                    .unwrap_or(record);
                 Ok(reply(&record, None))
             }
             (CallbackKind::Done, TicketPurpose::Install) => {
@@ -114,9 +120,11 @@ impl Provisioner {
                     site: site.clone(),
                     by: FinishedBy::Done,
                 };
+                let now = crate::now_unix_ms();
                 let done = self
                     .change_for_token(&id, Change::new(Event::Done, &by), &request.token, |r| {
                         r.finished = Some(finished.clone());
+                        r.add_progress("done".into(), now);
                     })
                     .await;
                 let record = match done {
@@ -130,12 +138,16 @@ impl Provisioner {
             }
             (CallbackKind::Failed { reason }, TicketPurpose::Install) => {
                 let reason: String = reason.chars().take(1024).collect();
+                let step = format!("failed: {}", reason.chars().take(128).collect::<String>());
+                let now = crate::now_unix_ms();
                 let record = self
                     .change_for_token(
                         &id,
                         Change::new(Event::Fail { reason }, &by),
                         &request.token,
-                        |_| {},
+                        |r| {
+                            r.add_progress(step.clone(), now);
+                        },
                     )
                     .await?;
                 Ok(reply(&record, Some(Instruction::Wait)))
@@ -180,6 +192,34 @@ impl Provisioner {
             Err(ProvisionError::Illegal { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Records `step` in the progress of the install `token` is for (one compare-and-set
+    /// of the record; no lifecycle change, nothing owed). `None` when there was nothing
+    /// to record: the step is there already, or the token is no longer the machine's.
+    async fn add_progress(
+        &self,
+        id: &MachineId,
+        token: &BootToken,
+        step: String,
+    ) -> Result<Option<MachineRecord>, ProvisionError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((old, revision)) = self.store.machine(id).await? else {
+                return Err(ProvisionError::UnknownMachine(id.to_string()));
+            };
+            if old.ticket.as_ref().map(|t| &t.token) != Some(token) {
+                return Ok(None);
+            }
+            let mut new = old.clone();
+            if !new.add_progress(step.clone(), crate::now_unix_ms()) {
+                return Ok(None);
+            }
+            match self.store.update_machine(&new, revision).await? {
+                Write::Done(_) => return Ok(Some(new)),
+                Write::Lost => continue,
+            }
+        }
+        Err(ProvisionError::Contention(id.clone()))
     }
 
     /// Ends the wipe `token` was for: the record forgets the pending wipe and its

@@ -78,6 +78,8 @@ impl Provisioner {
                     // Rendered above with the same facts: this cannot fail now.
                     new.hostname = profile.hostname_for(&new).ok();
                 }
+                // A new install: the last one's progress is history (the events keep it).
+                new.progress.clear();
                 new.ticket = Some(Ticket {
                     token: token.clone(),
                     purpose: TicketPurpose::Install,

@@ -67,10 +67,16 @@ impl Provisioner {
                 image: image_name.clone(),
             })?;
         let record = if matches!(record.state, State::Assigned { .. }) {
-            self.change(
+            let step = format!("image {} sent to the prospector", image.name);
+            let now = crate::now_unix_ms();
+            self.change_with(
                 &record.id,
                 Change::new(Event::InstallStarted, "prospector"),
                 false,
+                None,
+                |r| {
+                    r.add_progress(step.clone(), now);
+                },
             )
             .await?
         } else {

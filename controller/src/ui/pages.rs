@@ -386,6 +386,11 @@ pub fn machine_page(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let progress = record
+        .get("progress")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let events = events
         .get("events")
         .and_then(Value::as_array)
@@ -410,6 +415,16 @@ pub fn machine_page(
             p.state-detail {
                 @if !s(record, "profile").is_empty() { "Profile " b #profile-name { (s(record, "profile")) } " " }
                 @if !s(record, "reason").is_empty() { span.error { "Failed: " (s(record, "reason")) } }
+            }
+            @if !progress.is_empty() {
+                section #progress {
+                    h2 { "Install progress" }
+                    ol {
+                        @for step in &progress {
+                            li { (when(n(step, "at_unix_ms"))) " · " (s(step, "step")) }
+                        }
+                    }
+                }
             }
             @if session.is_admin() {
                 section.actions #actions {

@@ -104,6 +104,20 @@ async fn firmware_profile_agrees_dhe_rsa_and_verifies() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn tells_an_rsa_certificate_from_an_ec_one() -> Result<()> {
+    let rsa = TlsFiles::generate_rsa(&["127.0.0.1".parse()?])?;
+    let ec = TlsFiles::generate(&["127.0.0.1".parse()?])?;
+    let paths = |t: &TlsFiles| TlsPaths {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+    };
+    // Both are signed with SHA-256 by a CA of their own kind; only the key counts.
+    assert!(substruct_runtime::tls::has_rsa_key(&paths(&rsa))?);
+    assert!(!substruct_runtime::tls::has_rsa_key(&paths(&ec))?);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn modern_profile_refuses_dhe() -> Result<()> {
     let tls = TlsFiles::generate_rsa(&["127.0.0.1".parse()?])?;

@@ -145,6 +145,33 @@ pub fn server_config(paths: &TlsPaths, clients: Clients) -> Result<Arc<ServerCon
     Ok(Arc::new(config))
 }
 
+/// The DER of the `rsaEncryption` algorithm identifier's OID (1.2.840.113549.1.1.1), as
+/// it appears in a certificate's subject public key info.
+const RSA_ENCRYPTION_OID: [u8; 11] = [
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+
+/// Whether the server certificate in `paths` (its first) has an RSA key: what UEFI
+/// firmware needs ([`Clients::Firmware`]). A certificate holds that OID only in its
+/// public key info (signature algorithms use other OIDs: `…1.1.11` and so on).
+pub fn has_rsa_key(paths: &TlsPaths) -> Result<bool, TlsError> {
+    let cert_pem = read("TLS certificate", &paths.cert)?;
+    let first = CertificateDer::pem_slice_iter(&cert_pem)
+        .next()
+        .transpose()
+        .map_err(|source| TlsError::Pem {
+            what: "TLS certificate",
+            path: paths.cert.clone(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::NoCertificate {
+            path: paths.cert.clone(),
+        })?;
+    Ok(first
+        .windows(RSA_ENCRYPTION_OID.len())
+        .any(|w| w == RSA_ENCRYPTION_OID))
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,
