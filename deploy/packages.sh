@@ -20,6 +20,8 @@ SUBSTRUCT_PACKAGES=(
   openipmi                         # ipmi_sim: the real IPMI 2.0 LAN BMC the BMC driver tests drive
   python3-pip                      # pip, for sushy-tools (the Redfish emulator) below
   chromium chromium-driver         # headless browser + WebDriver: the web UI tests
+  debootstrap e2fsprogs            # the cloud image (deploy/cloud-image/build)
+  fdisk openssh-client             # sfdisk (the seed partition test); ssh into the deployed cloud image
 )
 
 # sushy-tools' Redfish emulator (fake driver, no libvirt needed) for the Redfish driver tests.

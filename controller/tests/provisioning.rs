@@ -648,6 +648,107 @@ async fn a_rule_assigns_an_image_profile_and_the_prospector_gets_the_deploy_flow
 }
 
 #[test]
+fn an_image_profile_with_a_template_deploys_with_a_cloud_init_seed() {
+    common::run_on_big_stack(an_image_profile_with_a_template_deploys_with_a_cloud_init_seed_flow);
+}
+
+async fn an_image_profile_with_a_template_deploys_with_a_cloud_init_seed_flow() {
+    let nats = NatsServer::start().unwrap();
+    let c = Running::start(config(&nats.url())).await;
+    let api = Api {
+        base: c.url(),
+        http: reqwest::Client::new(),
+    };
+    let client = connect(&nats.url()).await;
+    let (status, body) = api
+        .post(
+            "/api/v1/images",
+            json!({"name": "debian-12/cloud.img", "kind": "disk", "sha256": SHA, "size": 4096}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let profile = save_profile(&api, "debian12-cloud.toml").await;
+    let reply = discover(
+        &client,
+        "dc1",
+        report(None, Some("SN-CLOUD-1"), &[MAC], &["D7"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.instruction, Instruction::Wait);
+    let (status, m) = api
+        .post(
+            "/api/v1/machines/SN-CLOUD-1/assign",
+            json!({"profile": profile.name}),
+        )
+        .await;
+    assert_eq!(status, 200, "{m}");
+    let token = token_of(&m);
+    // The seed files wait at the edge behind the token.
+    let key = subjects::install_key(&SiteId::new("dc1").unwrap(), &token);
+    let files: InstallFilesRecord =
+        substruct_wire::decode(&kv_get(&client, subjects::KV_INSTALL, &key).await.unwrap())
+            .unwrap();
+    let names: Vec<&str> = files.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["user-data", "meta-data"]);
+    assert!(files.files[0].body.contains("hostname: deb-sn-cloud-1"));
+    assert!(files.files[1]
+        .body
+        .contains("local-hostname: deb-sn-cloud-1"));
+    // The prospector is told to deploy and then seed.
+    let reply = discover(
+        &client,
+        "dc1",
+        report(None, Some("SN-CLOUD-1"), &[MAC], &["D7"]),
+    )
+    .await
+    .unwrap();
+    let Instruction::DeployImageSeeded(deploy) = reply.instruction else {
+        panic!(
+            "expected a seeded image deploy, got {:?}",
+            reply.instruction
+        );
+    };
+    assert_eq!(deploy.path, "debian-12/cloud.img");
+    assert_eq!(deploy.token, token);
+    // The seed's fetches are progress steps, then done.
+    for file in ["meta-data", "user-data"] {
+        callback(
+            &client,
+            "dc1",
+            &token,
+            CallbackKind::Fetched { file: file.into() },
+        )
+        .await
+        .unwrap();
+    }
+    let r = callback(&client, "dc1", &token, CallbackKind::Done)
+        .await
+        .unwrap();
+    assert_eq!(r.state, "deployed");
+    let m = api
+        .get(&format!("/api/v1/machines/{}", reply.machine_id))
+        .await
+        .1;
+    let steps: Vec<&str> = m["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "image debian-12/cloud.img sent to the prospector",
+            "fetched meta-data",
+            "fetched user-data",
+            "done"
+        ]
+    );
+    c.stop().await;
+}
+
+#[test]
 fn bad_profiles_images_rules_and_assignments_are_refused_by_name() {
     common::run_on_big_stack(bad_profiles_images_rules_and_assignments_are_refused_by_name_flow);
 }

@@ -42,7 +42,7 @@ fn images(name: &str) -> Option<ImageRecord> {
     let kind = match name {
         "debian-12/linux" | "rocky-9/vmlinuz" | "ubuntu-24.04/vmlinuz" => ImageKind::Kernel,
         "debian-12/initrd.gz" | "rocky-9/initrd.img" | "ubuntu-24.04/initrd" => ImageKind::Initrd,
-        "marker.img" => ImageKind::Disk,
+        "marker.img" | "debian-12/cloud.img" => ImageKind::Disk,
         _ => return None,
     };
     Some(ImageRecord {
@@ -179,6 +179,7 @@ fn golden_examples() {
         "rocky9-kickstart",
         "ubuntu24-autoinstall",
         "marker-image",
+        "debian12-cloud",
     ] {
         let profile = example(name);
         assert_eq!(profile.name, name);
@@ -227,6 +228,18 @@ fn examples_call_back_and_use_the_machine() {
         .render_files(&qemu_vm(), &token)
         .unwrap()
         .is_empty());
+    // The cloud image's seed: the machine's host name and the profile's key, no token
+    // (the seed stays on the disk; the token is the install's secret).
+    let files = example("debian12-cloud")
+        .render_files(&qemu_vm(), &token)
+        .unwrap();
+    let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["user-data", "meta-data"]);
+    assert!(files[0].body.starts_with("#cloud-config\n"));
+    assert!(files[0].body.contains("\nhostname: deb-"));
+    assert!(files[0].body.contains("ops@example"));
+    assert!(files[1].body.contains("\nlocal-hostname: deb-"));
+    assert!(!files.iter().any(|f| f.body.contains(token.as_str())));
 }
 
 #[test]
@@ -442,12 +455,26 @@ fn field_checks() {
             "{err:?} does not say {want:?}"
         );
     }
-    // Method image: a disk image, no template, no installer.
+    // Method image: a disk image, no installer; a template is optional: the
+    // deployed system's cloud-init user-data, rendered with a meta-data beside it.
     let mut image = example("marker-image");
     image.validate(&images).unwrap();
-    image.template = Some("{{ callback_url }}".into());
+    let token = BootToken::new("0123456789abcdef0123456789abcdef").unwrap();
+    assert!(image
+        .render_files(&sample_machine(), &token)
+        .unwrap()
+        .is_empty());
+    image.template = Some("#cloud-config\nhostname: {{ hostname }}\n".into());
+    image.validate(&images).unwrap();
+    let files = image.render_files(&sample_machine(), &token).unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["user-data", "meta-data"]);
+    assert!(files[0].body.starts_with("#cloud-config\nhostname: "));
+    assert!(files[1].body.starts_with("instance-id: "));
+    assert!(files[1].body.contains("\nlocal-hostname: "));
+    image.template = Some("{{ nosuch }}".into());
     let err = image.validate(&images).unwrap_err().to_string();
-    assert_eq!(err, "profile field `template`: is not used by method image");
+    assert!(err.contains("undefined value"), "{err}");
     let mut image = example("marker-image");
     image.image = Some("debian-12/linux".into());
     let err = image.validate(&images).unwrap_err().to_string();

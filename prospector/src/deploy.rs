@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use substruct_wire::messages::DeployImage;
 use substruct_wire::names::{DigestError, ImageNameError};
-use substruct_wire::{ImageName, Sha256Digest};
+use substruct_wire::{BootToken, ImageName, Sha256Digest};
 use tokio::io::AsyncWriteExt;
 
 use crate::blockdev::{self, Storage, TargetError};
@@ -79,6 +79,8 @@ pub enum DeployError {
     SizeMismatch { written: u64, expected: u64 },
     #[error("sha256 mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("cloud-init seed")]
+    Seed(#[source] crate::seed::SeedError),
 }
 
 /// Pure: the request path for an image path from the instruction (untrusted), which
@@ -241,6 +243,42 @@ pub async fn deploy(
         bytes: written,
         elapsed,
     })
+}
+
+/// After [`deploy`]: fetches the cloud-init seed for `token` from the edge and writes it
+/// to a `CIDATA` partition added at the end of `disk`.
+pub async fn seed(
+    edge: Option<&BaseUrl>,
+    storage: Option<&Storage>,
+    disk: &str,
+    token: &BootToken,
+    http_timeout: Duration,
+    say: &mut (dyn FnMut(String) + Send),
+) -> Result<crate::seed::Seeded, DeployError> {
+    let edge = edge.ok_or(DeployError::NoEdge)?;
+    let storage = storage.ok_or(DeployError::NoStorage)?;
+    let files = crate::seed::fetch(edge, token, http_timeout)
+        .await
+        .map_err(DeployError::Seed)?;
+    let path = storage.device(disk);
+    let seeded = tokio::task::spawn_blocking(move || crate::seed::write(&path, &files))
+        .await
+        .map_err(|_| DeployError::Seed(crate::seed::SeedError::Task))?
+        .map_err(DeployError::Seed)?;
+    let p = &seeded.placed;
+    say(format!(
+        "cloud-init seed: {} bytes in CIDATA, partition {} of the {} table at {:.1} MiB{}",
+        seeded.bytes,
+        p.number,
+        p.table,
+        p.start_bytes as f64 / MIB,
+        if p.moved_backup {
+            " (GPT backup moved to the disk's end)"
+        } else {
+            ""
+        }
+    ));
+    Ok(seeded)
 }
 
 #[cfg(test)]

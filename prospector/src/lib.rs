@@ -8,6 +8,8 @@
 //!   anything off itself: the caller does (the live init) or just reports it (the CLI);
 //! * [`deploy`] — streams a disk image from the edge onto a local disk and verifies it,
 //!   over the small HTTP/1.1 client in [`http_get`];
+//! * [`seed`] — the deployed system's cloud-init NoCloud seed: a `CIDATA` partition
+//!   added at the disk's end (a GPT's backup moved there first);
 //! * [`wipe`] — quick or discard wipe of the local disks;
 //! * [`blockdev`] — the local disks as deploy/wipe targets (`/sys/block`, `/dev`);
 //! * [`text`] — bounding and escaping untrusted text (a leaf: uses nothing of the crate);
@@ -20,5 +22,6 @@ pub mod deploy;
 pub mod facts;
 pub mod http_get;
 pub mod live;
+pub mod seed;
 pub mod text;
 pub mod wipe;

@@ -487,6 +487,113 @@ async fn failing_deploy(lab: &Lab, edge: &Edge, instruction: DeployImage) -> Str
     reason
 }
 
+/// An 8 MiB MBR image: one partition from 1 MiB to its end.
+fn mbr_image() -> Vec<u8> {
+    let mut image = image_bytes(8 * MIB);
+    image[446..512].fill(0);
+    image[446 + 4] = 0x83;
+    image[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    image[446 + 12..446 + 16].copy_from_slice(&((7 * MIB / 512) as u32).to_le_bytes());
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    image
+}
+
+#[tokio::test]
+async fn a_seeded_deploy_adds_the_cidata_partition_with_the_edges_files() {
+    let lab = Lab::new();
+    lab.disk("vda", 64 * MIB, false, &[]);
+    let image = mbr_image();
+    let token = install_token();
+    let meta = b"instance-id: m-1\nlocal-hostname: web-1\n".to_vec();
+    let user = b"#cloud-config\nhostname: web-1\n".to_vec();
+    let mut routes = served(&format!("/images/{IMAGE_PATH}"), image.clone());
+    routes.insert(format!("/install/{token}/meta-data"), meta.clone());
+    routes.insert(format!("/install/{token}/user-data"), user.clone());
+    let edge = edge(routes).await;
+    let nats = NatsServer::start().unwrap();
+    let (mut callbacks, _c) = controller(
+        &nats,
+        Instruction::DeployImageSeeded(deploy_instruction(&image, None)),
+        vec![callback_ok("deployed", None)],
+    )
+    .await;
+    let (_events, task) = start_agent(&nats, &edge, &lab, CancellationToken::new());
+    assert_eq!(
+        outcome(task).await,
+        Outcome::Reboot {
+            machine_id: machine()
+        }
+    );
+    assert_eq!(next_callback(&mut callbacks).await.kind, CallbackKind::Done);
+    assert_eq!(
+        edge.requests(),
+        [
+            format!("/images/{IMAGE_PATH}"),
+            format!("/install/{token}/meta-data"),
+            format!("/install/{token}/user-data"),
+        ]
+    );
+    let disk = lab.read("vda");
+    // The image, but for its new MBR entry 2: FAT32 LBA over the disk's last 8 MiB.
+    assert!(disk[..446] == image[..446] && disk[512..8 * MIB] == image[512..]);
+    let e = &disk[446 + 16..446 + 32];
+    assert_eq!(e[4], 0x0c);
+    let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as usize * 512;
+    let len = u32::from_le_bytes(e[12..16].try_into().unwrap()) as usize * 512;
+    assert_eq!((start, len), (56 * MIB, 8 * MIB));
+    let fs = fatfs::FileSystem::new(
+        std::io::Cursor::new(disk[start..start + len].to_vec()),
+        fatfs::FsOptions::new(),
+    )
+    .unwrap();
+    assert_eq!(fs.volume_label().trim_end(), "CIDATA");
+    for (name, body) in [("meta-data", &meta), ("user-data", &user)] {
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut fs.root_dir().open_file(name).unwrap(), &mut got).unwrap();
+        assert_eq!(&got, body, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_seed_the_edge_refuses_fails_the_deploy_with_the_reason() {
+    let lab = Lab::new();
+    lab.disk("vda", 64 * MIB, false, &[]);
+    let image = mbr_image();
+    let token = install_token();
+    let mut routes = served(&format!("/images/{IMAGE_PATH}"), image.clone());
+    routes.insert(
+        format!("/install/{token}/meta-data"),
+        b"instance-id: x\n".to_vec(),
+    );
+    let edge = edge(routes).await;
+    let nats = NatsServer::start().unwrap();
+    let (mut callbacks, _c) = controller(
+        &nats,
+        Instruction::DeployImageSeeded(deploy_instruction(&image, None)),
+        vec![callback_ok("failed", None)],
+    )
+    .await;
+    let (_events, task) = start_agent(&nats, &edge, &lab, CancellationToken::new());
+    let cb = next_callback(&mut callbacks).await;
+    let CallbackKind::Failed { reason } = cb.kind else {
+        panic!("expected Failed, got {:?}", cb.kind);
+    };
+    assert!(
+        reason.starts_with("cloud-init seed: fetching the cloud-init user-data failed: HTTP 404"),
+        "{reason}"
+    );
+    // Nothing was added to the table: the seed is written only once both files are here.
+    assert!(lab.read("vda")[446 + 16..446 + 32].iter().all(|&b| b == 0));
+    command(&nats, Instruction::PowerOff).await;
+    assert_eq!(
+        outcome(task).await,
+        Outcome::PowerOff {
+            machine_id: machine()
+        }
+    );
+}
+
 #[tokio::test]
 async fn a_corrupted_image_fails_with_the_sha256_mismatch() {
     let lab = Lab::new();

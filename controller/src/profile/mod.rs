@@ -67,7 +67,8 @@ pub enum Method {
     Preseed,
     /// Ubuntu Subiquity: renders `user-data` and `meta-data` (NoCloud).
     Autoinstall,
-    /// The prospector streams a registered disk image onto a disk.
+    /// The prospector streams a registered disk image onto a disk; with a template,
+    /// then gives it a cloud-init NoCloud seed (`user-data`, `meta-data`).
     Image,
 }
 
@@ -147,7 +148,9 @@ pub struct Profile {
     /// Extra kernel arguments, after the method's own (installer methods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
-    /// The install file's minijinja template (installer methods only).
+    /// The install file's minijinja template. Method `image`: optional, the deployed
+    /// system's cloud-init `user-data` (the controller adds `meta-data` with the
+    /// instance id and host name; the prospector writes both to a `CIDATA` partition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     #[serde(default)]
@@ -241,7 +244,10 @@ impl Profile {
         };
         need("kernel", &self.kernel, installer)?;
         need("initrd", &self.initrd, installer)?;
-        need("template", &self.template, installer)?;
+        // Method image: optional, the deployed system's cloud-init user-data.
+        if installer {
+            need("template", &self.template, true)?;
+        }
         need("image", &self.image, !installer)?;
         if self.cmdline.is_some() && !installer {
             return Err(field(

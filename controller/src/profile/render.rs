@@ -25,7 +25,10 @@ impl Profile {
         token: &BootToken,
     ) -> Result<Vec<InstallFile>, ProfileError> {
         let name = match self.method {
-            Method::Image => return Ok(Vec::new()),
+            // An image profile's template is optional: the deployed system's cloud-init
+            // `user-data`, which the prospector writes to a `CIDATA` partition.
+            Method::Image if self.template.is_none() => return Ok(Vec::new()),
+            Method::Image => "user-data",
             Method::Kickstart => "ks.cfg",
             Method::Preseed => "preseed.cfg",
             Method::Autoinstall => "user-data",
@@ -55,7 +58,7 @@ impl Profile {
         };
         let body = render("template", template, &context)?;
         let mut files = vec![file(name, body)];
-        if self.method == Method::Autoinstall {
+        if matches!(self.method, Method::Autoinstall | Method::Image) {
             files.push(file(
                 "meta-data",
                 format!("instance-id: {}\nlocal-hostname: {hostname}\n", machine.id),

@@ -85,9 +85,14 @@ impl Provisioner {
         let Some(ticket) = &record.ticket else {
             return Ok(None);
         };
-        Ok(profile
-            .deploy_instruction(&image, &ticket.token)
-            .map(Instruction::DeployImage))
+        let seeded = profile.template.is_some();
+        Ok(profile.deploy_instruction(&image, &ticket.token).map(|d| {
+            if seeded {
+                Instruction::DeployImageSeeded(d)
+            } else {
+                Instruction::DeployImage(d)
+            }
+        }))
     }
 
     /// The instruction for a prospector that just reported (the discover reply). Runs

@@ -138,7 +138,11 @@ pub async fn run_with(
         let next = match step {
             Step::Finish(outcome) => return Ok(outcome),
             Step::Listen(machine_id) => session.next_command(&machine_id).await?,
-            Step::Deploy { machine_id, image } => {
+            Step::Deploy {
+                machine_id,
+                image,
+                seed,
+            } => {
                 let job = async {
                     let mut say = |line: String| progress(format_args!("{line}"));
                     let done = crate::deploy::deploy(
@@ -149,6 +153,17 @@ pub async fn run_with(
                         &mut say,
                     )
                     .await?;
+                    if seed {
+                        crate::deploy::seed(
+                            cfg.edge.as_ref(),
+                            cfg.storage.as_ref(),
+                            &done.disk,
+                            &image.token,
+                            tuning.http_timeout,
+                            &mut say,
+                        )
+                        .await?;
+                    }
                     let event = AgentEvent::Deployed {
                         disk: done.disk,
                         bytes: done.bytes,

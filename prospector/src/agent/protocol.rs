@@ -140,6 +140,8 @@ pub enum Step {
     Deploy {
         machine_id: MachineId,
         image: DeployImage,
+        /// Then write the cloud-init NoCloud seed from the edge to a `CIDATA` partition.
+        seed: bool,
     },
     /// Wipe the local disks, call back `Wiped` (or `Failed`), follow the reply's `next`.
     Wipe {
@@ -157,7 +159,16 @@ pub fn follow(machine_id: MachineId, instruction: Instruction, once: bool) -> St
         Instruction::Wait => Step::Listen(machine_id),
         Instruction::PowerOff => Step::Finish(Outcome::PowerOff { machine_id }),
         Instruction::Reboot => Step::Finish(Outcome::Reboot { machine_id }),
-        Instruction::DeployImage(image) => Step::Deploy { machine_id, image },
+        Instruction::DeployImage(image) => Step::Deploy {
+            machine_id,
+            image,
+            seed: false,
+        },
+        Instruction::DeployImageSeeded(image) => Step::Deploy {
+            machine_id,
+            image,
+            seed: true,
+        },
         Instruction::Wipe { mode, token } => Step::Wipe {
             machine_id,
             mode,
@@ -296,7 +307,16 @@ mod tests {
                 after_reply(reply(Instruction::DeployImage(image())), once),
                 Step::Deploy {
                     machine_id: id(),
-                    image: image()
+                    image: image(),
+                    seed: false
+                }
+            );
+            assert_eq!(
+                after_reply(reply(Instruction::DeployImageSeeded(image())), once),
+                Step::Deploy {
+                    machine_id: id(),
+                    image: image(),
+                    seed: true
                 }
             );
             assert_eq!(
@@ -371,7 +391,8 @@ mod tests {
             ),
             Step::Deploy {
                 machine_id: id(),
-                image: image()
+                image: image(),
+                seed: false
             }
         );
         assert_eq!(
@@ -549,7 +570,8 @@ mod tests {
             interpret_command(&cmd("m-1", Instruction::DeployImage(image())), &id()).unwrap(),
             Step::Deploy {
                 machine_id: id(),
-                image: image()
+                image: image(),
+                seed: false
             }
         );
         assert_eq!(

@@ -88,6 +88,10 @@ pub struct VmSpec {
     /// OVMF's trusted CAs for HTTPS boot: a file of EFI signature lists
     /// (`substruct-edge efi-cacerts`), given as fw_cfg `etc/edk2/https/cacerts`.
     pub https_cacerts: Option<PathBuf>,
+    /// OVMF's IPv6 PXE client (default on). Off (fw_cfg `IPv6PXESupport` = n), a UEFI
+    /// machine that finds no boot file over IPv4 goes on to its disk without first waiting
+    /// for a DHCPv6 answer no site gives.
+    pub ipv6_pxe: bool,
 }
 
 impl VmSpec {
@@ -103,6 +107,7 @@ impl VmSpec {
             netboot_first: true,
             allow_reboot: false,
             https_cacerts: None,
+            ipv6_pxe: true,
         }
     }
 }
@@ -198,6 +203,12 @@ impl Vm {
             args.extend([
                 "-fw_cfg".into(),
                 "name=opt/org.tianocore/IPv4PXESupport,string=n".into(),
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv6PXESupport,string=n".into(),
+            ]);
+        }
+        if !spec.ipv6_pxe && spec.firmware != Firmware::UefiHttp {
+            args.extend([
                 "-fw_cfg".into(),
                 "name=opt/org.tianocore/IPv6PXESupport,string=n".into(),
             ]);

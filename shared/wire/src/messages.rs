@@ -91,6 +91,11 @@ pub enum Instruction {
         mode: WipeMode,
         token: BootToken,
     },
+    /// As [`Instruction::DeployImage`], then give the deployed system its cloud-init
+    /// NoCloud seed: fetch `meta-data` and `user-data` from
+    /// `{edge}/install/{token}/` and write them to a FAT partition labelled `CIDATA`
+    /// added at the end of the disk, before calling back.
+    DeployImageSeeded(DeployImage),
 }
 
 /// Where the disk image is and how to check it.

@@ -1,0 +1,310 @@
+//! A real Debian 12 installed by image deploy and configured by cloud-init: the project's
+//! own cloud image (`deploy/cloud-image/build`, from Debian's packages) is registered;
+//! an unknown QEMU machine (SeaBIOS, then OVMF) boots the prospector and reports; the operator assigns
+//! `debian12-cloud` (its SSH key swapped for one the test made); the prospector writes the
+//! image, checks its sha256, fetches the seed (`meta-data`, `user-data`) from the edge and
+//! adds the `CIDATA` partition at the disk's end; `done`; the machine reboots, the site
+//! answers local boot (SeaBIOS: iPXE's `sanboot`; OVMF: no boot file, and the firmware goes
+//! on to the disk's `\EFI\BOOT\BOOTX64.EFI`), Debian comes up from its own disk, cloud-init
+//! names it after the
+//! profile, and the test logs in over SSH from the site's namespace with its key.
+//! Prints each step's time from power-on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use substruct_testkit::gate::{system_test, Need};
+use substruct_testkit::netns::run;
+use substruct_testkit::qemu::{
+    acquire_vm_slot, DiskBus, DiskSpec, Firmware, NicLink, NicSpec, Vm, VmSpec,
+};
+use substruct_testkit::try_poll_blocking;
+use substruct_tests::{target_dir, workspace_root, Site, SiteOptions};
+
+const UP: &str = "SUBSTRUCT-CLOUD-UP";
+const PROFILE_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL6QYJotKZzUXozxyTnLSoKjYHMNWzW6OflsyyuDpXyo ops@example";
+
+/// The cloud image: `SUBSTRUCT_CLOUD_IMAGE` (deploy/test builds it once), else built
+/// (or taken from the build script's cache) under `target/cloud-image/`.
+fn cloud_image() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SUBSTRUCT_CLOUD_IMAGE") {
+        return Ok(PathBuf::from(path));
+    }
+    let out = target_dir().join("cloud-image/debian12-cloud.img");
+    let script = workspace_root().join("deploy/cloud-image/build");
+    let status = Command::new(&script)
+        .arg(&out)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(status.success(), "{} failed", script.display());
+    Ok(out)
+}
+
+/// One run: the firmware, the machine's MAC and SMBIOS serial, the host name the
+/// profile gives it (`deb-` + the serial).
+struct Case {
+    tag: &'static str,
+    firmware: Firmware,
+    mac: &'static str,
+    serial: &'static str,
+    hostname: &'static str,
+    /// The site's way of local boot (`sites add s1 --local-boot …`).
+    local_boot: &'static str,
+}
+
+fn machine(site: &Site, mac: &str) -> Result<Option<Value>> {
+    Ok(site.machines()?.into_iter().find(|m| {
+        m.pointer("/facts/nics")
+            .and_then(Value::as_array)
+            .is_some_and(|nics| nics.iter().any(|n| n["mac"] == mac))
+    }))
+}
+
+fn wait_state(site: &Site, mac: &str, state: &str, timeout: Duration) -> Result<Value> {
+    let mut last = None;
+    try_poll_blocking(
+        &format!("machine {mac} to be {state}"),
+        timeout,
+        Duration::from_millis(500),
+        || {
+            last = machine(site, mac)?;
+            Ok(last.clone().filter(|m| m["state"] == state))
+        },
+    )
+    .with_context(|| format!("last seen: {last:?}"))
+}
+
+/// `key=value` from the `SUBSTRUCT-CLOUD-UP` line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn cloud_image_deploy_boots_debian_configured_by_cloud_init_bios() -> Result<()> {
+    cloud(&Case {
+        tag: "prov-cloud",
+        firmware: Firmware::Bios,
+        mac: "52:54:00:77:50:0a",
+        serial: "CLOUD-01",
+        hostname: "deb-cloud-01",
+        local_boot: "ipxe-exit",
+    })
+}
+
+/// The same under OVMF, on a site whose local boot is `no-boot-file`: DHCP offers the
+/// deployed machine no boot file, OVMF's PXE gives up and goes on to the disk's
+/// `\EFI\BOOT\BOOTX64.EFI`. (Debian's `ipxe.efi` does not hand back to OVMF after
+/// `exit`: it stops at its prompt, so the `ipxe-exit` way does not reach the disk here.)
+#[test]
+fn cloud_image_deploy_boots_debian_configured_by_cloud_init_uefi() -> Result<()> {
+    cloud(&Case {
+        tag: "prov-cloud-uefi",
+        firmware: Firmware::Uefi,
+        mac: "52:54:00:77:50:0b",
+        serial: "CLOUD-02",
+        hostname: "deb-cloud-02",
+        local_boot: "no-boot-file",
+    })
+}
+
+fn cloud(case: &Case) -> Result<()> {
+    if !system_test(&[
+        Need::Netns,
+        Need::Tun,
+        Need::Tool("qemu-system-x86_64"),
+        Need::Tool("debootstrap"),
+        Need::Tool("mkfs.ext4"),
+        Need::Tool("syslinux"),
+        Need::Tool("ssh"),
+        Need::Tool("ssh-keygen"),
+    ]) {
+        return Ok(());
+    }
+    let image = cloud_image()?;
+    let _slot = acquire_vm_slot()?;
+    let mut site = Site::start(case.tag, SiteOptions::default())?;
+    let result = flow(&mut site, &image, case);
+    if result.is_err() {
+        site.dump_logs();
+    }
+    result
+}
+
+fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
+    let (mac, hostname) = (case.mac, case.hostname);
+    site.cli(&["sites", "add", "s1", "--local-boot", case.local_boot])?;
+    // The image sits in the edge's image directory; the controller registers its name
+    // and hash (`--no-upload`; the upload path is provision_e2e's).
+    let dir = site.images.join("debian-12");
+    std::fs::create_dir_all(&dir)?;
+    let placed = dir.join("cloud.img");
+    std::fs::copy(image, &placed).with_context(|| format!("copying {}", image.display()))?;
+    let path = placed.display().to_string();
+    site.cli(&[
+        "images",
+        "add",
+        &path,
+        "--kind",
+        "disk",
+        "--name",
+        "debian-12/cloud.img",
+        "--no-upload",
+    ])?;
+    // The shipped profile with the test's own key.
+    let key = site.dir.path().join("id_ed25519");
+    run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "substruct-test",
+            "-f",
+        ])
+        .arg(&key))?;
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    let shipped =
+        std::fs::read_to_string(workspace_root().join("deploy/profiles/debian12-cloud.toml"))?;
+    ensure!(
+        shipped.contains(PROFILE_KEY),
+        "the shipped profile's key changed"
+    );
+    let profile = site.dir.path().join("debian12-cloud.toml");
+    std::fs::write(&profile, shipped.replace(PROFILE_KEY, public.trim()))?;
+    site.cli(&["profiles", "add", profile.to_str().context("path")?])?;
+
+    let tap = site.new_tap()?;
+    let mut spec = VmSpec::new(case.tag, case.firmware);
+    spec.memory_mb = 1024;
+    spec.allow_reboot = true;
+    spec.smbios_serial = Some(case.serial.into());
+    // No IPv6 PXE attempt (no DHCPv6 here) on the way from PXE to the disk.
+    spec.ipv6_pxe = false;
+    spec.nics.push(NicSpec {
+        link: NicLink::Tap(tap),
+        mac: mac.into(),
+        model: "virtio-net-pci".into(),
+    });
+    spec.disks.push(DiskSpec {
+        bus: DiskBus::Virtio,
+        size_bytes: 4 << 30,
+        serial: "CLOUD-DISK".into(),
+        image: None,
+    });
+    let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
+    let t = vm.wait_for_serial("SUBSTRUCT-REPORTED", Duration::from_secs(300))?;
+    println!("{:<40} {:>7.1} s", "prospector reported", t.as_secs_f64());
+    wait_state(site, mac, "discovered", Duration::from_secs(30))?;
+    let out = site.cli(&["machines", "assign", mac, "debian12-cloud"])?;
+    println!(
+        "$ substruct machines assign {mac} debian12-cloud\n{}",
+        out.trim_end()
+    );
+
+    for (label, needle, secs) in [
+        ("image written, verified, seeded", "cloud-init seed:", 600),
+        ("callback done", "image deployed to vda", 60),
+        ("Debian up, cloud-init finished", UP, 900),
+    ] {
+        let t = match vm.wait_for_serial(needle, Duration::from_secs(secs)) {
+            Ok(t) => t,
+            Err(e) => {
+                let serial = std::fs::read_to_string(&vm.log).unwrap_or_default();
+                eprintln!(
+                    "----- VM serial -----\n{}",
+                    substruct_testkit::qemu::tail(&serial, 80)
+                );
+                return Err(e);
+            }
+        };
+        println!("{label:<40} {:>7.1} s", t.as_secs_f64());
+    }
+    let serial = std::fs::read_to_string(&vm.log)?;
+    let seed_line = serial
+        .lines()
+        .find(|l| l.contains("cloud-init seed:"))
+        .context("seed line")?;
+    println!("{}", seed_line.trim());
+    ensure!(
+        seed_line.contains("CIDATA, partition 3 of the mbr table"),
+        "{seed_line}"
+    );
+    let up = serial
+        .lines()
+        .find(|l| l.contains(UP))
+        .context("up line")?
+        .trim()
+        .to_owned();
+    println!("{up}");
+    ensure!(field(&up, "hostname") == Some(hostname), "{up}");
+    ensure!(field(&up, "cloud-init") == Some("done"), "{up}");
+    let m = wait_state(site, mac, "deployed", Duration::from_secs(30))?;
+    assert_eq!(m["profile"], "debian12-cloud");
+
+    // In over SSH with the test's key, from the site: the host name, the post-install
+    // script's motd, the seed partition and the root grown up to it.
+    let addr = field(&up, "addr")
+        .filter(|a| !a.is_empty())
+        .with_context(|| format!("no address in {up}"))?
+        .to_owned();
+    let mut last = String::new();
+    let out = try_poll_blocking(
+        "an SSH login to the deployed machine",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || {
+            let out = site
+                .ns
+                .command("ssh")
+                .args(["-i"])
+                .arg(&key)
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "ConnectTimeout=10",
+                    &format!("root@{addr}"),
+                    "hostname; cat /etc/motd; blkid -L CIDATA; lsblk -bno NAME,SIZE /dev/vda",
+                ])
+                .output()?;
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            Ok(out
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        },
+    )
+    .with_context(|| format!("last ssh error: {last}"))?;
+    println!("$ ssh root@{addr} …\n{}", out.trim_end());
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(lines.first() == Some(&hostname), "{out}");
+    ensure!(out.contains("provisioned-by-substruct"), "{out}");
+    ensure!(out.contains("/dev/vda3"), "{out}");
+    // growpart took the root (vda2) up to the seed: well beyond the image's size.
+    let root = lines
+        .iter()
+        .find_map(|l| {
+            l.trim_start_matches(['├', '└', '─', ' '])
+                .strip_prefix("vda2")
+        })
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .with_context(|| format!("no vda2 size in {out}"))?;
+    let image_size = std::fs::metadata(image)?.len();
+    if root <= image_size {
+        bail!(
+            "the root partition ({root} bytes) was not grown past the image ({image_size} bytes)"
+        );
+    }
+    Ok(())
+}
