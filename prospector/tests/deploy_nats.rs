@@ -595,6 +595,45 @@ async fn a_seed_the_edge_refuses_fails_the_deploy_with_the_reason() {
 }
 
 #[tokio::test]
+async fn an_oversized_seed_file_is_refused_before_the_table_changes() {
+    let lab = Lab::new();
+    lab.disk("vda", 64 * MIB, false, &[]);
+    let image = mbr_image();
+    let token = install_token();
+    let mut routes = served(&format!("/images/{IMAGE_PATH}"), image.clone());
+    routes.insert(format!("/install/{token}/meta-data"), vec![b'#'; MIB + 1]);
+    let edge = edge(routes).await;
+    let nats = NatsServer::start().unwrap();
+    let (mut callbacks, _c) = controller(
+        &nats,
+        Instruction::DeployImageSeeded(deploy_instruction(&image, None)),
+        vec![callback_ok("failed", None)],
+    )
+    .await;
+    let (_events, task) = start_agent(&nats, &edge, &lab, CancellationToken::new());
+    let cb = next_callback(&mut callbacks).await;
+    let CallbackKind::Failed { reason } = cb.kind else {
+        panic!("expected Failed, got {:?}", cb.kind);
+    };
+    assert_eq!(
+        reason,
+        format!(
+            "cloud-init seed: the cloud-init meta-data is {} bytes; the limit is {}",
+            MIB + 1,
+            MIB
+        )
+    );
+    assert!(lab.read("vda")[446 + 16..446 + 32].iter().all(|&b| b == 0));
+    command(&nats, Instruction::PowerOff).await;
+    assert_eq!(
+        outcome(task).await,
+        Outcome::PowerOff {
+            machine_id: machine()
+        }
+    );
+}
+
+#[tokio::test]
 async fn a_corrupted_image_fails_with_the_sha256_mismatch() {
     let lab = Lab::new();
     lab.disk("vda", 16 * MIB, false, &[]);

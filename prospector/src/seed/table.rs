@@ -257,6 +257,19 @@ fn gpt<D: Read + Write + Seek>(
     let mut h = read_header(disk)?;
     let array_bytes = h.count * h.entry_size;
     let array_sectors = array_bytes.div_ceil(SECTOR);
+    // Inside the disk, so no offset below overflows.
+    if h.entries_lba
+        .checked_add(array_sectors)
+        .is_none_or(|end| end >= sectors)
+    {
+        return Err(TableError::BadGpt {
+            what: "header",
+            detail: format!(
+                "partition array at LBA {} is past the disk's end",
+                h.entries_lba
+            ),
+        });
+    }
     let mut array = read_at(disk, h.entries_lba * SECTOR, array_bytes as usize)?;
     let (stored, actual) = (u32_at(&h.raw, 88), crc32fast::hash(&array));
     if stored != actual {
@@ -539,6 +552,14 @@ mod tests {
             "{e}"
         );
         assert_eq!(c.into_inner(), before);
+        // An array placed at a hostile LBA (its header CRC made right) is refused, not
+        // read from a wrapped offset.
+        let mut d = gpt_image(8 * MIB / SECTOR);
+        put_u64(&mut d[512..1024], 72, u64::MAX / 4);
+        let crc = header_crc(&d[512..1024], 92);
+        put_u32(&mut d[512..1024], 16, crc);
+        let e = add_end_partition(&mut Cursor::new(d), len, MIB, [0; 16]).unwrap_err();
+        assert!(e.to_string().contains("is past the disk's end"), "{e}");
         let mut d = gpt_image(8 * MIB / SECTOR);
         d[1024 + 200] ^= 1;
         let e = add_end_partition(&mut Cursor::new(d), len, MIB, [0; 16]).unwrap_err();
