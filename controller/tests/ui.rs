@@ -318,12 +318,33 @@ async fn the_ui_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    // The click starts a navigation: the unfiltered page (A and B) may still be the
+    // one loaded, or the new one may not be parsed yet. Wait for the filtered URL,
+    // then for its rows to settle; a filter that let B through never settles at 1.
+    wait_url(&browser, "q=UI-SN-0001").await;
     browser
         .wait_for_element(&format!("#m-{a_id}"), BOUND)
         .await
         .unwrap();
-    let rows = browser.find_all("#machines tbody tr").await.unwrap();
-    assert_eq!(rows.len(), 1, "the serial search finds exactly machine A");
+    substruct_testkit::poll(
+        "the serial search to list exactly machine A's row",
+        BOUND,
+        Duration::from_millis(50),
+        || async {
+            let rows = browser.find_all("#machines tbody tr").await.ok()?;
+            (rows.len() == 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        browser
+            .find_all(&format!("#m-{b_id}"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "machine B is not listed by A's serial"
+    );
     browser
         .find(&format!("#m-{a_id} a"))
         .await

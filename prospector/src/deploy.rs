@@ -52,6 +52,13 @@ pub enum DeployError {
         image: u64,
         disk_size: u64,
     },
+    #[error("disk: the image ({image} bytes) and the cloud-init seed partition after it need {need} bytes; disk {disk} has {disk_size}")]
+    NoSeedRoom {
+        disk: String,
+        image: u64,
+        need: u64,
+        disk_size: u64,
+    },
     #[error("download failed")]
     Http(#[source] HttpError),
     #[error("size mismatch: the edge sends {sent} bytes, the instruction says {expected}")]
@@ -134,11 +141,13 @@ pub fn throughput_line(bytes: u64, elapsed: Duration) -> String {
 }
 
 /// Streams `image` from `edge` onto its target disk and verifies it. `say` receives the
-/// console lines (progress every ~10 %, the final throughput).
+/// console lines (progress every ~10 %, the final throughput). With `seed`, a disk
+/// without room for the seed partition after the image is refused before any write.
 pub async fn deploy(
     edge: Option<&BaseUrl>,
     storage: Option<&Storage>,
     image: &DeployImage,
+    seed: bool,
     http_timeout: Duration,
     say: &mut (dyn FnMut(String) + Send),
 ) -> Result<Deployed, DeployError> {
@@ -156,6 +165,17 @@ pub async fn deploy(
             image: image.size,
             disk_size: disk.size_bytes,
         });
+    }
+    if seed {
+        let need = crate::seed::disk_bytes_needed(image.size);
+        if need > disk.size_bytes {
+            return Err(DeployError::NoSeedRoom {
+                disk: disk.name,
+                image: image.size,
+                need,
+                disk_size: disk.size_bytes,
+            });
+        }
     }
     let started = Instant::now();
     let mut response = http_get::get(edge, &target_path, http_timeout)
@@ -245,21 +265,28 @@ pub async fn deploy(
     })
 }
 
-/// After [`deploy`]: fetches the cloud-init seed for `token` from the edge and writes it
-/// to a `CIDATA` partition added at the end of `disk`.
-pub async fn seed(
+/// Before [`deploy`]: fetches the cloud-init seed for `token` from the edge, so a seed
+/// the edge refuses fails the deploy before the disk is touched.
+pub async fn seed_fetch(
     edge: Option<&BaseUrl>,
-    storage: Option<&Storage>,
-    disk: &str,
     token: &BootToken,
     http_timeout: Duration,
+) -> Result<Vec<(&'static str, Vec<u8>)>, DeployError> {
+    let edge = edge.ok_or(DeployError::NoEdge)?;
+    crate::seed::fetch(edge, token, http_timeout)
+        .await
+        .map_err(DeployError::Seed)
+}
+
+/// After [`deploy`]: writes the fetched seed `files` to a `CIDATA` partition added at the
+/// end of `disk`.
+pub async fn seed_write(
+    storage: Option<&Storage>,
+    disk: &str,
+    files: Vec<(&'static str, Vec<u8>)>,
     say: &mut (dyn FnMut(String) + Send),
 ) -> Result<crate::seed::Seeded, DeployError> {
-    let edge = edge.ok_or(DeployError::NoEdge)?;
     let storage = storage.ok_or(DeployError::NoStorage)?;
-    let files = crate::seed::fetch(edge, token, http_timeout)
-        .await
-        .map_err(DeployError::Seed)?;
     let path = storage.device(disk);
     let seeded = tokio::task::spawn_blocking(move || crate::seed::write(&path, &files))
         .await

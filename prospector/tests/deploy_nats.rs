@@ -528,10 +528,11 @@ async fn a_seeded_deploy_adds_the_cidata_partition_with_the_edges_files() {
     assert_eq!(next_callback(&mut callbacks).await.kind, CallbackKind::Done);
     assert_eq!(
         edge.requests(),
+        // The seed first, so a refused seed leaves the disk alone.
         [
-            format!("/images/{IMAGE_PATH}"),
             format!("/install/{token}/meta-data"),
             format!("/install/{token}/user-data"),
+            format!("/images/{IMAGE_PATH}"),
         ]
     );
     let disk = lab.read("vda");
@@ -583,8 +584,11 @@ async fn a_seed_the_edge_refuses_fails_the_deploy_with_the_reason() {
         reason.starts_with("cloud-init seed: fetching the cloud-init user-data failed: HTTP 404"),
         "{reason}"
     );
-    // Nothing was added to the table: the seed is written only once both files are here.
-    assert!(lab.read("vda")[446 + 16..446 + 32].iter().all(|&b| b == 0));
+    // The seed is fetched before the image is written: the disk was not touched.
+    assert!(
+        lab.read("vda").iter().all(|&b| b == FILL),
+        "the disk was written"
+    );
     command(&nats, Instruction::PowerOff).await;
     assert_eq!(
         outcome(task).await,
@@ -623,7 +627,61 @@ async fn an_oversized_seed_file_is_refused_before_the_table_changes() {
             MIB
         )
     );
-    assert!(lab.read("vda")[446 + 16..446 + 32].iter().all(|&b| b == 0));
+    assert!(
+        lab.read("vda").iter().all(|&b| b == FILL),
+        "the disk was written"
+    );
+    command(&nats, Instruction::PowerOff).await;
+    assert_eq!(
+        outcome(task).await,
+        Outcome::PowerOff {
+            machine_id: machine()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_disk_without_room_for_the_seed_is_refused_before_any_write() {
+    let lab = Lab::new();
+    // The 8 MiB image fits a 12 MiB disk, the 8 MiB seed partition after it does not.
+    lab.disk("vda", 12 * MIB, false, &[]);
+    let image = mbr_image();
+    let token = install_token();
+    let mut routes = served(&format!("/images/{IMAGE_PATH}"), image.clone());
+    routes.insert(
+        format!("/install/{token}/meta-data"),
+        b"instance-id: x\n".to_vec(),
+    );
+    routes.insert(
+        format!("/install/{token}/user-data"),
+        b"#cloud-config\n".to_vec(),
+    );
+    let edge = edge(routes).await;
+    let nats = NatsServer::start().unwrap();
+    let (mut callbacks, _c) = controller(
+        &nats,
+        Instruction::DeployImageSeeded(deploy_instruction(&image, None)),
+        vec![callback_ok("failed", None)],
+    )
+    .await;
+    let (_events, task) = start_agent(&nats, &edge, &lab, CancellationToken::new());
+    let cb = next_callback(&mut callbacks).await;
+    let CallbackKind::Failed { reason } = cb.kind else {
+        panic!("expected Failed, got {:?}", cb.kind);
+    };
+    assert_eq!(
+        reason,
+        format!(
+            "disk: the image ({} bytes) and the cloud-init seed partition after it need {} bytes; disk vda has {}",
+            8 * MIB,
+            17 * MIB,
+            12 * MIB
+        )
+    );
+    assert!(
+        lab.read("vda").iter().all(|&b| b == FILL),
+        "the disk was written"
+    );
     command(&nats, Instruction::PowerOff).await;
     assert_eq!(
         outcome(task).await,

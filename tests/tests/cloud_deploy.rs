@@ -96,10 +96,10 @@ fn cloud_image_deploy_boots_debian_configured_by_cloud_init_bios() -> Result<()>
     })
 }
 
-/// The same under OVMF, on a site whose local boot is `no-boot-file`: DHCP offers the
-/// deployed machine no boot file, OVMF's PXE gives up and goes on to the disk's
-/// `\EFI\BOOT\BOOTX64.EFI`. (Debian's `ipxe.efi` does not hand back to OVMF after
-/// `exit`: it stops at its prompt, so the `ipxe-exit` way does not reach the disk here.)
+/// The same under OVMF, on a site with the default local boot (`ipxe-exit`): the edge
+/// offers deployed UEFI firmware an address and no boot file (Debian's `ipxe.efi` would
+/// stop at its prompt after `exit`), OVMF's PXE gives up and goes on to the disk's
+/// `\EFI\BOOT\BOOTX64.EFI`. No iPXE local-boot script runs after the deploy.
 #[test]
 fn cloud_image_deploy_boots_debian_configured_by_cloud_init_uefi() -> Result<()> {
     cloud(&Case {
@@ -108,7 +108,7 @@ fn cloud_image_deploy_boots_debian_configured_by_cloud_init_uefi() -> Result<()>
         mac: "52:54:00:77:50:0b",
         serial: "CLOUD-02",
         hostname: "deb-cloud-02",
-        local_boot: "no-boot-file",
+        local_boot: "ipxe-exit",
     })
 }
 
@@ -227,6 +227,20 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
         println!("{label:<40} {:>7.1} s", t.as_secs_f64());
     }
     let serial = std::fs::read_to_string(&vm.log)?;
+    // The way to the disk: BIOS through iPXE's local script (sanboot); UEFI firmware
+    // without any boot file, so no script at all after the deploy.
+    let after_deploy = serial
+        .split_once("image deployed to vda")
+        .map(|(_, rest)| rest)
+        .context("deploy line vanished")?;
+    let local_script = after_deploy.contains("booting the local disk");
+    match case.firmware {
+        Firmware::Bios => ensure!(local_script, "no local-boot script after the deploy"),
+        _ => ensure!(
+            !local_script && !after_deploy.contains("boot.ipxe"),
+            "UEFI firmware was handed iPXE after the deploy"
+        ),
+    }
     let seed_line = serial
         .lines()
         .find(|l| l.contains("cloud-init seed:"))

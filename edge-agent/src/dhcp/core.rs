@@ -213,22 +213,27 @@ pub fn boot_choice(
     subnet: Option<&Subnet>,
     intent: Option<&BootIntent>,
 ) -> Option<BootChoice> {
-    if matches!(
-        intent,
+    let arch = req
+        .arch
+        .or_else(|| arch_from_vendor_class(req))
+        .unwrap_or(0);
+    match intent {
         Some(BootIntent::Local {
-            way: LocalBootWay::NoBootFile
-        })
-    ) {
-        return None;
+            way: LocalBootWay::NoBootFile,
+        }) => return None,
+        // UEFI firmware bound for its disk gets no boot file under the iPXE way too:
+        // Debian's ipxe.efi does not hand control back to OVMF after a script's `exit`
+        // (it stops at its own prompt), so loading it would strand the machine. iPXE
+        // itself (already running) still gets the script, which exits.
+        Some(BootIntent::Local {
+            way: LocalBootWay::IpxeExit,
+        }) if is_uefi_arch(arch) && !req.is_ipxe() => return None,
+        _ => {}
     }
     let http = req.is_http_client() || matches!(req.arch, Some(15 | 16 | 19));
     if !http && !req.is_pxe_client() {
         return None;
     }
-    let arch = req
-        .arch
-        .or_else(|| arch_from_vendor_class(req))
-        .unwrap_or(0);
     let tftp = |f: &str| BootChoice {
         file: f.to_owned(),
         http_client: false,
@@ -283,6 +288,12 @@ pub fn boot_choice(
         11 => Some(tftp("ipxe-arm64.efi")),
         _ => None,
     }
+}
+
+/// RFC 4578 / IANA client architectures that are UEFI firmware (IA32, x64 BC and x64,
+/// ARM 32/64, and their HTTP-boot forms).
+fn is_uefi_arch(arch: u16) -> bool {
+    matches!(arch, 6 | 7 | 9 | 10 | 11 | 15 | 16 | 18 | 19)
 }
 
 /// `PXEClient:Arch:00007:...` → 7, for clients that omit option 93.

@@ -447,10 +447,42 @@ fn local_nobootfile_intent_gets_address_but_no_file() {
     assert_eq!(file(&m), "");
     assert_eq!(m.siaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(find_option(&bytes, 67), None);
-    // the iPXE way still boots through the script
+}
+
+#[test]
+fn local_ipxe_exit_sends_bios_to_ipxe_and_uefi_firmware_to_its_disk() {
+    let mut site = Site::new(BiosChain::Pxelinux);
     site.intent = Some(BootIntent::Local {
         way: LocalBootWay::IpxeExit,
     });
+    // BIOS: through iPXE, whose script sanboots the disk.
+    let (m, _, _) = reply(&site.run(&qemu_bios_rom(mac(0x0c), MessageType::Discover)));
+    assert_eq!(file(&m), "lpxelinux.0");
+    // UEFI firmware, by PXE or HTTP boot: an address and no boot file (Debian's
+    // ipxe.efi would stop at its prompt after `exit`).
+    for (p, what) in [
+        (ovmf_pxe(mac(0x0b), MessageType::Discover), "OVMF PXE"),
+        (
+            ovmf_http(mac(0x0d), MessageType::Discover),
+            "OVMF HTTP boot",
+        ),
+        (
+            Pkt::new(mac(0x0e), MessageType::Discover)
+                .opt(vendor("PXEClient:Arch:00009:UNDI:003000")),
+            "arch from option 60 only",
+        ),
+    ] {
+        let (m, bytes, _) = reply(&site.run(&p));
+        assert!(!m.yiaddr().is_unspecified(), "{what}");
+        assert_eq!(file(&m), "", "{what}");
+        assert_eq!(find_option(&bytes, 67), None, "{what}");
+        assert_eq!(find_option(&bytes, 60), None, "{what}: not a PXE offer");
+    }
+    // iPXE already running under UEFI still gets the script (which exits).
+    let (m, _, _) = reply(&site.run(&ipxe_efi(mac(0x0f), MessageType::Discover)));
+    assert_eq!(file(&m), "http://10.77.0.1/boot.ipxe");
+    // Any other intent still loads ipxe.efi for the same firmware.
+    site.intent = None;
     let (m, _, _) = reply(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover)));
     assert_eq!(file(&m), "ipxe.efi");
 }
@@ -547,6 +579,14 @@ fn proxy_mode_never_gives_an_address() {
     ));
     site.intent = Some(BootIntent::Local {
         way: LocalBootWay::NoBootFile,
+    });
+    assert_eq!(
+        dropped(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover))),
+        DropReason::ProxyNoBootFile
+    );
+    // The iPXE way leaves UEFI firmware to its disk in proxy mode too.
+    site.intent = Some(BootIntent::Local {
+        way: LocalBootWay::IpxeExit,
     });
     assert_eq!(
         dropped(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover))),

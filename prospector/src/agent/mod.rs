@@ -145,21 +145,33 @@ pub async fn run_with(
             } => {
                 let job = async {
                     let mut say = |line: String| progress(format_args!("{line}"));
+                    // The seed first: a refused or oversized seed fails the deploy
+                    // before the disk is written.
+                    let files = match seed {
+                        true => Some(
+                            crate::deploy::seed_fetch(
+                                cfg.edge.as_ref(),
+                                &image.token,
+                                tuning.http_timeout,
+                            )
+                            .await?,
+                        ),
+                        false => None,
+                    };
                     let done = crate::deploy::deploy(
                         cfg.edge.as_ref(),
                         cfg.storage.as_ref(),
                         &image,
+                        files.is_some(),
                         tuning.http_timeout,
                         &mut say,
                     )
                     .await?;
-                    if seed {
-                        crate::deploy::seed(
-                            cfg.edge.as_ref(),
+                    if let Some(files) = files {
+                        crate::deploy::seed_write(
                             cfg.storage.as_ref(),
                             &done.disk,
-                            &image.token,
-                            tuning.http_timeout,
+                            files,
                             &mut say,
                         )
                         .await?;

@@ -1,9 +1,9 @@
-//! The deployed system's cloud-init NoCloud seed: after the image is written and
-//! verified, `meta-data` and `user-data` are fetched from the edge
+//! The deployed system's cloud-init NoCloud seed: before the image is written,
+//! `meta-data` and `user-data` are fetched from the edge
 //! (`{edge}/install/{token}/…`, the controller's rendering of the profile, served only
-//! to this machine's address) and written to a FAT partition labelled `CIDATA` added at
-//! the end of the disk ([`table`]), where cloud-init's NoCloud datasource finds them on
-//! the first boot.
+//! to this machine's address); once the image is written and verified they go to a FAT
+//! partition labelled `CIDATA` added at the end of the disk ([`table`]), where
+//! cloud-init's NoCloud datasource finds them on the first boot.
 //!
 //! Refusals before the disk is touched again: a seed file larger than [`MAX_FILE`], no
 //! partition table, a damaged GPT, no free slot or no room at the disk's end.
@@ -70,6 +70,18 @@ pub enum SeedError {
 pub struct Seeded {
     pub placed: table::Placed,
     pub bytes: u64,
+}
+
+/// Pure: the smallest disk that surely holds an image of `image_bytes` and the seed
+/// partition after it: the image rounded up to 1 MiB (the partition starts on a MiB
+/// boundary), the partition, and 1 MiB for a GPT's backup at the end and the rounding
+/// down of the partition's start. At most 1 MiB more than the tightest fit.
+pub fn disk_bytes_needed(image_bytes: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    image_bytes
+        .div_ceil(MIB)
+        .saturating_mul(MIB)
+        .saturating_add(PARTITION_BYTES + MIB)
 }
 
 /// Fetches the seed files for `token` from the edge.

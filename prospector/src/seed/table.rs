@@ -442,6 +442,32 @@ mod tests {
     }
 
     #[test]
+    fn the_deploys_room_check_always_leaves_room_for_the_partition() {
+        let want = crate::seed::PARTITION_BYTES / SECTOR;
+        for image in [
+            1,
+            511,
+            512,
+            MIB - 1,
+            MIB,
+            MIB + 1,
+            556 * MIB + 12345,
+            4 << 30,
+        ] {
+            let disk = crate::seed::disk_bytes_needed(image);
+            let used_last = image.div_ceil(SECTOR) - 1;
+            let sectors = disk / SECTOR;
+            // MBR: usable to the last sector; GPT: before the backup array and header.
+            for usable_last in [sectors - 1, sectors - 34] {
+                let start = place(want, used_last, usable_last)
+                    .unwrap_or_else(|e| panic!("image {image}, disk {disk}: {e}"));
+                assert!(start > used_last && start + want - 1 <= usable_last);
+            }
+        }
+        assert_eq!(crate::seed::disk_bytes_needed(u64::MAX), u64::MAX);
+    }
+
+    #[test]
     fn mbr_gets_a_fat_partition_at_the_disk_end() {
         let mut d = mbr_image(&[(0x0c, 2048, 2048), (0x83, 4096, 2048)]);
         d.resize((64 * MIB) as usize, 0);
