@@ -463,6 +463,27 @@ async fn escapes_are_refused_and_nothing_outside_the_root_is_served() {
 }
 
 #[tokio::test]
+async fn the_local_boot_name_is_never_served_even_when_a_file_has_it() {
+    // Deployed UEFI firmware is offered this name so that its network boot fails at once.
+    let name = substruct_edge::dhcp::core::LOCAL_BOOT_FILE;
+    let root = root_with(&[(name, b"not a loader")]);
+    let server = Server::start(TftpFiles::new(vec![root.path().to_path_buf()])).await;
+    for asked in [name.to_owned(), format!("/{name}")] {
+        let client = Client::new(server.addr).await;
+        client.rrq(&asked, &[("tsize", "0".to_owned())]).await;
+        let (buf, _) = client.recv().await.unwrap();
+        match packet::decode(&buf).unwrap() {
+            Packet::Error { code, message } => {
+                assert_eq!(code, 1, "{asked}");
+                assert!(message.contains("local boot"), "{asked}: {message}");
+            }
+            other => panic!("{asked}: served {other:?}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_packets_get_errors_and_the_server_keeps_serving() {
     let root = root_with(&[("f", b"hello")]);
     let server = Server::start(TftpFiles::new(vec![root.path().to_owned()])).await;

@@ -1,13 +1,13 @@
 //! A real Debian 12 installed by image deploy and configured by cloud-init: the project's
 //! own cloud image (`deploy/cloud-image/build`, from Debian's packages) is registered;
 //! an unknown QEMU machine (SeaBIOS, then OVMF) boots the prospector and reports; the operator assigns
-//! `debian12-cloud` (its SSH key swapped for one the test made); the prospector writes the
-//! image, checks its sha256, fetches the seed (`meta-data`, `user-data`) from the edge and
+//! `debian12-cloud` (its SSH key swapped for one the test made); the prospector fetches the
+//! seed (`meta-data`, `user-data`) from the edge, writes the image, checks its sha256 and
 //! adds the `CIDATA` partition at the disk's end; `done`; the machine reboots, the site
-//! answers local boot (SeaBIOS: iPXE's `sanboot`; OVMF: no boot file, and the firmware goes
-//! on to the disk's `\EFI\BOOT\BOOTX64.EFI`), Debian comes up from its own disk, cloud-init
-//! names it after the
-//! profile, and the test logs in over SSH from the site's namespace with its key.
+//! answers local boot (SeaBIOS: iPXE's `sanboot`; OVMF: a boot file the edge refuses, and
+//! the firmware goes on to the disk's `\EFI\BOOT\BOOTX64.EFI`), Debian comes up from its
+//! own disk, cloud-init names it after the profile, and the test logs in over SSH from the
+//! site's namespace with its key.
 //! Prints each step's time from power-on.
 
 use std::path::{Path, PathBuf};
@@ -97,8 +97,8 @@ fn cloud_image_deploy_boots_debian_configured_by_cloud_init_bios() -> Result<()>
 }
 
 /// The same under OVMF, on a site with the default local boot (`ipxe-exit`): the edge
-/// offers deployed UEFI firmware an address and no boot file (Debian's `ipxe.efi` would
-/// stop at its prompt after `exit`), OVMF's PXE gives up and goes on to the disk's
+/// offers deployed UEFI firmware a boot file it refuses (Debian's `ipxe.efi` would leave
+/// OVMF in its boot menu after `exit`), OVMF's PXE fails at once and goes on to the disk's
 /// `\EFI\BOOT\BOOTX64.EFI`. No iPXE local-boot script runs after the deploy.
 #[test]
 fn cloud_image_deploy_boots_debian_configured_by_cloud_init_uefi() -> Result<()> {
@@ -236,10 +236,17 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
     let local_script = after_deploy.contains("booting the local disk");
     match case.firmware {
         Firmware::Bios => ensure!(local_script, "no local-boot script after the deploy"),
-        _ => ensure!(
-            !local_script && !after_deploy.contains("boot.ipxe"),
-            "UEFI firmware was handed iPXE after the deploy"
-        ),
+        _ => {
+            ensure!(
+                !local_script && !after_deploy.contains("boot.ipxe"),
+                "UEFI firmware was handed iPXE after the deploy"
+            );
+            // OVMF's words for the edge's refusal of substruct-local-boot.efi.
+            ensure!(
+                after_deploy.contains("PXE-E23"),
+                "OVMF's PXE did not meet the refused local-boot file"
+            );
+        }
     }
     let seed_line = serial
         .lines()

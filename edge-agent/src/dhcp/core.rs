@@ -205,6 +205,12 @@ pub fn decide(
     }
 }
 
+/// The boot file deployed UEFI firmware is offered under the iPXE way (by TFTP, or by
+/// HTTP as `{http_boot_base}/…`): a name the edge never serves, so the firmware's
+/// network boot fails at once and it goes on to its disk. (An offer without any boot
+/// file makes OVMF wait ~50 s for a "valid" PXE offer first.)
+pub const LOCAL_BOOT_FILE: &str = "substruct-local-boot.efi";
+
 /// The boot file for this request, or `None` for "address only". `subnet` is the one
 /// serving the request (its `uefi_loader` comes between the reservation's and the site's).
 pub fn boot_choice(
@@ -213,26 +219,44 @@ pub fn boot_choice(
     subnet: Option<&Subnet>,
     intent: Option<&BootIntent>,
 ) -> Option<BootChoice> {
-    let arch = req
-        .arch
-        .or_else(|| arch_from_vendor_class(req))
-        .unwrap_or(0);
-    match intent {
+    if matches!(
+        intent,
         Some(BootIntent::Local {
-            way: LocalBootWay::NoBootFile,
-        }) => return None,
-        // UEFI firmware bound for its disk gets no boot file under the iPXE way too:
-        // Debian's ipxe.efi does not hand control back to OVMF after a script's `exit`
-        // (it stops at its own prompt), so loading it would strand the machine. iPXE
-        // itself (already running) still gets the script, which exits.
-        Some(BootIntent::Local {
-            way: LocalBootWay::IpxeExit,
-        }) if is_uefi_arch(arch) && !req.is_ipxe() => return None,
-        _ => {}
+            way: LocalBootWay::NoBootFile
+        })
+    ) {
+        return None;
     }
     let http = req.is_http_client() || matches!(req.arch, Some(15 | 16 | 19));
     if !http && !req.is_pxe_client() {
         return None;
+    }
+    let arch = req
+        .arch
+        .or_else(|| arch_from_vendor_class(req))
+        .unwrap_or(0);
+    // UEFI firmware bound for its disk is not sent to iPXE under the iPXE way: Debian's
+    // ipxe.efi hands OVMF a success after a script's `exit`, and OVMF then stops in its
+    // boot manager menu. It gets a boot file the edge never serves instead, so its
+    // network boot fails at once and it goes on to its next boot option. iPXE itself
+    // (already running) still gets the script, which exits.
+    if matches!(
+        intent,
+        Some(BootIntent::Local {
+            way: LocalBootWay::IpxeExit
+        })
+    ) && is_uefi_arch(arch)
+        && !req.is_ipxe()
+    {
+        return Some(BootChoice {
+            file: if http {
+                settings.local_boot_url().to_owned()
+            } else {
+                LOCAL_BOOT_FILE.to_owned()
+            },
+            http_client: http,
+            ipxe_script: false,
+        });
     }
     let tftp = |f: &str| BootChoice {
         file: f.to_owned(),

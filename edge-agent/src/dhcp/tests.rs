@@ -458,26 +458,34 @@ fn local_ipxe_exit_sends_bios_to_ipxe_and_uefi_firmware_to_its_disk() {
     // BIOS: through iPXE, whose script sanboots the disk.
     let (m, _, _) = reply(&site.run(&qemu_bios_rom(mac(0x0c), MessageType::Discover)));
     assert_eq!(file(&m), "lpxelinux.0");
-    // UEFI firmware, by PXE or HTTP boot: an address and no boot file (Debian's
-    // ipxe.efi would stop at its prompt after `exit`).
-    for (p, what) in [
-        (ovmf_pxe(mac(0x0b), MessageType::Discover), "OVMF PXE"),
+    // UEFI firmware, by PXE or HTTP boot: a boot file the edge never serves, so its
+    // network boot fails at once (Debian's ipxe.efi would leave OVMF in its menu).
+    for (p, what, want) in [
+        (
+            ovmf_pxe(mac(0x0b), MessageType::Discover),
+            "OVMF PXE",
+            "substruct-local-boot.efi",
+        ),
         (
             ovmf_http(mac(0x0d), MessageType::Discover),
             "OVMF HTTP boot",
+            "http://10.77.0.1/substruct-local-boot.efi",
         ),
         (
             Pkt::new(mac(0x0e), MessageType::Discover)
                 .opt(vendor("PXEClient:Arch:00009:UNDI:003000")),
             "arch from option 60 only",
+            "substruct-local-boot.efi",
         ),
     ] {
-        let (m, bytes, _) = reply(&site.run(&p));
+        let (m, _, _) = reply(&site.run(&p));
         assert!(!m.yiaddr().is_unspecified(), "{what}");
-        assert_eq!(file(&m), "", "{what}");
-        assert_eq!(find_option(&bytes, 67), None, "{what}");
-        assert_eq!(find_option(&bytes, 60), None, "{what}: not a PXE offer");
+        assert_eq!(file(&m), want, "{what}");
     }
+    assert_eq!(
+        crate::dhcp::core::LOCAL_BOOT_FILE,
+        "substruct-local-boot.efi"
+    );
     // iPXE already running under UEFI still gets the script (which exits).
     let (m, _, _) = reply(&site.run(&ipxe_efi(mac(0x0f), MessageType::Discover)));
     assert_eq!(file(&m), "http://10.77.0.1/boot.ipxe");
@@ -584,14 +592,12 @@ fn proxy_mode_never_gives_an_address() {
         dropped(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover))),
         DropReason::ProxyNoBootFile
     );
-    // The iPXE way leaves UEFI firmware to its disk in proxy mode too.
+    // The iPXE way sends UEFI firmware to its disk in proxy mode too.
     site.intent = Some(BootIntent::Local {
         way: LocalBootWay::IpxeExit,
     });
-    assert_eq!(
-        dropped(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover))),
-        DropReason::ProxyNoBootFile
-    );
+    let (m, _, _) = reply(&site.run(&ovmf_pxe(mac(0x0b), MessageType::Discover)));
+    assert_eq!(file(&m), "substruct-local-boot.efi");
 }
 
 #[test]

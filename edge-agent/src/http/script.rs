@@ -155,7 +155,10 @@ pub fn render_boot_script(intent: Option<&BootIntent>, ctx: &ScriptContext) -> S
                 ctx.site, ctx.mac
             );
             match ctx.platform {
-                Platform::Efi => s.push_str("exit\n"),
+                // A failure status: on EFI_SUCCESS the firmware's boot manager stops
+                // in its menu (EDK2's BdsDxe); on an error it goes on to the next
+                // boot option, the disk.
+                Platform::Efi => s.push_str("exit 1\n"),
                 Platform::Pcbios | Platform::Unknown => {
                     s.push_str("sanboot --no-describe --drive 0x80 || exit\n")
                 }
@@ -354,7 +357,7 @@ sanboot --no-describe --drive 0x80 || exit
             render_boot_script(Some(&local), &ctx(Platform::Efi)),
             "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a local, booting the local disk
-exit
+exit 1
 "
         );
         assert_eq!(
@@ -368,7 +371,7 @@ exit
             render_boot_script(Some(&nbf), &ctx(Platform::Efi)),
             "#!ipxe
 echo substruct s1: 52:54:00:77:00:0a local (no boot file), booting the local disk
-exit
+exit 1
 "
         );
     }

@@ -420,6 +420,14 @@ async fn transfer(
         )
         .await;
     }
+    if request.filename.trim_start_matches('/') == crate::dhcp::core::LOCAL_BOOT_FILE {
+        // Offered to deployed UEFI firmware so that its network boot fails at once.
+        return send_error(
+            ErrorCode::FileNotFound,
+            "local boot: no network boot file, go on to the disk".into(),
+        )
+        .await;
+    }
     let files = ctx.files.clone();
     let name = request.filename.clone();
     let source = match tokio::task::spawn_blocking(move || files.open_for(&name, Some(peer.ip())))

@@ -174,6 +174,7 @@ pub struct DhcpSettings {
     script_url: String,
     http_boot_url: String,
     arm64_http_url: String,
+    local_boot_url: String,
 }
 
 impl Deref for DhcpSettings {
@@ -209,6 +210,7 @@ impl DhcpSettings {
         let boot_base = config.http_boot_base.as_ref().unwrap_or(&config.http_base);
         let http_boot_url = format!("{boot_base}/ipxe.efi");
         let arm64_http_url = format!("{boot_base}/ipxe-arm64.efi");
+        let local_boot_url = format!("{boot_base}/{}", crate::dhcp::core::LOCAL_BOOT_FILE);
         Ok(Self {
             config,
             reservation_by_mac,
@@ -216,6 +218,7 @@ impl DhcpSettings {
             script_url,
             http_boot_url,
             arm64_http_url,
+            local_boot_url,
         })
     }
 
@@ -248,6 +251,12 @@ impl DhcpSettings {
     /// `{http_boot_base or http_base}/ipxe-arm64.efi`
     pub fn arm64_http_boot_url(&self) -> &str {
         &self.arm64_http_url
+    }
+
+    /// `{http_boot_base or http_base}/substruct-local-boot.efi`, never served: a
+    /// deployed UEFI HTTP-boot client's way to its disk.
+    pub fn local_boot_url(&self) -> &str {
+        &self.local_boot_url
     }
 
     /// The subnet serving a request: the one containing `giaddr` when relayed,
