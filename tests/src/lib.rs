@@ -377,6 +377,36 @@ impl Site {
         }
     }
 
+    /// The machine record with a NIC of `mac` (any spelling the report used), if any.
+    pub fn machine_by_mac(&self, mac: &str) -> Result<Option<serde_json::Value>> {
+        Ok(self.machines()?.into_iter().find(|m| {
+            m.pointer("/facts/nics")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|nics| nics.iter().any(|n| n["mac"] == mac))
+        }))
+    }
+
+    /// Polls until the machine with `mac` is in `state`; its record then. The error
+    /// names the last record seen.
+    pub fn wait_state(
+        &self,
+        mac: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let mut last = None;
+        substruct_testkit::try_poll_blocking(
+            &format!("machine {mac} to be {state}"),
+            timeout,
+            Duration::from_millis(500),
+            || {
+                last = self.machine_by_mac(mac)?;
+                Ok(last.clone().filter(|m| m["state"] == state))
+            },
+        )
+        .with_context(|| format!("last seen: {last:?}"))
+    }
+
     /// Prints every server log (call on failure).
     pub fn dump_logs(&self) {
         if let Some(n) = &self.nats {

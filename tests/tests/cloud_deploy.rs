@@ -15,7 +15,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::Value;
 use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::netns::run;
 use substruct_testkit::qemu::{
@@ -54,28 +53,6 @@ struct Case {
     hostname: &'static str,
     /// The site's way of local boot (`sites add s1 --local-boot …`).
     local_boot: &'static str,
-}
-
-fn machine(site: &Site, mac: &str) -> Result<Option<Value>> {
-    Ok(site.machines()?.into_iter().find(|m| {
-        m.pointer("/facts/nics")
-            .and_then(Value::as_array)
-            .is_some_and(|nics| nics.iter().any(|n| n["mac"] == mac))
-    }))
-}
-
-fn wait_state(site: &Site, mac: &str, state: &str, timeout: Duration) -> Result<Value> {
-    let mut last = None;
-    try_poll_blocking(
-        &format!("machine {mac} to be {state}"),
-        timeout,
-        Duration::from_millis(500),
-        || {
-            last = machine(site, mac)?;
-            Ok(last.clone().filter(|m| m["state"] == state))
-        },
-    )
-    .with_context(|| format!("last seen: {last:?}"))
 }
 
 /// `key=value` from the `SUBSTRUCT-CLOUD-UP` line.
@@ -201,7 +178,7 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
     let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
     let t = vm.wait_for_serial("SUBSTRUCT-REPORTED", Duration::from_secs(300))?;
     println!("{:<40} {:>7.1} s", "prospector reported", t.as_secs_f64());
-    wait_state(site, mac, "discovered", Duration::from_secs(30))?;
+    site.wait_state(mac, "discovered", Duration::from_secs(30))?;
     let out = site.cli(&["machines", "assign", mac, "debian12-cloud"])?;
     println!(
         "$ substruct machines assign {mac} debian12-cloud\n{}",
@@ -266,7 +243,7 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
     println!("{up}");
     ensure!(field(&up, "hostname") == Some(hostname), "{up}");
     ensure!(field(&up, "cloud-init") == Some("done"), "{up}");
-    let m = wait_state(site, mac, "deployed", Duration::from_secs(30))?;
+    let m = site.wait_state(mac, "deployed", Duration::from_secs(30))?;
     assert_eq!(m["profile"], "debian12-cloud");
 
     // In over SSH with the test's key, from the site: the host name, the post-install

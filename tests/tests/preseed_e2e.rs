@@ -26,30 +26,10 @@ use substruct_tests::{workspace_root, Site, SiteOptions, BRIDGE, EDGE_IP};
 const DI: &str = "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
 const MAC: &str = "52:54:00:77:40:0a";
 
-fn machine(site: &Site) -> Result<Option<Value>> {
-    Ok(site.machines()?.into_iter().find(|m| {
-        m.pointer("/facts/nics")
-            .and_then(Value::as_array)
-            .is_some_and(|nics| nics.iter().any(|n| n["mac"] == MAC))
-    }))
-}
-
 fn wait_state(site: &Site, state: &str, timeout: Duration) -> Result<(Value, f64)> {
     let started = Instant::now();
-    let mut last = None;
-    try_poll_blocking(
-        &format!("machine {MAC} to be {state}"),
-        timeout,
-        Duration::from_millis(500),
-        || {
-            last = machine(site)?;
-            Ok(last
-                .as_ref()
-                .filter(|m| m["state"] == state)
-                .map(|m| (m.clone(), started.elapsed().as_secs_f64())))
-        },
-    )
-    .with_context(|| format!("last seen: {last:?}"))
+    let m = site.wait_state(MAC, state, timeout)?;
+    Ok((m, started.elapsed().as_secs_f64()))
 }
 
 /// `curl` inside the site namespace: (HTTP status, body).

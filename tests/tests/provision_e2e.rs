@@ -23,24 +23,6 @@ const LIVE_MARKER: &str = "SUBSTRUCT-PROSPECTOR-READY";
 const DEPLOYED: &str = "image deployed to vda";
 const LOCAL_SCRIPT: &str = "booting the local disk";
 
-fn wait_state(site: &Site, mac: &str, state: &str, timeout: Duration) -> Result<Value> {
-    let mut found = None;
-    try_poll_blocking(
-        &format!("machine {mac} to be {state}"),
-        timeout,
-        Duration::from_millis(500),
-        || {
-            found = site.machines()?.into_iter().find(|m| {
-                m.pointer("/facts/nics")
-                    .and_then(Value::as_array)
-                    .is_some_and(|nics| nics.iter().any(|n| n["mac"] == mac))
-            });
-            Ok(found.clone().filter(|m| m["state"] == state))
-        },
-    )
-    .with_context(|| format!("last seen: {found:?}"))
-}
-
 fn image_deploy(tag: &str, local_boot: &str, mac: &str) -> Result<()> {
     if !system_test(&[
         Need::Netns,
@@ -132,7 +114,7 @@ fn image_deploy(tag: &str, local_boot: &str, mac: &str) -> Result<()> {
                 }
             }
         }
-        let m = wait_state(&site, mac, "deployed", Duration::from_secs(60))?;
+        let m = site.wait_state(mac, "deployed", Duration::from_secs(60))?;
         assert_eq!(m["profile"], "marker-image");
         assert!(m.get("ticket").is_none(), "the token expired: {m}");
         // The controller knows the site's edge caches the image.
