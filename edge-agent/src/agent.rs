@@ -88,6 +88,17 @@ pub enum AgentError {
     Http(#[source] http::HttpError),
     #[error("the TFTP server stopped")]
     Tftp(#[source] tftp::TftpError),
+    #[error("reading the provisioning interface for DHCPv6")]
+    Interface(#[source] ra::RaError),
+}
+
+/// What the edge serves over IPv6 (`--ipv6-address` with `--dhcp6-pool`).
+#[derive(Debug)]
+struct V6 {
+    settings: Arc<crate::dhcp6::Dhcp6Settings>,
+    dhcp: UdpSocket,
+    tftp: Option<UdpSocket>,
+    http: TcpListener,
 }
 
 /// The agent with every socket bound, ready to [`run`](Bound::run).
@@ -99,6 +110,7 @@ pub struct Bound {
     http_state: HttpState,
     tftp: Option<(UdpSocket, TftpFiles, tftp::TftpSettings)>,
     dhcp: (Arc<dhcp::DhcpSettings>, Vec<UdpSocket>, dhcp::LeaseStore),
+    v6: Option<V6>,
     intents: IntentTable,
     cache: IntentCache,
     installs: InstallTable,
@@ -232,6 +244,11 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         dhcp_sockets.push(UdpSocket::from_std(std_socket).map_err(bind_err)?);
     }
 
+    let v6 = match &config.dhcp6 {
+        Some(s6) => Some(bind_v6(&config, s6).await?),
+        None => None,
+    };
+
     let nats = match &config.nats_url {
         Some(url) => {
             let options = substruct_runtime::nats_options_login(
@@ -295,6 +312,7 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         http_state,
         tftp,
         dhcp: (dhcp_settings, dhcp_sockets, leases),
+        v6,
         intents,
         cache,
         installs,
@@ -305,6 +323,44 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         nats,
         bmcs,
         metrics,
+    })
+}
+
+/// Binds DHCPv6 on the interface, and TFTP (when on) and HTTP on the edge's IPv6
+/// address, which must already be on the interface (and past duplicate address
+/// detection, or the bind fails).
+async fn bind_v6(config: &EdgeConfig, s6: &crate::dhcp6::Dhcp6Settings) -> Result<V6, AgentError> {
+    let ifindex = ra::read_ifindex(&config.interface).map_err(AgentError::Interface)?;
+    let mac = ra::read_mac(&config.interface).map_err(AgentError::Interface)?;
+    let settings = Arc::new(s6.clone().with_server_mac(substruct_wire::Mac(mac)));
+    let port = crate::dhcp6::SERVER_PORT;
+    let bind_err = |source| AgentError::BindDhcp {
+        interface: config.interface.clone(),
+        port,
+        source,
+    };
+    let dhcp = crate::dhcp6::bind_socket6(&config.interface, ifindex, port).map_err(bind_err)?;
+    let dhcp = UdpSocket::from_std(dhcp).map_err(bind_err)?;
+    let ip = IpAddr::V6(settings.address);
+    let tftp = if config.tftp {
+        let addr = SocketAddr::new(ip, 69);
+        Some(
+            UdpSocket::bind(addr)
+                .await
+                .map_err(|source| AgentError::BindTftp { addr, source })?,
+        )
+    } else {
+        None
+    };
+    let addr = SocketAddr::new(ip, config.http_port);
+    let http = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::BindHttp { addr, source })?;
+    Ok(V6 {
+        settings,
+        dhcp,
+        tftp,
+        http,
     })
 }
 
@@ -340,6 +396,45 @@ impl Bound {
         let inner = cancel.child_token();
         let tracker = TaskTracker::new();
         let (fail_tx, mut fail_rx) = mpsc::channel::<AgentError>(8);
+
+        if let Some(v6) = self.v6 {
+            let (c, tx) = (inner.clone(), fail_tx.clone());
+            let (settings, intents, leases) = (
+                v6.settings.clone(),
+                self.intents.clone(),
+                self.dhcp.2.clone(),
+            );
+            let socket = v6.dhcp;
+            tracker.spawn(async move {
+                if let Err(e) =
+                    crate::dhcp6::serve6(settings, socket, intents, leases, c.clone()).await
+                {
+                    let _ = tx.send(AgentError::Dhcp(e)).await;
+                    c.cancel();
+                }
+            });
+            let (c, tx, state) = (inner.clone(), fail_tx.clone(), self.http_state.clone());
+            let listener = v6.http;
+            tracker.spawn(async move {
+                if let Err(e) = http::serve(listener, state, c.clone()).await {
+                    let _ = tx.send(AgentError::Http(e)).await;
+                    c.cancel();
+                }
+            });
+            if let (Some(socket), Some((_, files, settings))) = (v6.tftp, self.tftp.as_ref()) {
+                let (c, tx) = (inner.clone(), fail_tx.clone());
+                let (files, settings, metrics) =
+                    (files.clone(), settings.clone(), self.metrics.clone());
+                tracker.spawn(async move {
+                    if let Err(e) =
+                        tftp::serve_with_metrics(socket, files, settings, metrics, c.clone()).await
+                    {
+                        let _ = tx.send(AgentError::Tftp(e)).await;
+                        c.cancel();
+                    }
+                });
+            }
+        }
 
         {
             let (c, tx) = (inner.clone(), fail_tx.clone());
@@ -408,8 +503,13 @@ impl Bound {
             // Router advertisements only spare iPXE a ~15 s IPv6 wait: a failure is logged,
             // not fatal.
             let (c, interface) = (inner.clone(), self.config.interface.clone());
+            // With DHCPv6, M=1: iPXE starts DHCPv6 only when an advertisement says so.
+            let ra_settings = ra::RaSettings {
+                managed: self.config.dhcp6.is_some(),
+                ..ra::RaSettings::default()
+            };
             tracker.spawn(async move {
-                if let Err(e) = ra::serve(&interface, c).await {
+                if let Err(e) = ra::serve_with(&interface, ra_settings, c).await {
                     tracing::warn!(error = %error_chain(&e), "router advertisements are off");
                 }
             });

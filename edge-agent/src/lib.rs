@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod efi_cacerts;
 pub mod http;
 pub mod image_cache;

@@ -1,7 +1,8 @@
 //! IPv6 router advertisements on the provisioning interface, so that iPXE's IPv6
 //! autoconfiguration ends at once instead of waiting ~15 s for a router.
 //!
-//! We are NOT a router: every advertisement says router lifetime 0, M=0, O=0, and by default
+//! We are NOT a router: every advertisement says router lifetime 0, O=0, M=0 unless the edge
+//! serves DHCPv6 (then M=1: addresses from DHCPv6), and by default
 //! carries no prefix (an optional on-link, autonomous ULA prefix can be announced). iPXE stops
 //! soliciting at the first advertisement and, with M=O=0, finishes its IPv6 configuration.
 //!
@@ -42,6 +43,9 @@ pub struct RaSettings {
     pub prefix_preferred: Duration,
     /// Period of unsolicited advertisements.
     pub interval: Duration,
+    /// The M flag: addresses come from DHCPv6 (set when the edge serves DHCPv6; iPXE
+    /// starts DHCPv6 only on an advertisement that says so).
+    pub managed: bool,
 }
 
 impl Default for RaSettings {
@@ -51,6 +55,7 @@ impl Default for RaSettings {
             prefix_valid: Duration::from_secs(3600),
             prefix_preferred: Duration::from_secs(1800),
             interval: Duration::from_secs(30),
+            managed: false,
         }
     }
 }
@@ -118,7 +123,7 @@ pub fn encode_router_advertisement(mac: [u8; 6], settings: &RaSettings) -> Vec<u
     let mut out = Vec::with_capacity(56);
     out.extend_from_slice(&[ICMPV6_ROUTER_ADVERTISEMENT, 0, 0, 0]);
     out.push(64); // Cur Hop Limit
-    out.push(0); // M=0, O=0
+    out.push(if settings.managed { 0x80 } else { 0 }); // M, O=0
     out.extend_from_slice(&0u16.to_be_bytes()); // Router Lifetime: not a default router
     out.extend_from_slice(&0u32.to_be_bytes()); // Reachable Time: unspecified
     out.extend_from_slice(&0u32.to_be_bytes()); // Retrans Timer: unspecified
@@ -292,7 +297,7 @@ fn read_sys(interface: &str, what: &'static str) -> Result<String, RaError> {
         .map_err(interface_err)
 }
 
-fn read_ifindex(interface: &str) -> Result<u32, RaError> {
+pub(crate) fn read_ifindex(interface: &str) -> Result<u32, RaError> {
     let text = read_sys(interface, "ifindex")?;
     text.parse().map_err(|e| RaError::Interface {
         interface: interface.to_owned(),
@@ -301,7 +306,7 @@ fn read_ifindex(interface: &str) -> Result<u32, RaError> {
     })
 }
 
-fn read_mac(interface: &str) -> Result<[u8; 6], RaError> {
+pub(crate) fn read_mac(interface: &str) -> Result<[u8; 6], RaError> {
     let text = read_sys(interface, "address")?;
     parse_mac(&text).ok_or_else(|| RaError::Interface {
         interface: interface.to_owned(),
@@ -339,6 +344,23 @@ mod tests {
                 1, 1, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, // source link-layer address
             ]
         );
+    }
+
+    #[test]
+    fn managed_sets_the_m_flag_and_nothing_else() {
+        let plain = encode_router_advertisement(MAC, &RaSettings::default());
+        let managed = encode_router_advertisement(
+            MAC,
+            &RaSettings {
+                managed: true,
+                ..RaSettings::default()
+            },
+        );
+        assert_eq!(plain[5], 0);
+        assert_eq!(managed[5], 0x80);
+        assert_eq!(&managed[6..8], &[0, 0], "still not a default router");
+        assert_eq!(plain[..5], managed[..5]);
+        assert_eq!(plain[6..], managed[6..]);
     }
 
     #[test]

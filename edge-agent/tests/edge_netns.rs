@@ -383,7 +383,7 @@ fn agent_follows_nats_intents_and_sends_heartbeats() -> Result<()> {
                 )
                 .await?;
                 let url = "http://10.77.0.1/boot.ipxe?mac=52:54:00:77:00:0e&platform=efi";
-                let want = "#!ipxe\necho substruct lab: 52:54:00:77:00:0e local, booting the local disk\nexit\n";
+                let want = "#!ipxe\necho substruct lab: 52:54:00:77:00:0e local, booting the local disk\nexit 1\n";
                 let last = std::cell::RefCell::new(Vec::new());
                 poll("boot.ipxe to show the intent", WAIT, Duration::from_millis(50), || {
                     let curl = cli

@@ -206,7 +206,7 @@ async fn known_machines_get_their_intent() -> Result<()> {
     let (_, efi) = get_text(&boot_url(&srv.base, "52:54:00:77:00:0b", "efi")).await?;
     assert_eq!(
         efi,
-        "#!ipxe\necho substruct s1: 52:54:00:77:00:0b local, booting the local disk\nexit\n"
+        "#!ipxe\necho substruct s1: 52:54:00:77:00:0b local, booting the local disk\nexit 1\n"
     );
     srv.intents.set(
         mac,

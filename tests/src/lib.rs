@@ -25,6 +25,9 @@ pub const EDGE_IP: &str = "10.77.0.1";
 pub const EDGE_CIDR: &str = "10.77.0.1/24";
 pub const POOL: &str = "10.77.0.100-10.77.0.199";
 pub const BRIDGE: &str = "br0";
+/// The edge's IPv6 address and DHCPv6 pool when [`SiteOptions::ipv6`] is on.
+pub const EDGE_IP6: &str = "fd77::1";
+pub const POOL6: &str = "fd77::100-fd77::1ff";
 pub const API_TOKEN: &str = "test-admin-token";
 /// The controller's REST API port (HTTPS).
 pub const API_PORT: u16 = 8080;
@@ -174,6 +177,9 @@ pub struct SiteOptions {
     pub with_nats: bool,
     pub with_controller: bool,
     pub edge_args: Vec<String>,
+    /// Dual stack: the bridge gets [`EDGE_IP6`]/64 too and the edge serves DHCPv6
+    /// ([`POOL6`]), TFTP and HTTP on it.
+    pub ipv6: bool,
 }
 
 impl Default for SiteOptions {
@@ -183,6 +189,7 @@ impl Default for SiteOptions {
             with_nats: true,
             with_controller: true,
             edge_args: vec![],
+            ipv6: false,
         }
     }
 }
@@ -315,6 +322,25 @@ impl Site {
                 nats_url,
                 "--js-domain".into(),
                 substruct_testkit::nats_topology::HUB_JS_DOMAIN.into(),
+            ]);
+        }
+        if opts.ipv6 {
+            // nodad: the edge binds the address at once (a tentative one cannot be bound).
+            run(site.ns.command("ip").args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{EDGE_IP6}/64"),
+                "dev",
+                BRIDGE,
+                "nodad",
+            ]))
+            .context("adding the edge's IPv6 address")?;
+            args.extend([
+                "--ipv6-address".into(),
+                EDGE_IP6.into(),
+                "--dhcp6-pool".into(),
+                POOL6.into(),
             ]);
         }
         args.extend(opts.edge_args.iter().cloned());

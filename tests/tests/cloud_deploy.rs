@@ -1,13 +1,14 @@
 //! A real Debian 12 installed by image deploy and configured by cloud-init: the project's
 //! own cloud image (`deploy/cloud-image/build`, from Debian's packages) is registered;
-//! an unknown QEMU machine (SeaBIOS, then OVMF) boots the prospector and reports; the operator assigns
-//! `debian12-cloud` (its SSH key swapped for one the test made); the prospector fetches the
+//! an unknown QEMU machine (SeaBIOS, then OVMF with Secure Boot on) boots the prospector
+//! and reports; the operator assigns `debian12-cloud` (its SSH key swapped for one the
+//! test made); the prospector fetches the
 //! seed (`meta-data`, `user-data`) from the edge, writes the image, checks its sha256 and
 //! adds the `CIDATA` partition at the disk's end; `done`; the machine reboots, the site
 //! answers local boot (SeaBIOS: iPXE's `sanboot`; OVMF: a boot file the edge refuses, and
-//! the firmware goes on to the disk's `\EFI\BOOT\BOOTX64.EFI`), Debian comes up from its
-//! own disk, cloud-init names it after the profile, and the test logs in over SSH from the
-//! site's namespace with its key.
+//! the firmware goes on to the disk's `\EFI\BOOT\BOOTX64.EFI`, the image's signed shim →
+//! GRUB → kernel), Debian comes up from its own disk, cloud-init names it after the
+//! profile, and the test logs in over SSH from the site's namespace with its key.
 //! Prints each step's time from power-on.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
 use substruct_testkit::gate::{system_test, Need};
 use substruct_testkit::netns::run;
 use substruct_testkit::qemu::{
@@ -53,6 +55,8 @@ struct Case {
     hostname: &'static str,
     /// The site's way of local boot (`sites add s1 --local-boot …`).
     local_boot: &'static str,
+    /// The edge's extra flags (`--uefi-loader shim` for Secure Boot).
+    edge_args: &'static [&'static str],
 }
 
 /// `key=value` from the `SUBSTRUCT-CLOUD-UP` line.
@@ -70,22 +74,29 @@ fn cloud_image_deploy_boots_debian_configured_by_cloud_init_bios() -> Result<()>
         serial: "CLOUD-01",
         hostname: "deb-cloud-01",
         local_boot: "ipxe-exit",
+        edge_args: &[],
     })
 }
 
-/// The same under OVMF, on a site with the default local boot (`ipxe-exit`): the edge
-/// offers deployed UEFI firmware a boot file it refuses (Debian's `ipxe.efi` would leave
-/// OVMF in its boot menu after `exit`), OVMF's PXE fails at once and goes on to the disk's
-/// `\EFI\BOOT\BOOTX64.EFI`. No iPXE local-boot script runs after the deploy.
+/// The same under OVMF with Secure Boot on (Microsoft's keys enrolled), on a site whose
+/// UEFI loader is shim and whose local boot is the default (`ipxe-exit`): the prospector
+/// runs from the signed chain (shim → GRUB → Debian's kernel); once deployed, the edge
+/// offers the firmware a boot file it refuses (Debian's `ipxe.efi` would leave OVMF in
+/// its boot menu after `exit`), OVMF's PXE fails at once and goes on to the disk, where
+/// the image's own signed chain (shim as `\EFI\BOOT\BOOTX64.EFI` → Debian's GRUB →
+/// Debian's kernel) passes the firmware's and shim's checks. No iPXE local-boot script
+/// runs after the deploy. (Plain UEFI takes the same way with no signature checks:
+/// `deploy/lab/run --firmware uefi --profile debian12-cloud`.)
 #[test]
-fn cloud_image_deploy_boots_debian_configured_by_cloud_init_uefi() -> Result<()> {
+fn cloud_image_deploy_boots_debian_configured_by_cloud_init_uefi_secure_boot() -> Result<()> {
     cloud(&Case {
-        tag: "prov-cloud-uefi",
-        firmware: Firmware::Uefi,
+        tag: "prov-cloud-sb",
+        firmware: Firmware::UefiSecureBoot,
         mac: "52:54:00:77:50:0b",
         serial: "CLOUD-02",
         hostname: "deb-cloud-02",
         local_boot: "ipxe-exit",
+        edge_args: &["--uefi-loader", "shim"],
     })
 }
 
@@ -99,12 +110,22 @@ fn cloud(case: &Case) -> Result<()> {
         Need::Tool("syslinux"),
         Need::Tool("ssh"),
         Need::Tool("ssh-keygen"),
+        Need::File("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+        Need::File("/usr/lib/shim/shimx64.efi.signed"),
+        Need::File("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
+        Need::File("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"),
     ]) {
         return Ok(());
     }
     let image = cloud_image()?;
     let _slot = acquire_vm_slot()?;
-    let mut site = Site::start(case.tag, SiteOptions::default())?;
+    let mut site = Site::start(
+        case.tag,
+        SiteOptions {
+            edge_args: case.edge_args.iter().map(|a| (*a).to_owned()).collect(),
+            ..SiteOptions::default()
+        },
+    )?;
     let result = flow(&mut site, &image, case);
     if result.is_err() {
         site.dump_logs();
@@ -178,7 +199,13 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
     let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
     let t = vm.wait_for_serial("SUBSTRUCT-REPORTED", Duration::from_secs(300))?;
     println!("{:<40} {:>7.1} s", "prospector reported", t.as_secs_f64());
-    site.wait_state(mac, "discovered", Duration::from_secs(30))?;
+    let found = site.wait_state(mac, "discovered", Duration::from_secs(30))?;
+    let secure_boot = found.pointer("/facts/secure_boot").cloned();
+    ensure!(
+        secure_boot == Some(Value::Bool(case.firmware == Firmware::UefiSecureBoot)),
+        "facts.secure_boot is {secure_boot:?} under {:?}",
+        case.firmware
+    );
     let out = site.cli(&["machines", "assign", mac, "debian12-cloud"])?;
     println!(
         "$ substruct machines assign {mac} debian12-cloud\n{}",

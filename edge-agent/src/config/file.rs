@@ -39,6 +39,11 @@ pub struct RawConfig {
     pub image_cache_min_free_mb: Option<u64>,
     /// The hub's JetStream domain when `nats` is a leaf node.
     pub js_domain: Option<String>,
+    /// The edge's IPv6 address on the provisioning link (e.g. `fd77::1`): with
+    /// `dhcp6_pool`, the edge serves DHCPv6 and TFTP and HTTP on it too.
+    pub ipv6_address: Option<String>,
+    /// The DHCPv6 address pool, `START-END` inside the /64 of `ipv6_address`.
+    pub dhcp6_pool: Option<String>,
     /// File holding the site's signing key seed (`SA…`): boot credentials are signed with it.
     pub site_key: Option<PathBuf>,
     #[serde(default)]

@@ -102,6 +102,13 @@ pub struct Flags {
     /// HTTPS port (default 443).
     #[arg(long, value_name = "N")]
     pub https_port: Option<u16>,
+    /// The edge's IPv6 address on the provisioning link (already configured on the
+    /// interface, e.g. fd77::1): with --dhcp6-pool, DHCPv6, TFTP and HTTP are served on it.
+    #[arg(long, value_name = "IPV6", requires = "dhcp6_pool")]
+    pub ipv6_address: Option<String>,
+    /// The DHCPv6 pool, START-END inside the /64 of --ipv6-address (at most 16,384).
+    #[arg(long, value_name = "START-END", requires = "ipv6_address")]
+    pub dhcp6_pool: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -185,6 +192,8 @@ impl Flags {
         over!(self.https_cert, raw.https_cert);
         over!(self.https_key, raw.https_key);
         over!(self.https_port, raw.https_port);
+        over!(self.ipv6_address, raw.ipv6_address);
+        over!(self.dhcp6_pool, raw.dhcp6_pool);
         if self.proxy_dhcp {
             over!(value_name(&DhcpMode::Proxy), raw.dhcp.mode);
         }

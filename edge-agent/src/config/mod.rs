@@ -115,6 +115,9 @@ pub struct EdgeConfig {
     pub site_key: Option<PathBuf>,
     /// The `[power]` table: BMC sessions, retries, the status poll.
     pub power: crate::power::PowerSettings,
+    /// DHCPv6 (and TFTP and HTTP over IPv6), when `ipv6_address` and `dhcp6_pool` are
+    /// set. Its server DUID is made from the interface's MAC when the agent binds.
+    pub dhcp6: Option<crate::dhcp6::Dhcp6Settings>,
 }
 
 /// The edge's HTTPS server: same routes as HTTP, the site's certificate.

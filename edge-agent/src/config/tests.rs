@@ -640,3 +640,45 @@ fn a_subnet_reads_its_uefi_loader_by_name() {
         "{e}"
     );
 }
+
+#[test]
+fn dhcp6_needs_both_settings_and_says_what_is_wrong() {
+    let with = |extra: &str| format!("{extra}\n{GOOD}");
+    let c = EdgeConfig::from_toml_str(
+        "edge.toml",
+        &with("ipv6_address = \"fd77::1\"\ndhcp6_pool = \"fd77::100-fd77::1ff\""),
+    )
+    .unwrap();
+    let s = c.dhcp6.unwrap();
+    assert_eq!(s.address, "fd77::1".parse::<std::net::Ipv6Addr>().unwrap());
+    assert_eq!(s.pool_size, 256);
+    assert!(EdgeConfig::from_toml_str("edge.toml", GOOD)
+        .unwrap()
+        .dhcp6
+        .is_none());
+    assert_eq!(
+        err_of(&with("ipv6_address = \"fd77::1\"")),
+        "edge.toml: dhcp6_pool: missing (ipv6_address is set)"
+    );
+    assert_eq!(
+        err_of(&with("dhcp6_pool = \"fd77::100-fd77::1ff\"")),
+        "edge.toml: ipv6_address: missing (dhcp6_pool is set)"
+    );
+    assert_eq!(
+        err_of(&with("ipv6_address = \"10.0.0.1\"\ndhcp6_pool = \"fd77::100-fd77::1ff\"")),
+        "edge.toml: ipv6_address: \"10.0.0.1\" is not an IPv6 address"
+    );
+    assert_eq!(
+        err_of(&with("ipv6_address = \"fd77::1\"\ndhcp6_pool = \"fd78::100-fd78::1ff\"")),
+        "edge.toml: dhcp6_pool: the DHCPv6 pool fd78::100-fd78::1ff is not in the /64 of the edge's address fd77::1"
+    );
+    // The flags need each other.
+    assert!(Flags::try_parse_from([
+        "substruct-edge",
+        "--interface",
+        "br0",
+        "--ipv6-address",
+        "fd77::1"
+    ])
+    .is_err());
+}

@@ -56,6 +56,13 @@ impl TryFrom<Sourced> for EdgeConfig {
             http_boot_base: https.as_ref().map(|h| https_base(address.addr(), h.port)),
         };
         let dhcp = dhcp::settings(&ctx, &raw.dhcp, own)?;
+        let dhcp6 = dhcp6(
+            &ctx,
+            raw.ipv6_address,
+            raw.dhcp6_pool,
+            dhcp.uefi_loader,
+            http_port,
+        )?;
 
         Ok(EdgeConfig {
             site,
@@ -88,8 +95,43 @@ impl TryFrom<Sourced> for EdgeConfig {
             http: http_limits(&ctx, &raw.http)?,
             site_key: raw.site_key,
             power: power_settings(&ctx, &raw.power)?,
+            dhcp6,
         })
     }
+}
+
+/// `ipv6_address` and `dhcp6_pool`: both or neither.
+fn dhcp6(
+    ctx: &Ctx,
+    address: Option<String>,
+    pool: Option<String>,
+    uefi_loader: crate::dhcp::UefiLoader,
+    http_port: u16,
+) -> Result<Option<crate::dhcp6::Dhcp6Settings>, ConfigError> {
+    let (address, pool) = match (address, pool) {
+        (None, None) => return Ok(None),
+        (Some(a), Some(p)) => (a, p),
+        (Some(_), None) => return Err(ctx.err("dhcp6_pool", "missing (ipv6_address is set)")),
+        (None, Some(_)) => return Err(ctx.err("ipv6_address", "missing (dhcp6_pool is set)")),
+    };
+    let address: std::net::Ipv6Addr = address.trim().parse().map_err(|_| {
+        ctx.err(
+            "ipv6_address",
+            format!("{address:?} is not an IPv6 address"),
+        )
+    })?;
+    // The real server DUID needs the interface's MAC, read when the agent binds.
+    crate::dhcp6::Dhcp6Settings::new(
+        address,
+        &pool,
+        1800,
+        3600,
+        uefi_loader,
+        http_port,
+        substruct_wire::Mac([0; 6]),
+    )
+    .map(Some)
+    .map_err(|e| ctx.err("dhcp6_pool", e.to_string()))
 }
 
 /// `https_cert`, `https_key` and `https_port`: both files or neither; a port that is

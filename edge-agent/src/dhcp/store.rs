@@ -32,6 +32,15 @@ use super::table::{Lease, LeaseChange};
 
 /// MAC (48 bits in a u64) → (IPv4 as u32, expiry in UNIX seconds).
 const LEASES: TableDefinition<u64, (u32, u64)> = TableDefinition::new("leases");
+/// DHCPv6: IAID (4 bytes, big-endian) followed by the client's DUID → (IPv6 as u128,
+/// expiry in UNIX seconds).
+const LEASES6: TableDefinition<&[u8], (u128, u64)> = TableDefinition::new("leases6");
+
+fn key6(duid: &[u8], iaid: u32) -> Vec<u8> {
+    let mut k = iaid.to_be_bytes().to_vec();
+    k.extend_from_slice(duid);
+    k
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseStoreError {
@@ -205,6 +214,8 @@ fn open_db(path: &Path) -> Result<Database, (&'static str, Arc<redb::Error>)> {
     let db = Database::create(path).map_err(|e| err("open", e.into()))?;
     let txn = db.begin_write().map_err(|e| err("begin", e.into()))?;
     txn.open_table(LEASES)
+        .map_err(|e| err("create table", e.into()))?;
+    txn.open_table(LEASES6)
         .map_err(|e| err("create table", e.into()))?;
     txn.commit().map_err(|e| err("commit", e.into()))?;
     Ok(db)
@@ -490,6 +501,68 @@ impl LeaseStore {
                         LeaseChange::Forget { mac } => {
                             table
                                 .remove(mac_key(&mac))
+                                .map_err(|e| self.err("remove", e))?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(|e| self.err("commit", e))
+        })
+    }
+
+    /// Every stored DHCPv6 lease (expired ones too). Blocking, like [`LeaseStore::load`].
+    pub fn load6(&self) -> Result<Vec<crate::dhcp6::Lease6>, LeaseStoreError> {
+        self.with_db(true, |db| {
+            let txn = db.begin_read().map_err(|e| self.err("begin read", e))?;
+            let table = txn
+                .open_table(LEASES6)
+                .map_err(|e| self.err("open table", e))?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| self.err("iterate", e))? {
+                let (k, v) = row.map_err(|e| self.err("read row", e))?;
+                let k = k.value();
+                let (Some(iaid), Some(duid)) = (k.get(..4), k.get(4..)) else {
+                    continue;
+                };
+                let (addr, expires) = v.value();
+                out.push(crate::dhcp6::Lease6 {
+                    duid: duid.to_vec(),
+                    iaid: u32::from_be_bytes([iaid[0], iaid[1], iaid[2], iaid[3]]),
+                    addr: std::net::Ipv6Addr::from(addr),
+                    expires,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Applies DHCPv6 `changes` in one durable write transaction, like
+    /// [`LeaseStore::apply`].
+    pub fn apply6(&self, changes: &[crate::dhcp6::Lease6Change]) -> Result<(), LeaseStoreError> {
+        use crate::dhcp6::Lease6Change;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.with_db(true, |db| {
+            let mut txn = db.begin_write().map_err(|e| self.err("begin write", e))?;
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut table = txn
+                    .open_table(LEASES6)
+                    .map_err(|e| self.err("open table", e))?;
+                for c in changes {
+                    match c {
+                        Lease6Change::Grant(l) => {
+                            table
+                                .insert(
+                                    key6(&l.duid, l.iaid).as_slice(),
+                                    (u128::from(l.addr), l.expires),
+                                )
+                                .map_err(|e| self.err("insert", e))?;
+                        }
+                        Lease6Change::Forget { duid, iaid } => {
+                            table
+                                .remove(key6(duid, *iaid).as_slice())
                                 .map_err(|e| self.err("remove", e))?;
                         }
                     }

@@ -92,6 +92,9 @@ pub struct VmSpec {
     /// machine that finds no boot file over IPv4 goes on to its disk without first waiting
     /// for a DHCPv6 answer no site gives.
     pub ipv6_pxe: bool,
+    /// OVMF's IPv4 PXE client (default on). Off (fw_cfg `IPv4PXESupport` = n), OVMF's
+    /// first network boot is PXE over IPv6.
+    pub ipv4_pxe: bool,
 }
 
 impl VmSpec {
@@ -108,6 +111,7 @@ impl VmSpec {
             allow_reboot: false,
             https_cacerts: None,
             ipv6_pxe: true,
+            ipv4_pxe: true,
         }
     }
 }
@@ -211,6 +215,12 @@ impl Vm {
             args.extend([
                 "-fw_cfg".into(),
                 "name=opt/org.tianocore/IPv6PXESupport,string=n".into(),
+            ]);
+        }
+        if !spec.ipv4_pxe && spec.firmware != Firmware::UefiHttp {
+            args.extend([
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv4PXESupport,string=n".into(),
             ]);
         }
         if let Some(cacerts) = &spec.https_cacerts {

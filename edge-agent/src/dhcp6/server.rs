@@ -1,0 +1,138 @@
+//! The DHCPv6 I/O shell: one UDP socket on `[::]:547` bound to the provisioning
+//! interface and joined to All_DHCP_Relay_Agents_and_Servers (ff02::1:2); each message
+//! is decided under the table's lock, its lease changes are committed to the lease
+//! store (durably, before the reply), then the reply goes to the client's link-local
+//! address. A store that fails drops the reply (the client retries) and is logged.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use substruct_runtime::error_chain;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::core::{decide_raw, Action6, Dhcp6Settings, Lease6Table};
+use super::packet::msg;
+use crate::dhcp::store::LeaseStore;
+use crate::dhcp::DhcpError;
+use crate::intents::IntentTable;
+
+/// All_DHCP_Relay_Agents_and_Servers.
+pub const ALL_DHCP_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
+/// The DHCPv6 server port.
+pub const SERVER_PORT: u16 = 547;
+
+/// A UDP socket for DHCPv6 on `interface` (index `ifindex`): `[::]:port`, IPv6 only,
+/// SO_BINDTODEVICE, joined to ff02::1:2 on that interface, non-blocking.
+pub fn bind_socket6(interface: &str, ifindex: u32, port: u16) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.bind_device(Some(interface.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0)).into())?;
+    s.join_multicast_v6(&ALL_DHCP_SERVERS, ifindex)?;
+    Ok(s.into())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn type_label(t: u8) -> &'static str {
+    match t {
+        msg::SOLICIT => "solicit",
+        msg::ADVERTISE => "advertise",
+        msg::REQUEST => "request",
+        msg::CONFIRM => "confirm",
+        msg::RENEW => "renew",
+        msg::REBIND => "rebind",
+        msg::REPLY => "reply",
+        msg::RELEASE => "release",
+        msg::DECLINE => "decline",
+        msg::INFORMATION_REQUEST => "information-request",
+        _ => "other",
+    }
+}
+
+/// Serves DHCPv6 on `socket` until `cancel`. The leases stored in `leases` are loaded
+/// first.
+pub async fn serve6(
+    settings: Arc<Dhcp6Settings>,
+    socket: UdpSocket,
+    intents: IntentTable,
+    leases: LeaseStore,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    let loader = leases.clone();
+    let stored = tokio::task::spawn_blocking(move || loader.load6())
+        .await
+        .map_err(|e| DhcpError::Io {
+            what: "loading DHCPv6 leases",
+            source: io::Error::other(e),
+        })?
+        .map_err(DhcpError::Store)?;
+    let loaded = stored.len();
+    let mut table = Lease6Table::from_leases(stored);
+    info!(pool_start = %settings.pool_start, pool_size = settings.pool_size,
+        address = %settings.address, leases = loaded, "DHCPv6 server running");
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (len, from) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => continue,
+                Err(source) => return Err(DhcpError::Io { what: "receiving DHCPv6", source }),
+            },
+        };
+        let SocketAddr::V6(from) = from else {
+            continue;
+        };
+        let packet = &buf[..len];
+        let kind = packet.first().copied().unwrap_or(0);
+        let d = decide_raw(
+            packet,
+            from,
+            &settings,
+            &mut table,
+            |mac| intents.get(mac).map(|r| r.intent),
+            now_secs(),
+        );
+        let (reply, dest) = match d.action {
+            Action6::Drop { reason } => {
+                debug!(%from, message = type_label(kind), %reason, "DHCPv6 dropped");
+                continue;
+            }
+            Action6::Reply { packet, dest } => (packet, dest),
+        };
+        if !d.changes.is_empty() {
+            let store = leases.clone();
+            let changes = d.changes.clone();
+            let stored = tokio::task::spawn_blocking(move || store.apply6(&changes)).await;
+            match stored {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(%from, error = %error_chain(&e), "DHCPv6 lease not stored; no reply (the client retries)");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(%from, error = %e, "DHCPv6 lease store task failed; no reply");
+                    continue;
+                }
+            }
+        }
+        match socket.send_to(&reply, SocketAddr::V6(dest)).await {
+            Ok(_) => debug!(%from, message = type_label(kind), mac = ?d.mac,
+                boot_url = d.boot_url.as_deref().unwrap_or(""), "DHCPv6 answered"),
+            Err(e) => warn!(%dest, error = %e, "cannot send a DHCPv6 reply"),
+        }
+    }
+}
