@@ -665,7 +665,9 @@ fn dhcp6_needs_both_settings_and_says_what_is_wrong() {
         "edge.toml: ipv6_address: missing (dhcp6_pool is set)"
     );
     assert_eq!(
-        err_of(&with("ipv6_address = \"10.0.0.1\"\ndhcp6_pool = \"fd77::100-fd77::1ff\"")),
+        err_of(&with(
+            "ipv6_address = \"10.0.0.1\"\ndhcp6_pool = \"fd77::100-fd77::1ff\""
+        )),
         "edge.toml: ipv6_address: \"10.0.0.1\" is not an IPv6 address"
     );
     assert_eq!(

@@ -21,6 +21,7 @@
 mod bmc_ipmi;
 mod controller_discover;
 mod credential;
+mod dhcp6_decide;
 mod dhcp_decide;
 mod dhcp_packet;
 mod edge_http_head;
@@ -42,6 +43,7 @@ mod wire_names;
 pub use bmc_ipmi::bmc_ipmi;
 pub use controller_discover::controller_discover;
 pub use credential::credential;
+pub use dhcp6_decide::dhcp6_decide;
 pub use dhcp_decide::dhcp_decide;
 pub use dhcp_packet::dhcp_packet;
 pub use edge_http_head::edge_http_head;

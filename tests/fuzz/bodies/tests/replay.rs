@@ -65,6 +65,7 @@ replay_targets!(
     controller_discover,
     // signs and verifies an Ed25519 credential per input: ~15 ms in a debug build
     credential = 200,
+    dhcp6_decide,
     dhcp_decide,
     dhcp_packet,
     edge_http_head,
