@@ -10,7 +10,7 @@ SUBSTRUCT_PACKAGES=(
   linux-image-amd64 busybox-static # the live image's kernel; busybox for its debug shell
   cpio kmod xz-utils file          # building the live image
   musl-tools                       # static prospector (musl target)
-  kea-dhcp4-server kea-admin       # DHCP peer and perfdhcp (benchmarks)
+  kea-dhcp4-server kea-dhcp6-server kea-admin  # DHCP peers and perfdhcp (benchmarks)
   tftp-hpa tftpd-hpa atftp         # TFTP clients, and the TFTP peer
   dnsmasq isc-dhcp-relay isc-dhcp-client udhcpc  # DHCP clients, relay, reference lab
   nginx                            # HTTP peer (benchmarks)

@@ -22,41 +22,15 @@ use substruct_edge::intents::IntentTable;
 use substruct_testkit::gate::find_tool;
 use substruct_testkit::netns::Netns;
 use substruct_testkit::ChildGuard;
+
+#[path = "common/perfdhcp.rs"]
+mod perf;
+use perf::{cpu_secs, env_or, median};
 use tokio_util::sync::CancellationToken;
 
 const SRV_IF: &str = "vb-srv";
 const CLI_IF: &str = "vb-cli";
 const SRV_IP: &str = "10.78.0.1";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// utime + stime of a process in seconds (all its threads), from /proc.
-fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // fields after the parenthesised command name; utime and stime are 14 and 15
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let hz = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    (ticks(11) + ticks(12)) / hz
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Figures {
@@ -123,26 +97,8 @@ fn perfdhcp(cli_ns: &str, secs: u64) -> Result<Figures> {
             cmd.args(["-r", &rate]);
         }
     }
-    cmd.arg(SRV_IP)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().context("starting perfdhcp")?;
-    let mut guard = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(secs + 30);
-    loop {
-        if guard.0.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("perfdhcp did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut out = String::new();
-    if let Some(mut s) = guard.0.stdout.take() {
-        use std::io::Read;
-        s.read_to_string(&mut out)?;
-    }
+    cmd.arg(SRV_IP);
+    let out = perf::run_to_end(cmd, secs)?;
     Ok(parse_perfdhcp(&out))
 }
 
@@ -273,15 +229,6 @@ fn rcvbuf_errors(ns: &Netns) -> u64 {
         .find(|(h, _)| *h == "RcvbufErrors")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn main() -> Result<()> {

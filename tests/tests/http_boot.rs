@@ -136,6 +136,7 @@ fn uefi_http_boot_reaches_the_inventory_without_tftp() -> Result<()> {
             ..SiteOptions::default()
         },
     );
+    // Removed once the edge has read it: it is listening on port 80 by now.
     let _ = std::fs::remove_file(&config);
     let mut site = site?;
     let serial = "SBST-HTTPBOOT-0001";

@@ -192,9 +192,20 @@ impl Netns {
             timeout,
             std::time::Duration::from_millis(50),
             || {
-                let listening = self
-                    .exec("ss", &["-ltnH"])
-                    .is_ok_and(|s| s.lines().any(|l| l.contains(&needle)));
+                // The local address column exactly: `10.77.0.1:80` must not match the
+                // controller's `10.77.0.1:8080`.
+                // (A socket bound to a device shows as `IP%DEV:PORT`.)
+                let port_suffix = format!(":{port}");
+                let matches = |col: &str| {
+                    col == needle
+                        || col.strip_prefix(ip).is_some_and(|rest| {
+                            rest.starts_with('%') && rest.ends_with(&port_suffix)
+                        })
+                };
+                let listening = self.exec("ss", &["-ltnH"]).is_ok_and(|s| {
+                    s.lines()
+                        .any(|l| l.split_whitespace().nth(3).is_some_and(matches))
+                });
                 if listening {
                     return Ok(Some(()));
                 }

@@ -7,7 +7,7 @@ use substruct_edge::dhcp6::{decide_raw, Action6, Dhcp6Settings, Lease6Change, Le
 use substruct_wire::intent::{BootIntent, LocalBootWay};
 use substruct_wire::Mac;
 
-const SEPARATOR: &[u8] = b"\xff\xfe\xfd\xfc";
+use crate::dhcp_decide::split;
 
 /// The edge's DHCPv6 core: `dhcp6::parse` then `decide` (via `decide_raw`) on a fixed
 /// site (pool `fd77::100`–`fd77::10f`), a lease table carried across the packets of one
@@ -96,20 +96,4 @@ fn intent(pick: u8) -> Option<BootIntent> {
             way: LocalBootWay::NoBootFile,
         }),
     }
-}
-
-fn split(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || {
-        if data.is_empty() {
-            return None;
-        }
-        match data.windows(SEPARATOR.len()).position(|w| w == SEPARATOR) {
-            Some(at) => {
-                let packet = &data[..at];
-                data = &data[at + SEPARATOR.len()..];
-                Some(packet)
-            }
-            None => Some(std::mem::take(&mut data)),
-        }
-    })
 }

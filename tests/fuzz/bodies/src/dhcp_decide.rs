@@ -152,8 +152,8 @@ fn grantable(ip: Ipv4Addr) -> bool {
         || (o[..3] == [10, 88, 0] && (50..=60).contains(&o[3]))
 }
 
-/// The packets of `data`, split at each [`SEPARATOR`].
-fn split(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// The packets of `data`, split at each [`SEPARATOR`] (`dhcp6_decide` splits its input the same way).
+pub(crate) fn split(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
         if data.is_empty() {
             return None;
