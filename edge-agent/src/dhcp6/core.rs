@@ -566,32 +566,27 @@ pub fn decide(
             }
             msg::ADVERTISE
         }
-        msg::REQUEST => {
+        // REQUEST leases (a new or the offered address); RENEW and REBIND extend a lease
+        // the client holds. Either way a lease goes into the reply and the store.
+        msg::REQUEST | msg::RENEW | msg::REBIND => {
             for ia in &req.ia_na {
-                ias.push(match table.grant(&key(ia), &ia.addrs, s, now) {
+                let (lease, code, text) = if req.msg_type == msg::REQUEST {
+                    let granted = table.grant(&key(ia), &ia.addrs, s, now);
+                    (granted, status::NO_ADDRS_AVAIL, "the pool is full")
+                } else {
+                    let extended = ia
+                        .addrs
+                        .iter()
+                        .find_map(|a| table.extend(&key(ia), *a, s, now));
+                    (extended, status::NO_BINDING, "no such lease here")
+                };
+                ias.push(match lease {
                     Some(l) => {
                         let body = with_addr(ia, l.addr);
                         changes.push(Lease6Change::Grant(l));
                         body
                     }
-                    None => with_status(ia, status::NO_ADDRS_AVAIL, "the pool is full"),
-                });
-            }
-            msg::REPLY
-        }
-        msg::RENEW | msg::REBIND => {
-            for ia in &req.ia_na {
-                let extended = ia
-                    .addrs
-                    .iter()
-                    .find_map(|a| table.extend(&key(ia), *a, s, now));
-                ias.push(match extended {
-                    Some(l) => {
-                        let body = with_addr(ia, l.addr);
-                        changes.push(Lease6Change::Grant(l));
-                        body
-                    }
-                    None => with_status(ia, status::NO_BINDING, "no such lease here"),
+                    None => with_status(ia, code, text),
                 });
             }
             msg::REPLY

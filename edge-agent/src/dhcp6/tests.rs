@@ -641,6 +641,65 @@ fn a_full_pool_says_so_and_expired_offers_come_back() {
 }
 
 #[test]
+fn a_client_changing_its_duid_for_each_decline_cannot_drain_the_pool() {
+    // 16 addresses: at most a quarter (4) are ever quarantined at once.
+    let s = Dhcp6Settings::new(
+        EDGE,
+        "fd77::100-fd77::10f",
+        1800,
+        3600,
+        UefiLoader::IpxeEfi,
+        80,
+        EDGE_MAC,
+    )
+    .unwrap();
+    let server = s.server_duid().to_vec();
+    let mut t = Lease6Table::new();
+    for n in 0..16u8 {
+        let duid = vec![0, 3, 0, 1, 0xde, 0xc1, 0, 0, 0, n];
+        let req = packet(
+            msg::REQUEST,
+            &[
+                (opt::CLIENTID, duid.clone()),
+                (opt::SERVERID, server.clone()),
+                ia(1, None),
+            ],
+        );
+        let Ok((_, addr, _, _)) =
+            ia_addr(&reply(&decide_raw(&req, src(), &s, &mut t, |_| None, NOW)))
+        else {
+            continue;
+        };
+        let decline = packet(
+            msg::DECLINE,
+            &[
+                (opt::CLIENTID, duid),
+                (opt::SERVERID, server.clone()),
+                ia(1, Some(addr)),
+            ],
+        );
+        reply(&decide_raw(&decline, src(), &s, &mut t, |_| None, NOW));
+    }
+    // Twelve honest clients still get an address each.
+    for n in 0..12u8 {
+        let duid = vec![0, 3, 0, 1, 0x52, 0x54, 0, 0, 0, n];
+        let req = packet(
+            msg::REQUEST,
+            &[
+                (opt::CLIENTID, duid),
+                (opt::SERVERID, server.clone()),
+                ia(1, None),
+            ],
+        );
+        let r = reply(&decide_raw(&req, src(), &s, &mut t, |_| None, NOW + 1));
+        assert!(
+            ia_addr(&r).is_ok(),
+            "client {n} got no address after the decline flood"
+        );
+    }
+}
+
+#[test]
 fn settings_are_checked() {
     let new = |addr: &str, pool: &str, p: u32, v: u32| {
         Dhcp6Settings::new(
