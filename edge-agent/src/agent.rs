@@ -228,7 +228,8 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
 
     let dhcp_settings = Arc::new(config.dhcp.clone());
     let leases = dhcp::LeaseStore::open(config.lease_db_path()).map_err(AgentError::Leases)?;
-    let mut ports = vec![67];
+    // An IPv6-only site serves no DHCPv4 at all.
+    let mut ports = if config.ipv6_only() { vec![] } else { vec![67] };
     if config.dhcp.mode == dhcp::DhcpMode::Proxy {
         ports.push(4011);
     }
@@ -289,7 +290,14 @@ pub async fn bind(config: EdgeConfig) -> Result<Bound, AgentError> {
         dhcp::DhcpMode::Proxy => {
             http::binding::Binding::Neighbours(http::binding::PROC_NET_ARP.into())
         }
-        dhcp::DhcpMode::Server => http::binding::Binding::Leases(leases.clone()),
+        dhcp::DhcpMode::Server => match &config.dhcp6 {
+            // The live OS on an IPv6-only site takes its address by SLAAC.
+            Some(d6) if d6.ipv6_only => http::binding::Binding::LeasesSlaac {
+                store: leases.clone(),
+                link: d6.address,
+            },
+            _ => http::binding::Binding::Leases(leases.clone()),
+        },
     };
     let http_state = http_state
         .with_install(installs.clone(), callbacks)
@@ -469,7 +477,7 @@ impl Bound {
             });
         }
 
-        {
+        if !self.dhcp.1.is_empty() {
             let (c, tx) = (inner.clone(), fail_tx.clone());
             let (settings, sockets, leases) = self.dhcp;
             let (lease_tx, lease_rx) = mpsc::channel::<dhcp::LeaseEvent>(1024);
@@ -504,8 +512,16 @@ impl Bound {
             // not fatal.
             let (c, interface) = (inner.clone(), self.config.interface.clone());
             // With DHCPv6, M=1: iPXE starts DHCPv6 only when an advertisement says so.
+            // On an IPv6-only site the advertisements also carry the edge's /64 as an
+            // autonomous prefix: the prospector's kernel takes its address from it (SLAAC).
             let ra_settings = ra::RaSettings {
                 managed: self.config.dhcp6.is_some(),
+                prefix: self
+                    .config
+                    .dhcp6
+                    .as_ref()
+                    .filter(|d| d.ipv6_only)
+                    .and_then(|d| ipnet::Ipv6Net::new(d.address, 64).ok()),
                 ..ra::RaSettings::default()
             };
             tracker.spawn(async move {

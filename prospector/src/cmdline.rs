@@ -1,6 +1,6 @@
 //! The `substruct.*` kernel arguments the edge puts on the live image's command line:
 //! `substruct.site=NAME substruct.nats=URL substruct.token=TOKEN substruct.seed=SEED
-//! substruct.edge=URL substruct.debug=1`.
+//! substruct.edge=URL substruct.net=ipv6 substruct.debug=1`.
 //!
 //! Pure: takes the text of `/proc/cmdline`, returns what it found. Unknown arguments
 //! (the kernel's own, other `substruct.*` keys) are ignored; the last occurrence of a
@@ -18,6 +18,9 @@ pub struct KernelArgs {
     /// The edge's HTTP base URL (`http://10.77.0.1:8080`): disk images come from
     /// `{edge}/images/…`.
     pub edge: Option<String>,
+    /// How the network comes up: `ipv6` (an IPv6-only site: the address by SLAAC, no
+    /// DHCPv4); absent: DHCPv4.
+    pub net: Option<String>,
     pub debug: bool,
 }
 
@@ -31,6 +34,8 @@ pub const ARG_TOKEN: &str = "substruct.token";
 pub const ARG_SEED: &str = "substruct.seed";
 /// Kernel argument naming the edge's HTTP base URL.
 pub const ARG_EDGE: &str = "substruct.edge";
+/// Kernel argument naming how the network comes up (`ipv6`).
+pub const ARG_NET: &str = "substruct.net";
 /// Kernel argument turning on debug logging.
 pub const ARG_DEBUG: &str = "substruct.debug";
 
@@ -50,6 +55,7 @@ pub fn parse(line: &str) -> KernelArgs {
             ARG_TOKEN => args.token = non_empty(value),
             ARG_SEED => args.seed = non_empty(value),
             ARG_EDGE => args.edge = non_empty(value),
+            ARG_NET => args.net = non_empty(value),
             ARG_DEBUG => {
                 args.debug = match value.as_deref() {
                     None => true,
@@ -103,7 +109,7 @@ mod tests {
         let line = "BOOT_IMAGE=/vmlinuz initrd=initrd.img console=ttyS0,115200 \
                     substruct.site=dc1 substruct.nats=nats://10.77.0.1:4222 \
                     substruct.token=3f9a0c substruct.edge=http://10.77.0.1:8080 \
-                    substruct.seed=SUABC substruct.debug=1 quiet\n";
+                    substruct.seed=SUABC substruct.net=ipv6 substruct.debug=1 quiet\n";
         assert_eq!(
             parse(line),
             KernelArgs {
@@ -112,6 +118,7 @@ mod tests {
                 token: Some("3f9a0c".into()),
                 seed: Some("SUABC".into()),
                 edge: Some("http://10.77.0.1:8080".into()),
+                net: Some("ipv6".into()),
                 debug: true,
             }
         );

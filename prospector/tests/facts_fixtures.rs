@@ -232,6 +232,7 @@ fn dell_r740() {
             token: s("a1b2c3d4e5f6"),
             seed: None,
             edge: None,
+            net: None,
             debug: false
         }
     );
@@ -472,6 +473,7 @@ fn qemu_vm() {
             token: s("t0k3n"),
             seed: None,
             edge: None,
+            net: None,
             debug: true
         }
     );
@@ -611,6 +613,7 @@ fn dup_uuid_is_a_different_machine_with_the_same_uuid() {
             token: None,
             seed: None,
             edge: None,
+            net: None,
             debug: false
         }
     );

@@ -180,6 +180,9 @@ pub struct SiteOptions {
     /// Dual stack: the bridge gets [`EDGE_IP6`]/64 too and the edge serves DHCPv6
     /// ([`POOL6`]), TFTP and HTTP on it.
     pub ipv6: bool,
+    /// With `ipv6`: an IPv6-only site (`--ipv6-only`: no DHCPv4; machines boot, fetch
+    /// their scripts and report over IPv6; the leaf node listens on every address).
+    pub ipv6_only: bool,
 }
 
 impl Default for SiteOptions {
@@ -190,6 +193,7 @@ impl Default for SiteOptions {
             with_controller: true,
             edge_args: vec![],
             ipv6: false,
+            ipv6_only: false,
         }
     }
 }
@@ -264,7 +268,12 @@ impl Site {
                 LeafOptions::default()
                     .in_netns(&site.ns, ip, hub.leaf_urls())
                     .site_key(&key_file)
-                    .port(4222),
+                    .port(4222)
+                    .listen_on(if opts.ipv6_only {
+                        std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                    } else {
+                        ip
+                    }),
             )
             .context("starting the site's leaf node")?;
             leaf.wait_linked(Duration::from_secs(30))?;
@@ -342,6 +351,9 @@ impl Site {
                 "--dhcp6-pool".into(),
                 POOL6.into(),
             ]);
+            if opts.ipv6_only {
+                args.push("--ipv6-only".into());
+            }
         }
         args.extend(opts.edge_args.iter().cloned());
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -83,3 +83,116 @@ fn flow(site: &mut Site) -> Result<()> {
     println!("in the inventory: {} ({})", m["id"], m["state"]);
     Ok(())
 }
+
+const MAC_V6ONLY: &str = "52:54:00:77:60:0b";
+
+/// An IPv6-only site: the edge serves no DHCPv4. OVMF boots iPXE by PXE over IPv6; iPXE
+/// takes its script URL from DHCPv6 (`http://[fd77::1]/boot.ipxe`), fetches the script,
+/// kernel and initrd over HTTP/IPv6; the prospector takes its address by SLAAC from the
+/// edge's router advertisement and reports to the leaf node over IPv6.
+#[test]
+fn an_ipv6_only_site_boots_and_reports_over_ipv6() -> Result<()> {
+    if !system_test(&[
+        Need::Netns,
+        Need::Tun,
+        Need::Tool("qemu-system-x86_64"),
+        Need::Tool("nats-server"),
+        Need::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+    ]) {
+        return Ok(());
+    }
+    let _slot = acquire_vm_slot()?;
+    let mut site = Site::start(
+        "v6only",
+        SiteOptions {
+            ipv6: true,
+            ipv6_only: true,
+            ..SiteOptions::default()
+        },
+    )?;
+    let result = flow_v6only(&mut site);
+    if result.is_err() {
+        site.dump_logs();
+    }
+    result
+}
+
+fn flow_v6only(site: &mut Site) -> Result<()> {
+    let tap = site.new_tap()?;
+    let mut spec = VmSpec::new("v6only", Firmware::Uefi);
+    spec.ipv4_pxe = false;
+    spec.nics.push(NicSpec {
+        link: NicLink::Tap(tap),
+        mac: MAC_V6ONLY.into(),
+        model: "virtio-net-pci".into(),
+    });
+    let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
+    for (label, needle) in [
+        ("OVMF: PXE over IPv6", "Start PXE over IPv6"),
+        ("iPXE running (loaded over TFTP/IPv6)", "iPXE initialising"),
+        ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
+        ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
+    ] {
+        let t = match vm.wait_for_serial(needle, Duration::from_secs(300)) {
+            Ok(t) => t,
+            Err(e) => {
+                let serial = std::fs::read_to_string(&vm.log).unwrap_or_default();
+                eprintln!(
+                    "----- VM serial -----\n{}",
+                    substruct_testkit::qemu::tail(&serial, 60)
+                );
+                return Err(e);
+            }
+        };
+        println!("{label:<40} {:>7.1} s", t.as_secs_f64());
+    }
+    let serial = std::fs::read_to_string(&vm.log)?;
+    // The prospector's address is the SLAAC one in the site's /64, from its EUI-64.
+    let net_up = serial
+        .lines()
+        .find(|l| l.contains("SUBSTRUCT-NET-UP"))
+        .context("net-up line vanished")?;
+    ensure!(
+        net_up.contains("ip=fd77::5054:ff:fe77:600b/64"),
+        "the prospector is not on its SLAAC address: {net_up}"
+    );
+    // Its script came over IPv6, from the address DHCPv6 leased to this MAC, so it was
+    // bound and carried a credential; the command line names the IPv6 edge and NATS.
+    let edge_log = substruct_testkit::qemu::strip_ansi(&std::fs::read_to_string(
+        site.dir.path().join("edge.log"),
+    )?);
+    let script = edge_log
+        .lines()
+        .rev()
+        .find(|l| l.contains("boot.ipxe") && l.contains(MAC_V6ONLY) && l.contains("intent"))
+        .context("the edge logged no boot script for the machine")?;
+    ensure!(
+        script.contains("peer=[fd77::1") && script.contains("bound=true"), // pool fd77::100-1ff
+        "the script was not asked for over IPv6 from the leased address: {script}"
+    );
+    // (The prospector prints what its command line gave it.)
+    for said in [
+        "nats nats://[fd77::1]:4222 token yes edge http://[fd77::1]:80 ",
+        "IPv6 only: waiting for an address from the router advertisement",
+    ] {
+        ensure!(
+            serial.contains(said),
+            "the prospector's console lacks {said:?}: its command line was not the IPv6 one; \
+             it said:\n{}",
+            serial
+                .lines()
+                .filter(|l| l.contains("substruct-prospector:"))
+                .take(12)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // No DHCPv4 anywhere: the firmware, iPXE and the prospector never had an IPv4 address.
+    ensure!(
+        !edge_log.contains("dhcp: serving"),
+        "the edge served DHCPv4 on an IPv6-only site"
+    );
+    let m = site.wait_state(MAC_V6ONLY, "discovered", Duration::from_secs(30))?;
+    println!("in the inventory: {} ({})", m["id"], m["state"]);
+    Ok(())
+}

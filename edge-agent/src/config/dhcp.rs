@@ -20,6 +20,8 @@ pub(super) struct Own {
     pub http_base: String,
     /// `https://ip[:port]` when the edge serves HTTPS: UEFI HTTP boot goes there.
     pub http_boot_base: Option<String>,
+    /// An IPv6-only site (`ipv6_only`): no DHCPv4 pool is needed.
+    pub no_dhcp4: bool,
 }
 
 /// Reads `raw` and validates it. The edge's own network is always served: when no
@@ -61,6 +63,7 @@ pub(super) fn settings(
         uefi_loader: uefi_loader.unwrap_or_default(),
         http_base: own.http_base,
         http_boot_base: own.http_boot_base,
+        no_dhcp4: own.no_dhcp4,
     })
     .map_err(|e| ctx.err(e.field(), e.problem()))
 }

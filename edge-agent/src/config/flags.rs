@@ -109,6 +109,13 @@ pub struct Flags {
     /// The DHCPv6 pool, START-END inside the /64 of --ipv6-address (at most 16,384).
     #[arg(long, value_name = "START-END", requires = "ipv6_address")]
     pub dhcp6_pool: Option<String>,
+    /// Serve no DHCPv4: machines boot, fetch their scripts and report over IPv6 only
+    /// (an IPv6-only provisioning link; needs --ipv6-address and --dhcp6-pool).
+    #[arg(long, requires = "ipv6_address")]
+    pub ipv6_only: bool,
+    /// NATS URL prospectors booted over IPv6 must use (default nats://[{ipv6-address}]:4222).
+    #[arg(long, value_name = "URL")]
+    pub prospector_nats6: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -194,6 +201,10 @@ impl Flags {
         over!(self.https_port, raw.https_port);
         over!(self.ipv6_address, raw.ipv6_address);
         over!(self.dhcp6_pool, raw.dhcp6_pool);
+        over!(self.prospector_nats6, raw.prospector_nats6);
+        if self.ipv6_only {
+            raw.ipv6_only = Some(true);
+        }
         if self.proxy_dhcp {
             over!(value_name(&DhcpMode::Proxy), raw.dhcp.mode);
         }

@@ -118,6 +118,8 @@ pub struct EdgeConfig {
     /// DHCPv6 (and TFTP and HTTP over IPv6), when `ipv6_address` and `dhcp6_pool` are
     /// set. Its server DUID is made from the interface's MAC when the agent binds.
     pub dhcp6: Option<crate::dhcp6::Dhcp6Settings>,
+    /// The NATS URL prospectors booted over IPv6 are told to use; set with `dhcp6`.
+    pub prospector_nats6: Option<NatsUrl>,
 }
 
 /// The edge's HTTPS server: same routes as HTTP, the site's certificate.
@@ -141,6 +143,17 @@ impl EdgeConfig {
     /// `http://ip` (or `http://ip:port`): the base of every URL handed to clients.
     pub fn http_base(&self) -> String {
         http_base(self.server_ip(), self.http_port)
+    }
+
+    /// `http://[ipv6]` (or with `:port`): the base of URLs handed to clients that ask
+    /// over IPv6; `None` without DHCPv6.
+    pub fn http_base6(&self) -> Option<String> {
+        self.dhcp6.as_ref().map(|d| d.http_base().to_owned())
+    }
+
+    /// Whether the edge serves no DHCPv4 (an IPv6-only provisioning link).
+    pub fn ipv6_only(&self) -> bool {
+        self.dhcp6.as_ref().is_some_and(|d| d.ipv6_only)
     }
 
     /// `state_dir/intents.json`: the last copy of this site's boot intents.

@@ -684,3 +684,70 @@ fn dhcp6_needs_both_settings_and_says_what_is_wrong() {
     ])
     .is_err());
 }
+
+#[test]
+fn ipv6_only_sites_need_dhcp6_and_prospectors_get_an_ipv6_nats_url() {
+    let with = |extra: &str| format!("{extra}\n{GOOD}");
+    let v6 = "ipv6_address = \"fd77::1\"\ndhcp6_pool = \"fd77::100-fd77::1ff\"";
+    // Dual stack: DHCPv4 stays, prospectors asking over IPv6 get the edge's IPv6 NATS URL.
+    let c = EdgeConfig::from_toml_str("edge.toml", &with(v6)).unwrap();
+    assert!(!c.ipv6_only());
+    assert_eq!(c.http_base6().as_deref(), Some("http://[fd77::1]"));
+    assert_eq!(
+        c.prospector_nats6.as_ref().map(|u| u.as_str()),
+        Some("nats://[fd77::1]:4222")
+    );
+    let c = EdgeConfig::from_toml_str(
+        "edge.toml",
+        &with(&format!(
+            "{v6}\nipv6_only = true\nprospector_nats6 = \"nats://[fd77::4]:4333\""
+        )),
+    )
+    .unwrap();
+    assert!(c.ipv6_only());
+    assert_eq!(
+        c.prospector_nats6.as_ref().map(|u| u.as_str()),
+        Some("nats://[fd77::4]:4333")
+    );
+    assert_eq!(
+        err_of(&with("ipv6_only = true")),
+        "edge.toml: ipv6_only: needs ipv6_address and dhcp6_pool (DHCPv6 is the only DHCP then)"
+    );
+    assert_eq!(
+        err_of(&with("prospector_nats6 = \"nats://[fd77::4]:4222\"")),
+        "edge.toml: prospector_nats6: needs ipv6_address and dhcp6_pool (nothing boots over IPv6 without them)"
+    );
+    assert_eq!(
+        err_of(&with(&format!(
+            "{v6}\nprospector_nats6 = \"[fd77::4]:4222\""
+        ))),
+        "edge.toml: prospector_nats6: \"[fd77::4]:4222\" is not a NATS URL (nats://host:port)"
+    );
+    // No DHCPv4 pool is needed when no DHCPv4 is served.
+    let nopool = "interface = \"br0\"\naddress = \"10.77.0.1/24\"\nimages = \"/i\"\n";
+    assert!(
+        EdgeConfig::from_toml_str("edge.toml", &format!("{nopool}{v6}\nipv6_only = true"))
+            .unwrap()
+            .ipv6_only()
+    );
+    // The flag needs --ipv6-address; with it, the config says IPv6-only.
+    assert!(
+        Flags::try_parse_from(["substruct-edge", "--interface", "br0", "--ipv6-only"]).is_err()
+    );
+    let flags = Flags::try_parse_from([
+        "substruct-edge",
+        "--interface",
+        "br0",
+        "--address",
+        "10.77.0.1/24",
+        "--images",
+        "/srv/images",
+        "--ipv6-address",
+        "fd77::1",
+        "--dhcp6-pool",
+        "fd77::100-fd77::1ff",
+        "--ipv6-only",
+    ])
+    .unwrap();
+    assert!(flags.into_config().unwrap().ipv6_only());
+}

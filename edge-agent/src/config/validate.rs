@@ -54,15 +54,48 @@ impl TryFrom<Sourced> for EdgeConfig {
             address,
             http_base: http_base(address.addr(), http_port),
             http_boot_base: https.as_ref().map(|h| https_base(address.addr(), h.port)),
+            no_dhcp4: raw.ipv6_only == Some(true),
         };
         let dhcp = dhcp::settings(&ctx, &raw.dhcp, own)?;
-        let dhcp6 = dhcp6(
+        let mut dhcp6 = dhcp6(
             &ctx,
             raw.ipv6_address,
             raw.dhcp6_pool,
             dhcp.uefi_loader,
             http_port,
         )?;
+        if raw.ipv6_only == Some(true) {
+            match &mut dhcp6 {
+                Some(d) => d.ipv6_only = true,
+                None => {
+                    return Err(ctx.err(
+                        "ipv6_only",
+                        "needs ipv6_address and dhcp6_pool (DHCPv6 is the only DHCP then)",
+                    ))
+                }
+            }
+            if dhcp.mode == crate::dhcp::DhcpMode::Proxy {
+                return Err(ctx.err(
+                    "ipv6_only",
+                    "cannot go with ProxyDHCP (there is no DHCPv4 to stand beside)",
+                ));
+            }
+        }
+        let prospector_nats6 = match (&dhcp6, raw.prospector_nats6) {
+            (None, Some(_)) => {
+                return Err(ctx.err(
+                    "prospector_nats6",
+                    "needs ipv6_address and dhcp6_pool (nothing boots over IPv6 without them)",
+                ))
+            }
+            (None, None) => None,
+            (Some(_), Some(url)) => Some(parse_nats_url(&ctx, "prospector_nats6", url)?),
+            (Some(d), None) => Some(parse_nats_url(
+                &ctx,
+                "prospector_nats6",
+                format!("nats://[{}]:4222", d.address),
+            )?),
+        };
 
         Ok(EdgeConfig {
             site,
@@ -96,6 +129,7 @@ impl TryFrom<Sourced> for EdgeConfig {
             site_key: raw.site_key,
             power: power_settings(&ctx, &raw.power)?,
             dhcp6,
+            prospector_nats6,
         })
     }
 }

@@ -36,6 +36,10 @@ const LEASES: TableDefinition<u64, (u32, u64)> = TableDefinition::new("leases");
 /// expiry in UNIX seconds).
 const LEASES6: TableDefinition<&[u8], (u128, u64)> = TableDefinition::new("leases6");
 
+/// DHCPv6 by address: IPv6 as u128 → (the holder's MAC as in [`LEASES`], expiry). Only
+/// leases whose request showed the MAC; what [`LeaseStore::lease6_at`] reads.
+const HOLDERS6: TableDefinition<u128, (u64, u64)> = TableDefinition::new("leases6_holders");
+
 fn key6(duid: &[u8], iaid: u32) -> Vec<u8> {
     let mut k = iaid.to_be_bytes().to_vec();
     k.extend_from_slice(duid);
@@ -216,6 +220,8 @@ fn open_db(path: &Path) -> Result<Database, (&'static str, Arc<redb::Error>)> {
     txn.open_table(LEASES)
         .map_err(|e| err("create table", e.into()))?;
     txn.open_table(LEASES6)
+        .map_err(|e| err("create table", e.into()))?;
+    txn.open_table(HOLDERS6)
         .map_err(|e| err("create table", e.into()))?;
     txn.commit().map_err(|e| err("commit", e.into()))?;
     Ok(db)
@@ -530,9 +536,32 @@ impl LeaseStore {
                     iaid: u32::from_be_bytes([iaid[0], iaid[1], iaid[2], iaid[3]]),
                     addr: std::net::Ipv6Addr::from(addr),
                     expires,
+                    mac: None,
                 });
             }
             Ok(out)
+        })
+    }
+
+    /// The MAC the DHCPv6 lease of `addr` was given to and the lease's expiry (possibly
+    /// past), when the request showed a MAC. Read-only and non-blocking on failure, like
+    /// [`LeaseStore::lease_of`].
+    pub fn lease6_at(
+        &self,
+        addr: std::net::Ipv6Addr,
+    ) -> Result<Option<(Mac, u64)>, LeaseStoreError> {
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(|e| self.err("begin read", e))?;
+            let table = txn
+                .open_table(HOLDERS6)
+                .map_err(|e| self.err("open table", e))?;
+            let row = table
+                .get(u128::from(addr))
+                .map_err(|e| self.err("read row", e))?;
+            Ok(row.map(|v| {
+                let (mac, expires) = v.value();
+                (key_mac(mac), expires)
+            }))
         })
     }
 
@@ -550,20 +579,34 @@ impl LeaseStore {
                 let mut table = txn
                     .open_table(LEASES6)
                     .map_err(|e| self.err("open table", e))?;
+                let mut holders = txn
+                    .open_table(HOLDERS6)
+                    .map_err(|e| self.err("open table", e))?;
                 for c in changes {
                     match c {
                         Lease6Change::Grant(l) => {
+                            let addr = u128::from(l.addr);
                             table
-                                .insert(
-                                    key6(&l.duid, l.iaid).as_slice(),
-                                    (u128::from(l.addr), l.expires),
-                                )
+                                .insert(key6(&l.duid, l.iaid).as_slice(), (addr, l.expires))
                                 .map_err(|e| self.err("insert", e))?;
+                            // The address's holder is this lease's MAC, or nobody known:
+                            // never a previous holder's.
+                            match l.mac {
+                                Some(mac) => {
+                                    holders.insert(addr, (mac_key(&mac), l.expires)).map(drop)
+                                }
+                                None => holders.remove(addr).map(drop),
+                            }
+                            .map_err(|e| self.err("insert", e))?;
                         }
                         Lease6Change::Forget { duid, iaid } => {
-                            table
+                            let gone = table
                                 .remove(key6(duid, *iaid).as_slice())
-                                .map_err(|e| self.err("remove", e))?;
+                                .map_err(|e| self.err("remove", e))?
+                                .map(|v| v.value().0);
+                            if let Some(addr) = gone {
+                                holders.remove(addr).map_err(|e| self.err("remove", e))?;
+                            }
                         }
                     }
                 }

@@ -42,6 +42,9 @@ pub struct Dhcp6Settings {
     pub valid_secs: u32,
     /// What UEFI PXE clients are given (as for DHCPv4).
     pub uefi_loader: UefiLoader,
+    /// No DHCPv4 on the link: iPXE gets its script URL over DHCPv6 (else it takes it
+    /// from DHCPv4 and gets an address only here).
+    pub ipv6_only: bool,
     server_duid: Vec<u8>,
     tftp_base: String,
     http_base: String,
@@ -133,6 +136,7 @@ impl Dhcp6Settings {
             preferred_secs,
             valid_secs,
             uefi_loader,
+            ipv6_only: false,
             server_duid,
             tftp_base: format!("tftp://[{address}]"),
             http_base: format!("http://[{address}]{port}"),
@@ -180,6 +184,9 @@ pub struct Lease6 {
     pub iaid: u32,
     pub addr: Ipv6Addr,
     pub expires: UnixSecs,
+    /// The machine's MAC when the request showed it (EUI-64 link-local source, DUID-LL
+    /// or DUID-LLT): the HTTP server binds requests from `addr` to it.
+    pub mac: Option<Mac>,
 }
 
 /// A change to persist before the reply goes out.
@@ -236,6 +243,7 @@ impl Lease6Table {
             iaid,
             addr,
             expires: h.until,
+            mac: None,
         })
     }
 
@@ -369,6 +377,7 @@ impl Lease6Table {
             iaid: key.1,
             addr,
             expires,
+            mac: None,
         }
     }
 
@@ -470,11 +479,13 @@ pub fn boot_url(
         return None;
     }
     let local = matches!(intent, Some(BootIntent::Local { .. }));
-    // iPXE runs DHCPv4 beside DHCPv6 and takes its script URL from DHCPv4: every site
-    // is dual-stack (the edge's IPv4 address is required), and the credential, install
-    // and callback paths bind a machine to its IPv4 lease. An address only, here.
+    // iPXE runs DHCPv4 beside DHCPv6: on a dual-stack link it takes its script URL from
+    // DHCPv4 (an address only, here); on an IPv6-only link from here, as a full URL
+    // (iPXE builds no URL from a bare file name over IPv6).
     if req.is_ipxe() {
-        return None;
+        return settings
+            .ipv6_only
+            .then(|| (format!("{}/boot.ipxe", settings.http_base), false));
     }
     if req.is_http_client() {
         let file = if local { LOCAL_BOOT_FILE } else { "ipxe.efi" };
@@ -581,8 +592,9 @@ pub fn decide(
                     (extended, status::NO_BINDING, "no such lease here")
                 };
                 ias.push(match lease {
-                    Some(l) => {
+                    Some(mut l) => {
                         let body = with_addr(ia, l.addr);
+                        l.mac = req.mac();
                         changes.push(Lease6Change::Grant(l));
                         body
                     }

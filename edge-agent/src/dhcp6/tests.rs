@@ -185,6 +185,7 @@ fn ovmf_pxe_four_messages_get_an_address_and_ipxe_efi_by_tftp() {
             iaid: 0x1234,
             addr: offered,
             expires: NOW + 1 + 3600,
+            mac: Some(MAC),
         })]
     );
     assert_eq!(d.mac, Some(MAC));
@@ -205,6 +206,7 @@ fn ovmf_pxe_four_messages_get_an_address_and_ipxe_efi_by_tftp() {
         iaid: 0x1234,
         addr: offered,
         expires: NOW + 3601,
+        mac: None,
     }]);
     let after = reply(&decide_raw(
         &ovmf(msg::SOLICIT, None, None),
@@ -301,6 +303,38 @@ fn the_boot_url_follows_the_intent_and_the_client() {
     let r = reply(&decide_raw(&ipxe, src(), &s, &mut t, |_| None, NOW));
     assert_eq!(get(&r, opt::BOOTFILE_URL), None);
     assert!(ia_addr(&r).is_ok());
+    // On an IPv6-only site iPXE gets the script's full URL here, whatever the intent
+    // (the script says what to do), except "no boot file".
+    let mut only6 = settings();
+    only6.ipv6_only = true;
+    for intent in [None, Some(local.clone())] {
+        let r = reply(&decide_raw(
+            &ipxe,
+            src(),
+            &only6,
+            &mut t,
+            |_| intent.clone(),
+            NOW,
+        ));
+        assert_eq!(
+            get(&r, opt::BOOTFILE_URL).unwrap(),
+            b"http://[fd77::1]/boot.ipxe"
+        );
+        // Not a UEFI HTTP-boot client: no vendor class echoed.
+        assert_eq!(get(&r, opt::VENDOR_CLASS), None);
+    }
+    let none = BootIntent::Local {
+        way: LocalBootWay::NoBootFile,
+    };
+    let r = reply(&decide_raw(
+        &ipxe,
+        src(),
+        &only6,
+        &mut t,
+        |_| Some(none.clone()),
+        NOW,
+    ));
+    assert_eq!(get(&r, opt::BOOTFILE_URL), None);
 
     // A Secure Boot site: shim.
     let mut sb = settings();

@@ -5,8 +5,13 @@
 //! shows at the request's source address. A request from any other address is not bound
 //! (see [`super`] for what it gets instead). An attacker on the same segment who spoofs
 //! both the MAC and the address still passes: that is the limit of PXE.
+//!
+//! Over IPv6 (server mode), the address the edge's DHCPv6 leased to the MAC (the lease
+//! records the MAC its request showed), and on an IPv6-only site also the MAC's EUI-64
+//! address in the site's /64: the live OS configures that one itself from the edge's
+//! router advertisement (SLAAC), as the kernel does by default.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,8 +28,11 @@ pub enum Binding {
     /// Nothing is bound: no request gets a credential, an install file or a callback.
     #[default]
     Nobody,
-    /// Server mode: the unexpired lease of the MAC is the source address.
+    /// Server mode: the unexpired lease (DHCPv4 or DHCPv6) of the MAC is the source address.
     Leases(LeaseStore),
+    /// Server mode on an IPv6-only site: as `Leases`, and the MAC's EUI-64 address in
+    /// the /64 of `link` (the prefix the edge advertises for SLAAC) is bound too.
+    LeasesSlaac { store: LeaseStore, link: Ipv6Addr },
     /// ProxyDHCP mode: a complete entry of the neighbour table at this path (normally
     /// [`PROC_NET_ARP`]) maps the source address to the MAC.
     Neighbours(PathBuf),
@@ -34,21 +42,23 @@ impl Binding {
     /// Whether `peer` is the address bound to `mac` now. Failures to read the lease store
     /// or the neighbour table count as "not bound" (and are logged).
     pub fn holds(&self, peer: IpAddr, mac: &Mac) -> bool {
-        let IpAddr::V4(peer) = peer.to_canonical() else {
-            // Leases and the ARP table are IPv4 only.
-            return false;
+        let peer = match peer.to_canonical() {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => return self.holds6(v6, mac),
         };
         match self {
             Binding::Nobody => false,
-            Binding::Leases(store) => match store.lease_of(mac) {
-                Ok(Some(lease)) => lease.ip == peer && lease.expires > unix_now(),
-                Ok(None) => false,
-                Err(e) => {
-                    tracing::warn!(error = %substruct_runtime::error_chain(&e),
+            Binding::Leases(store) | Binding::LeasesSlaac { store, .. } => {
+                match store.lease_of(mac) {
+                    Ok(Some(lease)) => lease.ip == peer && lease.expires > unix_now(),
+                    Ok(None) => false,
+                    Err(e) => {
+                        tracing::warn!(error = %substruct_runtime::error_chain(&e),
                         "cannot read the lease store; request not bound");
-                    false
+                        false
+                    }
                 }
-            },
+            }
             Binding::Neighbours(path) => match std::fs::read_to_string(path) {
                 Ok(table) => neighbour_has(&table, peer, mac),
                 Err(e) => {
@@ -57,6 +67,28 @@ impl Binding {
                     false
                 }
             },
+        }
+    }
+
+    fn holds6(&self, peer: Ipv6Addr, mac: &Mac) -> bool {
+        let store = match self {
+            // The ARP table is IPv4 only; ProxyDHCP serves no DHCPv6.
+            Binding::Nobody | Binding::Neighbours(_) => return false,
+            Binding::Leases(store) | Binding::LeasesSlaac { store, .. } => store,
+        };
+        if let Binding::LeasesSlaac { link, .. } = self {
+            if is_slaac_of(peer, *link, mac) {
+                return true;
+            }
+        }
+        match store.lease6_at(peer) {
+            Ok(Some((holder, expires))) => holder == *mac && expires > unix_now(),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %substruct_runtime::error_chain(&e),
+                    "cannot read the lease store; request not bound");
+                false
+            }
         }
     }
 
@@ -71,6 +103,14 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Whether `addr` is `mac`'s modified EUI-64 address (RFC 4291 appendix A) in the /64 of
+/// `link`.
+pub fn is_slaac_of(addr: Ipv6Addr, link: Ipv6Addr, mac: &Mac) -> bool {
+    let (a, l) = (addr.octets(), link.octets());
+    let m = mac.0;
+    a[..8] == l[..8] && a[8..] == [m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]
 }
 
 /// `ATF_COM`: the entry is complete (the MAC was learnt, not just asked for).
@@ -128,5 +168,87 @@ garbage
         assert!(n.holds("10.77.0.10".parse().unwrap(), &a));
         assert!(n.holds("::ffff:10.77.0.10".parse().unwrap(), &a));
         assert!(!n.holds("fe80::1".parse().unwrap(), &a));
+    }
+
+    #[test]
+    fn slaac_addresses_bind_only_in_the_sites_64() {
+        let a = Mac::parse("52:54:00:77:60:0a").unwrap();
+        let b = Mac::parse("52:54:00:77:60:0b").unwrap();
+        let link: Ipv6Addr = "fd77::1".parse().unwrap();
+        let ours: Ipv6Addr = "fd77::5054:ff:fe77:600a".parse().unwrap();
+        assert!(is_slaac_of(ours, link, &a));
+        assert!(!is_slaac_of(ours, link, &b));
+        // The same interface id in another /64 (a routed asker) is not bound.
+        assert!(!is_slaac_of(
+            "fd78::5054:ff:fe77:600a".parse().unwrap(),
+            link,
+            &a
+        ));
+        // The universal/local bit must be flipped.
+        assert!(!is_slaac_of(
+            "fd77::5254:ff:fe77:600a".parse().unwrap(),
+            link,
+            &a
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::open(dir.path().join("leases.redb")).unwrap();
+        let slaac = Binding::LeasesSlaac {
+            store: store.clone(),
+            link,
+        };
+        assert!(slaac.holds(IpAddr::V6(ours), &a));
+        assert!(!slaac.holds(IpAddr::V6(ours), &b));
+        // Without SLAAC (a dual-stack site) only DHCPv6 leases bind.
+        assert!(!Binding::Leases(store).holds(IpAddr::V6(ours), &a));
+    }
+
+    #[test]
+    fn dhcpv6_leases_bind_their_mac_until_they_expire_or_end() {
+        use crate::dhcp6::{Lease6, Lease6Change};
+        let a = Mac::parse("52:54:00:77:60:0a").unwrap();
+        let b = Mac::parse("52:54:00:77:60:0b").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::open(dir.path().join("leases.redb")).unwrap();
+        let binding = Binding::Leases(store.clone());
+        let addr: Ipv6Addr = "fd77::105".parse().unwrap();
+        let lease = |mac: Option<Mac>, duid: u8, expires: u64| Lease6 {
+            duid: vec![0, 4, duid],
+            iaid: 7,
+            addr,
+            expires,
+            mac,
+        };
+        let later = unix_now() + 3600;
+        store
+            .apply6(&[Lease6Change::Grant(lease(Some(a), 1, later))])
+            .unwrap();
+        assert!(binding.holds(IpAddr::V6(addr), &a));
+        assert!(!binding.holds(IpAddr::V6(addr), &b));
+        assert!(!binding.holds("fd77::106".parse().unwrap(), &a));
+        // Expired: not bound.
+        store
+            .apply6(&[Lease6Change::Grant(lease(Some(a), 1, 1))])
+            .unwrap();
+        assert!(!binding.holds(IpAddr::V6(addr), &a));
+        // The address passes to a client whose MAC is unknown: the old holder loses it.
+        store
+            .apply6(&[Lease6Change::Grant(lease(Some(a), 1, later))])
+            .unwrap();
+        store
+            .apply6(&[Lease6Change::Grant(lease(None, 2, later))])
+            .unwrap();
+        assert!(!binding.holds(IpAddr::V6(addr), &a));
+        // Released: not bound.
+        store
+            .apply6(&[Lease6Change::Grant(lease(Some(b), 3, later))])
+            .unwrap();
+        assert!(binding.holds(IpAddr::V6(addr), &b));
+        store
+            .apply6(&[Lease6Change::Forget {
+                duid: vec![0, 4, 3],
+                iaid: 7,
+            }])
+            .unwrap();
+        assert!(!binding.holds(IpAddr::V6(addr), &b));
     }
 }

@@ -99,6 +99,13 @@ pub struct HttpSettings {
     pub site: SiteId,
     /// NATS URL for prospectors.
     pub nats_url: String,
+    /// `http://[ipv6]`: the base for askers that come over IPv6 (`None`: no IPv6).
+    pub base6: Option<String>,
+    /// NATS URL for prospectors whose script was asked for over IPv6.
+    pub nats_url6: Option<String>,
+    /// Whether prospectors booted over IPv6 bring their network up with IPv6 only
+    /// (`substruct.net=ipv6`: an IPv6-only site has no DHCPv4 to wait for).
+    pub ipv6_only: bool,
     pub extra_args: Option<String>,
     pub images_dir: PathBuf,
     pub ipxe_dir: PathBuf,
@@ -107,11 +114,30 @@ pub struct HttpSettings {
 }
 
 impl HttpSettings {
+    /// The base URL for `peer`: the IPv6 one for an IPv6 asker when the edge has one.
+    pub fn base_for(&self, peer: IpAddr) -> &str {
+        match (peer.to_canonical(), &self.base6) {
+            (IpAddr::V6(_), Some(b)) => b,
+            _ => &self.base,
+        }
+    }
+
+    /// The prospector's NATS URL for `peer`, like [`HttpSettings::base_for`].
+    pub fn nats_url_for(&self, peer: IpAddr) -> &str {
+        match (peer.to_canonical(), &self.nats_url6) {
+            (IpAddr::V6(_), Some(u)) => u,
+            _ => &self.nats_url,
+        }
+    }
+
     pub fn from_config(config: &EdgeConfig) -> Self {
         Self {
             base: config.http_base(),
             site: config.site.clone(),
             nats_url: config.prospector_nats.to_string(),
+            base6: config.http_base6(),
+            nats_url6: config.prospector_nats6.as_ref().map(ToString::to_string),
+            ipv6_only: config.ipv6_only(),
             extra_args: config.extra_kernel_args.clone(),
             images_dir: config.images_dir.clone(),
             ipxe_dir: config.ipxe_dir.clone(),
@@ -521,15 +547,21 @@ impl HttpState {
                 script without a boot token");
             (None, None)
         };
+        let over_v6 = peer.to_canonical().is_ipv6() && s.base6.is_some();
+        let extra_args = match (&s.extra_args, over_v6 && s.ipv6_only) {
+            (Some(a), true) => Some(format!("substruct.net=ipv6 {a}")),
+            (None, true) => Some("substruct.net=ipv6".to_owned()),
+            (a, false) => a.clone(),
+        };
         let ctx = Box::new(ScriptContext {
-            base: s.base.clone(),
+            base: s.base_for(peer).to_owned(),
             site: s.site.clone(),
-            nats_url: s.nats_url.clone(),
+            nats_url: s.nats_url_for(peer).to_owned(),
             token,
             login_seed,
             mac,
             platform,
-            extra_args: s.extra_args.clone(),
+            extra_args,
         });
         Prepared::Ready { intent, ctx, bound }
     }
@@ -560,21 +592,21 @@ async fn boot_ipxe(
         Err(e) => {
             tracing::warn!(%peer, error = %e, "boot.ipxe: unreadable query; asking the client to retry");
             return script_response(render_retry_script(
-                &s.base,
+                s.base_for(peer.ip()),
                 "substruct: the boot request's query was unreadable; retrying",
             ));
         }
     };
     let Some(raw_mac) = query.get("mac").map(String::as_str) else {
         tracing::debug!(%peer, "boot.ipxe without mac: asking iPXE to identify itself");
-        return script_response(render_identify_script(&s.base));
+        return script_response(render_identify_script(s.base_for(peer.ip())));
     };
     let mac = match Mac::parse(raw_mac.trim()) {
         Ok(m) if m.is_usable() => m,
         _ => {
             tracing::warn!(%peer, mac = raw_mac, "boot.ipxe: missing or invalid mac; asking the client to retry");
             return script_response(render_retry_script(
-                &s.base,
+                s.base_for(peer.ip()),
                 "substruct: the boot request carried no valid MAC address; retrying",
             ));
         }
@@ -588,7 +620,9 @@ async fn boot_ipxe(
     let uuid = query.get("uuid").map(String::as_str).unwrap_or("");
     let (intent, ctx, bound) = match state.prepare_boot(peer.ip(), mac, platform) {
         Prepared::Ready { intent, ctx, bound } => (intent, ctx, bound),
-        Prepared::Retry(message) => return script_response(render_retry_script(&s.base, message)),
+        Prepared::Retry(message) => {
+            return script_response(render_retry_script(s.base_for(peer.ip()), message))
+        }
     };
     let intent = intent.as_ref();
     let kind = intent_kind(intent);
@@ -737,7 +771,7 @@ async fn install_file(
             "install file: unusable content type; sending application/octet-stream");
         HeaderValue::from_static("application/octet-stream")
     });
-    let body = install::substitute_edge(&file.body, &state.inner.settings.base);
+    let body = install::substitute_edge(&file.body, state.inner.settings.base_for(peer.ip()));
     tracing::info!(token = %install::short(&token), file = name, bytes = body.len(), "install file served");
     if method == Method::GET {
         if let Some(callbacks) = &state.inner.callbacks {

@@ -17,6 +17,9 @@ pub struct BootConfig {
     pub seed: Option<String>,
     /// The edge's HTTP base URL (`substruct.edge=`); optional: only image deploys need it.
     pub edge: Option<BaseUrl>,
+    /// `substruct.net=ipv6`: an IPv6-only site; the kernel takes the address from the
+    /// edge's router advertisement and no DHCPv4 is tried.
+    pub ipv6_only: bool,
     pub debug: bool,
 }
 
@@ -40,6 +43,8 @@ pub enum ConfigProblem {
         #[source]
         source: substruct_wire::CredentialError,
     },
+    #[error("bad substruct.net={0}: expected ipv6 or ipv4")]
+    BadNet(String),
     #[error("bad substruct.edge=")]
     BadEdge {
         #[source]
@@ -102,6 +107,14 @@ pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
             }
         },
     };
+    let ipv6_only = match args.net.as_deref() {
+        None | Some("ipv4") => false,
+        Some("ipv6") => true,
+        Some(other) => {
+            problems.push(ConfigProblem::BadNet(other.to_owned()));
+            false
+        }
+    };
     match (site, nats_url) {
         (Some(site), Some(nats_url)) if problems.is_empty() => Ok(BootConfig {
             site,
@@ -109,6 +122,7 @@ pub fn validate(args: &KernelArgs) -> Result<BootConfig, Vec<ConfigProblem>> {
             token,
             seed: args.seed.clone(),
             edge,
+            ipv6_only,
             debug: args.debug,
         }),
         _ => Err(problems),
@@ -126,6 +140,7 @@ mod tests {
             token: token.map(str::to_owned),
             seed: None,
             edge: None,
+            net: None,
             debug: false,
         }
     }
@@ -158,6 +173,30 @@ mod tests {
         assert_eq!(
             console_chain(&problems[0]),
             "bad substruct.edge=: bad URL \"https://10.77.0.1\": only http:// is supported"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_only_site_is_named_on_the_command_line() {
+        let base = || args(Some("s1"), Some("nats://[fd77::1]:4222"), None);
+        assert!(!validate(&base()).unwrap().ipv6_only);
+        let v6 = KernelArgs {
+            net: Some("ipv6".into()),
+            edge: Some("http://[fd77::1]".into()),
+            ..base()
+        };
+        let cfg = validate(&v6).unwrap();
+        assert!(cfg.ipv6_only);
+        assert_eq!(cfg.nats_url.as_str(), "nats://[fd77::1]:4222");
+        assert_eq!(cfg.edge.unwrap().host(), "fd77::1");
+        let bad = KernelArgs {
+            net: Some("slaac".into()),
+            ..base()
+        };
+        let problems = validate(&bad).unwrap_err();
+        assert_eq!(
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["bad substruct.net=slaac: expected ipv6 or ipv4"]
         );
     }
 

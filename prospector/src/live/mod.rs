@@ -144,6 +144,19 @@ async fn live() -> Never {
             .as_ref()
             .map_or_else(|| "-".to_owned(), ToString::to_string)
     ));
+    if cfg.ipv6_only {
+        let up = net::bring_up_v6().await;
+        console::line(&format!(
+            "{} if={} ip={}/{} mac={} router=-",
+            console::MARKER_NET_UP,
+            up.nic.name,
+            up.ip,
+            up.prefix,
+            up.nic.mac,
+        ));
+        let cancel = CancellationToken::new();
+        return report_and_obey(&cfg, &cancel).await;
+    }
     let up = net::bring_up().await;
     console::line(&format!(
         "{} if={} ip={}/{} mac={} router={}",

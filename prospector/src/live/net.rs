@@ -1,7 +1,9 @@
 //! The network I/O shell: finds NICs in sysfs, sets links up and configures addresses
 //! over rtnetlink, and runs the [`super::dhcp`] core over a UDP socket bound to one NIC.
+//! On an IPv6-only site ([`bring_up_v6`]) the kernel configures the address itself from
+//! the edge's router advertisement (SLAAC); this only waits for it.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,11 @@ const SYS_CLASS_NET: &str = "/sys/class/net";
 const NIC_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for link carrier after setting the links up.
 const CARRIER_WAIT: Duration = Duration::from_secs(6);
+/// How long to wait for a SLAAC address (router solicitation, advertisement, duplicate
+/// address detection: about a second on a healthy link) before trying again.
+const SLAAC_WAIT: Duration = Duration::from_secs(20);
+/// The kernel's table of IPv6 addresses.
+const PROC_IF_INET6: &str = "/proc/net/if_inet6";
 /// DISCOVER retransmission timeouts, then REQUEST ones.
 const DISCOVER_TIMEOUTS: [u64; 4] = [1, 2, 3, 4];
 const REQUEST_TIMEOUTS: [u64; 3] = [2, 2, 3];
@@ -407,6 +414,124 @@ async fn try_once() -> Result<NetUp, String> {
 }
 
 async fn try_with(handle: &Handle) -> Result<NetUp, String> {
+    let with_carrier = links_up(handle).await?;
+    let mut why = Vec::new();
+    for nic in &with_carrier {
+        console::step(&format!("DHCP on {} ({})", nic.name, nic.mac));
+        let lease = match dhcp_lease(nic).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                let text = console::chain(&e);
+                console::step(&text);
+                why.push(text);
+                continue;
+            }
+        };
+        match configure(handle, nic, &lease).await {
+            Ok(()) => {
+                return Ok(NetUp {
+                    nic: nic.clone(),
+                    lease,
+                })
+            }
+            Err(e) => why.push(console::chain(&e)),
+        }
+    }
+    Err(why.join("; "))
+}
+
+/// The interface with a global IPv6 address, and the address.
+#[derive(Debug, Clone)]
+pub struct NetUp6 {
+    pub nic: Nic,
+    pub ip: Ipv6Addr,
+    pub prefix: u8,
+}
+
+/// Brings the network up on an IPv6-only site: sets the links up and waits for the
+/// kernel to configure a global address by SLAAC on a NIC with carrier (the boot NIC
+/// first). Retries forever with backoff, saying why. The kernel keeps the address.
+pub async fn bring_up_v6() -> NetUp6 {
+    let mut round: u32 = 0;
+    loop {
+        let result = match rtnetlink::new_connection() {
+            Ok((conn, handle, _)) => {
+                let task = tokio::spawn(conn);
+                let r = try_v6(&handle).await;
+                task.abort();
+                r
+            }
+            Err(e) => Err(console::chain(&NetError::Netlink(e))),
+        };
+        match result {
+            Ok(up) => return up,
+            Err(why) => {
+                let wait = dhcp::backoff_secs(round);
+                console::error(&format!("network: {why}; retrying in {wait} s"));
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                round = round.saturating_add(1);
+            }
+        }
+    }
+}
+
+async fn try_v6(handle: &Handle) -> Result<NetUp6, String> {
+    let with_carrier = links_up(handle).await?;
+    let names: Vec<&str> = with_carrier.iter().map(|n| n.name.as_str()).collect();
+    console::step(&format!(
+        "IPv6 only: waiting for an address from the router advertisement on {}",
+        names.join(" ")
+    ));
+    let started = Instant::now();
+    loop {
+        let table = std::fs::read_to_string(PROC_IF_INET6).unwrap_or_default();
+        // The boot NIC comes first in `with_carrier`.
+        for nic in &with_carrier {
+            if let Some((ip, prefix)) = global_address(&table, &nic.name) {
+                return Ok(NetUp6 {
+                    nic: nic.clone(),
+                    ip,
+                    prefix,
+                });
+            }
+        }
+        if started.elapsed() >= SLAAC_WAIT {
+            return Err(format!(
+                "no global IPv6 address on {} after {SLAAC_WAIT:?} (no router advertisement \
+                 with an autonomous prefix?)",
+                names.join(" ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first usable global address of interface `name` in a `/proc/net/if_inet6` text
+/// (`address ifindex prefixlen scope flags name`, hex): scope global, past duplicate
+/// address detection (not tentative, DAD not failed).
+pub fn global_address(table: &str, name: &str) -> Option<(Ipv6Addr, u8)> {
+    const SCOPE_GLOBAL: u8 = 0x00;
+    const IFA_F_DADFAILED: u32 = 0x08;
+    const IFA_F_TENTATIVE: u32 = 0x40;
+    table.lines().find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let [addr, _index, prefix, scope, flags, ifname] = cols.as_slice() else {
+            return None;
+        };
+        if *ifname != name || addr.len() != 32 {
+            return None;
+        }
+        let bits = u128::from_str_radix(addr, 16).ok()?;
+        let prefix = u8::from_str_radix(prefix, 16).ok()?;
+        let scope = u8::from_str_radix(scope, 16).ok()?;
+        let flags = u32::from_str_radix(flags, 16).ok()?;
+        (scope == SCOPE_GLOBAL && flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED) == 0)
+            .then_some((Ipv6Addr::from(bits), prefix))
+    })
+}
+
+/// Sets lo and every NIC up and returns the NICs with carrier, the boot NIC first.
+async fn links_up(handle: &Handle) -> Result<Vec<Nic>, String> {
     let nics = wait_for_nics().await;
     if nics.is_empty() {
         return Err(format!(
@@ -454,33 +579,11 @@ async fn try_with(handle: &Handle) -> Result<NetUp, String> {
             names.join(" ")
         ));
     }
-    let mut with_carrier = with_carrier;
+    let mut with_carrier: Vec<Nic> = with_carrier.into_iter().cloned().collect();
     if let Some(boot_mac) = boot_mac {
         with_carrier.sort_by_key(|n| n.mac != boot_mac);
     }
-    let mut why = Vec::new();
-    for nic in with_carrier {
-        console::step(&format!("DHCP on {} ({})", nic.name, nic.mac));
-        let lease = match dhcp_lease(nic).await {
-            Ok(lease) => lease,
-            Err(e) => {
-                let text = console::chain(&e);
-                console::step(&text);
-                why.push(text);
-                continue;
-            }
-        };
-        match configure(handle, nic, &lease).await {
-            Ok(()) => {
-                return Ok(NetUp {
-                    nic: nic.clone(),
-                    lease,
-                })
-            }
-            Err(e) => why.push(console::chain(&e)),
-        }
-    }
-    Err(why.join("; "))
+    Ok(with_carrier)
 }
 
 /// The MAC of `BOOTIF=01-aa-bb-cc-dd-ee-ff` (the pxelinux convention) on a kernel
@@ -519,6 +622,33 @@ mod tests {
         assert_eq!(nics[0].index, 2);
         assert_eq!(nics[0].mac.to_string(), "52:54:00:00:00:01");
         assert!(list_nics(&tmp.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn global_addresses_come_from_if_inet6_once_past_dad() {
+        let table = "\
+00000000000000000000000000000001 01 80 10 80       lo
+fe80000000000000505400fffe77600a 02 40 20 80     eth0
+fd77000000000000505400fffe77600a 02 40 00 40     eth0
+fd77000000000000505400fffe77600b 03 40 00 00     eth1
+garbage line
+";
+        // eth0's global address is still tentative; its link-local one is not global.
+        assert_eq!(global_address(table, "eth0"), None);
+        assert_eq!(
+            global_address(table, "eth1"),
+            Some(("fd77::5054:ff:fe77:600b".parse().unwrap(), 64))
+        );
+        let done = table.replace(" 00 40     eth0", " 00 00     eth0");
+        assert_eq!(
+            global_address(&done, "eth0"),
+            Some(("fd77::5054:ff:fe77:600a".parse().unwrap(), 64))
+        );
+        // DAD failed: not usable.
+        let failed = table.replace(" 00 40     eth0", " 00 08     eth0");
+        assert_eq!(global_address(&failed, "eth0"), None);
+        assert_eq!(global_address("", "eth0"), None);
+        assert_eq!(global_address(table, "lo"), None);
     }
 
     #[test]

@@ -776,6 +776,9 @@ pub struct LeafOptions<'a> {
     pub site_key: Option<PathBuf>,
     /// The client port (default: one the server picks).
     pub port: Option<u16>,
+    /// Listen for clients on this address instead of `ip` (e.g. `::`, every address of
+    /// the namespace, so prospectors reach it over IPv6 too); clients still get `ip`.
+    pub listen_ip: Option<IpAddr>,
 }
 
 impl<'a> LeafOptions<'a> {
@@ -802,6 +805,12 @@ impl<'a> LeafOptions<'a> {
     /// Listen for clients on `port`.
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// Listen for clients on `ip` (see [`LeafOptions::listen_ip`]).
+    pub fn listen_on(mut self, ip: IpAddr) -> Self {
+        self.listen_ip = Some(ip);
         self
     }
 }
@@ -859,7 +868,7 @@ impl Leaf {
         std::fs::write(&auth_file, trust.config()).context("writing leaf-auth.conf")?;
         let auth_arg = path_str(&auth_file)?.to_owned();
         let render = |port: &str| -> Result<()> {
-            let listen = format!("{}:{port}", quote_host(ip));
+            let listen = format!("{}:{port}", quote_host(opts.listen_ip.unwrap_or(ip)));
             let mut args = vec![
                 site,
                 "--password",

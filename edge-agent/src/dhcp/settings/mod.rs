@@ -140,6 +140,8 @@ pub struct DhcpConfig {
     /// instead of `http_base` (the edge serves HTTPS). iPXE keeps `http_base`: Debian's
     /// iPXE has no TLS.
     pub http_boot_base: Option<String>,
+    /// An IPv6-only site: the edge serves no DHCPv4, so no pool is needed.
+    pub no_dhcp4: bool,
 }
 
 impl DhcpConfig {
@@ -154,6 +156,7 @@ impl DhcpConfig {
             uefi_loader: UefiLoader::default(),
             http_base: http_base.into(),
             http_boot_base: None,
+            no_dhcp4: false,
         }
     }
 }

@@ -127,7 +127,7 @@ fn validate_subnet(c: &DhcpConfig, i: usize, s: &Subnet) -> Result<(), SettingsE
 /// The server's own address, the pools as a whole and the boot URL base.
 fn validate_server(c: &DhcpConfig) -> Result<(), SettingsError> {
     let sip = c.server_ip;
-    if c.mode == DhcpMode::Server && c.subnets.iter().all(|s| s.pools.is_empty()) {
+    if c.mode == DhcpMode::Server && !c.no_dhcp4 && c.subnets.iter().all(|s| s.pools.is_empty()) {
         return Err(SettingsError::NoPool);
     }
     if sip.is_unspecified() || sip.is_broadcast() || sip.is_multicast() {
