@@ -1,7 +1,9 @@
-//! PXE over IPv6: OVMF with its IPv4 PXE client off boots through the edge's DHCPv6
-//! (a stateful address and the boot file URL `tftp://[fd77::1]/ipxe.efi`) and TFTP
-//! over IPv6; iPXE then runs on the dual-stack site (its script from DHCPv4) and the
-//! prospector reaches the inventory. Prints the time of each step from power-on.
+//! IPv6 netboot in QEMU. A dual-stack site: OVMF with its IPv4 PXE client off boots
+//! through the edge's DHCPv6 (a stateful address and the boot file URL
+//! `tftp://[fd77::1]/ipxe.efi`) and TFTP over IPv6; iPXE then runs on the dual-stack site
+//! (its script from DHCPv4) and the prospector reaches the inventory. An IPv6-only site:
+//! PXE and UEFI HTTP boot over IPv6 all the way to a report over IPv6. Prints the time
+//! of each step from power-on.
 
 use std::time::Duration;
 
@@ -85,13 +87,19 @@ fn flow(site: &mut Site) -> Result<()> {
 }
 
 const MAC_V6ONLY: &str = "52:54:00:77:60:0b";
+const MAC_HTTP6: &str = "52:54:00:77:60:0c";
 
-/// An IPv6-only site: the edge serves no DHCPv4. OVMF boots iPXE by PXE over IPv6; iPXE
-/// takes its script URL from DHCPv6 (`http://[fd77::1]/boot.ipxe`), fetches the script,
-/// kernel and initrd over HTTP/IPv6; the prospector takes its address by SLAAC from the
-/// edge's router advertisement and reports to the leaf node over IPv6.
+/// An IPv6-only site: the edge serves no DHCPv4. Two machines boot at once (one VM slot:
+/// the second spends its first minute waiting out its firmware's DHCPv4):
+/// * PXE over IPv6: OVMF boots iPXE by TFTP over IPv6; iPXE takes its script URL from
+///   DHCPv6 (`http://[fd77::1]/boot.ipxe`), fetches the script, kernel and initrd over
+///   HTTP/IPv6; the prospector takes its address by SLAAC from the edge's router
+///   advertisement and reports to the leaf node over IPv6;
+/// * UEFI HTTP boot over IPv6: OVMF's HTTP boot client (its PXE clients off) gets
+///   `http://[fd77::1]/ipxe.efi` and vendor class `HTTPClient` from DHCPv6 once its
+///   HTTP boot over IPv4 has found no DHCPv4 server, and goes on the same way.
 #[test]
-fn an_ipv6_only_site_boots_and_reports_over_ipv6() -> Result<()> {
+fn an_ipv6_only_site_boots_by_pxe_and_http_and_reports_over_ipv6() -> Result<()> {
     if !system_test(&[
         Need::Netns,
         Need::Tun,
@@ -117,36 +125,49 @@ fn an_ipv6_only_site_boots_and_reports_over_ipv6() -> Result<()> {
     result
 }
 
-fn flow_v6only(site: &mut Site) -> Result<()> {
+fn vm_on(site: &mut Site, name: &str, firmware: Firmware, mac: &str) -> Result<Vm> {
     let tap = site.new_tap()?;
-    let mut spec = VmSpec::new("v6only", Firmware::Uefi);
+    let mut spec = VmSpec::new(name, firmware);
     spec.ipv4_pxe = false;
     spec.nics.push(NicSpec {
         link: NicLink::Tap(tap),
-        mac: MAC_V6ONLY.into(),
+        mac: mac.into(),
         model: "virtio-net-pci".into(),
     });
-    let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
-    for (label, needle) in [
-        ("OVMF: PXE over IPv6", "Start PXE over IPv6"),
-        ("iPXE running (loaded over TFTP/IPv6)", "iPXE initialising"),
-        ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
-        ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
-    ] {
+    Vm::start(&site.ns, &spec, site.dir.path())
+}
+
+fn milestones(vm: &mut Vm, steps: &[(&str, &str)]) -> Result<String> {
+    for (label, needle) in steps {
         let t = match vm.wait_for_serial(needle, Duration::from_secs(300)) {
             Ok(t) => t,
             Err(e) => {
                 let serial = std::fs::read_to_string(&vm.log).unwrap_or_default();
                 eprintln!(
-                    "----- VM serial -----\n{}",
+                    "----- VM {} serial -----\n{}",
+                    vm.name,
                     substruct_testkit::qemu::tail(&serial, 60)
                 );
                 return Err(e);
             }
         };
-        println!("{label:<40} {:>7.1} s", t.as_secs_f64());
+        println!("{:<8} {label:<40} {:>7.1} s", vm.name, t.as_secs_f64());
     }
-    let serial = std::fs::read_to_string(&vm.log)?;
+    Ok(std::fs::read_to_string(&vm.log)?)
+}
+
+fn flow_v6only(site: &mut Site) -> Result<()> {
+    let mut pxe = vm_on(site, "pxe6", Firmware::Uefi, MAC_V6ONLY)?;
+    let mut http = vm_on(site, "http6", Firmware::UefiHttp, MAC_HTTP6)?;
+    let serial = milestones(
+        &mut pxe,
+        &[
+            ("OVMF: PXE over IPv6", "Start PXE over IPv6"),
+            ("iPXE running (loaded over TFTP/IPv6)", "iPXE initialising"),
+            ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
+            ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
+        ],
+    )?;
     // The prospector's address is the SLAAC one in the site's /64, from its EUI-64.
     let net_up = serial
         .lines()
@@ -167,7 +188,8 @@ fn flow_v6only(site: &mut Site) -> Result<()> {
         .find(|l| l.contains("boot.ipxe") && l.contains(MAC_V6ONLY) && l.contains("intent"))
         .context("the edge logged no boot script for the machine")?;
     ensure!(
-        script.contains("peer=[fd77::1") && script.contains("bound=true"), // pool fd77::100-1ff
+        // The pool is fd77::100-fd77::1ff.
+        script.contains("peer=[fd77::1") && script.contains("bound=true"),
         "the script was not asked for over IPv6 from the leased address: {script}"
     );
     // (The prospector prints what its command line gave it.)
@@ -193,6 +215,35 @@ fn flow_v6only(site: &mut Site) -> Result<()> {
         "the edge served DHCPv4 on an IPv6-only site"
     );
     let m = site.wait_state(MAC_V6ONLY, "discovered", Duration::from_secs(30))?;
+    println!("in the inventory: {} ({})", m["id"], m["state"]);
+
+    let serial = milestones(
+        &mut http,
+        &[
+            ("OVMF: HTTP boot over IPv6", "Start HTTP Boot over IPv6"),
+            ("iPXE running (loaded over HTTP/IPv6)", "iPXE initialising"),
+            ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
+            ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
+        ],
+    )?;
+    let before_ipxe = serial
+        .split_once("iPXE initialising")
+        .map(|(b, _)| b)
+        .context("iPXE line vanished")?;
+    ensure!(
+        !before_ipxe.contains("Start PXE"),
+        "the HTTP boot machine tried PXE"
+    );
+    // iPXE came over HTTP: the only TFTP transfer is the PXE machine's.
+    let edge_log = substruct_testkit::qemu::strip_ansi(&std::fs::read_to_string(
+        site.dir.path().join("edge.log"),
+    )?);
+    let tftp = edge_log.matches("TFTP transfer complete").count();
+    ensure!(
+        tftp == 1,
+        "{tftp} TFTP transfers: the HTTP boot machine used TFTP"
+    );
+    let m = site.wait_state(MAC_HTTP6, "discovered", Duration::from_secs(30))?;
     println!("in the inventory: {} ({})", m["id"], m["state"]);
     Ok(())
 }
