@@ -407,15 +407,23 @@ impl Bound {
 
         if let Some(v6) = self.v6 {
             let (c, tx) = (inner.clone(), fail_tx.clone());
-            let (settings, intents, leases) = (
+            let (settings, intents, leases, metrics) = (
                 v6.settings.clone(),
                 self.intents.clone(),
                 self.dhcp.2.clone(),
+                self.metrics.clone(),
             );
             let socket = v6.dhcp;
             tracker.spawn(async move {
-                if let Err(e) =
-                    crate::dhcp6::serve6(settings, socket, intents, leases, c.clone()).await
+                if let Err(e) = crate::dhcp6::serve6_with_metrics(
+                    settings,
+                    socket,
+                    intents,
+                    leases,
+                    metrics,
+                    c.clone(),
+                )
+                .await
                 {
                     let _ = tx.send(AgentError::Dhcp(e)).await;
                     c.cancel();

@@ -107,6 +107,53 @@ label_enum! {
 }
 
 label_enum! {
+    /// The message type of a received DHCPv6 packet (by its first byte).
+    Dhcp6Message {
+        Solicit => "solicit",
+        Request => "request",
+        Confirm => "confirm",
+        Renew => "renew",
+        Rebind => "rebind",
+        Release => "release",
+        Decline => "decline",
+        InformationRequest => "information_request",
+        /// A server's or relay's type, an unknown one, or an empty packet.
+        Other => "other",
+    }
+}
+
+impl Dhcp6Message {
+    /// The label of a packet whose first byte is `t` (RFC 8415 message types).
+    pub fn of(t: u8) -> Self {
+        match t {
+            1 => Self::Solicit,
+            3 => Self::Request,
+            4 => Self::Confirm,
+            5 => Self::Renew,
+            6 => Self::Rebind,
+            8 => Self::Release,
+            9 => Self::Decline,
+            11 => Self::InformationRequest,
+            _ => Self::Other,
+        }
+    }
+}
+
+label_enum! {
+    /// What the edge did with a received DHCPv6 packet.
+    Dhcp6Result {
+        /// An Advertise or Reply sent.
+        Answered => "answered",
+        /// Dropped: malformed, for another server, relayed, or nothing to answer.
+        Dropped => "dropped",
+        /// Its lease could not be stored, so no reply went out (the client retries).
+        NotStored => "not_stored",
+        /// The reply could not be sent.
+        SendFailed => "send_failed",
+    }
+}
+
+label_enum! {
     /// The type of a DHCP reply sent.
     DhcpReply {
         Offer => "offer",
@@ -230,6 +277,12 @@ label_enum! {
 struct DhcpPacketLabels {
     message_type: DhcpMessage,
     result: DhcpResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Dhcp6PacketLabels {
+    message_type: Dhcp6Message,
+    result: Dhcp6Result,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -388,6 +441,66 @@ impl DhcpMetrics {
             network: subnet,
             leases: self.leases.get_or_create_owned(&labels),
         }
+    }
+}
+
+/// The DHCPv6 server's series.
+#[derive(Debug)]
+pub struct Dhcp6Metrics {
+    /// `[message * Dhcp6Result::ALL.len() + result]`.
+    packets: Box<[Counter]>,
+    leases: Gauge,
+    pool: Gauge,
+}
+
+impl Dhcp6Metrics {
+    fn new(registry: &mut Registry) -> Self {
+        let packets = Family::<Dhcp6PacketLabels, Counter>::default();
+        let mut table = Vec::new();
+        for m in Dhcp6Message::ALL {
+            for r in Dhcp6Result::ALL {
+                table.push(packets.get_or_create_owned(&Dhcp6PacketLabels {
+                    message_type: *m,
+                    result: *r,
+                }));
+            }
+        }
+        registry.register(
+            "dhcp6_packets_received",
+            "DHCPv6 packets received, by message type and what the server did with them",
+            packets,
+        );
+        let leases = Gauge::default();
+        registry.register(
+            "dhcp6_leases_active",
+            "Unexpired DHCPv6 leases (offers not counted)",
+            leases.clone(),
+        );
+        let pool = Gauge::default();
+        registry.register(
+            "dhcp6_pool_addresses",
+            "Addresses in the DHCPv6 pool",
+            pool.clone(),
+        );
+        Self {
+            packets: table.into_boxed_slice(),
+            leases,
+            pool,
+        }
+    }
+
+    /// Counts one received packet.
+    pub fn packet(&self, message: Dhcp6Message, result: Dhcp6Result) {
+        let index = message as usize * Dhcp6Result::ALL.len() + result as usize;
+        if let Some(c) = at(&self.packets, index) {
+            c.inc();
+        }
+    }
+
+    /// Sets the active-lease and pool-size gauges.
+    pub fn set_leases(&self, active: usize, pool_size: u32) {
+        self.leases.set(i64::try_from(active).unwrap_or(i64::MAX));
+        self.pool.set(i64::from(pool_size));
     }
 }
 
@@ -684,6 +797,8 @@ pub struct Metrics {
     registry: Registry,
     /// The DHCP server's series.
     pub dhcp: DhcpMetrics,
+    /// The DHCPv6 server's series (at zero on a site without DHCPv6).
+    pub dhcp6: Dhcp6Metrics,
     /// The TFTP server's series.
     pub tftp: TftpMetrics,
     /// The HTTP server's series.
@@ -707,6 +822,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let dhcp = DhcpMetrics::new(&mut registry);
+        let dhcp6 = Dhcp6Metrics::new(&mut registry);
         let tftp = TftpMetrics::new(&mut registry);
         let http = HttpMetrics::new(&mut registry);
         let cache = CacheMetrics::new(&mut registry);
@@ -732,6 +848,7 @@ impl Metrics {
         Self {
             registry,
             dhcp,
+            dhcp6,
             tftp,
             http,
             cache,
@@ -821,6 +938,26 @@ mod tests {
         assert!(text.contains(r#"substruct_edge_dhcp_leases_active{subnet="10.0.0.0/24"} 2"#));
         assert!(text.contains(r#"substruct_edge_dhcp_leases_active{subnet="10.0.1.0/24"} 1"#));
         assert!(text.contains(r#"substruct_edge_dhcp_pool_addresses{subnet="10.0.1.0/24"} 50"#));
+    }
+
+    #[test]
+    fn dhcp6_packets_and_leases_are_counted() {
+        let m = Metrics::new();
+        m.dhcp6.packet(Dhcp6Message::of(1), Dhcp6Result::Answered);
+        m.dhcp6.packet(Dhcp6Message::of(12), Dhcp6Result::Dropped);
+        m.dhcp6.packet(Dhcp6Message::of(3), Dhcp6Result::NotStored);
+        m.dhcp6.set_leases(3, 256);
+        let text = m.encode().unwrap();
+        for line in [
+            r#"substruct_edge_dhcp6_packets_received_total{message_type="solicit",result="answered"} 1"#,
+            r#"substruct_edge_dhcp6_packets_received_total{message_type="other",result="dropped"} 1"#,
+            r#"substruct_edge_dhcp6_packets_received_total{message_type="request",result="not_stored"} 1"#,
+            r#"substruct_edge_dhcp6_packets_received_total{message_type="renew",result="answered"} 0"#,
+            "substruct_edge_dhcp6_leases_active 3",
+            "substruct_edge_dhcp6_pool_addresses 256",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
     }
 
     #[test]

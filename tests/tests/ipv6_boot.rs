@@ -245,5 +245,35 @@ fn flow_v6only(site: &mut Site) -> Result<()> {
     );
     let m = site.wait_state(MAC_HTTP6, "discovered", Duration::from_secs(30))?;
     println!("in the inventory: {} ({})", m["id"], m["state"]);
+
+    // The edge's /metrics (asked over IPv6) counted the DHCPv6 exchanges and leases:
+    // each firmware and each iPXE solicited and requested; the firmwares release their
+    // leases when they hand over to iPXE, the two iPXEs hold theirs.
+    let metrics = site.ns.exec(
+        "curl",
+        &["-sS", "--max-time", "5", "http://[fd77::1]/metrics"],
+    )?;
+    let value = |series: &str| -> Result<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .with_context(|| format!("no {series} in the edge's metrics"))
+    };
+    let solicits = value(
+        r#"substruct_edge_dhcp6_packets_received_total{message_type="solicit",result="answered"}"#,
+    )?;
+    let requests = value(
+        r#"substruct_edge_dhcp6_packets_received_total{message_type="request",result="answered"}"#,
+    )?;
+    let leases = value("substruct_edge_dhcp6_leases_active")?;
+    println!("edge metrics: {solicits} solicits and {requests} requests answered, {leases} leases active");
+    ensure!(
+        solicits >= 4.0 && requests >= 4.0 && leases >= 2.0,
+        "two firmwares and two iPXEs should each have solicited and requested, the iPXEs leased"
+    );
+    ensure!(
+        value("substruct_edge_dhcp6_pool_addresses")? == 256.0,
+        "the pool gauge is not the pool's size"
+    );
     Ok(())
 }

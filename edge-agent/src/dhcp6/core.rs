@@ -247,6 +247,14 @@ impl Lease6Table {
         })
     }
 
+    /// Unexpired leases (offers not counted), for metrics.
+    pub fn active_leases(&self, now: UnixSecs) -> usize {
+        self.holders
+            .values()
+            .filter(|h| h.lease && h.until > now)
+            .count()
+    }
+
     /// Addresses held (leases and unexpired offers), for metrics and tests.
     pub fn held(&self) -> usize {
         self.holders.len()

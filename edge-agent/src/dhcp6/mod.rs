@@ -22,4 +22,4 @@ pub use self::core::{
     Lease6Change, Lease6Table, Settings6Error,
 };
 pub use packet::{parse, DropReason6, IaNa, Request6};
-pub use server::{bind_socket6, serve6, ALL_DHCP_SERVERS, SERVER_PORT};
+pub use server::{bind_socket6, serve6, serve6_with_metrics, ALL_DHCP_SERVERS, SERVER_PORT};

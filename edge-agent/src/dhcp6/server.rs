@@ -20,6 +20,7 @@ use super::packet::msg;
 use crate::dhcp::store::LeaseStore;
 use crate::dhcp::DhcpError;
 use crate::intents::IntentTable;
+use crate::metrics::{Dhcp6Message, Dhcp6Result, Metrics};
 
 /// All_DHCP_Relay_Agents_and_Servers.
 pub const ALL_DHCP_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
@@ -63,7 +64,7 @@ fn type_label(t: u8) -> &'static str {
 }
 
 /// Serves DHCPv6 on `socket` until `cancel`. The leases stored in `leases` are loaded
-/// first.
+/// first. Counts into metrics of its own; see [`serve6_with_metrics`].
 pub async fn serve6(
     settings: Arc<Dhcp6Settings>,
     socket: UdpSocket,
@@ -71,6 +72,20 @@ pub async fn serve6(
     leases: LeaseStore,
     cancel: CancellationToken,
 ) -> Result<(), DhcpError> {
+    let metrics = Arc::new(Metrics::new());
+    serve6_with_metrics(settings, socket, intents, leases, metrics, cancel).await
+}
+
+/// [`serve6`], counting every packet and the active leases into `metrics.dhcp6`.
+pub async fn serve6_with_metrics(
+    settings: Arc<Dhcp6Settings>,
+    socket: UdpSocket,
+    intents: IntentTable,
+    leases: LeaseStore,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Result<(), DhcpError> {
+    let m = &metrics.dhcp6;
     let loader = leases.clone();
     let stored = tokio::task::spawn_blocking(move || loader.load6())
         .await
@@ -81,6 +96,7 @@ pub async fn serve6(
         .map_err(DhcpError::Store)?;
     let loaded = stored.len();
     let mut table = Lease6Table::from_leases(stored);
+    m.set_leases(table.active_leases(now_secs()), settings.pool_size);
     info!(pool_start = %settings.pool_start, pool_size = settings.pool_size,
         address = %settings.address, leases = loaded, "DHCPv6 server running");
     let mut buf = vec![0u8; 2048];
@@ -98,6 +114,7 @@ pub async fn serve6(
         };
         let packet = &buf[..len];
         let kind = packet.first().copied().unwrap_or(0);
+        let counted = Dhcp6Message::of(kind);
         let d = decide_raw(
             packet,
             from,
@@ -109,6 +126,7 @@ pub async fn serve6(
         let (reply, dest) = match d.action {
             Action6::Drop { reason } => {
                 debug!(%from, message = type_label(kind), %reason, "DHCPv6 dropped");
+                m.packet(counted, Dhcp6Result::Dropped);
                 continue;
             }
             Action6::Reply { packet, dest } => (packet, dest),
@@ -121,18 +139,27 @@ pub async fn serve6(
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     warn!(%from, error = %error_chain(&e), "DHCPv6 lease not stored; no reply (the client retries)");
+                    m.packet(counted, Dhcp6Result::NotStored);
                     continue;
                 }
                 Err(e) => {
                     warn!(%from, error = %e, "DHCPv6 lease store task failed; no reply");
+                    m.packet(counted, Dhcp6Result::NotStored);
                     continue;
                 }
             }
+            m.set_leases(table.active_leases(now_secs()), settings.pool_size);
         }
         match socket.send_to(&reply, SocketAddr::V6(dest)).await {
-            Ok(_) => debug!(%from, message = type_label(kind), mac = ?d.mac,
-                boot_url = d.boot_url.as_deref().unwrap_or(""), "DHCPv6 answered"),
-            Err(e) => warn!(%dest, error = %e, "cannot send a DHCPv6 reply"),
+            Ok(_) => {
+                debug!(%from, message = type_label(kind), mac = ?d.mac,
+                    boot_url = d.boot_url.as_deref().unwrap_or(""), "DHCPv6 answered");
+                m.packet(counted, Dhcp6Result::Answered);
+            }
+            Err(e) => {
+                warn!(%dest, error = %e, "cannot send a DHCPv6 reply");
+                m.packet(counted, Dhcp6Result::SendFailed);
+            }
         }
     }
 }
