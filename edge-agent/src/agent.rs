@@ -99,6 +99,8 @@ struct V6 {
     dhcp: UdpSocket,
     tftp: Option<UdpSocket>,
     http: TcpListener,
+    /// HTTPS on the IPv6 address, when the edge serves HTTPS.
+    https: Option<TcpListener>,
 }
 
 /// The agent with every socket bound, ready to [`run`](Bound::run).
@@ -364,11 +366,23 @@ async fn bind_v6(config: &EdgeConfig, s6: &crate::dhcp6::Dhcp6Settings) -> Resul
     let http = TcpListener::bind(addr)
         .await
         .map_err(|source| AgentError::BindHttp { addr, source })?;
+    let https = match &config.https {
+        Some(h) => {
+            let addr = SocketAddr::new(ip, h.port);
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::BindHttp { addr, source })?,
+            )
+        }
+        None => None,
+    };
     Ok(V6 {
         settings,
         dhcp,
         tftp,
         http,
+        https,
     })
 }
 
@@ -437,6 +451,16 @@ impl Bound {
                     c.cancel();
                 }
             });
+            if let (Some(listener), Some((_, tls))) = (v6.https, self.https.as_ref()) {
+                let (c, tx, state) = (inner.clone(), fail_tx.clone(), self.http_state.clone());
+                let tls = tls.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = http::serve_tls(listener, tls, state, c.clone()).await {
+                        let _ = tx.send(AgentError::Http(e)).await;
+                        c.cancel();
+                    }
+                });
+            }
             if let (Some(socket), Some((_, files, settings))) = (v6.tftp, self.tftp.as_ref()) {
                 let (c, tx) = (inner.clone(), fail_tx.clone());
                 let (files, settings, metrics) =

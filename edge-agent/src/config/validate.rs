@@ -63,7 +63,8 @@ impl TryFrom<Sourced> for EdgeConfig {
             raw.dhcp6_pool,
             dhcp.uefi_loader,
             http_port,
-        )?;
+        )?
+        .map(|d| d.with_https_port(https.as_ref().map(|h| h.port)));
         if raw.ipv6_only == Some(true) {
             match &mut dhcp6 {
                 Some(d) => d.ipv6_only = true,

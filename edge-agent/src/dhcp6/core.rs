@@ -48,6 +48,9 @@ pub struct Dhcp6Settings {
     server_duid: Vec<u8>,
     tftp_base: String,
     http_base: String,
+    /// `https://[address][:port]` when the edge serves HTTPS: UEFI HTTP-boot clients
+    /// are sent there (as over DHCPv4).
+    https_base: Option<String>,
 }
 
 /// Why DHCPv6 settings are refused.
@@ -140,6 +143,7 @@ impl Dhcp6Settings {
             server_duid,
             tftp_base: format!("tftp://[{address}]"),
             http_base: format!("http://[{address}]{port}"),
+            https_base: None,
         })
     }
 
@@ -147,6 +151,15 @@ impl Dhcp6Settings {
     pub fn with_server_mac(mut self, mac: Mac) -> Self {
         self.server_duid = vec![0, 3, 0, 1];
         self.server_duid.extend_from_slice(&mac.0);
+        self
+    }
+
+    /// The same settings sending UEFI HTTP-boot clients to HTTPS on `port` (`None`: HTTP).
+    pub fn with_https_port(mut self, port: Option<u16>) -> Self {
+        self.https_base = port.map(|p| match p {
+            443 => format!("https://[{}]", self.address),
+            p => format!("https://[{}]:{p}", self.address),
+        });
         self
     }
 
@@ -497,7 +510,8 @@ pub fn boot_url(
     }
     if req.is_http_client() {
         let file = if local { LOCAL_BOOT_FILE } else { "ipxe.efi" };
-        return Some((format!("{}/{file}", settings.http_base), true));
+        let base = settings.https_base.as_ref().unwrap_or(&settings.http_base);
+        return Some((format!("{base}/{file}"), true));
     }
     match req.arch {
         Some(6 | 7 | 9) => {
@@ -611,8 +625,17 @@ pub fn decide(
             }
             msg::REPLY
         }
-        msg::RELEASE | msg::DECLINE => {
-            let declined = (req.msg_type == msg::DECLINE).then_some((now, s.pool_size));
+        // A RELEASE is acknowledged but the lease is kept until it ends: UEFI firmware
+        // releases its PXE lease when a loader takes the NIC over (GRUB opens the NIC
+        // exclusively, which stops the firmware's DHCPv6) and the loader goes on using
+        // the address, so it must be neither handed to another machine nor unbound
+        // from this one.
+        msg::RELEASE => {
+            top_status = Some(status_body(status::SUCCESS, "done"));
+            msg::REPLY
+        }
+        msg::DECLINE => {
+            let declined = Some((now, s.pool_size));
             for ia in &req.ia_na {
                 for a in &ia.addrs {
                     if let Some(c) = table.end(&key(ia), *a, declined) {

@@ -101,7 +101,10 @@ pub async fn serve6_with_metrics(
         address = %settings.address, leases = loaded, "DHCPv6 server running");
     let mut buf = vec![0u8; 2048];
     loop {
-        let (len, from) = tokio::select! {
+        // Wait for one datagram, then take whatever else is already queued (up to
+        // BATCH): their lease changes go to disk in one transaction (one fsync) before
+        // any of their replies leave, as DHCPv4 does.
+        let first = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             r = socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
@@ -109,57 +112,110 @@ pub async fn serve6_with_metrics(
                 Err(source) => return Err(DhcpError::Io { what: "receiving DHCPv6", source }),
             },
         };
-        let SocketAddr::V6(from) = from else {
-            continue;
-        };
-        let packet = &buf[..len];
-        let kind = packet.first().copied().unwrap_or(0);
-        let counted = Dhcp6Message::of(kind);
-        let d = decide_raw(
-            packet,
-            from,
-            &settings,
-            &mut table,
-            |mac| intents.get(mac).map(|r| r.intent),
-            now_secs(),
-        );
-        let (reply, dest) = match d.action {
-            Action6::Drop { reason } => {
-                debug!(%from, message = type_label(kind), %reason, "DHCPv6 dropped");
-                m.packet(counted, Dhcp6Result::Dropped);
-                continue;
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut next = Some(first);
+        // Datagrams read for this batch, dropped ones included: a flood of garbage
+        // cannot hold the batch's replies back for long.
+        let mut read = 0usize;
+        while let Some((len, from)) = next.take() {
+            read += 1;
+            if let SocketAddr::V6(from) = from {
+                let packet = buf.get(..len).unwrap_or_default();
+                let kind = packet.first().copied().unwrap_or(0);
+                let d = decide_raw(
+                    packet,
+                    from,
+                    &settings,
+                    &mut table,
+                    |mac| intents.get(mac).map(|r| r.intent),
+                    now_secs(),
+                );
+                let counted = Dhcp6Message::of(kind);
+                match d.action {
+                    Action6::Drop { reason } => {
+                        debug!(%from, message = type_label(kind), %reason, "DHCPv6 dropped");
+                        m.packet(counted, Dhcp6Result::Dropped);
+                    }
+                    Action6::Reply { packet, dest } => pending.push(Pending {
+                        from,
+                        kind,
+                        reply: packet,
+                        dest,
+                        changes: d.changes,
+                        mac: d.mac,
+                        boot_url: d.boot_url,
+                    }),
+                }
             }
-            Action6::Reply { packet, dest } => (packet, dest),
-        };
-        if !d.changes.is_empty() {
+            if pending.len() < BATCH && read < 4 * BATCH {
+                next = match socket.try_recv_from(&mut buf) {
+                    Ok(x) => Some(x),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+                    Err(source) => {
+                        return Err(DhcpError::Io {
+                            what: "receiving DHCPv6",
+                            source,
+                        })
+                    }
+                };
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let changes: Vec<_> = pending
+            .iter()
+            .flat_map(|p| p.changes.iter().cloned())
+            .collect();
+        let stored = if changes.is_empty() {
+            true
+        } else {
             let store = leases.clone();
-            let changes = d.changes.clone();
-            let stored = tokio::task::spawn_blocking(move || store.apply6(&changes)).await;
-            match stored {
-                Ok(Ok(())) => {}
+            match tokio::task::spawn_blocking(move || store.apply6(&changes)).await {
+                Ok(Ok(())) => true,
                 Ok(Err(e)) => {
-                    warn!(%from, error = %error_chain(&e), "DHCPv6 lease not stored; no reply (the client retries)");
-                    m.packet(counted, Dhcp6Result::NotStored);
-                    continue;
+                    warn!(error = %error_chain(&e), "DHCPv6 leases not stored; their replies withheld (the clients retry)");
+                    false
                 }
                 Err(e) => {
-                    warn!(%from, error = %e, "DHCPv6 lease store task failed; no reply");
-                    m.packet(counted, Dhcp6Result::NotStored);
-                    continue;
+                    warn!(error = %e, "DHCPv6 lease store task failed; replies withheld");
+                    false
                 }
             }
-            m.set_leases(table.active_leases(now_secs()), settings.pool_size);
-        }
-        match socket.send_to(&reply, SocketAddr::V6(dest)).await {
-            Ok(_) => {
-                debug!(%from, message = type_label(kind), mac = ?d.mac,
-                    boot_url = d.boot_url.as_deref().unwrap_or(""), "DHCPv6 answered");
-                m.packet(counted, Dhcp6Result::Answered);
+        };
+        m.set_leases(table.active_leases(now_secs()), settings.pool_size);
+        for p in pending {
+            let counted = Dhcp6Message::of(p.kind);
+            if !stored && !p.changes.is_empty() {
+                m.packet(counted, Dhcp6Result::NotStored);
+                continue;
             }
-            Err(e) => {
-                warn!(%dest, error = %e, "cannot send a DHCPv6 reply");
-                m.packet(counted, Dhcp6Result::SendFailed);
+            match socket.send_to(&p.reply, SocketAddr::V6(p.dest)).await {
+                Ok(_) => {
+                    debug!(from = %p.from, message = type_label(p.kind), mac = ?p.mac,
+                        boot_url = p.boot_url.as_deref().unwrap_or(""), "DHCPv6 answered");
+                    m.packet(counted, Dhcp6Result::Answered);
+                }
+                Err(e) => {
+                    warn!(dest = %p.dest, error = %e, "cannot send a DHCPv6 reply");
+                    m.packet(counted, Dhcp6Result::SendFailed);
+                }
             }
         }
     }
+}
+
+/// Most datagrams decided and committed together.
+const BATCH: usize = 64;
+
+/// A decided message whose reply waits for its batch's commit.
+struct Pending {
+    from: SocketAddrV6,
+    kind: u8,
+    reply: Vec<u8>,
+    dest: SocketAddrV6,
+    changes: Vec<super::core::Lease6Change>,
+    mac: Option<substruct_wire::Mac>,
+    boot_url: Option<String>,
 }

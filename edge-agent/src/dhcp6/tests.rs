@@ -277,6 +277,27 @@ fn the_boot_url_follows_the_intent_and_the_client() {
     let echoed = get(&r, opt::VENDOR_CLASS).unwrap();
     assert_eq!(&echoed[..4], &343u32.to_be_bytes());
     assert_eq!(&echoed[6..], b"HTTPClient");
+    // An edge serving HTTPS sends HTTP-boot clients there (PXE clients keep TFTP).
+    for (port, url) in [
+        (443, &b"https://[fd77::1]/ipxe.efi"[..]),
+        (8443, &b"https://[fd77::1]:8443/ipxe.efi"[..]),
+    ] {
+        let tls = settings().with_https_port(Some(port));
+        let r = reply(&decide_raw(&http, src(), &tls, &mut t, |_| None, NOW));
+        assert_eq!(get(&r, opt::BOOTFILE_URL).unwrap(), url);
+        let r = reply(&decide_raw(
+            &ovmf(msg::SOLICIT, None, None),
+            src(),
+            &tls,
+            &mut t,
+            |_| None,
+            NOW,
+        ));
+        assert_eq!(
+            get(&r, opt::BOOTFILE_URL).unwrap(),
+            b"tftp://[fd77::1]/ipxe.efi"
+        );
+    }
     let r = reply(&decide_raw(
         &http,
         src(),
@@ -455,7 +476,8 @@ fn renew_rebind_release_decline_confirm_and_information_request() {
         DropReason6::NothingToConfirm
     );
 
-    // Release frees it (and forgets it in the store).
+    // Release is acknowledged, but the lease stays (in the table and the store) until
+    // it ends: the firmware's loader goes on using the address.
     let d = decide_raw(
         &ovmf(msg::RELEASE, Some(&server), Some(addr)),
         src(),
@@ -468,14 +490,15 @@ fn renew_rebind_release_decline_confirm_and_information_request() {
         get(&reply(&d), opt::STATUS_CODE).unwrap()[..2],
         status::SUCCESS.to_be_bytes()
     );
-    assert_eq!(
-        d.changes,
-        [Lease6Change::Forget {
-            duid: DUID.to_vec(),
-            iaid: 0x1234
-        }]
+    assert!(d.changes.is_empty());
+    assert_eq!(t.lease_of(&DUID, 0x1234).map(|l| l.addr), Some(addr));
+    // Another client is not offered the released address.
+    let other = packet(
+        msg::SOLICIT,
+        &[(opt::CLIENTID, vec![0, 4, 9, 9, 9]), ia(0x99, Some(addr))],
     );
-    assert_eq!(t.lease_of(&DUID, 0x1234), None);
+    let r = reply(&decide_raw(&other, src(), &s, &mut t, |_| None, NOW + 2150));
+    assert_ne!(ia_addr(&r).unwrap().1, addr);
 
     // Decline: the address stays out of the pool for everyone.
     let r = reply(&decide_raw(
