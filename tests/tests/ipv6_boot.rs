@@ -14,61 +14,71 @@ use substruct_tests::{Site, SiteOptions};
 
 const MAC: &str = "52:54:00:77:60:0a";
 
+/// One test, one VM slot, three machines at once (the HTTP-boot one spends its first
+/// minute waiting out its firmware's DHCPv4, so they hardly compete): a dual-stack site's
+/// PXE over IPv6, and an IPv6-only site's PXE and HTTP boot over IPv6.
 #[test]
-fn uefi_pxe_over_ipv6_reaches_the_inventory() -> Result<()> {
+fn ipv6_netboot_on_a_dual_stack_and_an_ipv6_only_site() -> Result<()> {
     if !system_test(&[
         Need::Netns,
         Need::Tun,
         Need::Tool("qemu-system-x86_64"),
         Need::Tool("nats-server"),
+        Need::Tool("curl"),
         Need::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
     ]) {
         return Ok(());
     }
     let _slot = acquire_vm_slot()?;
-    let mut site = Site::start(
+    let mut dual = Site::start(
         "v6pxe",
         SiteOptions {
             ipv6: true,
             ..SiteOptions::default()
         },
     )?;
-    let result = flow(&mut site);
+    let mut only6 = Site::start(
+        "v6only",
+        SiteOptions {
+            ipv6: true,
+            ipv6_only: true,
+            ..SiteOptions::default()
+        },
+    )?;
+    let result = (|| {
+        let mut dual_vm = vm_on(&mut dual, "v6pxe", Firmware::Uefi, MAC)?;
+        let mut pxe = vm_on(&mut only6, "pxe6", Firmware::Uefi, MAC_V6ONLY)?;
+        let mut http = vm_on(&mut only6, "http6", Firmware::UefiHttp, MAC_HTTP6)?;
+        // Each machine's milestones are watched on a thread of their own, so each time
+        // printed is when the line appeared.
+        let (a, b, c) = std::thread::scope(|s| {
+            let a = s.spawn(|| milestones(&mut dual_vm, DUAL_STEPS));
+            let b = s.spawn(|| milestones(&mut pxe, PXE6_STEPS));
+            let c = s.spawn(|| milestones(&mut http, HTTP6_STEPS));
+            let join = |h: std::thread::ScopedJoinHandle<'_, Result<String>>| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a watcher thread panicked")))
+            };
+            (join(a), join(b), join(c))
+        });
+        flow(&mut dual, &a?)?;
+        flow_v6only(&mut only6, &b?, &c?)
+    })();
     if result.is_err() {
-        site.dump_logs();
+        dual.dump_logs();
+        only6.dump_logs();
     }
     result
 }
 
-fn flow(site: &mut Site) -> Result<()> {
-    let tap = site.new_tap()?;
-    let mut spec = VmSpec::new("v6pxe", Firmware::Uefi);
-    spec.ipv4_pxe = false;
-    spec.nics.push(NicSpec {
-        link: NicLink::Tap(tap),
-        mac: MAC.into(),
-        model: "virtio-net-pci".into(),
-    });
-    let mut vm = Vm::start(&site.ns, &spec, site.dir.path())?;
-    for (label, needle) in [
-        ("OVMF: PXE over IPv6", "Start PXE over IPv6"),
-        ("iPXE running (loaded over TFTP/IPv6)", "iPXE initialising"),
-        ("prospector reported", "SUBSTRUCT-REPORTED"),
-    ] {
-        let t = match vm.wait_for_serial(needle, Duration::from_secs(300)) {
-            Ok(t) => t,
-            Err(e) => {
-                let serial = std::fs::read_to_string(&vm.log).unwrap_or_default();
-                eprintln!(
-                    "----- VM serial -----\n{}",
-                    substruct_testkit::qemu::tail(&serial, 60)
-                );
-                return Err(e);
-            }
-        };
-        println!("{label:<40} {:>7.1} s", t.as_secs_f64());
-    }
-    let serial = std::fs::read_to_string(&vm.log)?;
+/// The dual-stack site: PXE over IPv6 to iPXE, which takes its script from DHCPv4.
+const DUAL_STEPS: &[(&str, &str)] = &[
+    ("OVMF: PXE over IPv6", "Start PXE over IPv6"),
+    ("iPXE running (loaded over TFTP/IPv6)", "iPXE initialising"),
+    ("prospector reported", "SUBSTRUCT-REPORTED"),
+];
+
+fn flow(site: &mut Site, serial: &str) -> Result<()> {
     let before_ipxe = serial
         .split_once("iPXE initialising")
         .map(|(b, _)| b)
@@ -88,42 +98,6 @@ fn flow(site: &mut Site) -> Result<()> {
 
 const MAC_V6ONLY: &str = "52:54:00:77:60:0b";
 const MAC_HTTP6: &str = "52:54:00:77:60:0c";
-
-/// An IPv6-only site: the edge serves no DHCPv4. Two machines boot at once (one VM slot:
-/// the second spends its first minute waiting out its firmware's DHCPv4):
-/// * PXE over IPv6: OVMF boots iPXE by TFTP over IPv6; iPXE takes its script URL from
-///   DHCPv6 (`http://[fd77::1]/boot.ipxe`), fetches the script, kernel and initrd over
-///   HTTP/IPv6; the prospector takes its address by SLAAC from the edge's router
-///   advertisement and reports to the leaf node over IPv6;
-/// * UEFI HTTP boot over IPv6: OVMF's HTTP boot client (its PXE clients off) gets
-///   `http://[fd77::1]/ipxe.efi` and vendor class `HTTPClient` from DHCPv6 once its
-///   HTTP boot over IPv4 has found no DHCPv4 server, and goes on the same way.
-#[test]
-fn an_ipv6_only_site_boots_by_pxe_and_http_and_reports_over_ipv6() -> Result<()> {
-    if !system_test(&[
-        Need::Netns,
-        Need::Tun,
-        Need::Tool("qemu-system-x86_64"),
-        Need::Tool("nats-server"),
-        Need::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
-    ]) {
-        return Ok(());
-    }
-    let _slot = acquire_vm_slot()?;
-    let mut site = Site::start(
-        "v6only",
-        SiteOptions {
-            ipv6: true,
-            ipv6_only: true,
-            ..SiteOptions::default()
-        },
-    )?;
-    let result = flow_v6only(&mut site);
-    if result.is_err() {
-        site.dump_logs();
-    }
-    result
-}
 
 fn vm_on(site: &mut Site, name: &str, firmware: Firmware, mac: &str) -> Result<Vm> {
     let tap = site.new_tap()?;
@@ -156,18 +130,30 @@ fn milestones(vm: &mut Vm, steps: &[(&str, &str)]) -> Result<String> {
     Ok(std::fs::read_to_string(&vm.log)?)
 }
 
-fn flow_v6only(site: &mut Site) -> Result<()> {
-    let mut pxe = vm_on(site, "pxe6", Firmware::Uefi, MAC_V6ONLY)?;
-    let mut http = vm_on(site, "http6", Firmware::UefiHttp, MAC_HTTP6)?;
-    let serial = milestones(
-        &mut pxe,
-        &[
-            ("OVMF: PXE over IPv6", "Start PXE over IPv6"),
-            ("iPXE running (loaded over TFTP/IPv6)", "iPXE initialising"),
-            ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
-            ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
-        ],
-    )?;
+/// The IPv6-only site: the edge serves no DHCPv4. Two machines:
+/// * PXE over IPv6: OVMF boots iPXE by TFTP over IPv6; iPXE takes its script URL from
+///   DHCPv6 (`http://[fd77::1]/boot.ipxe`), fetches the script, kernel and initrd over
+///   HTTP/IPv6; the prospector takes its address by SLAAC from the edge's router
+///   advertisement and reports to the leaf node over IPv6;
+/// * UEFI HTTP boot over IPv6: OVMF's HTTP boot client (its PXE clients off) gets
+///   `http://[fd77::1]/ipxe.efi` and vendor class `HTTPClient` from DHCPv6 once its
+///   HTTP boot over IPv4 has found no DHCPv4 server, and goes on the same way.
+const PXE6_STEPS: &[(&str, &str)] = &[
+    ("OVMF: PXE over IPv6", "Start PXE over IPv6"),
+    ("iPXE running (loaded over TFTP/IPv6)", "iPXE initialising"),
+    ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
+    ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
+];
+
+const HTTP6_STEPS: &[(&str, &str)] = &[
+    ("OVMF: HTTP boot over IPv6", "Start HTTP Boot over IPv6"),
+    ("iPXE running (loaded over HTTP/IPv6)", "iPXE initialising"),
+    ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
+    ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
+];
+
+fn flow_v6only(site: &mut Site, pxe_serial: &str, http_serial: &str) -> Result<()> {
+    let serial = pxe_serial;
     // The prospector's address is the SLAAC one in the site's /64, from its EUI-64.
     let net_up = serial
         .lines()
@@ -217,15 +203,7 @@ fn flow_v6only(site: &mut Site) -> Result<()> {
     let m = site.wait_state(MAC_V6ONLY, "discovered", Duration::from_secs(30))?;
     println!("in the inventory: {} ({})", m["id"], m["state"]);
 
-    let serial = milestones(
-        &mut http,
-        &[
-            ("OVMF: HTTP boot over IPv6", "Start HTTP Boot over IPv6"),
-            ("iPXE running (loaded over HTTP/IPv6)", "iPXE initialising"),
-            ("prospector: address by SLAAC", "SUBSTRUCT-NET-UP"),
-            ("prospector reported over IPv6", "SUBSTRUCT-REPORTED"),
-        ],
-    )?;
+    let serial = http_serial;
     let before_ipxe = serial
         .split_once("iPXE initialising")
         .map(|(b, _)| b)
