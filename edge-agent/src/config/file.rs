@@ -47,7 +47,7 @@ pub struct RawConfig {
     /// No DHCPv4 on the provisioning link: machines boot, fetch their scripts and report
     /// over IPv6 only (needs `ipv6_address` and `dhcp6_pool`).
     pub ipv6_only: Option<bool>,
-    /// NATS URL prospectors booted over IPv6 are told to use (default
+    /// NATS URL prospectors on an IPv6-only site are told to use (default
     /// `nats://[ipv6_address]:4222`).
     pub prospector_nats6: Option<String>,
     /// File holding the site's signing key seed (`SA…`): boot credentials are signed with it.

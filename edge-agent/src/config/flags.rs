@@ -113,7 +113,7 @@ pub struct Flags {
     /// (an IPv6-only provisioning link; needs --ipv6-address and --dhcp6-pool).
     #[arg(long, requires = "ipv6_address")]
     pub ipv6_only: bool,
-    /// NATS URL prospectors booted over IPv6 must use (default nats://[{ipv6-address}]:4222).
+    /// NATS URL prospectors on an IPv6-only site must use (default nats://[{ipv6-address}]:4222).
     #[arg(long, value_name = "URL")]
     pub prospector_nats6: Option<String>,
     #[command(subcommand)]

@@ -118,7 +118,8 @@ pub struct EdgeConfig {
     /// DHCPv6 (and TFTP and HTTP over IPv6), when `ipv6_address` and `dhcp6_pool` are
     /// set. Its server DUID is made from the interface's MAC when the agent binds.
     pub dhcp6: Option<crate::dhcp6::Dhcp6Settings>,
-    /// The NATS URL prospectors booted over IPv6 are told to use; set with `dhcp6`.
+    /// The NATS URL prospectors booted over IPv6 are told to use; set on an IPv6-only
+    /// site only.
     pub prospector_nats6: Option<NatsUrl>,
 }
 
@@ -146,9 +147,13 @@ impl EdgeConfig {
     }
 
     /// `http://[ipv6]` (or with `:port`): the base of URLs handed to clients that ask
-    /// over IPv6; `None` without DHCPv6.
+    /// over IPv6 on an IPv6-only site; `None` elsewhere (a dual-stack site's machines get
+    /// an IPv4 lease and the IPv4 URLs).
     pub fn http_base6(&self) -> Option<String> {
-        self.dhcp6.as_ref().map(|d| d.http_base().to_owned())
+        self.dhcp6
+            .as_ref()
+            .filter(|d| d.ipv6_only)
+            .map(|d| d.http_base().to_owned())
     }
 
     /// Whether the edge serves no DHCPv4 (an IPv6-only provisioning link).

@@ -689,9 +689,20 @@ fn dhcp6_needs_both_settings_and_says_what_is_wrong() {
 fn ipv6_only_sites_need_dhcp6_and_prospectors_get_an_ipv6_nats_url() {
     let with = |extra: &str| format!("{extra}\n{GOOD}");
     let v6 = "ipv6_address = \"fd77::1\"\ndhcp6_pool = \"fd77::100-fd77::1ff\"";
-    // Dual stack: DHCPv4 stays, prospectors asking over IPv6 get the edge's IPv6 NATS URL.
+    // Dual stack: DHCPv4 stays and every script names the IPv4 URLs.
     let c = EdgeConfig::from_toml_str("edge.toml", &with(v6)).unwrap();
     assert!(!c.ipv6_only());
+    assert_eq!(c.http_base6(), None);
+    assert_eq!(c.prospector_nats6, None);
+    assert_eq!(
+        err_of(&with(&format!(
+            "{v6}\nprospector_nats6 = \"nats://[fd77::4]:4222\""
+        ))),
+        "edge.toml: prospector_nats6: only an IPv6-only site uses it (ipv6_only = true)"
+    );
+    // IPv6-only: the IPv6 URLs, the NATS one by default on the edge's address.
+    let c =
+        EdgeConfig::from_toml_str("edge.toml", &with(&format!("{v6}\nipv6_only = true"))).unwrap();
     assert_eq!(c.http_base6().as_deref(), Some("http://[fd77::1]"));
     assert_eq!(
         c.prospector_nats6.as_ref().map(|u| u.as_str()),
@@ -715,11 +726,11 @@ fn ipv6_only_sites_need_dhcp6_and_prospectors_get_an_ipv6_nats_url() {
     );
     assert_eq!(
         err_of(&with("prospector_nats6 = \"nats://[fd77::4]:4222\"")),
-        "edge.toml: prospector_nats6: needs ipv6_address and dhcp6_pool (nothing boots over IPv6 without them)"
+        "edge.toml: prospector_nats6: only an IPv6-only site uses it (ipv6_only = true)"
     );
     assert_eq!(
         err_of(&with(&format!(
-            "{v6}\nprospector_nats6 = \"[fd77::4]:4222\""
+            "{v6}\nipv6_only = true\nprospector_nats6 = \"[fd77::4]:4222\""
         ))),
         "edge.toml: prospector_nats6: \"[fd77::4]:4222\" is not a NATS URL (nats://host:port)"
     );

@@ -82,11 +82,14 @@ impl TryFrom<Sourced> for EdgeConfig {
                 ));
             }
         }
-        let prospector_nats6 = match (&dhcp6, raw.prospector_nats6) {
+        // Only an IPv6-only site tells prospectors IPv6 URLs: on a dual-stack one they
+        // get an IPv4 lease and the IPv4 URLs, whichever way their loader came.
+        let only6 = dhcp6.as_ref().filter(|d| d.ipv6_only);
+        let prospector_nats6 = match (only6, raw.prospector_nats6) {
             (None, Some(_)) => {
                 return Err(ctx.err(
                     "prospector_nats6",
-                    "needs ipv6_address and dhcp6_pool (nothing boots over IPv6 without them)",
+                    "only an IPv6-only site uses it (ipv6_only = true)",
                 ))
             }
             (None, None) => None,

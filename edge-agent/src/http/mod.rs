@@ -99,7 +99,8 @@ pub struct HttpSettings {
     pub site: SiteId,
     /// NATS URL for prospectors.
     pub nats_url: String,
-    /// `http://[ipv6]`: the base for askers that come over IPv6 (`None`: no IPv6).
+    /// `http://[ipv6]`: the base for askers that come over IPv6 on an IPv6-only site
+    /// (`None`: IPv4 URLs for everyone).
     pub base6: Option<String>,
     /// NATS URL for prospectors whose script was asked for over IPv6.
     pub nats_url6: Option<String>,
@@ -547,8 +548,8 @@ impl HttpState {
                 script without a boot token");
             (None, None)
         };
-        let over_v6 = peer.to_canonical().is_ipv6() && s.base6.is_some();
-        let extra_args = match (&s.extra_args, over_v6 && s.ipv6_only) {
+        let over_v6 = peer.to_canonical().is_ipv6() && s.base6.is_some() && s.ipv6_only;
+        let extra_args = match (&s.extra_args, over_v6) {
             (Some(a), true) => Some(format!("substruct.net=ipv6 {a}")),
             (None, true) => Some("substruct.net=ipv6".to_owned()),
             (a, false) => a.clone(),
