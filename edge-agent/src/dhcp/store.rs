@@ -586,16 +586,34 @@ impl LeaseStore {
                     match c {
                         Lease6Change::Grant(l) => {
                             let addr = u128::from(l.addr);
+                            let key = key6(&l.duid, l.iaid);
+                            // The same client extending the same address (a RENEW sent
+                            // from an address that shows no MAC) keeps its holder.
+                            let same_client = table
+                                .get(key.as_slice())
+                                .map_err(|e| self.err("read row", e))?
+                                .is_some_and(|v| v.value().0 == addr);
                             table
-                                .insert(key6(&l.duid, l.iaid).as_slice(), (addr, l.expires))
+                                .insert(key.as_slice(), (addr, l.expires))
                                 .map_err(|e| self.err("insert", e))?;
                             // The address's holder is this lease's MAC, or nobody known:
-                            // never a previous holder's.
-                            match l.mac {
-                                Some(mac) => {
+                            // never another client's.
+                            let kept = if same_client && l.mac.is_none() {
+                                holders
+                                    .get(addr)
+                                    .map_err(|e| self.err("read row", e))?
+                                    .map(|v| v.value().0)
+                            } else {
+                                None
+                            };
+                            match (l.mac, kept) {
+                                (Some(mac), _) => {
                                     holders.insert(addr, (mac_key(&mac), l.expires)).map(drop)
                                 }
-                                None => holders.remove(addr).map(drop),
+                                (None, Some(mac)) => {
+                                    holders.insert(addr, (mac, l.expires)).map(drop)
+                                }
+                                (None, None) => holders.remove(addr).map(drop),
                             }
                             .map_err(|e| self.err("insert", e))?;
                         }

@@ -100,12 +100,20 @@ pub async fn serve6_with_metrics(
     info!(pool_start = %settings.pool_start, pool_size = settings.pool_size,
         address = %settings.address, leases = loaded, "DHCPv6 server running");
     let mut buf = vec![0u8; 2048];
+    // The lease gauge is recounted once a second (a count walks the whole table),
+    // not per batch.
+    let mut recount = tokio::time::interval(LEASE_RECOUNT);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Wait for one datagram, then take whatever else is already queued (up to
         // BATCH): their lease changes go to disk in one transaction (one fsync) before
         // any of their replies leave, as DHCPv4 does.
         let first = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = recount.tick() => {
+                m.set_leases(table.active_leases(now_secs()), settings.pool_size);
+                continue;
+            }
             r = socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => continue,
@@ -184,7 +192,6 @@ pub async fn serve6_with_metrics(
                 }
             }
         };
-        m.set_leases(table.active_leases(now_secs()), settings.pool_size);
         for p in pending {
             let counted = Dhcp6Message::of(p.kind);
             if !stored && !p.changes.is_empty() {
@@ -205,6 +212,9 @@ pub async fn serve6_with_metrics(
         }
     }
 }
+
+/// How often the active-lease gauge is recounted.
+const LEASE_RECOUNT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most datagrams decided and committed together.
 const BATCH: usize = 64;

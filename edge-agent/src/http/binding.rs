@@ -230,10 +230,15 @@ garbage
             .apply6(&[Lease6Change::Grant(lease(Some(a), 1, 1))])
             .unwrap();
         assert!(!binding.holds(IpAddr::V6(addr), &a));
-        // The address passes to a client whose MAC is unknown: the old holder loses it.
+        // The same client renewing from an address that shows no MAC keeps its holder.
         store
             .apply6(&[Lease6Change::Grant(lease(Some(a), 1, later))])
             .unwrap();
+        store
+            .apply6(&[Lease6Change::Grant(lease(None, 1, later + 60))])
+            .unwrap();
+        assert!(binding.holds(IpAddr::V6(addr), &a));
+        // The address passes to another client whose MAC is unknown: the old holder loses it.
         store
             .apply6(&[Lease6Change::Grant(lease(None, 2, later))])
             .unwrap();
