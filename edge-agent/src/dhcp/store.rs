@@ -523,6 +523,9 @@ impl LeaseStore {
             let table = txn
                 .open_table(LEASES6)
                 .map_err(|e| self.err("open table", e))?;
+            let holders = txn
+                .open_table(HOLDERS6)
+                .map_err(|e| self.err("open table", e))?;
             let mut out = Vec::new();
             for row in table.iter().map_err(|e| self.err("iterate", e))? {
                 let (k, v) = row.map_err(|e| self.err("read row", e))?;
@@ -531,12 +534,19 @@ impl LeaseStore {
                     continue;
                 };
                 let (addr, expires) = v.value();
+                // The holder row is this lease's when it was written with it (same expiry).
+                let mac = holders
+                    .get(addr)
+                    .map_err(|e| self.err("read row", e))?
+                    .map(|h| h.value())
+                    .filter(|&(_, until)| until == expires)
+                    .map(|(mac, _)| key_mac(mac));
                 out.push(crate::dhcp6::Lease6 {
                     duid: duid.to_vec(),
                     iaid: u32::from_be_bytes([iaid[0], iaid[1], iaid[2], iaid[3]]),
                     addr: std::net::Ipv6Addr::from(addr),
                     expires,
-                    mac: None,
+                    mac,
                 });
             }
             Ok(out)
@@ -586,34 +596,17 @@ impl LeaseStore {
                     match c {
                         Lease6Change::Grant(l) => {
                             let addr = u128::from(l.addr);
-                            let key = key6(&l.duid, l.iaid);
-                            // The same client extending the same address (a RENEW sent
-                            // from an address that shows no MAC) keeps its holder.
-                            let same_client = table
-                                .get(key.as_slice())
-                                .map_err(|e| self.err("read row", e))?
-                                .is_some_and(|v| v.value().0 == addr);
                             table
-                                .insert(key.as_slice(), (addr, l.expires))
+                                .insert(key6(&l.duid, l.iaid).as_slice(), (addr, l.expires))
                                 .map_err(|e| self.err("insert", e))?;
-                            // The address's holder is this lease's MAC, or nobody known:
-                            // never another client's.
-                            let kept = if same_client && l.mac.is_none() {
-                                holders
-                                    .get(addr)
-                                    .map_err(|e| self.err("read row", e))?
-                                    .map(|v| v.value().0)
-                            } else {
-                                None
-                            };
-                            match (l.mac, kept) {
-                                (Some(mac), _) => {
+                            // The address's holder is this lease's MAC (the lease table
+                            // keeps a client's MAC across renewals that show none), or
+                            // nobody known: never a previous holder's.
+                            match l.mac {
+                                Some(mac) => {
                                     holders.insert(addr, (mac_key(&mac), l.expires)).map(drop)
                                 }
-                                (None, Some(mac)) => {
-                                    holders.insert(addr, (mac, l.expires)).map(drop)
-                                }
-                                (None, None) => holders.remove(addr).map(drop),
+                                None => holders.remove(addr).map(drop),
                             }
                             .map_err(|e| self.err("insert", e))?;
                         }

@@ -215,6 +215,8 @@ struct Hold {
     key: ClientKey,
     until: UnixSecs,
     lease: bool,
+    /// The holder's MAC, once a request of this client showed it.
+    mac: Option<Mac>,
 }
 
 /// The leases and offers of one pool, in memory.
@@ -241,7 +243,7 @@ impl Lease6Table {
         let mut t = Self::new();
         for l in leases {
             let key = (l.duid, l.iaid);
-            t.hold(key, l.addr, l.expires, true);
+            t.hold(key, l.addr, l.expires, true, l.mac);
         }
         t
     }
@@ -256,7 +258,7 @@ impl Lease6Table {
             iaid,
             addr,
             expires: h.until,
-            mac: None,
+            mac: h.mac,
         })
     }
 
@@ -304,7 +306,22 @@ impl Lease6Table {
         }
     }
 
-    fn hold(&mut self, key: ClientKey, addr: Ipv6Addr, until: UnixSecs, lease: bool) {
+    /// Holds `addr` for `key`. Without a `mac`, the MAC this client's hold of `addr`
+    /// already had is kept (a renewal from an address that shows no MAC).
+    fn hold(
+        &mut self,
+        key: ClientKey,
+        addr: Ipv6Addr,
+        until: UnixSecs,
+        lease: bool,
+        mac: Option<Mac>,
+    ) {
+        let mac = mac.or_else(|| {
+            self.holders
+                .get(&addr)
+                .filter(|h| h.key == key)
+                .and_then(|h| h.mac)
+        });
         if let Some(old) = self.by_client.insert(key.clone(), addr) {
             if old != addr && self.holders.get(&old).is_some_and(|h| h.key == key) {
                 self.holders.remove(&old);
@@ -316,6 +333,7 @@ impl Lease6Table {
                 key: key.clone(),
                 until,
                 lease,
+                mac,
             },
         ) {
             if prev.key != key && self.by_client.get(&prev.key) == Some(&addr) {
@@ -367,21 +385,23 @@ impl Lease6Table {
             .get(&addr)
             .is_some_and(|h| h.lease && &h.key == key && h.until > now);
         if !keeps_lease {
-            self.hold(key.clone(), addr, now + OFFER_HOLD_SECS, false);
+            self.hold(key.clone(), addr, now + OFFER_HOLD_SECS, false, None);
         }
         Some(addr)
     }
 
-    /// Leases an address to `key` for the valid lifetime (a REQUEST).
+    /// Leases an address to `key` for the valid lifetime (a REQUEST); `mac` is what the
+    /// request showed.
     pub fn grant(
         &mut self,
         key: &ClientKey,
         want: &[Ipv6Addr],
         settings: &Dhcp6Settings,
         now: UnixSecs,
+        mac: Option<Mac>,
     ) -> Option<Lease6> {
         let addr = self.pick(key, want, settings, now)?;
-        Some(self.lease(key, addr, settings, now))
+        Some(self.lease(key, addr, settings, now, mac))
     }
 
     fn lease(
@@ -390,15 +410,16 @@ impl Lease6Table {
         addr: Ipv6Addr,
         s: &Dhcp6Settings,
         now: UnixSecs,
+        mac: Option<Mac>,
     ) -> Lease6 {
         let expires = now + u64::from(s.valid_secs);
-        self.hold(key.clone(), addr, expires, true);
+        self.hold(key.clone(), addr, expires, true, mac);
         Lease6 {
             duid: key.0.clone(),
             iaid: key.1,
             addr,
             expires,
-            mac: None,
+            mac: self.holders.get(&addr).and_then(|h| h.mac),
         }
     }
 
@@ -409,10 +430,11 @@ impl Lease6Table {
         addr: Ipv6Addr,
         settings: &Dhcp6Settings,
         now: UnixSecs,
+        mac: Option<Mac>,
     ) -> Option<Lease6> {
         self.prune(now);
         let h = self.holders.get(&addr)?;
-        (h.lease && &h.key == key).then(|| self.lease(key, addr, settings, now))
+        (h.lease && &h.key == key).then(|| self.lease(key, addr, settings, now, mac))
     }
 
     /// Ends `key`'s lease of `addr` (RELEASE); with `declined`, the address stays out of
@@ -604,19 +626,18 @@ pub fn decide(
         msg::REQUEST | msg::RENEW | msg::REBIND => {
             for ia in &req.ia_na {
                 let (lease, code, text) = if req.msg_type == msg::REQUEST {
-                    let granted = table.grant(&key(ia), &ia.addrs, s, now);
+                    let granted = table.grant(&key(ia), &ia.addrs, s, now, req.mac());
                     (granted, status::NO_ADDRS_AVAIL, "the pool is full")
                 } else {
                     let extended = ia
                         .addrs
                         .iter()
-                        .find_map(|a| table.extend(&key(ia), *a, s, now));
+                        .find_map(|a| table.extend(&key(ia), *a, s, now, req.mac()));
                     (extended, status::NO_BINDING, "no such lease here")
                 };
                 ias.push(match lease {
-                    Some(mut l) => {
+                    Some(l) => {
                         let body = with_addr(ia, l.addr);
-                        l.mac = req.mac();
                         changes.push(Lease6Change::Grant(l));
                         body
                     }

@@ -866,3 +866,56 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_renewal_that_shows_no_mac_keeps_the_leases_mac_even_after_a_restart() {
+    let s = settings();
+    let mut t = Lease6Table::new();
+    let server = s.server_duid().to_vec();
+    let global = SocketAddrV6::new(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x105), 546, 0, 2);
+    let granted = decide_raw(
+        &ovmf(msg::REQUEST, Some(&server), None),
+        src(),
+        &s,
+        &mut t,
+        |_| None,
+        NOW,
+    );
+    let addr = ia_addr(&reply(&granted)).unwrap().1;
+    assert!(matches!(&granted.changes[..], [Lease6Change::Grant(l)] if l.mac == Some(MAC)));
+    // A RENEW from a global address with a DUID-UUID shows no MAC: the lease keeps its.
+    let renewed = decide_raw(
+        &ovmf(msg::RENEW, Some(&server), Some(addr)),
+        global,
+        &s,
+        &mut t,
+        |_| None,
+        NOW + 1800,
+    );
+    assert_eq!(renewed.mac, None);
+    assert!(matches!(&renewed.changes[..], [Lease6Change::Grant(l)] if l.mac == Some(MAC)));
+    // After a restart, the table rebuilt from the stored lease (with its MAC) does too.
+    let stored = t.lease_of(&DUID, 0x1234).unwrap();
+    assert_eq!(stored.mac, Some(MAC));
+    let mut restarted = Lease6Table::from_leases([stored]);
+    let again = decide_raw(
+        &ovmf(msg::RENEW, Some(&server), Some(addr)),
+        global,
+        &s,
+        &mut restarted,
+        |_| None,
+        NOW + 3000,
+    );
+    assert!(matches!(&again.changes[..], [Lease6Change::Grant(l)] if l.mac == Some(MAC)));
+    // Another client given the address later does not inherit the MAC.
+    let other = packet(
+        msg::REQUEST,
+        &[
+            (opt::CLIENTID, vec![0, 4, 9, 9, 9]),
+            (opt::SERVERID, server.clone()),
+            ia(0x99, Some(addr)),
+        ],
+    );
+    let d = decide_raw(&other, global, &s, &mut Lease6Table::new(), |_| None, NOW);
+    assert!(matches!(&d.changes[..], [Lease6Change::Grant(l)] if l.mac.is_none()));
+}
