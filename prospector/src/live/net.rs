@@ -390,9 +390,21 @@ pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
 /// Brings the network up: waits for NICs, sets them (and lo) up, and tries DHCP on each
 /// NIC with carrier until one gets a lease. Retries forever with backoff, saying why.
 pub async fn bring_up() -> NetUp {
+    retry_forever(async || {
+        let (handle, conn) = netlink()?;
+        let result = try_with(&handle).await;
+        conn.abort();
+        result
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds, saying why each failure happened and waiting the
+/// DHCP backoff between tries.
+async fn retry_forever<T>(mut attempt: impl AsyncFnMut() -> Result<T, String>) -> T {
     let mut round: u32 = 0;
     loop {
-        match try_once().await {
+        match attempt().await {
             Ok(up) => return up,
             Err(why) => {
                 let wait = dhcp::backoff_secs(round);
@@ -404,13 +416,11 @@ pub async fn bring_up() -> NetUp {
     }
 }
 
-async fn try_once() -> Result<NetUp, String> {
+/// A netlink handle and the task driving its connection (abort it when done).
+fn netlink() -> Result<(Handle, tokio::task::JoinHandle<()>), String> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| console::chain(&NetError::Netlink(e)))?;
-    let conn_task = tokio::spawn(conn);
-    let result = try_with(&handle).await;
-    conn_task.abort();
-    result
+    Ok((handle, tokio::spawn(conn)))
 }
 
 async fn try_with(handle: &Handle) -> Result<NetUp, String> {
@@ -452,27 +462,13 @@ pub struct NetUp6 {
 /// kernel to configure a global address by SLAAC on a NIC with carrier (the boot NIC
 /// first). Retries forever with backoff, saying why. The kernel keeps the address.
 pub async fn bring_up_v6() -> NetUp6 {
-    let mut round: u32 = 0;
-    loop {
-        let result = match rtnetlink::new_connection() {
-            Ok((conn, handle, _)) => {
-                let task = tokio::spawn(conn);
-                let r = try_v6(&handle).await;
-                task.abort();
-                r
-            }
-            Err(e) => Err(console::chain(&NetError::Netlink(e))),
-        };
-        match result {
-            Ok(up) => return up,
-            Err(why) => {
-                let wait = dhcp::backoff_secs(round);
-                console::error(&format!("network: {why}; retrying in {wait} s"));
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-                round = round.saturating_add(1);
-            }
-        }
-    }
+    retry_forever(async || {
+        let (handle, conn) = netlink()?;
+        let result = try_v6(&handle).await;
+        conn.abort();
+        result
+    })
+    .await
 }
 
 async fn try_v6(handle: &Handle) -> Result<NetUp6, String> {
