@@ -9,6 +9,7 @@ SUBSTRUCT_PACKAGES=(
   shim-signed grub-efi-amd64-signed  # the Secure Boot chain: Microsoft-signed shim, Debian-signed GRUB
   linux-image-amd64 busybox-static # the live image's kernel; busybox for its debug shell
   cpio kmod xz-utils file          # building the live image
+  qemu-utils zstd                  # qemu-img, zstd: qcow2 and compressed images for the deploy tests
   musl-tools                       # static prospector (musl target)
   kea-dhcp4-server kea-dhcp6-server kea-admin  # DHCP peers and perfdhcp (benchmarks)
   tftp-hpa tftpd-hpa atftp         # TFTP clients, and the TFTP peer

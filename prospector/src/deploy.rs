@@ -9,17 +9,17 @@
 //! pure helpers ([`image_target`], [`expected_digest`], [`ProgressTicker`],
 //! [`throughput_line`]) carry the decisions.
 
+use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::blockdev::{self, Storage, TargetError};
+use crate::http_get::{self, BaseUrl, HttpError};
+use crate::unpack::{self, Format};
 use sha2::{Digest, Sha256};
 use substruct_wire::messages::DeployImage;
 use substruct_wire::names::{DigestError, ImageNameError};
 use substruct_wire::{BootToken, ImageName, Sha256Digest};
-use tokio::io::AsyncWriteExt;
-
-use crate::blockdev::{self, Storage, TargetError};
-use crate::http_get::{self, BaseUrl, HttpError};
 
 /// Bytes per write (and per hash update).
 pub const CHUNK: usize = 1 << 20;
@@ -82,8 +82,17 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
-    #[error("size mismatch: wrote {written} bytes, expected {expected}")]
-    SizeMismatch { written: u64, expected: u64 },
+    #[error("size mismatch: received {received} bytes, expected {expected}")]
+    SizeMismatch { received: u64, expected: u64 },
+    #[error("{format} image onto {path}")]
+    Unpack {
+        format: &'static str,
+        path: PathBuf,
+        #[source]
+        source: unpack::UnpackError,
+    },
+    #[error("the disk writer stopped unexpectedly")]
+    WriterTask,
     #[error("sha256 mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
     #[error("cloud-init seed")]
@@ -159,24 +168,8 @@ pub async fn deploy(
     let disk = blockdev::choose_target(&disks, image.disk.as_deref())
         .map_err(DeployError::Target)?
         .clone();
-    if image.size > disk.size_bytes {
-        return Err(DeployError::TooLarge {
-            disk: disk.name,
-            image: image.size,
-            disk_size: disk.size_bytes,
-        });
-    }
-    if seed {
-        let need = crate::seed::disk_bytes_needed(image.size);
-        if need > disk.size_bytes {
-            return Err(DeployError::NoSeedRoom {
-                disk: disk.name,
-                image: image.size,
-                need,
-                disk_size: disk.size_bytes,
-            });
-        }
-    }
+    // What is sent is seldom larger than the image inside: refused before the fetch.
+    check_room(&disk, image.size, seed)?;
     let started = Instant::now();
     let mut response = http_get::get(edge, &target_path, http_timeout)
         .await
@@ -187,65 +180,96 @@ pub async fn deploy(
             expected: image.size,
         });
     }
+    // The first chunk names the format and, for most, the size of the image inside:
+    // checked against the disk before any write.
+    let mut head = vec![0u8; CHUNK];
+    let n = response
+        .read_full(&mut head)
+        .await
+        .map_err(DeployError::Http)?;
+    head.truncate(n);
+    let format = Format::detect(&head);
+    let expanded = unpack::expanded_size(format, &head, image.size);
+    if let Some(size) = expanded {
+        check_room(&disk, size, seed)?;
+    }
     let path = storage.device(&disk.name);
     say(format!(
-        "deploying {} ({:.1} MiB, sha256 {}…) to {}",
+        "deploying {} ({:.1} MiB{}, sha256 {}…) to {}",
         response.url(),
         image.size as f64 / MIB,
+        match (format, expanded) {
+            (Format::Raw, _) => String::new(),
+            (_, Some(size)) => format!(" {} → {:.1} MiB", format.name(), size as f64 / MIB),
+            (_, None) => format!(" {}", format.name()),
+        },
         expected_digest.as_str().get(..12).unwrap_or_default(),
         path.display()
     ));
     // Never create or truncate: the target is an existing device node.
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
-        .await
         .map_err(|source| DeployError::Open {
             path: path.clone(),
             source,
         })?;
+    // The conversion runs on a blocking thread, fed the bytes as they arrive; this task
+    // hashes exactly what was sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let disk_size = disk.size_bytes;
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut input = io::BufReader::with_capacity(CHUNK, ChannelReader::new(rx));
+        let size = unpack::unpack(format, &mut input, &mut file, disk_size)?;
+        file.sync_all().map_err(unpack::UnpackError::Sync)?;
+        Ok::<u64, unpack::UnpackError>(size)
+    });
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut written: u64 = 0;
+    hasher.update(&head);
+    let mut received = head.len() as u64;
     let mut ticker = ProgressTicker::new(image.size);
-    loop {
-        let n = response
-            .read_full(&mut buf)
-            .await
-            .map_err(DeployError::Http)?;
-        if n == 0 {
-            break;
-        }
-        let chunk = &buf[..n];
-        hasher.update(chunk);
-        file.write_all(chunk)
-            .await
-            .map_err(|source| DeployError::Write {
-                path: path.clone(),
-                offset: written,
-                source,
-            })?;
-        written += n as u64;
-        if let Some(percent) = ticker.advance(written) {
+    let mut fed = tx.send(head).await.is_ok();
+    let mut fetch_failed = None;
+    while fed {
+        let mut buf = vec![0u8; CHUNK];
+        let n = match response.read_full(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                fetch_failed = Some(e);
+                break;
+            }
+        };
+        buf.truncate(n);
+        hasher.update(&buf);
+        received += n as u64;
+        fed = tx.send(buf).await.is_ok();
+        if let Some(percent) = ticker.advance(received) {
             say(format!(
                 "deploy {percent}% ({:.1} of {:.1} MiB)",
-                written as f64 / MIB,
+                received as f64 / MIB,
                 image.size as f64 / MIB
             ));
         }
     }
-    file.flush().await.map_err(|source| DeployError::Write {
+    if fed && fetch_failed.is_none() {
+        // The end marker: without it the converter's input fails instead of ending.
+        let _ = tx.send(Vec::new()).await;
+    }
+    drop(tx);
+    let converted = writer.await.map_err(|_| DeployError::WriterTask)?;
+    if let Some(e) = fetch_failed {
+        return Err(DeployError::Http(e));
+    }
+    let size = converted.map_err(|source| DeployError::Unpack {
+        format: format.name(),
         path: path.clone(),
-        offset: written,
         source,
     })?;
-    file.sync_all().await.map_err(|source| DeployError::Sync {
-        path: path.clone(),
-        source,
-    })?;
-    if written != image.size {
+    if received != image.size {
         return Err(DeployError::SizeMismatch {
-            written,
+            received,
             expected: image.size,
         });
     }
@@ -256,13 +280,88 @@ pub async fn deploy(
             actual: actual.into_string(),
         });
     }
+    if expanded.is_none() {
+        check_room(&disk, size, seed)?;
+    }
     let elapsed = started.elapsed();
-    say(throughput_line(written, elapsed));
+    say(throughput_line(size, elapsed));
     Ok(Deployed {
         disk: disk.name,
-        bytes: written,
+        bytes: size,
         elapsed,
     })
+}
+
+/// An image of `size` bytes (and the seed partition after it, with `seed`) must fit
+/// `disk`.
+fn check_room(disk: &blockdev::BlockDisk, size: u64, seed: bool) -> Result<(), DeployError> {
+    if size > disk.size_bytes {
+        return Err(DeployError::TooLarge {
+            disk: disk.name.clone(),
+            image: size,
+            disk_size: disk.size_bytes,
+        });
+    }
+    if seed {
+        let need = crate::seed::disk_bytes_needed(size);
+        if need > disk.size_bytes {
+            return Err(DeployError::NoSeedRoom {
+                disk: disk.name.clone(),
+                image: size,
+                need,
+                disk_size: disk.size_bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The converter's input: the chunks the fetch sends, in order, up to an empty chunk
+/// (the end). A fetch that hangs up without it (failed, or the deploy dropped) is a read
+/// error, so nothing more is written.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+            ended: false,
+        }
+    }
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.ended = chunk.is_empty();
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the download stopped",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Before [`deploy`]: fetches the cloud-init seed for `token` from the edge, so a seed

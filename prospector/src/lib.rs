@@ -10,6 +10,7 @@
 //!   over the small HTTP/1.1 client in [`http_get`];
 //! * [`seed`] — the deployed system's cloud-init NoCloud seed: a `CIDATA` partition
 //!   added at the disk's end (a GPT's backup moved there first);
+//! * [`unpack`] — image formats converted while they stream: raw, zstd, xz, qcow2;
 //! * [`wipe`] — quick or discard wipe of the local disks;
 //! * [`blockdev`] — the local disks as deploy/wipe targets (`/sys/block`, `/dev`);
 //! * [`text`] — bounding and escaping untrusted text (a leaf: uses nothing of the crate);
@@ -24,4 +25,5 @@ pub mod http_get;
 pub mod live;
 pub mod seed;
 pub mod text;
+pub mod unpack;
 pub mod wipe;

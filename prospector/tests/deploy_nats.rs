@@ -1000,3 +1000,220 @@ async fn a_run_without_storage_refuses_to_write_disks() {
     assert!(lab.read("vda").iter().all(|b| *b == FILL));
     assert!(edge.requests().is_empty());
 }
+
+/// A raw image with data, long zero runs (holes for qcow2) and an MBR: what the real
+/// tools below convert.
+fn holey_image() -> Vec<u8> {
+    let mut image = mbr_image();
+    // 1–2 MiB and 5–6.5 MiB are zeros: qemu-img leaves those clusters unallocated.
+    image[MIB..2 * MIB].fill(0);
+    image[5 * MIB..6 * MIB + MIB / 2].fill(0);
+    // A compressible stretch too.
+    image[3 * MIB..4 * MIB].fill(0x5A);
+    image
+}
+
+/// Runs `cmd`; its stdout, or the test fails naming the command.
+fn tool_output(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The image in each form the real tools write (name, bytes): qcow2 plain, deflate-
+/// and zstd-compressed, 4 KiB clusters, version 2; zstd with and without the size in its
+/// header; xz in one block and in several.
+fn converted_forms(raw: &[u8], dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let src = dir.join("image.raw");
+    std::fs::write(&src, raw).unwrap();
+    let mut forms = Vec::new();
+    for (name, opts) in [
+        ("qcow2", vec!["-O", "qcow2"]),
+        ("qcow2 -c (zlib)", vec!["-c", "-O", "qcow2"]),
+        (
+            "qcow2 -c (zstd)",
+            vec!["-c", "-O", "qcow2", "-o", "compression_type=zstd"],
+        ),
+        (
+            "qcow2 4 KiB clusters",
+            vec!["-O", "qcow2", "-o", "cluster_size=4096"],
+        ),
+        (
+            "qcow2 v2 (compat=0.10) -c",
+            vec!["-c", "-O", "qcow2", "-o", "compat=0.10"],
+        ),
+    ] {
+        let out = dir.join("out.qcow2");
+        let _ = std::fs::remove_file(&out);
+        tool_output(
+            std::process::Command::new("qemu-img")
+                .arg("convert")
+                .args(["-f", "raw"])
+                .args(&opts)
+                .arg(&src)
+                .arg(&out),
+        );
+        forms.push((name.to_owned(), std::fs::read(&out).unwrap()));
+    }
+    forms.push((
+        "zstd (size in the header)".into(),
+        tool_output(
+            std::process::Command::new("zstd")
+                .args(["-q", "-c"])
+                .arg(&src),
+        ),
+    ));
+    // From a pipe zstd cannot know the size: no Frame_Content_Size.
+    let mut child = std::process::Command::new("zstd")
+        .args(["-q", "-c", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let body = raw.to_vec();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &body));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success());
+    forms.push(("zstd (streamed, no size)".into(), out.stdout));
+    forms.push((
+        "xz (one block)".into(),
+        tool_output(
+            std::process::Command::new("xz")
+                .args(["-c", "-T1"])
+                .arg(&src),
+        ),
+    ));
+    forms.push((
+        "xz (1 MiB blocks)".into(),
+        tool_output(
+            std::process::Command::new("xz")
+                .args(["-c", "-T1", "--block-size=1MiB", "--check=crc32"])
+                .arg(&src),
+        ),
+    ));
+    forms
+}
+
+#[tokio::test]
+async fn qcow2_zstd_and_xz_images_from_the_real_tools_land_as_the_raw_image() {
+    if !substruct_testkit::gate::system_test(&[
+        substruct_testkit::gate::Need::Tool("qemu-img"),
+        substruct_testkit::gate::Need::Tool("zstd"),
+        substruct_testkit::gate::Need::Tool("xz"),
+    ]) {
+        return;
+    }
+    let raw = holey_image();
+    let work = tempfile::tempdir().unwrap();
+    let forms = converted_forms(&raw, work.path());
+    for (name, file) in forms {
+        assert!(file.len() < raw.len(), "{name}: smaller than the raw image");
+        // A server per form: the previous form's responders are still subscribed.
+        let nats = NatsServer::start().unwrap();
+        let lab = Lab::new();
+        lab.disk("vda", 16 * MIB, false, &[]);
+        let edge = edge(served(&format!("/images/{IMAGE_PATH}"), file.clone())).await;
+        let (mut callbacks, _c) = controller(
+            &nats,
+            Instruction::DeployImage(deploy_instruction(&file, None)),
+            vec![callback_ok("deployed", None)],
+        )
+        .await;
+        let (mut events, task) = start_agent(&nats, &edge, &lab, CancellationToken::new());
+        let cb = next_callback(&mut callbacks).await;
+        assert_eq!(cb.kind, CallbackKind::Done, "{name}");
+        assert_eq!(
+            outcome(task).await,
+            Outcome::Reboot {
+                machine_id: machine()
+            },
+            "{name}"
+        );
+        let disk = lab.read("vda");
+        assert!(
+            disk[..raw.len()] == raw[..],
+            "{name}: the disk holds the raw image"
+        );
+        assert!(
+            disk[raw.len()..].iter().all(|b| *b == FILL),
+            "{name}: nothing written past the image"
+        );
+        // The agent reports the image's size, not what was sent.
+        let mut deployed = None;
+        while let Ok(e) = events.try_recv() {
+            if let AgentEvent::Deployed { bytes, .. } = e {
+                deployed = Some(bytes);
+            }
+        }
+        assert_eq!(deployed, Some(raw.len() as u64), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_compressed_image_that_expands_past_the_disk_fails_at_the_disks_end() {
+    if !substruct_testkit::gate::system_test(&[substruct_testkit::gate::Need::Tool("xz")]) {
+        return;
+    }
+    let raw = holey_image();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("image.raw");
+    std::fs::write(&src, &raw).unwrap();
+    // xz names no size up front: the overflow is found while writing.
+    let file = tool_output(
+        std::process::Command::new("xz")
+            .args(["-c", "-T1"])
+            .arg(&src),
+    );
+    // Smaller than the 5 MiB disk as sent (so not refused before the fetch); 8 MiB inside.
+    assert!(file.len() < 5 * MIB);
+    let lab = Lab::new();
+    lab.disk("vda", 5 * MIB, false, &[]);
+    let edge = edge(served(&format!("/images/{IMAGE_PATH}"), file.clone())).await;
+    let reason = failing_deploy(&lab, &edge, deploy_instruction(&file, None)).await;
+    assert!(
+        reason.starts_with("xz image onto ")
+            && reason.ends_with(&format!(
+                "the image expands past the disk's end ({} bytes): xz data for byte {}",
+                5 * MIB,
+                5 * MIB
+            )),
+        "{reason}"
+    );
+    let disk = lab.read("vda");
+    assert_eq!(disk.len(), 5 * MIB, "the disk file did not grow");
+    assert!(
+        disk[..5 * MIB] == raw[..5 * MIB],
+        "written up to the disk's end"
+    );
+}
+
+#[tokio::test]
+async fn a_qcow2_larger_than_the_disk_is_refused_before_any_write() {
+    if !substruct_testkit::gate::system_test(&[substruct_testkit::gate::Need::Tool("qemu-img")]) {
+        return;
+    }
+    let raw = holey_image();
+    let work = tempfile::tempdir().unwrap();
+    let (_, file) = converted_forms(&raw, work.path()).swap_remove(1);
+    // Smaller than the 6 MiB disk as sent; its header says 8 MiB.
+    assert!(file.len() < 6 * MIB);
+    let lab = Lab::new();
+    lab.disk("vda", 6 * MIB, false, &[]);
+    let edge = edge(served(&format!("/images/{IMAGE_PATH}"), file.clone())).await;
+    let reason = failing_deploy(&lab, &edge, deploy_instruction(&file, None)).await;
+    assert_eq!(
+        reason,
+        format!(
+            "disk: the image ({} bytes) does not fit disk vda ({} bytes)",
+            8 * MIB,
+            6 * MIB
+        )
+    );
+    assert!(lab.read("vda").iter().all(|b| *b == FILL), "disk untouched");
+}

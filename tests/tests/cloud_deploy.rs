@@ -3,7 +3,9 @@
 //! an unknown QEMU machine (SeaBIOS, then OVMF with Secure Boot on) boots the prospector
 //! and reports; the operator assigns `debian12-cloud` (its SSH key swapped for one the
 //! test made); the prospector fetches the
-//! seed (`meta-data`, `user-data`) from the edge, writes the image, checks its sha256 and
+//! seed (`meta-data`, `user-data`) from the edge, writes the image (registered as a
+//! compressed qcow2 under SeaBIOS, as zstd under OVMF: converted while it streams),
+//! checks the sha256 of what was sent and
 //! adds the `CIDATA` partition at the disk's end; `done`; the machine reboots, the site
 //! answers local boot (SeaBIOS: iPXE's `sanboot`; OVMF: a boot file the edge refuses, and
 //! the firmware goes on to the disk's `\EFI\BOOT\BOOTX64.EFI`, the image's signed shim →
@@ -45,6 +47,61 @@ fn cloud_image() -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The form the image is registered in: the prospector converts it while it streams.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// `qemu-img convert -c -O qcow2` (deflate-compressed clusters, holes unallocated).
+    Qcow2Compressed,
+    /// `zstd` (the size in the frame header).
+    Zstd,
+}
+
+impl Form {
+    /// The registered image name (the profile's `image`).
+    fn name(self) -> &'static str {
+        match self {
+            Form::Qcow2Compressed => "debian-12/cloud.qcow2",
+            Form::Zstd => "debian-12/cloud.img.zst",
+        }
+    }
+
+    /// `raw` in this form, made once next to it (remade when `raw` is newer).
+    fn make(self, raw: &Path) -> Result<PathBuf> {
+        let out = raw.with_extension(match self {
+            Form::Qcow2Compressed => "qcow2",
+            Form::Zstd => "img.zst",
+        });
+        let fresh = |p: &Path| -> Option<bool> {
+            Some(
+                std::fs::metadata(p).ok()?.modified().ok()?
+                    >= std::fs::metadata(raw).ok()?.modified().ok()?,
+            )
+        };
+        if fresh(&out) == Some(true) {
+            return Ok(out);
+        }
+        let tmp = out.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut cmd = match self {
+            Form::Qcow2Compressed => {
+                let mut c = Command::new("qemu-img");
+                c.args(["convert", "-f", "raw", "-c", "-O", "qcow2"])
+                    .arg(raw)
+                    .arg(&tmp);
+                c
+            }
+            Form::Zstd => {
+                let mut c = Command::new("zstd");
+                c.args(["-q", "-T0", "-o"]).arg(&tmp).arg(raw);
+                c
+            }
+        };
+        run(&mut cmd)?;
+        std::fs::rename(&tmp, &out)?;
+        Ok(out)
+    }
+}
+
 /// One run: the firmware, the machine's MAC and SMBIOS serial, the host name the
 /// profile gives it (`deb-` + the serial).
 struct Case {
@@ -57,6 +114,7 @@ struct Case {
     local_boot: &'static str,
     /// The edge's extra flags (`--uefi-loader shim` for Secure Boot).
     edge_args: &'static [&'static str],
+    form: Form,
 }
 
 /// `key=value` from the `SUBSTRUCT-CLOUD-UP` line.
@@ -75,6 +133,7 @@ fn cloud_image_deploy_boots_debian_configured_by_cloud_init_bios() -> Result<()>
         hostname: "deb-cloud-01",
         local_boot: "ipxe-exit",
         edge_args: &[],
+        form: Form::Qcow2Compressed,
     })
 }
 
@@ -97,6 +156,7 @@ fn cloud_image_deploy_boots_debian_configured_by_cloud_init_uefi_secure_boot() -
         hostname: "deb-cloud-02",
         local_boot: "ipxe-exit",
         edge_args: &["--uefi-loader", "shim"],
+        form: Form::Zstd,
     })
 }
 
@@ -110,6 +170,8 @@ fn cloud(case: &Case) -> Result<()> {
         Need::Tool("syslinux"),
         Need::Tool("ssh"),
         Need::Tool("ssh-keygen"),
+        Need::Tool("qemu-img"),
+        Need::Tool("zstd"),
         Need::File("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
         Need::File("/usr/lib/shim/shimx64.efi.signed"),
         Need::File("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
@@ -136,12 +198,19 @@ fn cloud(case: &Case) -> Result<()> {
 fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
     let (mac, hostname) = (case.mac, case.hostname);
     site.cli(&["sites", "add", "s1", "--local-boot", case.local_boot])?;
-    // The image sits in the edge's image directory; the controller registers its name
-    // and hash (`--no-upload`; the upload path is provision_e2e's).
-    let dir = site.images.join("debian-12");
-    std::fs::create_dir_all(&dir)?;
-    let placed = dir.join("cloud.img");
-    std::fs::copy(image, &placed).with_context(|| format!("copying {}", image.display()))?;
+    // The image, compressed, sits in the edge's image directory; the controller
+    // registers its name and hash (`--no-upload`; the upload path is provision_e2e's).
+    let form = case.form.make(image)?;
+    let placed = site.images.join(case.form.name());
+    std::fs::create_dir_all(placed.parent().context("image dir")?)?;
+    std::fs::copy(&form, &placed).with_context(|| format!("copying {}", form.display()))?;
+    println!(
+        "image: {} ({:.1} MiB, {:?}; raw {:.1} MiB)",
+        case.form.name(),
+        std::fs::metadata(&placed)?.len() as f64 / 1048576.0,
+        case.form,
+        std::fs::metadata(image)?.len() as f64 / 1048576.0
+    );
     let path = placed.display().to_string();
     site.cli(&[
         "images",
@@ -150,7 +219,7 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
         "--kind",
         "disk",
         "--name",
-        "debian-12/cloud.img",
+        case.form.name(),
         "--no-upload",
     ])?;
     // The shipped profile with the test's own key.
@@ -174,8 +243,18 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
         shipped.contains(PROFILE_KEY),
         "the shipped profile's key changed"
     );
+    ensure!(
+        shipped.contains("image = \"debian-12/cloud.img\""),
+        "the shipped profile's image changed"
+    );
     let profile = site.dir.path().join("debian12-cloud.toml");
-    std::fs::write(&profile, shipped.replace(PROFILE_KEY, public.trim()))?;
+    std::fs::write(
+        &profile,
+        shipped.replace(PROFILE_KEY, public.trim()).replace(
+            "image = \"debian-12/cloud.img\"",
+            &format!("image = \"{}\"", case.form.name()),
+        ),
+    )?;
     site.cli(&["profiles", "add", profile.to_str().context("path")?])?;
 
     let tap = site.new_tap()?;
@@ -251,6 +330,22 @@ fn flow(site: &mut Site, image: &Path, case: &Case) -> Result<()> {
                 "OVMF's PXE did not meet the refused local-boot file"
             );
         }
+    }
+    // The prospector converted the image while it streamed.
+    let deploying = serial
+        .lines()
+        .find(|l| l.contains("deploying http"))
+        .context("no deploying line")?;
+    println!("{}", deploying.trim());
+    let mib = std::fs::metadata(image)?.len() as f64 / 1048576.0;
+    let format = match case.form {
+        Form::Qcow2Compressed => format!(" qcow2 → {mib:.1} MiB"),
+        Form::Zstd => format!(" zstd → {mib:.1} MiB"),
+    };
+    ensure!(deploying.contains(&format), "{deploying}");
+    let deployed = format!("deployed {mib:.1} MiB");
+    if let Some(l) = serial.lines().find(|l| l.contains(&deployed)) {
+        println!("{}", l.trim());
     }
     let seed_line = serial
         .lines()

@@ -9,7 +9,8 @@
 //! * `config` — pure validation of the kernel arguments;
 //! * `dhcp` — the sans-IO DHCPv4 client core: requests built with dhcproto, replies read
 //!   with the bounds-checked reader the edge shares (`substruct_wire::dhcp`);
-//! * `net` — sysfs NIC discovery, rtnetlink link/address/route, the DHCP socket;
+//! * `net` — sysfs NIC discovery, link/address/route over `rtnl`, the DHCP socket;
+//! * `rtnl` — the three route-netlink requests, on a blocking socket;
 //! * `system` — mounts, `finit_module`, power, the busybox debug shell.
 //!
 //! Invariant: PID 1 never exits and never panics on purpose — an exiting init is a
@@ -19,6 +20,7 @@ pub mod config;
 pub mod console;
 pub mod dhcp;
 pub mod net;
+pub mod rtnl;
 pub mod system;
 
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! The network I/O shell: finds NICs in sysfs, sets links up and configures addresses
-//! over rtnetlink, and runs the [`super::dhcp`] core over a UDP socket bound to one NIC.
+//! over route netlink ([`super::rtnl`]), and runs the [`super::dhcp`] core over a UDP socket bound to one NIC.
 //! On an IPv6-only site ([`bring_up_v6`]) the kernel configures the address itself from
 //! the edge's router advertisement (SLAAC); this only waits for it.
 
@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use super::rtnl::Rtnl;
 use socket2::{Domain, Protocol, Socket, Type};
 use substruct_wire::Mac;
 use tokio::net::UdpSocket;
@@ -38,7 +38,7 @@ pub enum NetError {
     Request {
         what: String,
         #[source]
-        source: rtnetlink::Error,
+        source: std::io::Error,
     },
     #[error("DHCP socket on {nic}")]
     Socket {
@@ -155,16 +155,11 @@ async fn wait_for_nics() -> Vec<Nic> {
     }
 }
 
-async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(|source| NetError::Request {
-            what: format!("set {name} up"),
-            source,
-        })
+fn set_up(rtnl: &mut Rtnl, index: u32, name: &str) -> Result<(), NetError> {
+    rtnl.link_up(index).map_err(|source| NetError::Request {
+        what: format!("set {name} up"),
+        source,
+    })
 }
 
 /// UDP socket on 0.0.0.0:68, bound to `nic`, allowed to broadcast.
@@ -285,30 +280,15 @@ pub async fn dhcp_lease(nic: &Nic) -> Result<Lease, NetError> {
 }
 
 /// Puts the lease on the interface: address/prefix, default route, resolv.conf.
-pub async fn configure(handle: &Handle, nic: &Nic, lease: &Lease) -> Result<(), NetError> {
-    handle
-        .address()
-        .add(nic.index, lease.ip.into(), lease.prefix)
-        .replace()
-        .execute()
-        .await
+pub fn configure(rtnl: &mut Rtnl, nic: &Nic, lease: &Lease) -> Result<(), NetError> {
+    rtnl.add_address(nic.index, lease.ip, lease.prefix)
         .map_err(|source| NetError::Request {
             what: format!("add {}/{} to {}", lease.ip, lease.prefix, nic.name),
             source,
         })?;
     if let Some(router) = lease.router {
-        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(router)
-            .output_interface(nic.index);
-        if !same_subnet(lease.ip, router, lease.prefix) {
-            route = route.onlink();
-        }
-        handle
-            .route()
-            .add(route.build())
-            .replace()
-            .execute()
-            .await
+        let onlink = !same_subnet(lease.ip, router, lease.prefix);
+        rtnl.default_route(nic.index, router, onlink)
             .map_err(|source| NetError::Request {
                 what: format!("default route via {router} on {}", nic.name),
                 source,
@@ -353,15 +333,9 @@ pub async fn keep_lease(mut up: NetUp) {
                 continue;
             }
         };
-        let result = match rtnetlink::new_connection() {
-            Ok((conn, handle, _)) => {
-                let task = tokio::spawn(conn);
-                let r = configure(&handle, &up.nic, &renewed).await;
-                task.abort();
-                r.map_err(|e| console::chain(&e))
-            }
-            Err(e) => Err(console::chain(&NetError::Netlink(e))),
-        };
+        let result = netlink().and_then(|mut rtnl| {
+            configure(&mut rtnl, &up.nic, &renewed).map_err(|e| console::chain(&e))
+        });
         match result {
             Ok(()) if renewed.ip != up.lease.ip => {
                 console::line(&format!(
@@ -391,10 +365,8 @@ pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
 /// NIC with carrier until one gets a lease. Retries forever with backoff, saying why.
 pub async fn bring_up() -> NetUp {
     retry_forever(async || {
-        let (handle, conn) = netlink()?;
-        let result = try_with(&handle).await;
-        conn.abort();
-        result
+        let mut rtnl = netlink()?;
+        try_with(&mut rtnl).await
     })
     .await
 }
@@ -416,15 +388,13 @@ async fn retry_forever<T>(mut attempt: impl AsyncFnMut() -> Result<T, String>) -
     }
 }
 
-/// A netlink handle and the task driving its connection (abort it when done).
-fn netlink() -> Result<(Handle, tokio::task::JoinHandle<()>), String> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| console::chain(&NetError::Netlink(e)))?;
-    Ok((handle, tokio::spawn(conn)))
+/// A route-netlink socket.
+fn netlink() -> Result<Rtnl, String> {
+    Rtnl::open().map_err(|e| console::chain(&NetError::Netlink(e)))
 }
 
-async fn try_with(handle: &Handle) -> Result<NetUp, String> {
-    let with_carrier = links_up(handle).await?;
+async fn try_with(rtnl: &mut Rtnl) -> Result<NetUp, String> {
+    let with_carrier = links_up(rtnl).await?;
     let mut why = Vec::new();
     for nic in &with_carrier {
         console::step(&format!("DHCP on {} ({})", nic.name, nic.mac));
@@ -437,7 +407,7 @@ async fn try_with(handle: &Handle) -> Result<NetUp, String> {
                 continue;
             }
         };
-        match configure(handle, nic, &lease).await {
+        match configure(rtnl, nic, &lease) {
             Ok(()) => {
                 return Ok(NetUp {
                     nic: nic.clone(),
@@ -463,16 +433,14 @@ pub struct NetUp6 {
 /// first). Retries forever with backoff, saying why. The kernel keeps the address.
 pub async fn bring_up_v6() -> NetUp6 {
     retry_forever(async || {
-        let (handle, conn) = netlink()?;
-        let result = try_v6(&handle).await;
-        conn.abort();
-        result
+        let mut rtnl = netlink()?;
+        try_v6(&mut rtnl).await
     })
     .await
 }
 
-async fn try_v6(handle: &Handle) -> Result<NetUp6, String> {
-    let with_carrier = links_up(handle).await?;
+async fn try_v6(rtnl: &mut Rtnl) -> Result<NetUp6, String> {
+    let with_carrier = links_up(rtnl).await?;
     let names: Vec<&str> = with_carrier.iter().map(|n| n.name.as_str()).collect();
     console::step(&format!(
         "IPv6 only: waiting for an address from the router advertisement on {}",
@@ -527,7 +495,7 @@ pub fn global_address(table: &str, name: &str) -> Option<(Ipv6Addr, u8)> {
 }
 
 /// Sets lo and every NIC up and returns the NICs with carrier, the boot NIC first.
-async fn links_up(handle: &Handle) -> Result<Vec<Nic>, String> {
+async fn links_up(rtnl: &mut Rtnl) -> Result<Vec<Nic>, String> {
     let nics = wait_for_nics().await;
     if nics.is_empty() {
         return Err(format!(
@@ -538,11 +506,11 @@ async fn links_up(handle: &Handle) -> Result<Vec<Nic>, String> {
     console::step(&format!("NICs found: {}", names.join(" ")));
     if let Ok(lo) = std::fs::read_to_string("/sys/class/net/lo/ifindex") {
         if let Ok(index) = lo.trim().parse() {
-            let _ = set_up(handle, index, "lo").await;
+            let _ = set_up(rtnl, index, "lo");
         }
     }
     for nic in &nics {
-        if let Err(e) = set_up(handle, nic.index, &nic.name).await {
+        if let Err(e) = set_up(rtnl, nic.index, &nic.name) {
             console::error(&console::chain(&e));
         }
     }
