@@ -407,6 +407,42 @@ pub async fn seed_write(
     Ok(seeded)
 }
 
+/// After a [`deploy`] without a seed: a GPT image's backup moves to the disk's end
+/// ([`crate::seed::table::fit_gpt`]). A table that cannot be fitted is left as the image
+/// has it, with a console line: the image itself is written and verified.
+pub async fn fit_table(
+    storage: Option<&Storage>,
+    disk: &str,
+    say: &mut (dyn FnMut(String) + Send),
+) -> Result<(), DeployError> {
+    let storage = storage.ok_or(DeployError::NoStorage)?;
+    let path = storage.device(disk);
+    let shown = path.display().to_string();
+    let fitted = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let size = io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
+        let fitted = crate::seed::table::fit_gpt(&mut file, size).map_err(io::Error::other)?;
+        file.sync_all()?;
+        Ok::<_, io::Error>(fitted)
+    })
+    .await
+    .map_err(|_| DeployError::WriterTask)?;
+    match fitted {
+        Ok(Some(true)) => say(format!(
+            "partition table: the GPT backup moved to the end of {shown}"
+        )),
+        Ok(_) => {}
+        Err(e) => say(format!(
+            "partition table: left as the image has it ({})",
+            substruct_runtime::error_chain(&e)
+        )),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

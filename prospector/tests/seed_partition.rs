@@ -176,3 +176,57 @@ fn seed_partition_is_what_sfdisk_blkid_and_fsck_expect() -> Result<()> {
     assert_eq!(std::fs::read(&full)?, before);
     Ok(())
 }
+
+/// An image deployed without a seed: its GPT fitted to the disk is what sfdisk expects
+/// (before the fit, sfdisk complains that the backup header is not at the disk's end).
+#[test]
+fn a_gpt_fitted_without_a_seed_verifies_with_sfdisk() -> Result<()> {
+    if !have("sfdisk") {
+        eprintln!("skipped: needs sfdisk");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let path = image(dir.path(), "gpt", "start=2048, size=8192\n", 8, 64)?;
+    // sfdisk's complaints go to stderr.
+    let complaints = |path: &Path| -> Result<String> {
+        let out = Command::new("sfdisk").arg("--verify").arg(path).output()?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    };
+    let before = complaints(&path)?;
+    ensure!(
+        before.contains("backup GPT table is not on the end"),
+        "the unfitted image should draw sfdisk's complaint: {before}"
+    );
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    assert_eq!(
+        substruct_prospector::seed::table::fit_gpt(&mut disk, 64 * MIB)?,
+        Some(true)
+    );
+    drop(disk);
+    let after = complaints(&path)?;
+    ensure!(
+        after.contains("No errors detected")
+            && !after.contains("not on the end")
+            && !after.contains("mismatch"),
+        "sfdisk --verify after the fit: {after}"
+    );
+    let json: Value =
+        serde_json::from_str(&tool(Command::new("sfdisk").arg("--json").arg(&path))?)?;
+    assert_eq!(
+        json["partitiontable"]["lastlba"].as_u64(),
+        Some(64 * MIB / 512 - 34),
+        "{json}"
+    );
+    assert_eq!(
+        json["partitiontable"]["partitions"][0]["start"].as_u64(),
+        Some(2048)
+    );
+    Ok(())
+}

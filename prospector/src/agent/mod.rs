@@ -167,14 +167,20 @@ pub async fn run_with(
                         &mut say,
                     )
                     .await?;
-                    if let Some(files) = files {
-                        crate::deploy::seed_write(
-                            cfg.storage.as_ref(),
-                            &done.disk,
-                            files,
-                            &mut say,
-                        )
-                        .await?;
+                    match files {
+                        Some(files) => {
+                            crate::deploy::seed_write(
+                                cfg.storage.as_ref(),
+                                &done.disk,
+                                files,
+                                &mut say,
+                            )
+                            .await?;
+                        }
+                        None => {
+                            crate::deploy::fit_table(cfg.storage.as_ref(), &done.disk, &mut say)
+                                .await?
+                        }
                     }
                     let event = AgentEvent::Deployed {
                         disk: done.disk,

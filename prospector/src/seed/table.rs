@@ -134,10 +134,30 @@ pub fn add_end_partition<D: Read + Write + Seek>(
     let sectors = disk_bytes / SECTOR;
     let want = len_bytes.div_ceil(SECTOR);
     if protective {
-        gpt(disk, mbr, sectors, want, unique)
+        gpt(disk, mbr, sectors, Some((want, unique)))
     } else {
         msdos(disk, mbr, sectors, want)
     }
+}
+
+/// For an image deployed without a seed: a GPT's backup header and array move from the
+/// image's end to the disk's last sectors (the primary's CRCs checked first, both
+/// copies rewritten, the protective MBR widened), as `sgdisk -e` would. `Ok(None)` for
+/// an MBR or no table at all (a bare file system): nothing to fit; `Ok(Some(moved))`
+/// for a GPT.
+pub fn fit_gpt<D: Read + Write + Seek>(
+    disk: &mut D,
+    disk_bytes: u64,
+) -> Result<Option<bool>, TableError> {
+    let mbr = read_at(disk, 0, SECTOR as usize)?;
+    if mbr[510] != 0x55
+        || mbr[511] != 0xaa
+        || !(0..4).any(|i| mbr[446 + i * 16 + 4] == MBR_PROTECTIVE)
+    {
+        return Ok(None);
+    }
+    let placed = gpt(disk, mbr, disk_bytes / SECTOR, None)?;
+    Ok(Some(placed.moved_backup))
 }
 
 fn msdos<D: Read + Write + Seek>(
@@ -247,12 +267,13 @@ fn read_header<D: Read + Seek>(disk: &mut D) -> Result<GptHeader, TableError> {
     Ok(h)
 }
 
+/// Moves the GPT's backup to the disk's end and, with `add` (sectors, unique GUID),
+/// adds the seed partition after the last one.
 fn gpt<D: Read + Write + Seek>(
     disk: &mut D,
     mut mbr: Vec<u8>,
     sectors: u64,
-    want: u64,
-    unique: [u8; 16],
+    add: Option<(u64, [u8; 16])>,
 ) -> Result<Placed, TableError> {
     let mut h = read_header(disk)?;
     let array_bytes = h.count * h.entry_size;
@@ -313,20 +334,25 @@ fn gpt<D: Read + Write + Seek>(
             disk: sectors * SECTOR,
         });
     }
-    let slot = free.ok_or(TableError::NoSlot { table: "GPT" })?;
-    let start = place(want, used_last, last_usable)?;
-
-    // The new entry.
-    let e = slot * h.entry_size as usize;
-    let entry = &mut array[e..e + h.entry_size as usize];
-    entry.fill(0);
-    entry[..16].copy_from_slice(&BASIC_DATA);
-    entry[16..32].copy_from_slice(&unique);
-    put_u64(entry, 32, start);
-    put_u64(entry, 40, start + want - 1);
-    for (i, unit) in "CIDATA".encode_utf16().enumerate() {
-        entry[56 + i * 2..58 + i * 2].copy_from_slice(&unit.to_le_bytes());
-    }
+    // The new entry (none when only fitting the table to the disk).
+    let (slot, start, want) = match add {
+        Some((want, unique)) => {
+            let slot = free.ok_or(TableError::NoSlot { table: "GPT" })?;
+            let start = place(want, used_last, last_usable)?;
+            let e = slot * h.entry_size as usize;
+            let entry = &mut array[e..e + h.entry_size as usize];
+            entry.fill(0);
+            entry[..16].copy_from_slice(&BASIC_DATA);
+            entry[16..32].copy_from_slice(&unique);
+            put_u64(entry, 32, start);
+            put_u64(entry, 40, start + want - 1);
+            for (i, unit) in "CIDATA".encode_utf16().enumerate() {
+                entry[56 + i * 2..58 + i * 2].copy_from_slice(&unit.to_le_bytes());
+            }
+            (slot, start, want)
+        }
+        None => (0, last_usable + 1, 0),
+    };
     let array_crc = crc32fast::hash(&array);
 
     // Primary header: the backup now at the disk's last sector.
@@ -521,6 +547,52 @@ mod tests {
         let d = vec![0u8; (4 * MIB) as usize];
         let e = add_end_partition(&mut Cursor::new(d), 4 * MIB, MIB, [0; 16]).unwrap_err();
         assert!(matches!(e, TableError::NoTable));
+    }
+
+    #[test]
+    fn fitting_without_a_seed_moves_only_the_gpt_backup() {
+        let image_sectors = 8 * MIB / SECTOR;
+        let image = gpt_image(image_sectors);
+        let mut d = image.clone();
+        d.resize((64 * MIB) as usize, 0);
+        let len = d.len() as u64;
+        let mut c = Cursor::new(d);
+        assert_eq!(fit_gpt(&mut c, len).unwrap(), Some(true));
+        let last = len / SECTOR - 1;
+        let h = read_header(&mut c.clone()).unwrap();
+        assert_eq!((h.alternate, h.last_usable), (last, last - 33));
+        let d = c.into_inner();
+        let b = &d[(last * SECTOR) as usize..(last * SECTOR + SECTOR) as usize];
+        assert_eq!(&b[..8], b"EFI PART");
+        assert_eq!(u32_at(b, 16), header_crc(b, 92));
+        // The partition array is the image's, unchanged, in both places.
+        assert_eq!(&d[1024..1024 + 128 * 128], &image[1024..1024 + 128 * 128]);
+        let at = ((last - 32) * SECTOR) as usize;
+        assert_eq!(&d[at..at + 128 * 128], &image[1024..1024 + 128 * 128]);
+        // The image's old backup header is gone; the protective MBR spans the disk.
+        let old = ((image_sectors - 1) * SECTOR) as usize;
+        assert!(d[old..old + 512].iter().all(|b| *b == 0));
+        assert_eq!(u64::from(u32_at(&d, 446 + 12)), last);
+        // Already fitted: nothing moves. An MBR or a bare file system: nothing to fit.
+        let mut again = Cursor::new(d);
+        assert_eq!(fit_gpt(&mut again, len).unwrap(), Some(false));
+        let mut mbr = mbr_image(&[(0x83, 2048, 4000)]);
+        let before = mbr.clone();
+        assert_eq!(fit_gpt(&mut Cursor::new(&mut mbr), 4 * MIB).unwrap(), None);
+        assert_eq!(mbr, before);
+        let mut bare = vec![0u8; (4 * MIB) as usize];
+        assert_eq!(fit_gpt(&mut Cursor::new(&mut bare), 4 * MIB).unwrap(), None);
+        // A damaged primary is refused, the disk untouched.
+        let mut bad = image.clone();
+        bad[512 + 40] ^= 1;
+        bad.resize((64 * MIB) as usize, 0);
+        let copy = bad.clone();
+        let mut c = Cursor::new(bad);
+        assert!(matches!(
+            fit_gpt(&mut c, 64 * MIB),
+            Err(TableError::BadGpt { .. })
+        ));
+        assert!(c.into_inner() == copy);
     }
 
     #[test]
