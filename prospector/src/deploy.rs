@@ -1,11 +1,14 @@
-//! Image deploy: streams `GET {edge}/images/{path}` straight onto a local disk in
-//! ~1 MiB chunks, hashing with SHA-256 while writing, then fsyncs and checks the size
-//! and the digest against the instruction.
+//! Image deploy: streams `GET {edge}/images/{path}` onto a local disk in ~1 MiB chunks,
+//! hashing with SHA-256 what was sent while [`crate::unpack`] converts it (raw, qcow2,
+//! zstd, xz, told by the first bytes) on a blocking thread; then fsyncs and checks the
+//! size and the digest against the instruction.
 //!
 //! Refusals happen before any byte is written: a bad path or digest in the
 //! instruction (checked by `substruct_wire`'s [`ImageName`] and [`Sha256Digest`], the
-//! rules every part uses), no usable disk, an image larger than the disk, an HTTP
-//! status other than 200, a `Content-Length` other than the instruction's size. The
+//! rules every part uses), no usable disk, an image larger than the disk (as sent, then
+//! as the first chunk says it is inside), an HTTP status other than 200, a
+//! `Content-Length` other than the instruction's size. An image whose size inside is
+//! not stated up front (xz) fails at the first write past the disk's end. The
 //! pure helpers ([`image_target`], [`expected_digest`], [`ProgressTicker`],
 //! [`throughput_line`]) carry the decisions.
 
@@ -13,13 +16,14 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::blockdev::{self, Storage, TargetError};
-use crate::http_get::{self, BaseUrl, HttpError};
-use crate::unpack::{self, Format};
 use sha2::{Digest, Sha256};
 use substruct_wire::messages::DeployImage;
 use substruct_wire::names::{DigestError, ImageNameError};
 use substruct_wire::{BootToken, ImageName, Sha256Digest};
+
+use crate::blockdev::{self, Storage, TargetError};
+use crate::http_get::{self, BaseUrl, HttpError};
+use crate::unpack::{self, Format};
 
 /// Bytes per write (and per hash update).
 pub const CHUNK: usize = 1 << 20;
@@ -65,19 +69,6 @@ pub enum DeployError {
     LengthMismatch { sent: u64, expected: u64 },
     #[error("disk: cannot open {path} for writing")]
     Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("disk: writing {path} at byte {offset} failed")]
-    Write {
-        path: PathBuf,
-        offset: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("disk: fsync of {path} failed")]
-    Sync {
         path: PathBuf,
         #[source]
         source: std::io::Error,
