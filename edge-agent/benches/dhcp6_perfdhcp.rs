@@ -23,9 +23,8 @@ use substruct_testkit::ChildGuard;
 
 #[path = "common/perfdhcp.rs"]
 mod perf;
-use perf::{cpu_secs, env_or, median};
+use perf::{cpu_secs, env_or, median, with_our_server};
 use substruct_wire::Mac;
-use tokio_util::sync::CancellationToken;
 
 const SRV_IF: &str = "v6b-srv";
 const CLI_IF: &str = "v6b-cli";
@@ -121,32 +120,22 @@ fn run_ours(
         Mac([2, 0, 0, 0x78, 0, 1]),
     )?);
     let cli_name = cli.name().to_owned();
-    let figures = rt.block_on(async {
-        let cancel = CancellationToken::new();
-        let sock = tokio::net::UdpSocket::from_std(sock)?;
-        let server = tokio::spawn(serve6(
-            settings,
-            sock,
-            IntentTable::new(),
-            store.clone(),
-            cancel.clone(),
-        ));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu0 = cpu_secs(std::process::id());
-        let figures = tokio::task::spawn_blocking(move || perfdhcp(&cli_name, secs))
-            .await
-            .map(|f| {
-                f.map(|mut f| {
-                    f.server_cpu = cpu_secs(std::process::id()) - cpu0;
-                    f
-                })
-            });
-        cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), server)
-            .await
-            .context("our server did not stop")???;
-        anyhow::Ok(figures??)
-    })?;
+    let server_store = store.clone();
+    let (mut figures, cpu) = with_our_server(
+        rt,
+        |cancel| {
+            let sock = tokio::net::UdpSocket::from_std(sock)?;
+            Ok(serve6(
+                settings,
+                sock,
+                IntentTable::new(),
+                server_store,
+                cancel,
+            ))
+        },
+        move || perfdhcp(&cli_name, secs),
+    )?;
+    figures.server_cpu = cpu;
     println!(
         "     (ours: {} leases in redb after the run)",
         store.load6()?.len()

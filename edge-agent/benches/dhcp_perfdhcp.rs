@@ -25,8 +25,7 @@ use substruct_testkit::ChildGuard;
 
 #[path = "common/perfdhcp.rs"]
 mod perf;
-use perf::{cpu_secs, env_or, median};
-use tokio_util::sync::CancellationToken;
+use perf::{cpu_secs, env_or, median, with_our_server};
 
 const SRV_IF: &str = "vb-srv";
 const CLI_IF: &str = "vb-cli";
@@ -131,32 +130,22 @@ fn run_ours(
     let sock = dhcp_socket(srv, SRV_IF, 67)?;
     let settings = settings()?;
     let cli_name = cli.name().to_owned();
-    let figures = rt.block_on(async {
-        let cancel = CancellationToken::new();
-        let sock = tokio::net::UdpSocket::from_std(sock)?;
-        let server = tokio::spawn(serve(
-            settings,
-            vec![sock],
-            IntentTable::new(),
-            store.clone(),
-            cancel.clone(),
-        ));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu0 = cpu_secs(std::process::id());
-        let figures = tokio::task::spawn_blocking(move || perfdhcp(&cli_name, secs))
-            .await
-            .map(|f| {
-                f.map(|mut f| {
-                    f.server_cpu = cpu_secs(std::process::id()) - cpu0;
-                    f
-                })
-            });
-        cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), server)
-            .await
-            .context("our server did not stop")???;
-        anyhow::Ok(figures??)
-    })?;
+    let server_store = store.clone();
+    let (mut figures, cpu) = with_our_server(
+        rt,
+        |cancel| {
+            let sock = tokio::net::UdpSocket::from_std(sock)?;
+            Ok(serve(
+                settings,
+                vec![sock],
+                IntentTable::new(),
+                server_store,
+                cancel,
+            ))
+        },
+        move || perfdhcp(&cli_name, secs),
+    )?;
+    figures.server_cpu = cpu;
     let stored = store.load()?.len();
     println!("     (ours: {stored} leases in redb after the run)");
     Ok(figures)

@@ -342,6 +342,25 @@ where
         .collect()
 }
 
+/// One counter per pair of label values (`ms` × `rs`), created up front, indexed
+/// `[m * rs.len() + r]`.
+fn per_pair<M, R, L>(
+    ms: &[M],
+    rs: &[R],
+    family: &Family<L, Counter>,
+    labels: impl Fn(M, R) -> L,
+) -> Box<[Counter]>
+where
+    M: Copy,
+    R: Copy,
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+{
+    ms.iter()
+        .flat_map(|m| rs.iter().map(move |r| (*m, *r)))
+        .map(|(m, r)| family.get_or_create_owned(&labels(m, r)))
+        .collect()
+}
+
 /// `counters[index]`; `None` only for an index out of range, which construction rules
 /// out (the tables hold one counter per enum value).
 fn at(counters: &[Counter], index: usize) -> Option<&Counter> {
@@ -362,15 +381,15 @@ pub struct DhcpMetrics {
 impl DhcpMetrics {
     fn new(registry: &mut Registry) -> Self {
         let packets = Family::<DhcpPacketLabels, Counter>::default();
-        let mut table = Vec::new();
-        for m in DhcpMessage::ALL {
-            for r in DhcpResult::ALL {
-                table.push(packets.get_or_create_owned(&DhcpPacketLabels {
-                    message_type: *m,
-                    result: *r,
-                }));
-            }
-        }
+        let table = per_pair(
+            DhcpMessage::ALL,
+            DhcpResult::ALL,
+            &packets,
+            |message_type, result| DhcpPacketLabels {
+                message_type,
+                result,
+            },
+        );
         registry.register(
             "dhcp_packets_received",
             "DHCP packets received, by message type and what the server did with them",
@@ -399,7 +418,7 @@ impl DhcpMetrics {
             pool.clone(),
         );
         Self {
-            packets: table.into_boxed_slice(),
+            packets: table,
             replies: reply_counters,
             failures: failure_counters,
             leases,
@@ -456,15 +475,15 @@ pub struct Dhcp6Metrics {
 impl Dhcp6Metrics {
     fn new(registry: &mut Registry) -> Self {
         let packets = Family::<Dhcp6PacketLabels, Counter>::default();
-        let mut table = Vec::new();
-        for m in Dhcp6Message::ALL {
-            for r in Dhcp6Result::ALL {
-                table.push(packets.get_or_create_owned(&Dhcp6PacketLabels {
-                    message_type: *m,
-                    result: *r,
-                }));
-            }
-        }
+        let table = per_pair(
+            Dhcp6Message::ALL,
+            Dhcp6Result::ALL,
+            &packets,
+            |message_type, result| Dhcp6PacketLabels {
+                message_type,
+                result,
+            },
+        );
         registry.register(
             "dhcp6_packets_received",
             "DHCPv6 packets received, by message type and what the server did with them",
@@ -483,7 +502,7 @@ impl Dhcp6Metrics {
             pool.clone(),
         );
         Self {
-            packets: table.into_boxed_slice(),
+            packets: table,
             leases,
             pool,
         }

@@ -1,5 +1,6 @@
 //! What the perfdhcp benchmarks (`dhcp_perfdhcp`, `dhcp6_perfdhcp`) share: the
-//! environment knobs, a process's CPU time, the median, and running perfdhcp to its end.
+//! environment knobs, a process's CPU time, the median, running perfdhcp to its end, and
+//! running it against our in-process server ([`with_our_server`]).
 #![allow(dead_code)]
 
 use std::process::{Command, Stdio};
@@ -36,6 +37,35 @@ pub fn cpu_secs(pid: u32) -> f64 {
         })
         .unwrap_or(100.0);
     (ticks(11) + ticks(12)) / hz
+}
+
+/// Starts our server on `rt` (`serve` builds its future, given the token that stops it),
+/// gives it 300 ms, runs `client` (perfdhcp) on a blocking thread, then stops the server.
+/// Returns the client's result and the CPU seconds this process (the server, the client
+/// being another process) used during the client's run.
+pub fn with_our_server<T, S, E>(
+    rt: &tokio::runtime::Runtime,
+    serve: impl FnOnce(tokio_util::sync::CancellationToken) -> Result<S>,
+    client: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<(T, f64)>
+where
+    T: Send + 'static,
+    S: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    rt.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(serve(cancel.clone())?);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu0 = cpu_secs(std::process::id());
+        let result = tokio::task::spawn_blocking(client).await;
+        let cpu = cpu_secs(std::process::id()) - cpu0;
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .context("our server did not stop")???;
+        Ok((result??, cpu))
+    })
 }
 
 pub fn median(v: &mut [f64]) -> f64 {
