@@ -353,14 +353,54 @@ async fn substruct_cli_manages_images_profiles_rules_sites_and_machines() {
         .unwrap();
     assert_eq!(
         out,
-        "image marker.img registered: disk 4.9K sha256 \
+        "image marker.img registered: disk 4.9K (raw) sha256 \
          f302a3f85503eeb1a105c81a5fbea0aa461417fb3893919572949cadbfee86a7\n"
+    );
+    // A qcow2 the prospector cannot stream (a backing file) is refused before it is
+    // hashed or sent; its header says what is wrong.
+    let mut qcow2 = vec![0u8; 4096];
+    qcow2[0..4].copy_from_slice(b"QFI\xfb");
+    qcow2[4..8].copy_from_slice(&3u32.to_be_bytes());
+    qcow2[8..16].copy_from_slice(&512u64.to_be_bytes());
+    qcow2[20..24].copy_from_slice(&16u32.to_be_bytes());
+    qcow2[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
+    qcow2[36..40].copy_from_slice(&2u32.to_be_bytes());
+    qcow2[40..48].copy_from_slice(&196_608u64.to_be_bytes());
+    qcow2[100..104].copy_from_slice(&112u32.to_be_bytes());
+    let backed = dir.path().join("backed.qcow2");
+    std::fs::write(&backed, &qcow2).unwrap();
+    let backed = backed.to_str().unwrap();
+    let err = cli(&base, &["images", "add", backed, "--kind", "disk"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "{backed}: a qcow2 disk image the prospector cannot convert while it streams \
+             (unsupported: a backing file); `qemu-img convert -O qcow2` (or `-O raw`) writes \
+             one it can"
+        )
+    );
+    // Without the backing file: registered, with the size inside.
+    qcow2[8..16].fill(0);
+    let plain = dir.path().join("plain.qcow2");
+    std::fs::write(&plain, &qcow2).unwrap();
+    let out = cli(
+        &base,
+        &["images", "add", plain.to_str().unwrap(), "--kind", "disk"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.starts_with("image plain.qcow2 registered: disk 4K (qcow2, 1024.0 MiB inside) sha256 "),
+        "{out}"
     );
     let out = cli(&base, &["images", "list"]).await.unwrap();
     assert_eq!(
         out,
-        "NAME        KIND  SIZE  SHA256            STORED  CACHED AT\n\
-         marker.img  disk  4.9K  f302a3f85503eeb1  yes     -\n"
+        "NAME         KIND  SIZE  SHA256            STORED  CACHED AT\n\
+         marker.img   disk  4.9K  f302a3f85503eeb1  yes     -\n\
+         plain.qcow2  disk  4K    ae91cd3d6728aece  yes     -\n"
     );
 
     let out = cli(&base, &["profiles", "add", &shipped("marker-image.toml")])

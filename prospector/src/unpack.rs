@@ -17,7 +17,11 @@
 //!
 //! The input is untrusted until its sha256 is checked after the last byte (by the
 //! caller, on the bytes as sent): every size and offset here is bounded before use,
-//! and memory stays bounded whatever the header says ([`MAX_PENDING`], [`MAX_CLUSTERS`]).
+//! and memory stays bounded whatever the header says ([`MAX_PENDING`], [`QCOW2_MAX_CLUSTERS`]).
+
+pub use substruct_wire::image_format::{
+    expanded_size, ImageFormat as Format, Qcow2Header, Qcow2HeaderError, QCOW2_MAX_CLUSTERS,
+};
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -29,45 +33,6 @@ const WRITE_CHUNK: usize = 1 << 20;
 pub const MAX_PENDING: usize = 1 << 21;
 /// xz: the most memory a stream's dictionary may ask for (KiB): `xz -9` needs 65 MiB.
 pub const XZ_MEMORY_LIMIT_KIB: u32 = 160 * 1024;
-/// qcow2: most clusters tracked (one bit each, for the zero fill).
-pub const MAX_CLUSTERS: u64 = 1 << 27;
-
-/// An image's format, from its magic bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Raw,
-    Qcow2,
-    Zstd,
-    Xz,
-}
-
-const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xB5, 0x2F, 0xFD];
-const XZ_MAGIC: &[u8] = &[0xFD, b'7', b'z', b'X', b'Z', 0x00];
-
-impl Format {
-    /// Pure: the format whose magic `head` starts with; anything else is raw.
-    pub fn detect(head: &[u8]) -> Format {
-        if head.starts_with(QCOW2_MAGIC) {
-            Format::Qcow2
-        } else if head.starts_with(ZSTD_MAGIC) {
-            Format::Zstd
-        } else if head.starts_with(XZ_MAGIC) {
-            Format::Xz
-        } else {
-            Format::Raw
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Qcow2 => "qcow2",
-            Format::Zstd => "zstd",
-            Format::Xz => "xz",
-        }
-    }
-}
 
 /// Why an image could not be converted onto the disk.
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +65,8 @@ pub enum UnpackError {
 /// What is wrong with a qcow2 image.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Qcow2Error {
-    #[error("header: {0}")]
-    Header(&'static str),
-    #[error("unsupported: {0}")]
-    Unsupported(&'static str),
+    #[error(transparent)]
+    Header(Qcow2HeaderError),
     #[error("not streamable: the {what} at byte {at} of the file comes before a table that maps it (reading at byte {pos}); rewrite it with `qemu-img convert -O qcow2`")]
     NotStreamable {
         what: &'static str,
@@ -179,38 +142,6 @@ impl<D: Disk + ?Sized> Limit<'_, D> {
         }
         Ok(())
     }
-}
-
-/// Pure: the size of the disk image inside, where the first bytes tell it: a raw image's
-/// is `sent`, a qcow2's is in its header, a zstd frame's when its header carries it; an
-/// xz stream's is only at its end (`None`).
-pub fn expanded_size(format: Format, head: &[u8], sent: u64) -> Option<u64> {
-    match format {
-        Format::Raw => Some(sent),
-        Format::Qcow2 => head.get(24..32).map(be64),
-        Format::Zstd => zstd_content_size(head),
-        Format::Xz => None,
-    }
-}
-
-/// Pure: the Frame_Content_Size of the zstd frame at the start of `head`, if present.
-fn zstd_content_size(head: &[u8]) -> Option<u64> {
-    let fhd = *head.get(4)?;
-    let single_segment = fhd & 0x20 != 0;
-    let fcs_bytes = match fhd >> 6 {
-        0 if single_segment => 1,
-        0 => return None,
-        1 => 2,
-        2 => 4,
-        _ => 8,
-    };
-    let dict_bytes = [0, 1, 2, 4][usize::from(fhd & 3)];
-    let at = 5 + usize::from(!single_segment) + dict_bytes;
-    let field = head.get(at..at + fcs_bytes)?;
-    let mut value = [0u8; 8];
-    value[..fcs_bytes].copy_from_slice(field);
-    let value = u64::from_le_bytes(value);
-    Some(if fcs_bytes == 2 { value + 256 } else { value })
 }
 
 /// Converts `input` (all of it) onto `disk`, never past `disk_size`, returning the
@@ -328,113 +259,6 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(a)
 }
 
-/// A qcow2 header's fields this converter uses, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Qcow2Header {
-    pub cluster_bits: u32,
-    pub size: u64,
-    pub l1_size: u64,
-    pub l1_offset: u64,
-    pub header_len: u64,
-    pub zstd_clusters: bool,
-}
-
-impl Qcow2Header {
-    /// Pure: reads and checks the header at the start of `b` (at least 104 bytes for
-    /// version 3, 72 for version 2).
-    pub fn parse(b: &[u8]) -> Result<Qcow2Header, Qcow2Error> {
-        let h = |r: std::ops::Range<usize>| b.get(r).ok_or(Qcow2Error::Header("too short"));
-        if h(0..4)? != QCOW2_MAGIC {
-            return Err(Qcow2Error::Header("no QFI\\xfb magic"));
-        }
-        let version = be32(h(4..8)?);
-        if !(2..=3).contains(&version) {
-            return Err(Qcow2Error::Unsupported("version other than 2 or 3"));
-        }
-        if be64(h(8..16)?) != 0 {
-            return Err(Qcow2Error::Unsupported("a backing file"));
-        }
-        let cluster_bits = be32(h(20..24)?);
-        if !(9..=21).contains(&cluster_bits) {
-            return Err(Qcow2Error::Header("cluster_bits outside 9..=21"));
-        }
-        let size = be64(h(24..32)?);
-        if be32(h(32..36)?) != 0 {
-            return Err(Qcow2Error::Unsupported("encryption"));
-        }
-        let l1_size = u64::from(be32(h(36..40)?));
-        let l1_offset = be64(h(40..48)?);
-        let cluster = 1u64 << cluster_bits;
-        // Each L2 table maps cluster/8 clusters.
-        let per_l1 = cluster * (cluster / 8);
-        if size.div_ceil(per_l1) > l1_size {
-            return Err(Qcow2Error::Header(
-                "the L1 table is too small for the virtual size",
-            ));
-        }
-        if size.div_ceil(cluster) > MAX_CLUSTERS {
-            return Err(Qcow2Error::Unsupported(
-                "more than 2^27 clusters (use a larger cluster size)",
-            ));
-        }
-        if !l1_offset.is_multiple_of(cluster) || l1_offset == 0 {
-            return Err(Qcow2Error::Header(
-                "the L1 table is not at a cluster boundary",
-            ));
-        }
-        let (header_len, zstd_clusters) = if version == 2 {
-            (72, false)
-        } else {
-            let incompatible = be64(h(72..80)?);
-            // bit 0 dirty (refcounts only), bit 1 corrupt, bit 2 external data file,
-            // bit 3 compression type field, bit 4 extended L2 entries.
-            if incompatible & 0b10 != 0 {
-                return Err(Qcow2Error::Unsupported("an image marked corrupt"));
-            }
-            if incompatible & 0b100 != 0 {
-                return Err(Qcow2Error::Unsupported("an external data file"));
-            }
-            if incompatible & 0b1_0000 != 0 {
-                return Err(Qcow2Error::Unsupported("extended L2 entries"));
-            }
-            if incompatible & !0b1_1111 != 0 {
-                return Err(Qcow2Error::Unsupported("an unknown incompatible feature"));
-            }
-            let header_len = u64::from(be32(h(100..104)?));
-            if header_len < 104 || header_len > cluster {
-                return Err(Qcow2Error::Header(
-                    "header length outside 104..=cluster size",
-                ));
-            }
-            let zstd = if incompatible & 0b1000 != 0 {
-                if header_len < 105 {
-                    return Err(Qcow2Error::Header("compression type bit without the field"));
-                }
-                match h(104..105)?[0] {
-                    0 => false,
-                    1 => true,
-                    _ => {
-                        return Err(Qcow2Error::Unsupported(
-                            "a compression type other than zlib or zstd",
-                        ))
-                    }
-                }
-            } else {
-                false
-            };
-            (header_len, zstd)
-        };
-        Ok(Qcow2Header {
-            cluster_bits,
-            size,
-            l1_size,
-            l1_offset,
-            header_len,
-            zstd_clusters,
-        })
-    }
-}
-
 /// An input read front to back, with its position.
 struct Stream<'a> {
     input: &'a mut dyn BufRead,
@@ -509,7 +333,7 @@ fn qcow2<D: Disk + ?Sized>(
             head.push(b[0]);
         }
     }
-    let hdr = Qcow2Header::parse(&head).map_err(q)?;
+    let hdr = Qcow2Header::parse(&head).map_err(|e| q(Qcow2Error::Header(e)))?;
     let cluster = 1u64 << hdr.cluster_bits;
     let entries_per_l2 = cluster / 8;
     let clusters = hdr.size.div_ceil(cluster);
@@ -669,6 +493,7 @@ fn qcow2<D: Disk + ?Sized>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use substruct_wire::image_format::{QCOW2_MAGIC, XZ_MAGIC, ZSTD_MAGIC};
 
     const C: u64 = 512; // cluster_bits 9: the smallest clusters, small fixtures
 
@@ -822,34 +647,6 @@ mod tests {
     }
 
     #[test]
-    fn zstd_content_size_fields_of_every_width() {
-        // magic, then the frame header descriptor and its fields.
-        let m = [0x28, 0xB5, 0x2F, 0xFD];
-        let h = |rest: &[u8]| [&m[..], rest].concat();
-        assert_eq!(
-            zstd_content_size(&h(&[0x20, 200])),
-            Some(200),
-            "single segment, 1 byte"
-        );
-        assert_eq!(zstd_content_size(&h(&[0x00, 0x50])), None, "no size field");
-        assert_eq!(
-            zstd_content_size(&h(&[0x40, 0x50, 0x10, 0x00])),
-            Some(256 + 16),
-            "2 bytes, +256"
-        );
-        assert_eq!(
-            zstd_content_size(&h(&[0x80, 0x50, 1, 0, 0, 1])),
-            Some(0x0100_0001)
-        );
-        assert_eq!(
-            zstd_content_size(&h(&[0xC1, 0x50, 9, 1, 2, 3, 4, 5, 6, 7, 8])),
-            Some(0x0807_0605_0403_0201),
-            "dictionary id byte skipped, 8 bytes"
-        );
-        assert_eq!(zstd_content_size(&h(&[0x80, 0x50, 1])), None, "truncated");
-    }
-
-    #[test]
     fn xz_garbage_and_truncation_are_refused() {
         let e = run(Format::Xz, b"\xfd7zXZ\0garbage garbage", 1 << 20).unwrap_err();
         assert!(matches!(e, UnpackError::Xz(_)), "{e:?}");
@@ -928,40 +725,43 @@ mod tests {
         };
         assert_eq!(
             with(8, &[0, 0, 0, 0, 0, 0, 2, 0]),
-            Qcow2Error::Unsupported("a backing file")
+            Qcow2HeaderError::Unsupported("a backing file")
         );
         assert_eq!(
             with(32, &[0, 0, 0, 1]),
-            Qcow2Error::Unsupported("encryption")
+            Qcow2HeaderError::Unsupported("encryption")
         );
         assert_eq!(
             with(4, &[0, 0, 0, 4]),
-            Qcow2Error::Unsupported("version other than 2 or 3")
+            Qcow2HeaderError::Unsupported("version other than 2 or 3")
         );
         assert_eq!(
             with(20, &[0, 0, 0, 30]),
-            Qcow2Error::Header("cluster_bits outside 9..=21")
+            Qcow2HeaderError::Header("cluster_bits outside 9..=21")
         );
         assert_eq!(
             with(79, &[0b100]),
-            Qcow2Error::Unsupported("an external data file")
+            Qcow2HeaderError::Unsupported("an external data file")
         );
         assert_eq!(
             with(79, &[0b1_0000]),
-            Qcow2Error::Unsupported("extended L2 entries")
+            Qcow2HeaderError::Unsupported("extended L2 entries")
         );
         assert_eq!(
             with(79, &[0b10]),
-            Qcow2Error::Unsupported("an image marked corrupt")
+            Qcow2HeaderError::Unsupported("an image marked corrupt")
         );
         assert_eq!(
             with(24, &u64::MAX.to_be_bytes()),
-            Qcow2Error::Header("the L1 table is too small for the virtual size")
+            Qcow2HeaderError::Header("the L1 table is too small for the virtual size")
         );
-        assert_eq!(with(0, b"QFI\0"), Qcow2Error::Header("no QFI\\xfb magic"));
+        assert_eq!(
+            with(0, b"QFI\0"),
+            Qcow2HeaderError::Header("no QFI\\xfb magic")
+        );
         assert_eq!(
             Qcow2Header::parse(&good[..50]).unwrap_err(),
-            Qcow2Error::Header("too short")
+            Qcow2HeaderError::Header("too short")
         );
         // Larger than the disk: refused before the first write.
         let e = run(Format::Qcow2, &good, 3 * C).unwrap_err();

@@ -63,6 +63,11 @@ pub(super) async fn run(
                         message: "has no usable file name; pass --name".into(),
                     })?,
             };
+            // A disk image the prospector could not deploy is refused before any upload.
+            let format = match kind {
+                ImageKind::Disk => Some(disk_format(&file)?),
+                _ => None,
+            };
             let (sha256, size) = hash_file(&file)?;
             if !no_upload {
                 upload(api, &file, &sha256, size).await?;
@@ -77,10 +82,11 @@ pub(super) async fn run(
             let image: ImageRecord = api.call(Method::POST, &["images"], Some(body)).await?;
             writeln!(
                 out,
-                "image {} registered: {} {} sha256 {}",
+                "image {} registered: {} {}{} sha256 {}",
                 image.name,
                 image.kind,
                 human_bytes(image.size),
+                format.map(|f| format!(" ({f})")).unwrap_or_default(),
                 image.sha256
             )
         }
@@ -142,6 +148,29 @@ impl Progress {
 }
 
 /// sha256 and size of a file, with a progress line on stderr for big files.
+/// What a disk image file is by its first bytes (`raw`, `qcow2, 556.0 MiB inside`, …),
+/// or why the prospector could not deploy it.
+fn disk_format(path: &Path) -> Result<String, CliError> {
+    use substruct_wire::image_format::{describe, HEAD_BYTES};
+    let read_err = |source| CliError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    file.take(HEAD_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    describe(&head, size).map_err(|e| CliError::Invalid {
+        path: path.to_path_buf(),
+        message: format!(
+            "a qcow2 disk image the prospector cannot convert while it streams ({e}); \
+             `qemu-img convert -O qcow2` (or `-O raw`) writes one it can"
+        ),
+    })
+}
+
 fn hash_file(path: &Path) -> Result<(String, u64), CliError> {
     let read_err = |source| CliError::Read {
         path: path.to_path_buf(),

@@ -11,7 +11,8 @@
 //! * [`intent`] — the boot intent the controller writes and every edge reads;
 //! * [`envelope`] — the only place that knows postcard: `{ magic, version, kind, body }`;
 //! * [`subjects`] — NATS subject and KV key builders (never `format!` them elsewhere);
-//! * [`dhcp`] — the bounds-checked DHCPv4 packet reader the edge and the prospector share.
+//! * [`dhcp`] — the bounds-checked DHCPv4 packet reader the edge and the prospector share;
+//! * [`image_format`] — disk image formats by their first bytes (raw, qcow2, zstd, xz).
 //!
 //! Invariant: this crate has no async runtime and no I/O. postcard is positional, so
 //! any change to the shape of a type that travels is a new [`envelope::WIRE_VERSION`];
@@ -22,6 +23,7 @@ pub mod credential;
 pub mod dhcp;
 pub mod envelope;
 pub mod ids;
+pub mod image_format;
 pub mod intent;
 pub mod messages;
 pub mod names;
