@@ -1,5 +1,6 @@
 //! The network I/O shell: finds NICs in sysfs, sets links up and configures addresses
-//! over route netlink ([`super::rtnl`]), and runs the [`super::dhcp`] core over a UDP socket bound to one NIC.
+//! over route netlink ([`super::rtnl`]), and runs the [`super::dhcp`] core over a UDP
+//! socket bound to one NIC.
 //! On an IPv6-only site ([`bring_up_v6`]) the kernel configures the address itself from
 //! the edge's router advertisement (SLAAC); this only waits for it.
 
