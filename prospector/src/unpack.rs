@@ -19,6 +19,7 @@
 //! caller, on the bytes as sent): every size and offset here is bounded before use,
 //! and memory stays bounded whatever the header says ([`MAX_PENDING`], [`QCOW2_MAX_CLUSTERS`]).
 
+use substruct_wire::image_format::{be32, be64};
 pub use substruct_wire::image_format::{
     expanded_size, ImageFormat as Format, Qcow2Header, Qcow2HeaderError, QCOW2_MAX_CLUSTERS,
 };
@@ -245,18 +246,6 @@ fn xz<D: Disk + ?Sized>(
     let mut offset = 0;
     pour(&mut reader, disk, &mut offset, UnpackError::Xz)?;
     Ok(offset)
-}
-
-fn be64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
-}
-
-fn be32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_be_bytes(a)
 }
 
 /// An input read front to back, with its position.

@@ -102,16 +102,18 @@ pub fn describe(head: &[u8], size: u64) -> Result<String, Qcow2HeaderError> {
     })
 }
 
-fn be64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+/// The big-endian `u64` at the start of `b`; 0 when `b` is shorter (callers slice first).
+pub fn be64(b: &[u8]) -> u64 {
+    b.get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
-fn be32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_be_bytes(a)
+/// The big-endian `u32` at the start of `b`; 0 when `b` is shorter (callers slice first).
+pub fn be32(b: &[u8]) -> u32 {
+    b.get(..4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 /// A qcow2 header's fields a streaming converter uses, checked.
@@ -240,6 +242,21 @@ mod tests {
         h[40..48].copy_from_slice(&196_608u64.to_be_bytes());
         h[100..104].copy_from_slice(&112u32.to_be_bytes());
         h
+    }
+
+    proptest::proptest! {
+        /// Any first bytes, any size: a description or a refusal, never a panic.
+        #[test]
+        fn any_head_is_described_without_panicking(
+            magic in 0usize..4,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..HEAD_BYTES),
+            size in proptest::prelude::any::<u64>(),
+        ) {
+            let mut head = [QCOW2_MAGIC, ZSTD_MAGIC, XZ_MAGIC, b""][magic].to_vec();
+            head.extend_from_slice(&body);
+            let _ = describe(&head, size);
+            let _ = Qcow2Header::parse(&head);
+        }
     }
 
     #[test]
